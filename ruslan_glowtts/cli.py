@@ -1,0 +1,149 @@
+"""Command line of train_ruslan_glowtts.py: arguments -> TrainRequest.
+
+The flags are the product interface (README.md). `python -m trainer.distribute` appends
+`--continue_path= --restore_path= --group_id=... --use_ddp=true --rank=N` to the command line;
+the underscore spellings are accepted as aliases and an empty value means "not given".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.presets import DEFAULT_PRESET
+
+logger = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise UserError(f"{message} (see --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="train_ruslan_glowtts.py",
+        description="Train GlowTTS on RUSLAN with a stability preset (Coqui TTS).",
+        epilog="Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
+        "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C.",
+    )
+    p.add_argument("--preset", metavar="NAME|PATH", help=f"stability preset (default {DEFAULT_PRESET}); see --list-presets")
+    p.add_argument("--list-presets", action="store_true", help="list the presets, their values and fallbacks, and exit")
+    p.add_argument("--dataset-path", type=Path, metavar="DIR",
+                   help="RUSLAN folder (metadata_RUSLAN_22200.csv + RUSLAN/*.wav), ideally prepared by "
+                   "`python -m ruslan_glowtts.prepare`")
+    p.add_argument("--output-path", type=Path, metavar="DIR", help="where run folders go (default runs/)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set lr=3e-4 --set audio.sample_rate=22050 (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--max-steps", type=_positive_int, default=0, metavar="N",
+                   help="stop cleanly with a checkpoint once the run's step count reaches N")
+    p.add_argument("--grad-accum", type=_positive_int, metavar="N",
+                   help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)")
+    p.add_argument("--continue-path", metavar="RUN_DIR", help="resume a run from its last checkpoint")
+    p.add_argument("--restore-path", metavar="CKPT", help="start a new run from these weights (fine-tune)")
+    p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
+    p.add_argument("--allow-unknown-chars", action="store_true",
+                   help="train even if the text has characters outside the vocabulary (they are dropped)")
+    # Injected by `python -m trainer.distribute`.
+    p.add_argument("--continue_path", dest="continue_path_ddp", default="", help=argparse.SUPPRESS)
+    p.add_argument("--restore_path", dest="restore_path_ddp", default="", help=argparse.SUPPRESS)
+    p.add_argument("--group_id", default="", help=argparse.SUPPRESS)
+    p.add_argument("--use_ddp", type=_bool, default=False, help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.continue_path = Path(args.continue_path or args.continue_path_ddp) if (args.continue_path or args.continue_path_ddp) else None
+    args.restore_path = Path(args.restore_path or args.restore_path_ddp) if (args.restore_path or args.restore_path_ddp) else None
+    if args.continue_path and args.restore_path:
+        raise UserError("use either --continue-path (resume a run) or --restore-path (new run from weights), not both")
+    if args.continue_path:
+        given = [flag for flag, value in (("--preset", args.preset), ("--set", args.sets),
+                                          ("--grad-accum", args.grad_accum), ("--seed", args.seed),
+                                          ("--output-path", args.output_path)) if value]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} cannot be combined with --continue-path: a resumed run keeps its own "
+                "config.json. To change settings, start a new run from its weights with --restore-path "
+                "RUN_DIR/checkpoint_N.pth (or edit RUN_DIR/config.json)"
+            )
+    return args
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"output path {folder} is not writable: {exc.strerror}") from None
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("matplotlib", "numba", "fsspec", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def request_from_args(args: argparse.Namespace) -> "TrainRequest":
+    """Resolve the config for these arguments (logging every override) into a TrainRequest."""
+    # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
+    from ruslan_glowtts import runs
+    from ruslan_glowtts.config import RuslanGlowTTSConfig, build_config, parse_set_option
+    from ruslan_glowtts.presets import load_preset
+    from ruslan_glowtts.train import TrainRequest
+
+    if args.continue_path is not None:
+        run_dir = args.continue_path
+        if not (run_dir / "config.json").is_file():
+            raise UserError(f"--continue-path {run_dir}: not a run folder (no config.json)")
+        if not any(run_dir.glob("*.pth")):
+            raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from; start a new run")
+        config = RuslanGlowTTSConfig()
+        config.load_json(str(run_dir / "config.json"))
+        if args.dataset_path is not None:
+            config.datasets[0].path = str(args.dataset_path.resolve())
+        meta = runs.read_meta(run_dir)
+        preset = load_preset(meta.get("preset_path") or meta.get("preset") or DEFAULT_PRESET)
+        logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
+        return TrainRequest(config, preset, max_steps=args.max_steps, continue_path=run_dir,
+                            allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
+                            group_id=args.group_id, use_ddp=args.use_ddp)
+
+    preset = load_preset(args.preset or DEFAULT_PRESET)
+    cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
+    for flag, key, value in (("--grad-accum", "grad_accum_steps", args.grad_accum),
+                             ("--seed", "training_seed", args.seed),
+                             ("--output-path", "output_path", str(args.output_path) if args.output_path else None)):
+        if value is not None:
+            cli_layers.append(({key: value}, flag))
+    if args.restore_path is not None and not args.restore_path.is_file():
+        raise UserError(f"--restore-path {args.restore_path}: no such checkpoint file")
+    config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
+    if not args.print_config:
+        if args.dataset_path is None:
+            raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
+        check_writable(Path(config.output_path))
+    return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
+                        allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
+                        use_ddp=args.use_ddp)

@@ -1,0 +1,310 @@
+"""The training config: base file < dataset fragment < preset < command line.
+
+Every layer is a nested dict of GlowTTSConfig fields (plus the kit's own fields below). Each key
+is checked against the config's type hints before it is applied, because Coqpit itself replaces
+a mistyped value with the field's default and carries on. Every applied override is logged
+("Overriding: lr = 0.0002  (preset stable)") and recorded for the run's metadata.
+"""
+
+# No `from __future__ import annotations` here: Coqpit needs real type objects on its fields.
+import difflib
+import logging
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coqpit import Coqpit
+from TTS.tts.configs.glow_tts_config import GlowTTSConfig
+
+from ruslan_glowtts import KIT_ROOT
+from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.presets import Preset
+
+logger = logging.getLogger(__name__)
+
+BASE_CONFIG = KIT_ROOT / "configs" / "ruslan_glowtts.toml"
+DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepare`
+
+
+@dataclass
+class HealthConfig(Coqpit):
+    """Settings of the health guard; ruslan_glowtts/health.py explains each rule."""
+
+    policy: str = "warn"  # what an explosion does: warn | stop | escalate
+    max_escalations: int = 3  # escalate: tier switches before giving up
+    grace_steps: int = 50  # optimizer steps after a (re)start the explosion rules ignore
+    grad_norm_limit: float = 100.0  # level rule: the median of the last level_window is above it
+    level_window: int = 25
+    healthy_max: float = 50.0  # jump and trend rules fire only above the healthy band
+    jump_factor: float = 3.0  # jump rule: recent median / baseline median
+    jump_window: int = 8
+    baseline_window: int = 128
+    trend_window: int = 200  # trend rule: steady growth by trend_factor over the window
+    trend_factor: float = 2.0
+    spike_z: float = 6.0  # single-step spikes (logged, no action): robust z of log grad_norm
+    nonfinite_burst: int = 3  # non-finite steps within nonfinite_window that count as an explosion
+    nonfinite_window: int = 20
+    max_consecutive_nonfinite: int = 25  # every step non-finite: stop, whatever the policy
+    checkpoint_every: int = 500  # known-good checkpoint cadence, in steps
+    skip_window: int = 20  # after a rollback, the batches of this many steps before the alarm are skipped
+
+
+@dataclass
+class RuslanGlowTTSConfig(GlowTTSConfig):
+    """GlowTTSConfig plus the kit's fields; Coqui's own loaders read it as a plain GlowTTSConfig."""
+
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (Coqui's TrainerArgs.grad_accum_steps)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+
+@dataclass(frozen=True)
+class Override:
+    key: str
+    value: Any
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Key lookup and type checks against the config's type hints
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _is_config_class(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Coqpit)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and math.isinf(value)
+        )
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        args = typing.get_args(hint)
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if _is_config_class(hint):
+        return isinstance(value, dict) and all(_valid_key(hint, k) for k in value)
+    return True
+
+
+def _valid_key(cls: type, key: str) -> bool:
+    return key in _hints(cls)
+
+
+def _describe(hint: Any) -> str:
+    hint = _unwrap_optional(hint)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    origin = typing.get_origin(hint)
+    if origin is list or hint is list:
+        return "a list"
+    if origin is dict or hint is dict or _is_config_class(hint):
+        return "a table"
+    return str(hint)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, hint in _hints(cls).items():
+        if name.startswith("_"):
+            continue
+        keys.append(prefix + name)
+        inner = _unwrap_optional(hint)
+        if _is_config_class(inner):
+            keys.extend(_all_keys(inner, f"{prefix}{name}."))
+    return keys
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, _all_keys(RuslanGlowTTSConfig), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UserError(f"unknown config key '{key}'.{hint}")
+
+
+def _hint_at(key: str) -> Any | None:
+    """The type hint of a dotted key, or None for a free-form dict entry (e.g. lr_scheduler_params.x)."""
+    cls: Any = RuslanGlowTTSConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if cls is dict or typing.get_origin(cls) is dict:
+            return None
+        if not _is_config_class(cls) or part not in _hints(cls):
+            raise _unknown_key(key)
+        hint = _hints(cls)[part]
+        if i == len(parts) - 1:
+            return hint
+        cls = _unwrap_optional(hint)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+def _flatten(layer: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Dotted (key, value) pairs of a layer. Tables are walked into; lists are values."""
+    items = []
+    for name, value in layer.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            hint = _hint_at(key)
+            inner = _unwrap_optional(hint) if hint is not None else dict
+            if _is_config_class(inner) or inner is dict or typing.get_origin(inner) is dict:
+                items.extend(_flatten(value, key + "."))
+                continue
+        items.append((key, value))
+    return items
+
+
+def _check_value(key: str, value: Any, tree: dict[str, Any]) -> Any:
+    hint = _hint_at(key)
+    if hint is None:  # free-form dict entry: keep the type of the value it replaces, if any
+        current = _get(tree, key)
+        if current is not None and not _matches(value, type(current) if not isinstance(current, int) else float):
+            raise UserError(f"wrong type for '{key}': expected {_describe(type(current))}, got {value!r}")
+        return value
+    if not _matches(value, hint):
+        raise UserError(f"wrong type for '{key}': expected {_describe(hint)}, got {value!r}")
+    if _unwrap_optional(hint) is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _get(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: str, *, quiet: bool = False) -> list[Override]:
+    """Validate `layer` and merge it into `tree` (a config as a dict); log every override."""
+    applied = []
+    for key, value in _flatten(layer):
+        value = _check_value(key, value, tree)
+        _set(tree, key, value)
+        logger.log(logging.DEBUG if quiet else logging.INFO, "Overriding: %s = %r  (%s)", key, value, source)
+        applied.append(Override(key, value, source))
+    return applied
+
+
+def parse_set_option(option: str) -> dict[str, Any]:
+    """`--set KEY=VALUE` as a one-key layer. VALUE is read as a TOML value (3e-4, true, [1, 2],
+    "text"); anything that is not valid TOML is taken as a plain string."""
+    key, sep, raw = option.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set expects KEY=VALUE, got '{option}'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    hint = _hint_at(key)
+    if hint is not None and _unwrap_optional(hint) is str and not isinstance(value, str):
+        value = raw  # --set run_name=123 means the string "123"
+    layer: dict[str, Any] = {}
+    _set(layer, key, value)
+    return layer
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"malformed {what} {path}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def to_config(tree: dict[str, Any]) -> RuslanGlowTTSConfig:
+    config = RuslanGlowTTSConfig()
+    config.from_dict(tree)
+    validate(config)
+    return config
+
+
+def validate(config: RuslanGlowTTSConfig) -> None:
+    """Checks that type hints cannot express."""
+    problems = []
+    if config.batch_size < 1 or config.eval_batch_size < 1:
+        problems.append("batch_size and eval_batch_size must be >= 1")
+    if config.grad_accum_steps < 1:
+        problems.append("grad_accum_steps must be >= 1")
+    if not config.lr > 0:
+        problems.append("lr must be > 0")
+    if config.grad_clip < 0:
+        problems.append("grad_clip must be >= 0 (0 disables clipping)")
+    if config.precision not in ("fp16", "bf16"):
+        problems.append("precision must be 'bf16' or 'fp16' (mixed_precision = false means fp32)")
+    if config.health.policy not in ("warn", "stop", "escalate"):
+        problems.append("health.policy must be warn, stop or escalate")
+    if config.audio.sample_rate <= 0:
+        problems.append("audio.sample_rate must be > 0")
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+    if config.mixed_precision and config.precision == "fp16":
+        logger.warning("fp16 mixed precision is known to give GlowTTS NaN losses (coqui-ai/TTS #918); prefer bf16")
+
+
+def build_config(
+    *,
+    preset: Preset,
+    dataset_path: Path | None = None,
+    cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
+    base_path: Path = BASE_CONFIG,
+) -> tuple[RuslanGlowTTSConfig, list[Override]]:
+    """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI."""
+    tree = RuslanGlowTTSConfig().to_dict()
+    overrides = apply_layer(tree, read_toml(base_path, "base config"), f"base {base_path.name}", quiet=True)
+    if dataset_path is not None:
+        fragment = dataset_path / DATASET_FRAGMENT
+        if fragment.is_file():
+            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}")
+        if tree.get("datasets"):
+            tree["datasets"][0]["path"] = str(dataset_path.resolve())
+    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}")
+    for layer, source in cli_layers:
+        overrides += apply_layer(tree, layer, source)
+    return to_config(tree), overrides

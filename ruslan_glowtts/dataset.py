@@ -1,0 +1,132 @@
+"""Training samples and the startup checks that Coqui does not make.
+
+Coqui reads a RUSLAN folder without checking the audio's sample rate (with resample = false) and
+drops characters outside the vocabulary with a single warning. Both silently train a wrong
+model, so the kit checks them before the first step and stops with what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+from TTS.tts.datasets import load_tts_samples
+from TTS.tts.utils.text.tokenizer import TTSTokenizer
+
+from ruslan_glowtts.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+RATE_CHECK_FILES = 64  # files whose header is read at startup (spread over the corpus)
+PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
+
+
+def check_metadata(root: Path, meta_file: str) -> Path:
+    """The metadata file exists and every line is `id|text`; Coqui's formatter crashes otherwise."""
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    meta = root / meta_file
+    if not meta.is_file():
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds metadata_RUSLAN_22200.csv and RUSLAN/)")
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{meta} is not UTF-8 text; {PREPARE_HINT.format(src=root)} reads and cleans it") from None
+    for number, line in enumerate(lines, 1):
+        cols = line.split("|")
+        if line.startswith("\ufeff") or len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
+            raise UserError(
+                f"{meta}:{number}: not an 'id|text' line: {line[:60]!r}; {PREPARE_HINT.format(src=root)} "
+                "reports and excludes such lines"
+            )
+    if not lines:
+        raise UserError(f"{meta} is empty")
+    return meta
+
+
+def split_eval(samples: list[dict[str, Any]], size: float, max_size: int | None) -> tuple[list, list]:
+    """A fixed eval split: the same utterances for every run and resume of the same corpus.
+
+    `size` <= 1 is a fraction, > 1 a count (Coqui's eval_split_size convention); at least one
+    utterance is held out, and at least one is left to train on.
+    """
+    if len(samples) < 2:
+        raise UserError(f"need at least 2 utterances to train and evaluate, found {len(samples)}")
+    count = int(size) if size > 1 else int(len(samples) * size)
+    if max_size:
+        count = min(count, max_size)
+    count = min(max(count, 1), len(samples) - 1)
+    ordered = sorted(samples, key=lambda s: s["audio_file"])
+    random.Random(0).shuffle(ordered)
+    return ordered[count:], ordered[:count]
+
+
+def load_samples(config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and eval samples of the configured corpus, after the metadata and file checks."""
+    dataset = config.datasets[0]
+    root = Path(dataset.path)
+    check_metadata(root, dataset.meta_file_train)
+    samples, _ = load_tts_samples(config, eval_split=False)
+    missing = [s["audio_file"] for s in samples if not Path(s["audio_file"]).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(samples)} audio files are missing (first: {missing[0]}); "
+            f"{PREPARE_HINT.format(src=root)} reports and excludes them"
+        )
+    return split_eval(samples, config.eval_split_size, config.eval_split_max_size)
+
+
+def check_sample_rate(samples: list[dict[str, Any]], config: Any) -> None:
+    """Stop when files are not at the config's rate: Coqui would mis-featurise them silently."""
+    target = config.audio.sample_rate
+    if config.audio.resample:
+        logger.warning("audio.resample = true: every file is resampled to %d Hz on every load (slow); "
+                       "python -m ruslan_glowtts.prepare resamples once", target)
+        return
+    step = max(1, len(samples) // RATE_CHECK_FILES)
+    rates = Counter(sf.info(s["audio_file"]).samplerate for s in samples[::step])
+    wrong = {rate: n for rate, n in rates.items() if rate != target}
+    if wrong:
+        root = Path(config.datasets[0].path)
+        found = ", ".join(f"{rate} Hz ({n} files)" for rate, n in sorted(wrong.items()))
+        raise UserError(
+            f"audio is at {found} but the config trains at {target} Hz. Resample once with "
+            f"`{PREPARE_HINT.format(src=root)}` and train on the prepared folder "
+            "(or add --set audio.resample=true to resample on every load, much slower)"
+        )
+
+
+def check_vocabulary(samples: list[dict[str, Any]], config: Any, *, allow_unknown: bool = False) -> Counter:
+    """Count characters of the cleaned training text that the model's vocabulary lacks.
+
+    Coqui's tokenizer would drop them with one warning; the kit refuses to start unless
+    `allow_unknown` (--allow-unknown-chars), and then logs what will be dropped.
+    """
+    tokenizer, _ = TTSTokenizer.init_from_config(config)
+    vocab = set(tokenizer.characters.vocab)
+    unknown: Counter = Counter()
+    example: dict[str, str] = {}
+    for sample in samples:
+        text = sample["text"]
+        if tokenizer.text_cleaner is not None:
+            text = tokenizer.text_cleaner(text, lang=sample.get("language"))
+        for char in text:
+            if char not in vocab:
+                unknown[char] += 1
+                example.setdefault(char, Path(sample["audio_file"]).stem)
+    if unknown:
+        listed = ", ".join(f"{c!r} x{n} (e.g. {example[c]})" for c, n in unknown.most_common(12))
+        more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
+        message = (f"{sum(unknown.values())} characters in the training text are not in the vocabulary: "
+                   f"{listed}{more}.")
+        if not allow_unknown:
+            raise UserError(
+                f"{message} Normalise the text with `python -m ruslan_glowtts.prepare`, add the characters "
+                "to characters.characters / characters.punctuations, or pass --allow-unknown-chars to drop them"
+            )
+        logger.warning("%s They will be dropped (--allow-unknown-chars).", message)
+    return unknown

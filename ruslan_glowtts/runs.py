@@ -1,0 +1,101 @@
+"""Run folders: a fresh name per run, and run.json, the run's metadata.
+
+Coqui names a run folder `<run_name>-<Month-DD-YYYY_HH+MMAM>-<commit>`, to the minute, and
+reuses an existing folder of that name, so two runs started in the same minute (an escalation,
+a quick restart) would write into one folder. The kit picks a run_name whose folder is new.
+
+run.json holds what Coqui's config.json does not: the preset and its tier chain, every override
+and its source, seed, command line, git commit, library versions, device and precision, the
+parent run and reason in an escalation chain, and how the run ended. It is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from trainer.generic_utils import get_experiment_folder_path
+
+from ruslan_glowtts import KIT_ROOT
+
+RUN_META = "run.json"
+
+
+def unique_run_name(output_path: Path, run_name: str) -> str:
+    """A run_name whose Coqui folder does not exist yet (…, name-2, name-3)."""
+    candidate, n = run_name, 1
+    while get_experiment_folder_path(output_path, candidate).exists():
+        n += 1
+        candidate = f"{run_name}-{n}"
+    return candidate
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_META
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def update_meta(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    meta = read_meta(run_dir)
+    meta.update(fields)
+    write_json_atomic(run_dir / RUN_META, meta)
+    return meta
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "-C", str(KIT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(KIT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("torch", "torchaudio", "coqui-tts", "coqui-tts-trainer", "coqpit-config", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """What reproduces a run besides its config: command, commit, versions."""
+    return {
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "host": platform.node(),
+    }

@@ -1,0 +1,92 @@
+"""Config layers (base < dataset < preset < CLI), --set validation, --print-config, resume rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from ruslan_glowtts.config import build_config, parse_set_option
+from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.presets import load_preset
+
+
+def test_layers_apply_in_fixed_order(tmp_path, caplog):
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    # the dataset fragment (layer 2) sets lr and max_text_len; the preset (3) then lr; --set (4) wins last
+    (dataset / "dataset.toml").write_text("lr = 7e-4\nmax_text_len = 180\nbatch_size = 2\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="ruslan_glowtts"):
+        config, overrides = build_config(
+            preset=load_preset("stable"), dataset_path=dataset,
+            cli_layers=[(parse_set_option("batch_size=3"), "--set")],
+        )
+    assert config.max_text_len == 180  # dataset beats base (250)
+    assert config.lr == 2e-4  # preset beats dataset
+    assert config.batch_size == 3  # --set beats preset (8) and dataset (2)
+    assert config.datasets[0].path == str(dataset.resolve())
+    sources = [o.source for o in overrides if o.key == "batch_size"]
+    assert sources == [f"dataset {dataset / 'dataset.toml'}", "preset stable", "--set"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Overriding: lr = 0.0002  (preset stable)" in messages
+    assert "Overriding: batch_size = 3  (--set)" in messages
+
+
+@pytest.mark.parametrize("option, value", [
+    ("lr=3e-4", 3e-4), ("audio.sample_rate=22050", 22050), ("run_eval=false", False),
+    ("text_cleaner=basic_cleaners", "basic_cleaners"), ("run_name=123", "123"),
+    ("lr_scheduler_params.warmup_steps=100", 100), ("health.policy=stop", "stop"),
+    ('test_sentences=["Привет."]', ["Привет."]), ("grad_clip=1", 1.0),
+])
+def test_set_accepts_typed_values(option, value):
+    config, _ = build_config(preset=load_preset("stable"), cli_layers=[(parse_set_option(option), "--set")])
+    key = option.split("=")[0]
+    node = config
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("lrr=1e-4", "unknown config key 'lrr'. Did you mean: lr?"),
+    ("audio.sample_rat=22050", "Did you mean: audio.sample_rate"),
+    ("lr=fast", "wrong type for 'lr': expected a number, got 'fast'"),
+    ("batch_size=8.5", "wrong type for 'batch_size': expected an integer"),
+    ("run_eval=1", "wrong type for 'run_eval': expected true or false"),
+    ("lr_scheduler_params.warmup_steps=soon", "wrong type for 'lr_scheduler_params.warmup_steps'"),
+    ("novalue", "--set expects KEY=VALUE"),
+    ("health.policy=panic", "health.policy must be warn, stop or escalate"),
+    ("batch_size=0", "batch_size and eval_batch_size must be >= 1"),
+])
+def test_set_rejects_bad_keys_and_values(option, message):
+    with pytest.raises(UserError) as info:
+        build_config(preset=load_preset("stable"), cli_layers=[(parse_set_option(option), "--set")])
+    assert message in str(info.value)
+
+
+def test_print_config_needs_no_data_and_shows_resolved_values(run_main, tmp_path):
+    code, out, err = run_main("--preset", "stable", "--set", "lr=3e-4", "--grad-accum", "2", "--seed", "7",
+                              "--output-path", str(tmp_path / "elsewhere"), "--print-config")
+    assert code == 0, err
+    config = json.loads(out)
+    assert (config["lr"], config["grad_accum_steps"], config["training_seed"]) == (3e-4, 2, 7)
+    assert config["output_path"] == str(tmp_path / "elsewhere")
+    assert config["health"]["policy"] == "warn"
+    assert not (tmp_path / "elsewhere").exists()  # --print-config writes nothing
+
+
+def test_continue_path_keeps_the_runs_own_config(run_main, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    code, _, err = run_main("--continue-path", str(run), "--set", "lr=1e-4")
+    assert code == 2
+    assert "--set cannot be combined with --continue-path" in err
+    code, _, err = run_main("--continue-path", str(run))
+    assert code == 2 and "no checkpoint to resume from" in err
+
+
+def test_continue_and_restore_are_exclusive(run_main, tmp_path):
+    code, _, err = run_main("--continue-path", str(tmp_path), "--restore-path", str(tmp_path / "x.pth"))
+    assert code == 2 and "not both" in err

@@ -1,0 +1,109 @@
+"""End to end on the sample with a tiny GlowTTS: run folder contents, Noam warmup in steps,
+resume, and runs that crash keeping their folder and logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ruslan_glowtts.cli import parse_args, request_from_args
+from ruslan_glowtts.train import train
+from tests.conftest import read_scalars, run_dirs, tiny_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(sample_22k, tmp_path_factory):
+    """One 8-step run shared by the tests below (each test copies what it changes)."""
+    import train_ruslan_glowtts
+
+    output = tmp_path_factory.mktemp("smoke") / "runs"
+    code = train_ruslan_glowtts.main(["--preset", "stable", "--dataset-path", str(sample_22k),
+                                      "--output-path", str(output), "--max-steps", "8", *tiny_args()])
+    assert code == 0
+    (run,) = run_dirs(output)
+    return run
+
+
+def test_smoke_run_writes_config_events_metadata_and_checkpoint(smoke_run):
+    files = {p.name for p in smoke_run.iterdir()}
+    assert "config.json" in files and "run.json" in files and "checkpoint_8.pth" in files
+    assert any(name.startswith("events.out.tfevents.") for name in files)
+    config = json.loads((smoke_run / "config.json").read_text(encoding="utf-8"))
+    assert config["lr"] == 2e-4 and config["scheduler_after_epoch"] is False
+    meta = json.loads((smoke_run / "run.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "max_steps" and meta["final_step"] == 8 and meta["exit_code"] == 0
+    assert meta["preset"] == "stable" and meta["tier_chain"] == ["stable", "safer", "safest"]
+    assert meta["precision"] == "fp32"  # bf16 preset on CPU
+    assert {"key": "hidden_channels_enc", "value": 32, "source": "--set"} in meta["overrides"]
+    assert {"key": "lr", "value": 2e-4, "source": "preset stable"} in meta["overrides"]
+    assert meta["seed"] == 54321 and "coqui-tts" in meta["versions"] and meta["command"]
+    assert read_scalars(smoke_run, "TrainIterStats/loss")
+
+
+def test_noam_warmup_counts_optimizer_steps(smoke_run):
+    # Stock Coqui steps NoamLR per epoch, so lr would stay at lr/warmup for the whole first epoch.
+    lrs = read_scalars(smoke_run, "TrainIterStats/current_lr")
+    ddi = 2  # data-dependent init batches: no optimizer step, no scheduler step
+    first = min(lrs)
+    assert lrs[first] == pytest.approx(2e-4 / 8000)
+    for step, lr in lrs.items():
+        updates_before = max(step - ddi, 0)  # lr is logged before this step's update
+        # Coqui's NoamLR: lr * w^0.5 * min(n * w^-1.5, n^-0.5) with n = updates + 1
+        assert lr == pytest.approx(2e-4 * (updates_before + 1) / 8000, rel=1e-5), step
+    assert lrs[max(lrs)] > 4 * lrs[first]  # rising within the first epoch (6 steps)
+
+
+def test_resume_continues_the_step_count(smoke_run, tmp_path, sample_22k):
+    import shutil
+
+    import train_ruslan_glowtts
+
+    run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))
+    code = train_ruslan_glowtts.main(["--continue-path", str(run), "--dataset-path", str(sample_22k),
+                                      "--max-steps", "12"])
+    assert code == 0
+    assert (run / "checkpoint_12.pth").is_file()
+    steps = read_scalars(run, "TrainIterStats/loss")
+    assert max(steps) == 11 and min(s for s in steps if s > 8) == 9  # logged before the +1
+    assert torch.load(run / "checkpoint_12.pth", weights_only=False)["step"] == 12
+    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "max_steps" and len(meta["resumes"]) == 1
+
+
+def _crash_at(step: int, *, poison_weights: bool):
+    def callback(trainer) -> None:
+        if trainer.total_steps_done == step:
+            if poison_weights:
+                with torch.no_grad():
+                    next(trainer.model.parameters()).fill_(float("nan"))
+            raise RuntimeError("injected crash")
+
+    return callback
+
+
+@pytest.mark.parametrize("poison_weights", [True, False])
+def test_crash_keeps_the_run_folder_and_logs(sample_22k, tmp_path, poison_weights):
+    args = parse_args(["--dataset-path", str(sample_22k), "--output-path", str(tmp_path / "runs"), *tiny_args()])
+    request = request_from_args(args)
+    request.callbacks = {"on_train_step_start": _crash_at(4, poison_weights=poison_weights)}
+    outcome = train(request)
+    assert outcome.status == "crashed" and outcome.exit_code == 1
+    (run,) = run_dirs(tmp_path / "runs")
+    assert read_scalars(run, "TrainIterStats/loss")  # the event file survived
+    assert "injected crash" in (run / "trainer_0_log.txt").read_text(encoding="utf-8")
+    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "crashed" and "injected crash" in meta["message"]
+    checkpoints = list(run.glob("*.pth"))
+    if poison_weights:
+        # Coqui would delete this folder: no checkpoint in it. NaN weights are not worth saving.
+        assert checkpoints == []
+    else:
+        assert [p.name for p in checkpoints] == ["checkpoint_4.pth"]
+        resumed = request_from_args(parse_args(["--continue-path", str(run), "--max-steps", "6"]))
+        assert train(resumed).status == "max_steps"
+        assert (run / "checkpoint_6.pth").is_file()

@@ -1,0 +1,40 @@
+"""Train GlowTTS on RUSLAN with a stability preset (Coqui TTS).
+
+    python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN_prepared
+    python train_ruslan_glowtts.py --list-presets
+
+The config is built in a fixed, logged order: configs/ruslan_glowtts.toml < DATASET/dataset.toml
+< presets/<name>.toml < --set and flags. See README.md.
+"""
+
+import json
+import sys
+
+from ruslan_glowtts.cli import parse_args, request_from_args, setup_logging
+from ruslan_glowtts.errors import EXIT_USAGE, UserError
+from ruslan_glowtts.presets import format_preset_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    try:
+        args = parse_args(argv)
+        if args.list_presets:
+            print(format_preset_table())
+            return 0
+        request = request_from_args(args)
+        if args.print_config:
+            print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False))
+            return 0
+        from ruslan_glowtts.train import train  # imports torch and Coqui
+
+        outcome = train(request)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(outcome.message)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
