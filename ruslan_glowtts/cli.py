@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
     p.add_argument("--allow-unknown-chars", action="store_true",
                    help="train even if the text has characters outside the vocabulary (they are dropped)")
+    p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
+                   help="what a grad_norm explosion does: warn (default: banner, keep training), stop "
+                   "(exit 3 with the next command), escalate (same as --auto-escalate)")
+    p.add_argument("--auto-escalate", action="store_true",
+                   help="on an explosion, roll back to the last known-good weights and continue on the "
+                   "preset's fallback tier, by itself")
+    p.add_argument("--max-escalations", type=_positive_int, metavar="N",
+                   help="with --auto-escalate: tier switches before giving up (default 3)")
     # Injected by `python -m trainer.distribute`.
     p.add_argument("--continue_path", dest="continue_path_ddp", default="", help=argparse.SUPPRESS)
     p.add_argument("--restore_path", dest="restore_path_ddp", default="", help=argparse.SUPPRESS)
@@ -80,7 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.continue_path:
         given = [flag for flag, value in (("--preset", args.preset), ("--set", args.sets),
                                           ("--grad-accum", args.grad_accum), ("--seed", args.seed),
-                                          ("--output-path", args.output_path)) if value]
+                                          ("--output-path", args.output_path),
+                                          ("--on-explosion", args.on_explosion),
+                                          ("--auto-escalate", args.auto_escalate),
+                                          ("--max-escalations", args.max_escalations)) if value]
         if given:
             raise UserError(
                 f"{', '.join(given)} cannot be combined with --continue-path: a resumed run keeps its own "
@@ -109,7 +120,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts import runs
-    from ruslan_glowtts.config import RuslanGlowTTSConfig, build_config, parse_set_option
+    from ruslan_glowtts.config import RuslanGlowTTSConfig, build_config, parse_set_option, set_key
     from ruslan_glowtts.presets import load_preset
     from ruslan_glowtts.train import TrainRequest
 
@@ -126,17 +137,30 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         meta = runs.read_meta(run_dir)
         preset = load_preset(meta.get("preset_path") or meta.get("preset") or DEFAULT_PRESET)
         logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
+        # An escalation from here rebuilds the config from the original command-line layers.
+        cli_layers = []
+        for override in meta.get("overrides", []):
+            if override["source"].startswith("--"):
+                layer: dict = {}
+                set_key(layer, override["key"], override["value"])
+                cli_layers.append((layer, override["source"]))
         return TrainRequest(config, preset, max_steps=args.max_steps, continue_path=run_dir,
                             allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
-                            group_id=args.group_id, use_ddp=args.use_ddp)
+                            group_id=args.group_id, use_ddp=args.use_ddp,
+                            dataset_path=Path(config.datasets[0].path), cli_layers=cli_layers)
 
     preset = load_preset(args.preset or DEFAULT_PRESET)
     cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
+    policy = "escalate" if args.auto_escalate else args.on_explosion
     for flag, key, value in (("--grad-accum", "grad_accum_steps", args.grad_accum),
                              ("--seed", "training_seed", args.seed),
-                             ("--output-path", "output_path", str(args.output_path) if args.output_path else None)):
+                             ("--output-path", "output_path", str(args.output_path) if args.output_path else None),
+                             ("--auto-escalate" if args.auto_escalate else "--on-explosion", "health.policy", policy),
+                             ("--max-escalations", "health.max_escalations", args.max_escalations)):
         if value is not None:
-            cli_layers.append(({key: value}, flag))
+            layer: dict = {}
+            set_key(layer, key, value)
+            cli_layers.append((layer, flag))
     if args.restore_path is not None and not args.restore_path.is_file():
         raise UserError(f"--restore-path {args.restore_path}: no such checkpoint file")
     config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
@@ -146,4 +170,4 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         check_writable(Path(config.output_path))
     return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
                         allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
-                        use_ddp=args.use_ddp)
+                        use_ddp=args.use_ddp, dataset_path=args.dataset_path, cli_layers=cli_layers)

@@ -43,8 +43,8 @@ class HealthConfig(Coqpit):
     jump_factor: float = 3.0  # jump rule: recent median / baseline median
     jump_window: int = 8
     baseline_window: int = 128
-    trend_window: int = 200  # trend rule: steady growth by trend_factor over the window
-    trend_factor: float = 2.0
+    trend_window: int = 1000  # trend rule: steady growth by trend_factor over the window
+    trend_factor: float = 1.5
     spike_z: float = 6.0  # single-step spikes (logged, no action): robust z of log grad_norm
     nonfinite_burst: int = 3  # non-finite steps within nonfinite_window that count as an explosion
     nonfinite_window: int = 20
@@ -209,7 +209,7 @@ def _get(tree: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -224,7 +224,7 @@ def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: str, *, qui
     applied = []
     for key, value in _flatten(layer):
         value = _check_value(key, value, tree)
-        _set(tree, key, value)
+        set_key(tree, key, value)
         logger.log(logging.DEBUG if quiet else logging.INFO, "Overriding: %s = %r  (%s)", key, value, source)
         applied.append(Override(key, value, source))
     return applied
@@ -245,7 +245,7 @@ def parse_set_option(option: str) -> dict[str, Any]:
     if hint is not None and _unwrap_optional(hint) is str and not isinstance(value, str):
         value = raw  # --set run_name=123 means the string "123"
     layer: dict[str, Any] = {}
-    _set(layer, key, value)
+    set_key(layer, key, value)
     return layer
 
 

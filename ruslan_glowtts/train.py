@@ -1,29 +1,41 @@
-"""train(): from a resolved config to a finished (or safely stopped) run.
+"""train(): from a resolved config to a finished (or safely stopped) run, escalating if asked.
 
-One linear story, like Coqui's recipe: samples -> checks -> model -> Trainer -> fit. What the
-recipe lacks is around it: the startup checks (files, sample rate, vocabulary), an effective
-precision chosen for the device, a fresh run folder, run.json, and an Outcome instead of
-sys.exit.
+One linear story, like Coqui's recipe: samples -> checks -> model -> Trainer -> fit. Around it:
+the startup checks (files, sample rate, vocabulary), an effective precision chosen for the
+device, a fresh run folder, run.json, and an Outcome instead of sys.exit.
+
+With health.policy = escalate (--auto-escalate), an explosion ends the run and train() starts
+the next one itself, as PaLM's and OPT's operators did by hand: roll back to the last known-good
+weights, switch to the preset's fallback tier (its lr, clip, batch, precision; a fresh optimizer
+and warmup; no data-dependent re-init over trained weights), leave out the batches seen just
+before the alarm, and continue, at most health.max_escalations times. Each run of the chain has
+its own folder (its curves sit beside its parent's in TensorBoard, on the same step axis) and
+records its parent and the reason in run.json.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import asdict, dataclass, field
+import shlex
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from trainer import TrainerArgs
-from TTS.tts.models.glow_tts import GlowTTS
 
 from ruslan_glowtts import runs
-from ruslan_glowtts.config import Override, RuslanGlowTTSConfig
+from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config
+from ruslan_glowtts.data_loader import RuslanGlowTTS
 from ruslan_glowtts.dataset import check_sample_rate, check_vocabulary, load_samples
-from ruslan_glowtts.presets import Preset, tier_chain
+from ruslan_glowtts.health import KNOWN_GOOD
+from ruslan_glowtts.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.trainer import KitTrainer, Outcome
 
 logger = logging.getLogger(__name__)
+
+MAX_SKIPPED_SHARE = 0.1  # never leave out more than this share of the training set after a rollback
 
 
 @dataclass
@@ -39,6 +51,15 @@ class TrainRequest:
     group_id: str = ""
     use_ddp: bool = False
     callbacks: dict[str, Any] = field(default_factory=dict)  # Coqui trainer callbacks (tests, tools)
+    # What an escalation needs to rebuild the config on the next tier:
+    dataset_path: Path | None = None
+    cli_layers: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    # Set on the runs an escalation starts:
+    parent_run: Path | None = None
+    reason: str = ""
+    escalation_index: int = 0
+    start_step: int = 0
+    exclude_samples: list[str] = field(default_factory=list)
 
 
 def resolve_precision(config: RuslanGlowTTSConfig) -> str:
@@ -60,10 +81,32 @@ def _device() -> str:
 
 
 def train(request: TrainRequest) -> Outcome:
+    """Train one run, then, under the escalate policy, the runs of its escalation chain."""
+    outcome = _train_run(request)
+    chain = [(request, outcome)]
+    while outcome.status == "exploded" and request.config.health.policy == "escalate" and request.rank == 0:
+        nxt = _escalation(request, outcome)
+        if nxt is None:
+            break
+        request = nxt
+        outcome = _train_run(request)
+        chain.append((request, outcome))
+    if len(chain) > 1:
+        outcome.message += "\nEscalation chain:\n" + "\n".join(
+            f"  {r.preset.name:8s} {o.status:9s} step {o.step:6d}  {o.run_dir}" for r, o in chain)
+    return outcome
+
+
+def _train_run(request: TrainRequest) -> Outcome:
     config = request.config
     train_samples, eval_samples = load_samples(config)
     check_sample_rate(train_samples + eval_samples, config)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=request.allow_unknown_chars)
+    if request.exclude_samples:
+        # The batches just before the alarm (most recent first), at most a tenth of the data.
+        request.exclude_samples = request.exclude_samples[: int(MAX_SKIPPED_SHARE * len(train_samples))]
+        excluded = set(request.exclude_samples)
+        train_samples = [s for s in train_samples if s["audio_unique_name"] not in excluded]
     precision = resolve_precision(config)
     if request.restore_path is not None and config.data_dep_init_steps:
         # Data-dependent init would overwrite the restored ActNorm statistics.
@@ -74,7 +117,7 @@ def train(request: TrainRequest) -> Outcome:
 
     if request.continue_path is None and request.rank == 0:
         config.run_name = runs.unique_run_name(Path(config.output_path), config.run_name)
-    model = GlowTTS(config)
+    model = RuslanGlowTTS(config)
     args = TrainerArgs(
         continue_path=str(request.continue_path or ""),
         restore_path=str(request.restore_path or ""),
@@ -83,20 +126,134 @@ def train(request: TrainRequest) -> Outcome:
         group_id=request.group_id,
         use_ddp=request.use_ddp,
     )
+    run_dir_box: list[Path] = []
     trainer = KitTrainer(
         args, config, config.output_path, model=model, train_samples=train_samples, eval_samples=eval_samples,
         parse_command_line_args=False, callbacks=request.callbacks, max_steps=request.max_steps,
+        next_command=lambda: next_command(request, run_dir_box[0] if run_dir_box else None),
     )
     run_dir = Path(trainer.output_path)
+    run_dir_box.append(run_dir)
+    if request.start_step:
+        trainer.total_steps_done = request.start_step  # the same step axis as the parent run
     if request.rank == 0:
         _write_start_meta(run_dir, request, precision)
+        if request.parent_run is not None:
+            _announce_escalation(trainer, request, run_dir)
     logger.info("Run folder: %s", run_dir)
     outcome = trainer.fit()
+    outcome.run_dir = run_dir
+    if outcome.status == "exploded" and not (config.health.policy == "escalate" and request.preset.fallback):
+        command = next_command(request, run_dir)
+        outcome.message += f". Next: {command}" if command else ". No tier left: check the data with prepare's report"
     if request.rank == 0:
         runs.update_meta(run_dir, status=outcome.status, exit_code=outcome.exit_code, final_step=outcome.step,
-                         message=outcome.message, ended_at=runs.now())
-    outcome.message = f"{outcome.message}. Run folder: {run_dir}"
+                         message=outcome.message, ended_at=runs.now(), health=asdict(trainer.guard.summary))
+    outcome.message = f"{outcome.message}\nRun folder: {run_dir}"
     return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# Escalation
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in tree.items():
+        keys |= _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name}
+    return keys
+
+
+def _layers_for(preset: Preset, cli_layers: list[tuple[dict[str, Any], str]], *,
+                quiet: bool = False) -> list[tuple[dict[str, Any], str]]:
+    """The user's command-line layers minus the keys the new tier sets: switching tiers means
+    taking its lr, clip, batch and precision, whatever --set said for the old one."""
+    tier_keys = _flat_keys(preset.overrides)
+    kept = []
+    for layer, source in cli_layers:
+        keys = _flat_keys(layer)
+        if keys & tier_keys:
+            if not quiet:
+                logger.info("Escalation: dropping %s %s (preset %s sets it)", source, ", ".join(sorted(keys)),
+                            preset.name)
+            continue
+        kept.append((layer, source))
+    return kept
+
+
+def _known_good(run_dir: Path) -> tuple[Path | None, int]:
+    path = run_dir / KNOWN_GOOD
+    meta = run_dir / "known_good.json"
+    if not path.is_file() or not meta.is_file():
+        return None, 0
+    return path, int(json.loads(meta.read_text(encoding="utf-8"))["step"])
+
+
+def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
+    """The request for the next run of the chain, or None (with the reason in the outcome)."""
+    health = request.config.health
+    if not request.preset.fallback:
+        outcome.message += f". No tier after '{request.preset.name}': suspect the data (prepare's report)"
+        return None
+    if request.escalation_index >= health.max_escalations:
+        outcome.message += f". Stopped after {health.max_escalations} escalations (health.max_escalations)"
+        return None
+    preset = load_preset(request.preset.fallback)
+    cli_layers = _layers_for(preset, request.cli_layers)
+    config, overrides = build_config(preset=preset, dataset_path=request.dataset_path, cli_layers=cli_layers)
+    config.training_seed = request.config.training_seed + 1  # a different batch order from here on
+    restore, start_step = _known_good(outcome.run_dir)
+    alarm = outcome.alarm
+    reason = f"{alarm.kind} at step {alarm.step}: {alarm.message}" if alarm else outcome.message
+    logger.warning("\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s", "=" * 78, request.preset.name,
+                   preset.name, reason, f"known-good step {start_step}" if restore else "the start (no known-good yet)",
+                   "=" * 78)
+    return replace(
+        request, config=config, preset=preset, overrides=overrides, continue_path=None, restore_path=restore,
+        cli_layers=cli_layers, parent_run=outcome.run_dir, reason=reason,
+        escalation_index=request.escalation_index + 1, start_step=start_step,
+        exclude_samples=outcome.recent_samples,
+    )
+
+
+def _announce_escalation(trainer: KitTrainer, request: TrainRequest, run_dir: Path) -> None:
+    step = trainer.total_steps_done
+    trainer.dashboard_logger.add_scalar("Health/escalation", float(request.escalation_index), step)
+    trainer.dashboard_logger.add_text("Health/escalation", f"Escalated from {request.parent_run} to preset "
+                                      f"{request.preset.name}: {request.reason}", step)
+    runs.update_meta(request.parent_run, escalated_to=str(run_dir), status="escalated")
+
+
+def next_command(request: TrainRequest, run_dir: Path | None) -> str:
+    """The exact command for the next tier, restoring the known-good weights when there are some."""
+    if not request.preset.fallback:
+        return ""
+    preset = load_preset(request.preset.fallback)
+    argv = ["python", "train_ruslan_glowtts.py", "--preset", preset.name,
+            "--dataset-path", request.config.datasets[0].path]
+    for layer, source in _layers_for(preset, request.cli_layers, quiet=True):
+        if source == "--set":
+            for key in sorted(_flat_keys(layer)):
+                node: Any = layer
+                for part in key.split("."):
+                    node = node[part]
+                argv += ["--set", f"{key}={_toml_value(node)}"]
+        elif source == "--output-path":
+            argv += ["--output-path", layer["output_path"]]
+        elif source in ("--grad-accum", "--seed"):
+            argv += [source, str(next(iter(layer.values())))]
+    restore, _ = _known_good(run_dir) if run_dir else (None, 0)
+    if restore is not None:
+        argv += ["--restore-path", str(restore)]
+    return shlex.join(argv)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> None:
@@ -106,6 +263,9 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> N
         runs.update_meta(run_dir, status="running", resumes=resumes, precision=precision)
         return
     chain = tier_chain(request.preset)
+    skipped = request.exclude_samples
+    if skipped:
+        (run_dir / "skipped_samples.txt").write_text("\n".join(skipped) + "\n", encoding="utf-8")
     runs.update_meta(
         run_dir,
         kit="ruslan_glowtts",
@@ -119,6 +279,12 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> N
         dataset_path=request.config.datasets[0].path,
         restore_path=str(request.restore_path) if request.restore_path else None,
         max_steps=request.max_steps,
+        policy=request.config.health.policy,
+        parent_run=str(request.parent_run) if request.parent_run else None,
+        reason=request.reason or None,
+        escalation_index=request.escalation_index,
+        start_step=request.start_step,
+        skipped_samples=len(skipped),
         device=_device(),
         precision=precision,
         **runs.environment(),

@@ -1,25 +1,36 @@
-"""KitTrainer: Coqui's Trainer with the failure handling a long run needs.
+"""KitTrainer: Coqui's Trainer with a step guard and the failure handling a long run needs.
 
-Coqui's `Trainer.fit()` deletes the run folder, TensorBoard logs included, when any exception
-leaves it before the first checkpoint, and calls sys.exit itself. KitTrainer.fit() keeps the
-folder whatever happens, saves a checkpoint on Ctrl-C and on a crash (when the weights are still
-finite, so --continue-path works after either), stops cleanly at --max-steps, and returns an
-Outcome instead of exiting.
+- optimize(): in fp32/bf16 Coqui calls optimizer.step() even when the gradient norm is NaN/Inf
+  (one bad batch turns every weight into NaN) and then logs that norm as 0. KitTrainer reads the
+  pre-clip norm and the loss first and skips a non-finite update entirely (weights, optimizer
+  state and lr schedule untouched); the HealthGuard counts it, logs Health/* and watches for
+  explosions. GlowTTS's loss raises on NaN; that step is skipped too, in training and in eval.
+  The norm is read once per update (one host-device sync), where Coqui reads it after the step
+  (its NaN check) - the same number of syncs, moved before the step.
+- fit(): Coqui deletes the run folder, TensorBoard logs included, when any exception leaves it
+  before the first checkpoint, and calls sys.exit itself. KitTrainer keeps the folder whatever
+  happens, saves a checkpoint on Ctrl-C and on a crash (when the weights are still finite, so
+  --continue-path works after either), stops cleanly at --max-steps, stops when the guard says
+  so, and returns an Outcome instead of exiting.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
 
-from ruslan_glowtts.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK
+from ruslan_glowtts.errors import EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK
+from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +41,32 @@ class StopTraining(Exception):
 
 @dataclass
 class Outcome:
-    status: str  # finished | max_steps | interrupted | crashed
+    status: str  # finished | max_steps | interrupted | crashed | exploded
     exit_code: int
     step: int
     message: str = ""
+    alarm: Alarm | None = None
+    run_dir: Path | None = None
+    recent_samples: list[str] = field(default_factory=list)  # batches just before an explosion
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def _is_nan_loss_error(exc: RuntimeError) -> bool:
+    return "NaN loss" in str(exc)  # GlowTTSLoss: RuntimeError(" [!] NaN loss with {key}.")
+
+
 class KitTrainer(Trainer):
-    def __init__(self, *args: Any, max_steps: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_steps: int = 0, next_command: Callable[[], str] = lambda: "",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_steps = max_steps
+        self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
+                                 next_command=next_command)
+        # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
+        self.callbacks.callbacks_on_train_step_end[:0] = [lambda trainer: self.guard.end_of_step(trainer)]
         self.callbacks.callbacks_on_train_step_end.append(self._stop_at_max_steps)
         # The kit's own log lines go into the run's log file next to Coqui's.
         self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
@@ -53,6 +76,85 @@ class KitTrainer(Trainer):
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
             raise StopTraining
+
+    # -- the guarded step ------------------------------------------------------------------------
+    def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
+                 step_optimizer=True, num_optimizers=1):
+        if optimizer_idx is not None or self.use_accelerate:  # GlowTTS has one optimizer; no guard elsewhere
+            return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
+                                    step_optimizer=step_optimizer, num_optimizers=num_optimizers)
+        start = time.time()
+        step = self.total_steps_done
+        try:
+            outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=None)
+        except RuntimeError as exc:
+            if not _is_nan_loss_error(exc):
+                raise
+            self._nan_loss_backward()
+            optimizer.zero_grad(set_to_none=True)
+            if step_optimizer:
+                self.guard.nonfinite_loss(self, step, str(exc).strip(" [!]."))
+            return None, {}, time.time() - start
+        if not loss_dict:  # data-dependent init batches
+            return outputs, {}, time.time() - start
+        self.guard.record_batch(batch)
+        self.callbacks.before_backward_pass(self, loss_dict)
+        loss = loss_dict["loss"] / float(self.grad_accum_steps)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if not step_optimizer:  # accumulating micro-batches
+            detached = self.detach_loss_dict(loss_dict, step_optimizer=False)
+            return outputs, detached, time.time() - start
+
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        self.callbacks.before_gradient_clipping(self)
+        params = list(self.master_params(optimizer))
+        total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
+        # One sync for both values; Coqui reads the norm after the step anyway (its NaN check).
+        pair = torch.stack([total_norm.to(loss.device, torch.float32), loss.detach().float()])
+        grad_norm, loss_value = pair.tolist()
+        apply = self.guard.decide_update(self, step, grad_norm, loss_value, amp=scaler is not None)
+        if apply:
+            grad_clip = self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=None)
+            if grad_clip > 0 and math.isfinite(grad_norm):
+                clip_grads_with_norm_(params, grad_clip, total_norm)
+            self._step(optimizer, scaler, scheduler)
+        optimizer.zero_grad(set_to_none=True)
+        if not apply:
+            return None, {}, time.time() - start  # nothing to average or plot from a skipped update
+        detached = self.detach_loss_dict(loss_dict, step_optimizer=True,
+                                         grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0)
+        return outputs, detached, time.time() - start
+
+    def _step(self, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any) -> None:
+        update_lr = True
+        if scaler is not None:  # GradScaler keeps its own skip-on-overflow behaviour; we count it
+            scale_before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            update_lr = scaler.get_scale() >= scale_before
+            if not update_lr:
+                self.guard.amp_skipped(self, self.total_steps_done)
+        else:
+            optimizer.step()
+        self._stepped_optimizers.add(None)
+        if scheduler is not None and update_lr and not self.config.scheduler_after_epoch:
+            scheduler.step()
+
+    def _nan_loss_backward(self) -> None:
+        """Under DDP every rank must run backward (gradient all-reduce is collective): send NaN
+        gradients through every parameter, so all ranks see a non-finite norm and skip together."""
+        if self.num_gpus > 1 and dist.is_initialized():
+            (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * math.nan).backward()
+
+    def eval_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        try:
+            return super().eval_step(batch, step)
+        except RuntimeError as exc:
+            if not _is_nan_loss_error(exc):
+                raise
+            logger.warning(" ! Eval batch %d skipped: %s", step, str(exc).strip(" [!]."))
+            return None, None
 
     def _save_if_finite(self, why: str) -> bool:
         if self.args.rank != 0:
@@ -67,6 +169,10 @@ class KitTrainer(Trainer):
         try:
             self._fit()
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
+        except HealthStop as stop:
+            outcome = Outcome("exploded", EXIT_EXPLODED, self.total_steps_done,
+                              f"step {stop.alarm.step}: {stop.alarm.message}", alarm=stop.alarm,
+                              recent_samples=self.guard.recent_samples())
         except StopTraining:
             self._save_if_finite("--max-steps reached")
             outcome = Outcome("max_steps", EXIT_OK, self.total_steps_done, f"stopped at step {self.total_steps_done}")

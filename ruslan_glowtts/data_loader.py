@@ -1,0 +1,107 @@
+"""The training data loader: Coqui's TTSDataset, robust to broken audio.
+
+Coqui's loader trims silence with librosa, which turns a waveform holding NaN samples into an
+empty array; `TTSDataset.load_wav` then asserts and the whole run crashes in the loader. The
+kit's dataset passes such a waveform on untrimmed, so its batch gets a NaN loss and the health
+guard skips that one update (and names the file), and training goes on.
+
+RuslanGlowTTS is Coqui's GlowTTS with this loader; its checkpoints and config.json are plain
+GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from TTS.tts.datasets.dataset import TTSDataset
+from TTS.tts.models.glow_tts import GlowTTS
+
+logger = logging.getLogger(__name__)
+
+
+class MelFeatures:
+    """The `ap` that KitTTSDataset's collate_fn calls: Coqui's AudioProcessor, except that a
+    waveform with non-finite samples gives an all-NaN mel (librosa refuses to STFT it), so its
+    batch's loss is NaN and the health guard skips that update, and that a 2-D array is taken to
+    be a mel spectrogram already."""
+
+    def __init__(self, ap: Any) -> None:
+        self.ap = ap
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "ap":  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.ap, name)
+
+    def melspectrogram(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 2:
+            return x
+        if not np.isfinite(x).all():
+            return np.full((self.ap.num_mels, 1 + len(x) // self.ap.hop_length), np.nan, dtype=np.float32)
+        return self.ap.melspectrogram(x)
+
+
+class KitTTSDataset(TTSDataset):
+    _reported: set[str] = set()  # files already named in a warning (per process)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ap = MelFeatures(self.ap)
+
+    def load_wav(self, filename: str) -> np.ndarray:
+        wav = self.ap.load_wav(filename)
+        if wav.size and np.isfinite(wav).all():
+            return wav
+        raw, _ = sf.read(filename, dtype="float32", always_2d=True)
+        raw = raw.mean(axis=1)
+        if filename not in self._reported:
+            self._reported.add(filename)
+            problem = "non-finite samples" if not np.isfinite(raw).all() else "nothing left after silence trim"
+            logger.warning(" ! %s: %s; its batches will be skipped by the health guard "
+                           "(python -m ruslan_glowtts.prepare excludes such files)", filename, problem)
+        return raw
+
+
+class RuslanGlowTTS(GlowTTS):
+    def get_data_loader(self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None,
+                        verbose: bool = True) -> DataLoader:
+        # Coqui's BaseTTS.get_data_loader with the kit's dataset class, for a single-speaker,
+        # grapheme GlowTTS (RUSLAN): no speaker/language mappings, f0, energy or linear specs.
+        dataset = KitTTSDataset(
+            outputs_per_step=1,
+            compute_linear_spec=False,
+            ap=self.ap,
+            samples=samples,
+            tokenizer=self.tokenizer,
+            return_wav=False,
+            batch_group_size=0 if is_eval else config.batch_group_size * config.batch_size,
+            min_text_len=config.min_text_len,
+            max_text_len=config.max_text_len,
+            min_audio_len=config.min_audio_len,
+            max_audio_len=config.max_audio_len,
+            phoneme_cache_path=config.phoneme_cache_path,
+            precompute_num_workers=config.precompute_num_workers,
+            use_noise_augment=False if is_eval else config.use_noise_augment,
+            start_by_longest=config.start_by_longest,
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        dataset.preprocess_samples()
+        sampler = self.get_sampler(config, dataset)
+        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        return DataLoader(
+            dataset,
+            batch_size=config.eval_batch_size if is_eval else config.batch_size,
+            shuffle=config.shuffle if sampler is None else False,
+            collate_fn=dataset.collate_fn,
+            drop_last=config.drop_last,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -1,0 +1,126 @@
+"""The explosion detector on replayed grad-norm traces (no training: fast)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ruslan_glowtts.config import HealthConfig
+from ruslan_glowtts.health import Detector
+
+
+def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
+    """Noisy grad norms in 1-50 like GlowTTS's: big swings in the first few hundred steps after
+    data-dependent init, then a slowly wandering level with log-normal noise, plus rare isolated
+    spikes (real healthy runs have them; one spike is not an explosion)."""
+    rng = np.random.default_rng(seed)
+    early = np.concatenate([rng.uniform(lo, hi, size=int(rng.integers(20, 60)))
+                            for lo, hi in [(30, 50), (5, 12), (25, 50), (3, 8), (15, 45), (8, 20)] * 2])
+    level = np.exp(np.cumsum(rng.normal(0, 0.01, n)) * 0.5 + math.log(12))
+    trace = np.clip(level * np.exp(rng.normal(0, 0.35, n)), 1, 50)
+    trace[: len(early)] = early[:n]
+    spikes = rng.choice(np.arange(min(400, n // 2), n), size=n // 200, replace=False)
+    trace[spikes] = rng.uniform(80, 150, size=len(spikes))
+    return trace
+
+
+def seed_shape(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The seed's explosion: after healthy training, a smooth rise to 100, a jump to 500, a
+    smooth climb to 600. Returns the trace and the step where the rise leaves the healthy band."""
+    healthy = healthy_trace(2000, seed=1)
+    rise = 25 + 75 / (1 + np.exp(-np.linspace(-6, 6, 600)))  # sigmoid 25 -> 100
+    jump = np.linspace(100, 500, 10)
+    climb = np.linspace(500, 600, 500)
+    smooth = np.concatenate([rise, jump, climb])
+    trace = np.concatenate([healthy, smooth * np.exp(rng.normal(0, 0.1, len(smooth)))])
+    onset = len(healthy) + int(np.argmax(rise > 50))
+    return trace, onset
+
+
+def replay(trace, cfg: HealthConfig | None = None):
+    detector = Detector(cfg or HealthConfig())
+    alarms = []
+    for step, value in enumerate(trace):
+        alarms += detector.observe(step, float(value))
+    return alarms, detector
+
+
+def explosions(alarms):
+    return [a for a in alarms if a.is_explosion]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ten_thousand_healthy_steps_raise_no_alarm(seed):
+    alarms, detector = replay(healthy_trace(10_000, seed=seed))
+    assert explosions(alarms) == []
+    assert detector.is_healthy()
+    # the isolated spikes are seen and reported, not acted on
+    assert any(a.kind == "spike" for a in alarms)
+
+
+def test_seed_shape_is_flagged_within_50_steps():
+    trace, onset = seed_shape(np.random.default_rng(0))
+    alarms, detector = replay(trace)
+    first = explosions(alarms)[0]
+    jump_step = 2000 + 600
+    crossing_100 = int(np.argmax(trace[2000:] > 100)) + 2000
+    assert first.step >= onset  # nothing while healthy
+    assert first.step <= crossing_100 + 50
+    assert first.step < jump_step  # caught on the smooth rise, before the jump to 500
+    assert first.kind == "trend"
+    assert not detector.is_healthy()
+
+
+def test_jump_alone_is_flagged_within_a_few_steps():
+    rng = np.random.default_rng(3)
+    trace = np.concatenate([healthy_trace(1500, seed=2), 500 * np.exp(rng.normal(0, 0.1, 100))])
+    alarms, _ = replay(trace)
+    first = explosions(alarms)[0]
+    assert first.kind == "jump" and 1500 <= first.step <= 1500 + 10
+
+
+def test_constant_rise_to_1000_is_flagged_before_100():
+    rising = np.geomspace(20, 1000, 3000)
+    trace = np.concatenate([healthy_trace(1000, seed=4), rising])
+    alarms, _ = replay(trace)
+    first = explosions(alarms)[0]
+    assert first.kind == "trend"
+    assert trace[first.step] < 100
+
+
+def test_level_rule_needs_a_sustained_excess():
+    cfg = HealthConfig()
+    base = healthy_trace(1000, seed=5)
+    scattered = base.copy()
+    scattered[600:636:3] = 400  # 12 spikes within 36 steps: no median moves
+    alarms, _ = replay(scattered, cfg)
+    assert explosions(alarms) == []
+    assert sum(a.kind == "spike" for a in alarms) >= 1
+    sustained = np.concatenate([base, np.full(40, 150.0)])
+    kinds = {a.kind for a in explosions(replay(sustained, cfg)[0])}
+    assert "level" in kinds
+
+
+def test_nonfinite_burst_and_divergence():
+    base = list(healthy_trace(300, seed=6))
+    burst = base + [math.nan, 20.0, math.inf, 15.0, math.nan] + base[:50]
+    alarms, _ = replay(burst)
+    assert [a.kind for a in explosions(alarms)] == ["nonfinite"]
+    one_off = base + [math.nan] + base[:100]
+    assert explosions(replay(one_off)[0]) == []
+    diverged = base + [math.nan] * 25
+    assert explosions(replay(diverged)[0])[-1].kind == "diverged"
+
+
+def test_grace_period_ignores_glowtts_early_swings():
+    # Right after (re)start the norms may sit far above the limit for a while.
+    trace = np.concatenate([np.full(40, 300.0), healthy_trace(500, seed=7)])
+    assert explosions(replay(trace)[0]) == []
+
+
+def test_the_same_rule_does_not_fire_every_step():
+    trace = np.concatenate([healthy_trace(500, seed=8), np.full(600, 400.0)])
+    kinds = [a.kind for a in explosions(replay(trace)[0])]
+    assert kinds.count("level") == 1 and kinds.count("jump") == 1
