@@ -155,7 +155,7 @@ def _bursts(mask: np.ndarray, count: int, window: int) -> list[int]:
 def _runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) index pairs, end exclusive, of the contiguous True stretches."""
     edges = np.diff(np.concatenate(([0], mask.astype(int), [0])))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +195,8 @@ def _grad_findings(tag: str, series: Series, th: Thresholds, fp16: bool) -> Grad
     finite = p_values[good]
 
     stats: dict[str, Any] = {
-        "tag": tag, "measured": measured, "points": int(len(steps)), "first_step": int(steps[0]),
-        "last_step": int(steps[-1]), "grace_steps": th.grace_steps, "judged_points": int(len(p_steps)),
+        "tag": tag, "measured": measured, "points": len(steps), "first_step": int(steps[0]),
+        "last_step": int(steps[-1]), "grace_steps": th.grace_steps, "judged_points": len(p_steps),
         "nonfinite": int(nonfinite.sum()) if measured else 0,
         "logged_zeros": int(zeros.sum()) if coqui and measured else 0,
         "nonfinite_steps": [int(s) for s in steps[nonfinite][:20]] if measured else [],
@@ -225,7 +225,7 @@ def _grad_shape(f: GradFindings, th: Thresholds) -> None:
     # Trend: log-domain slope over the last window, as growth factor across it (x2 = "doubling").
     tx, ty = x[-th.trend_window:], y[-th.trend_window:]
     span = int(tx[-1] - tx[0])
-    stats.update(trend_growth=10 ** (_resistant_slope(tx, ty) * span), trend_points=int(len(tx)), trend_steps=span)
+    stats.update(trend_growth=10 ** (_resistant_slope(tx, ty) * span), trend_points=len(tx), trend_steps=span)
 
     # Jumps: the median of the next jump_window points over the median of the previous
     # baseline_window points. Medians on both sides: a lone spike is not a new level.
@@ -258,12 +258,12 @@ def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
     if keep.sum() < 6:
         keep = ~nonfinite
     x, y = steps[keep], values[keep]
-    stats: dict[str, Any] = {"tag": LOSS_TAG, "points": int(len(steps)), "nonfinite": int(nonfinite.sum()),
+    stats: dict[str, Any] = {"tag": LOSS_TAG, "points": len(steps), "nonfinite": int(nonfinite.sum()),
                              "last_finite": not bool(nonfinite[-1]), "trend_change": None, "spikes": 0}
     if len(y) == 0:
         return stats
     n = max(1, min(th.recent, len(y) // 3))
-    stats.update(start=float(np.median(y[:n])), end=float(np.median(y[-n:])), last=float(y[-1]))
+    stats.update(start=float(np.median(y[:n])), end=float(np.median(y[-n:])), last=float(y[-1]), edge_points=n)
     if len(y) < 6:
         return stats
     # Loss can be negative (GlowTTS's log-likelihood term), so its trend is linear, not log.
@@ -271,7 +271,7 @@ def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
     resid = y - _centered_median(y, 8)
     sigma = _sigma(resid)
     spike = resid > th.spike_z * sigma if sigma > 0 else np.zeros_like(resid, dtype=bool)
-    stats.update(trend_change=_resistant_slope(tx, ty) * float(tx[-1] - tx[0]), trend_points=int(len(tx)),
+    stats.update(trend_change=_resistant_slope(tx, ty) * float(tx[-1] - tx[0]), trend_points=len(tx),
                  noise_sigma=sigma, spikes=int(spike.sum()), spike_steps=[int(s) for s in x[spike][:20]])
     return stats
 
@@ -279,11 +279,11 @@ def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
 def _eval_findings(series: Series) -> dict[str, Any]:
     ok = np.isfinite(series.values)
     steps, values = series.steps[ok], series.values[ok]
-    stats: dict[str, Any] = {"points": int(len(series)), "nonfinite": int((~ok).sum())}
+    stats: dict[str, Any] = {"points": len(series), "nonfinite": int((~ok).sum())}
     if len(values):
         best = int(np.argmin(values))
         rising = 0
-        for prev, cur in zip(values[::-1][1:], values[::-1]):  # consecutive rises at the end
+        for prev, cur in zip(values[::-1][1:], values[::-1][:-1], strict=True):  # consecutive rises at the end
             if cur <= prev:
                 break
             rising += 1
@@ -305,7 +305,7 @@ def _health_findings(run: RunEvents) -> tuple[dict[str, Any], dict[str, list[flo
         _, s = found
         fired = s.steps[s.values > 0]
         markers["alarms"] = [int(v) for v in fired]
-        stats.update(alarms=int(len(fired)), last_alarm_step=int(fired[-1]) if len(fired) else None)
+        stats.update(alarms=len(fired), last_alarm_step=int(fired[-1]) if len(fired) else None)
     if (found := run.get("Health/escalation")) is not None:
         _, s = found
         markers["escalations"] = [int(v) for v in s.steps]
@@ -337,8 +337,9 @@ def _onset(f: GradFindings, th: Thresholds) -> int | None:
     return int(x[max(stretches[-1][0] - th.jump_window + 1, 0)])
 
 
-def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list[str], int | None, dict[str, Any]]:
-    """(verdict, reasons, onset step of the trouble or None, stats)."""
+def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
+          fp16: bool = False) -> tuple[str, list[str], int | None, dict[str, Any]]:
+    """(verdict, reasons, onset step of the trouble or None, stats); `health` from _health_findings."""
     stats: dict[str, Any] = {}
     reasons: list[str] = []
     grad = run.get(*GRAD_TAGS)
@@ -354,11 +355,11 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
     if (lr := run.get(LR_TAG)) is not None:
         v = lr[1].values
         stats["learning_rate"] = {"first": float(v[0]), "last": float(v[-1]), "max": float(np.nanmax(v))}
-    health, _ = _health_findings(run)
     if health:
         stats["health"] = health
     g = f.stats if f else {}
-    source = "the guard skipped them" if grad and grad[0].startswith("Health/") else (
+    guarded = bool(grad) and grad[0].startswith("Health/")
+    source = "the guard skipped them" if guarded else (
         "Coqui logs a NaN/Inf grad_norm as 0 and, in fp32, still applies that update")
 
     # --- diverged: non-finite values in a burst, or still non-finite at the end of the log.
@@ -366,16 +367,20 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
     bad_loss = ~np.isfinite(loss[1].values) if loss else np.zeros(0, dtype=bool)
     burst_g = _bursts(bad_grad, th.nonfinite_burst, th.nonfinite_window)
     burst_l = _bursts(bad_loss, th.nonfinite_burst, th.nonfinite_window)
-    if burst_g or burst_l or (len(bad_grad) and bad_grad[-1]) or (len(bad_loss) and bad_loss[-1]):
-        if burst_g or (len(bad_grad) and bad_grad[-1]):
+    # Without the guard a non-finite last step means NaN weights now (Coqui applied the update);
+    # with it, that step was skipped and only a burst counts.
+    ends_g = bool(len(bad_grad) and bad_grad[-1] and not guarded)
+    ends_l = bool(len(bad_loss) and bad_loss[-1])
+    if burst_g or burst_l or ends_g or ends_l:
+        if burst_g or ends_g:
             first = int(f.all_steps[bad_grad][0])
             reasons.append(f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step {first}"
                            + (f" ({g['logged_zeros']} logged as 0: {source})" if g.get("logged_zeros") else "")
                            + (f", {th.nonfinite_burst}+ within {th.nonfinite_window} points" if burst_g else "")
-                           + (", including the last one" if bad_grad[-1] else ""))
+                           + (", including the last one" if ends_g else ""))
         else:
             first = None
-        if burst_l or (len(bad_loss) and bad_loss[-1]):
+        if burst_l or ends_l:
             loss_first = int(loss[1].steps[bad_loss][0])
             first = loss_first if first is None else min(first, loss_first)
             reasons.append(f"loss is non-finite at {int(bad_loss.sum())} logged step(s), first at step {loss_first}")
@@ -388,8 +393,11 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
             reasons.append("no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")")
         return "too_early", reasons, None, stats
     if g["judged_points"] < th.min_points or "median" not in g:
+        interval = float(np.median(np.diff(f.all_steps))) if len(f.all_steps) > 1 else 1.0
+        ready = int(g["first_step"] + th.grace_steps + th.min_points * interval)
         reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {th.grace_steps} steps "
-                       f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend")
+                       f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend: "
+                       f"look again after step {ready}")
         if g.get("max", 0) > th.limit:
             reasons.append(f"already above {th.limit:g} at step {g['max_step']} (max {_g(g['max'])}): look again soon")
         return "too_early", reasons, None, stats
@@ -412,7 +420,8 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
     if big_jumps and recent > th.healthy_max:
         # Jump rule: the seed's sigmoid shape (smooth to 100, jump to 500): a new level, not a spike.
         exploding.append("grad_norm jumped " + "; ".join(
-            f"x{jp['factor']:.2g} from {_g(jp['from'])} to {_g(jp['to'])} at step {jp['step']}" for jp in big_jumps[-3:])
+            f"x{jp['factor']:.2g} from {_g(jp['from'])} to {_g(jp['to'])} at step {jp['step']}"
+            for jp in big_jumps[-3:])
             + " and has not come back into the band")
     if exploding:
         if g["first_above_100_step"] is not None:
@@ -423,8 +432,8 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
     # --- warning
     warn = []
     if g["max"] > th.limit:
-        warn.append(f"grad_norm went above {th.limit:g} at {g['points_above_100']} point(s) (max {_g(g['max'])} at step "
-                    f"{g['max_step']}), but its recent median is back at {_g(recent)}")
+        warn.append(f"grad_norm went above {th.limit:g} at {g['points_above_100']} point(s) "
+                    f"(max {_g(g['max'])} at step {g['max_step']}), but its recent median is back at {_g(recent)}")
     elif g["p95"] > th.healthy_max:
         warn.append(f"grad_norm's p95 is {_g(g['p95'])}: {g['share_above_50']:.0%} of points are above the "
                     f"healthy band 1-{th.healthy_max:g}")
@@ -457,7 +466,8 @@ def judge(run: RunEvents, th: Thresholds, fp16: bool = False) -> tuple[str, list
                                                                           if growth >= th.trend_factor else ""))
     if "start" in ls:
         word = "fell" if ls["end"] < ls["start"] else "did not fall"
-        reasons.append(f"loss {word}: {ls['start']:.3g} -> {ls['end']:.3g} (medians of the first and last points)")
+        reasons.append(f"loss {word}: {ls['start']:.3g} -> {ls['end']:.3g} (medians of the first and last "
+                       f"{ls['edge_points']} points)")
     return "healthy", reasons, None, stats
 
 
@@ -550,19 +560,20 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def _pick_checkpoint(run_dir: Path, onset: int | None) -> tuple[Path | None, str]:
+    """The weights the next tier starts from, and how they were chosen (one clause)."""
     known_good = run_dir / KNOWN_GOOD
     if known_good.is_file():
-        return known_good, "the run's last known-good checkpoint"
+        return known_good, "from the run's last known-good checkpoint"
     found = _checkpoints(run_dir)
     if not found:
-        return None, "the run has no checkpoint: the next tier starts from scratch"
+        return None, "from scratch: the run has no checkpoint"
     if onset is not None:
         before = [c for c in found if c[0] <= onset]
         if before:
-            return before[-1][1], f"the last checkpoint saved before the trouble began (step {onset})"
-        return found[-1][1], (f"the last checkpoint, saved after the trouble began (step {onset}); if the new run "
-                              "explodes at once, start it without --restore-path")
-    return found[-1][1], "the run's last checkpoint"
+            return before[-1][1], f"from the last checkpoint saved before the trouble began (step {onset})"
+        return found[-1][1], (f"from the last checkpoint, saved after the trouble began (step {onset}); if the new "
+                              "run explodes at once, start it without --restore-path")
+    return found[-1][1], "from the run's last checkpoint"
 
 
 def _lineage(run_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -602,7 +613,8 @@ def run_context(run_dir: Path) -> dict[str, Any]:
         ctx.update(preset=current, tier_chain=([current] if current else []) + after,
                    next_preset=after[0] if after else None, tier_source=f"config.json: {why}")
     datasets = config.get("datasets") if isinstance(config.get("datasets"), list) else []
-    ctx["dataset_path"] = meta.get("dataset_path") or (datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None) or None
+    from_config = datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None
+    ctx["dataset_path"] = meta.get("dataset_path") or from_config or None
     ctx["lineage"] = _lineage(run_dir, meta) if meta.get("parent_run") or meta.get("escalation_index") else []
     ctx["_meta"], ctx["_config"] = meta, config
     return ctx
@@ -623,8 +635,9 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     events = events if events is not None else read_run(run_dir)
     ctx = run_context(run_dir)
     th = Thresholds.for_run(ctx["_config"])
-    verdict, reasons, onset, stats = judge(events, th, fp16=ctx["fp16"] and "TrainIterStats/amp_scaler" in events.scalars)
-    _, markers = _health_findings(events)
+    health, markers = _health_findings(events)
+    verdict, reasons, onset, stats = judge(events, th, health,
+                                           fp16=ctx["fp16"] and "TrainIterStats/amp_scaler" in events.scalars)
 
     nxt = ctx["next_preset"]
     checkpoint, why_ckpt = _pick_checkpoint(run_dir, onset)
@@ -644,7 +657,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     if verdict in ("exploding", "diverged"):
         if nxt:
             recommended, command = nxt, next_cmd
-            recommendation = f"stop this run and start the next tier, {nxt}, from {why_ckpt}"
+            recommendation = f"stop this run and start the next tier, {nxt}, {why_ckpt}"
         else:
             ds = ctx["dataset_path"] or "DATASET_DIR"
             command = PREPARE_HINT.format(src=shlex.quote(ds))
@@ -658,7 +671,8 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     else:
         recommendation = "keep training"
     run_info = {k: v for k, v in ctx.items() if not k.startswith("_")}
-    return Diagnosis(run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info, markers)
+    return Diagnosis(run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info,
+                     markers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +697,8 @@ def format_report(d: Diagnosis) -> str:
         text += f"; {len(g.get('jumps', []))} jump(s), {g.get('spikes', 0)} spike(s), {g['nonfinite']} non-finite"
         lines.append(f"grad_norm: {text}")
     if (ls := s.get("loss")) and "start" in ls:
-        change = f"; trend {ls['trend_change']:+.3g} over the last {ls['trend_points']} points" if ls.get("trend_change") is not None else ""
+        change = (f"; trend {ls['trend_change']:+.3g} over the last {ls['trend_points']} points"
+                  if ls.get("trend_change") is not None else "")
         lines.append(f"loss:      {ls['start']:.3g} -> {ls['end']:.3g}{change}; {ls['spikes']} spike(s), "
                      f"{ls['nonfinite']} non-finite")
     if (es := s.get("eval_loss")) and "best" in es:
@@ -784,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (the one holding events.out.tfevents.*)")
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "
                    "recommended_preset, command, stats) instead of text")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw grad_norm, loss and learning rate into this PNG")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="also draw grad_norm, loss and learning rate into this PNG")
     return p
 
 

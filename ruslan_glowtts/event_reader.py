@@ -26,7 +26,8 @@ from ruslan_glowtts.errors import UserError
 logger = logging.getLogger(__name__)
 
 EVENT_GLOB = "events.out.tfevents.*"
-TENSORBOARD_MISSING = "TensorBoard is not installed for {python}: pip install tensorboard==2.21.0 (see requirements.txt)"
+TENSORBOARD_MISSING = ("TensorBoard is not installed for {python}: pip install tensorboard==2.21.0 "
+                       "(see requirements.txt)")
 
 
 @dataclass(frozen=True)

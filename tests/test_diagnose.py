@@ -29,7 +29,7 @@ def write_events(run_dir: Path, series: dict[str, tuple], *, suffix: str = "") -
     # A large queue: the default (10) makes add_scalar wait for the writer thread at every call.
     writer = SummaryWriter(str(run_dir), max_queue=200_000, filename_suffix=suffix)
     for tag, (steps, values) in series.items():
-        for step, value in zip(steps, values):
+        for step, value in zip(steps, values, strict=True):
             writer.add_scalar(tag, float(value), int(step))
     writer.close()
 
@@ -127,7 +127,8 @@ def test_plain_coqui_run_infers_its_tier_from_config(tmp_path):
     assert d.verdict == "exploding" and d.recommended_preset == "stable"
     assert d.run["tier_chain"] == ["default", "stable", "safer", "safest"]
     # The only checkpoint was saved after the trouble began: still offered, with a note.
-    assert d.command == f"python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN --restore-path {run / 'checkpoint_20000.pth'}"
+    assert d.command == ("python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN "
+                         f"--restore-path {run / 'checkpoint_20000.pth'}")
     assert "after the trouble began" in d.run["checkpoint_note"]
 
 
@@ -155,7 +156,8 @@ def test_constant_rise_to_1000_is_exploding(tmp_path):
 
 def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
     rng = np.random.default_rng(6)
-    grad = np.concatenate([10 * np.exp(rng.normal(0, 0.2, 300)), np.geomspace(12, 90, 200) * np.exp(rng.normal(0, 0.05, 200))])
+    grad = np.concatenate([10 * np.exp(rng.normal(0, 0.2, 300)),
+                           np.geomspace(12, 90, 200) * np.exp(rng.normal(0, 0.05, 200))])
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "exploding" and d.stats["grad_norm"]["max"] < 100
     assert any("grew" in r for r in d.reasons)
@@ -163,7 +165,8 @@ def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
 
 def test_rise_inside_the_band_is_a_warning(tmp_path):
     rng = np.random.default_rng(7)
-    grad = np.concatenate([4 * np.exp(rng.normal(0, 0.1, 300)), np.geomspace(5, 30, 200) * np.exp(rng.normal(0, 0.05, 200))])
+    grad = np.concatenate([4 * np.exp(rng.normal(0, 0.1, 300)),
+                           np.geomspace(5, 30, 200) * np.exp(rng.normal(0, 0.05, 200))])
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "warning" and d.exit_code == 1 and d.command is None
     assert d.next_tier_command.startswith("python train_ruslan_glowtts.py --preset safer")
@@ -321,3 +324,27 @@ def test_unwritable_plot_path_is_one_line(tmp_path, capsys):
     assert dg.main([str(run), "--plot", str(tmp_path / "file" / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the plot") and err.count("\n") == 1
+
+
+def test_one_skipped_nan_at_the_end_of_a_guarded_run_is_only_a_warning(tmp_path):
+    # The guard skipped that update: the weights are fine (unlike Coqui, which applies it).
+    grad = healthy_grad(300, np.random.default_rng(21))
+    run = make_run(tmp_path / "run", grad, meta=kit_meta())
+    grad[-1] = np.nan
+    write_events(run, {"Health/grad_norm": (np.arange(300) * STEP, grad)}, suffix=".guard")
+    d = dg.diagnose(run)
+    assert d.verdict == "warning" and "the guard skipped them" in d.reasons[0]
+
+
+def test_rising_train_or_eval_loss_is_a_warning(tmp_path):
+    rng = np.random.default_rng(22)
+    grad = 10 * np.exp(rng.normal(0, 0.2, 400))
+    steps = np.arange(400) * STEP
+    rising = 1.0 + steps / 5000 + rng.normal(0, 0.05, 400)
+    d = dg.diagnose(make_run(tmp_path / "train", grad, loss=rising, meta=kit_meta()))
+    assert d.verdict == "warning" and any(r.startswith("loss rose by") for r in d.reasons)
+
+    evals = (np.arange(1, 7) * 1500, np.array([3.0, 2.0, 1.5, 1.6, 1.7, 1.8]))
+    d = dg.diagnose(make_run(tmp_path / "eval", grad, meta=kit_meta(), extra={"EvalStats/avg_loss": evals}))
+    assert d.verdict == "warning" and d.stats["eval_loss"]["rising_evals"] == 3
+    assert d.stats["eval_loss"]["best_step"] == 4500

@@ -93,7 +93,7 @@ def test_serves_latest_run_on_loopback_then_stops_clean(logdir):
             proc.kill()
             proc.wait()
         busy.close()
-    assert "port %d is busy" % busy_port in proc.stderr.read()
+    assert f"port {busy_port} is busy" in proc.stderr.read()
     assert not psutil.pid_exists(proc.pid) and not any(c.is_running() for c in children)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
