@@ -236,7 +236,7 @@ def _grad_shape(f: GradFindings, th: Thresholds) -> None:
         # Only jumps that land above the healthy band matter; inside 1-50 GlowTTS is just noisy.
         hit = (after - before >= math.log10(th.jump_factor)) & (after > math.log10(th.healthy_max))
         for start, end in _runs_of(hit):
-            lo = b + start  # index into y of the first candidate position
+            lo = max(b + start - j, b)  # the jump is at most jump_window points before the first hit
             hi = min(b + end + j, len(y))
             k = lo + int(np.argmax(np.diff(y[lo - 1:hi])))  # the biggest single step is where it jumped
             k = min(max(k, b), len(y) - j)
