@@ -1,0 +1,829 @@
+"""Read a run's curves and say what they mean, with the exact command to run next.
+
+    python -m ruslan_glowtts.diagnose RUN_DIR [--json] [--plot FILE.png]
+
+Works on any Coqui GlowTTS run (TrainIterStats/*, EvalStats/*) and uses the kit's health guard
+tags (Health/grad_norm, Health/skipped_steps, Health/alarm, Health/escalation) when present.
+
+Verdicts, first match wins (the thresholds are in `Thresholds`, each with its reason):
+  diverged   non-finite grad_norm or loss in a burst, or at the end of the log
+  too_early  fewer than `min_points` grad_norm points after the grace steps
+  exploding  recent grad_norm level above 100; or above the 1-50 band and still growing;
+             or a jump above 100 that has not come back into the band
+  warning    anything else outside "healthy": a spike above 100, p95 above 50, a rise that
+             will leave the band within one more window, isolated non-finite steps, loss or
+             eval loss rising, a recent health-guard alarm
+  healthy    grad_norm in 1-50 and never above 100, not constantly rising, loss not rising
+Exit codes: 0 healthy or too_early, 1 warning, 2 bad input, 3 exploding or diverged.
+
+All statistics are robust (medians, MAD, Tukey's resistant line on log10 grad_norm): a
+GlowTTS grad_norm is heavy-tailed and a mean or a least-squares slope follows single spikes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ruslan_glowtts.errors import EXIT_EXPLODED, EXIT_USAGE, UserError
+from ruslan_glowtts.event_reader import RunEvents, Series, read_run
+from ruslan_glowtts.presets import Preset, load_preset, tier_chain
+
+logger = logging.getLogger(__name__)
+
+EXIT_CODES = {"healthy": 0, "too_early": 0, "warning": 1, "exploding": EXIT_EXPLODED, "diverged": EXIT_EXPLODED}
+RUN_META = "run.json"  # ruslan_glowtts.runs.RUN_META; not imported: runs.py imports torch via Coqui
+KNOWN_GOOD = "known_good.pth"
+CHECKPOINT_RE = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pth$")
+PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
+
+GRAD_TAGS = ("Health/grad_norm", "TrainIterStats/grad_norm")
+LOSS_TAG = "TrainIterStats/loss"
+LR_TAG = "TrainIterStats/current_lr"
+EVAL_TAG = "EvalStats/avg_loss"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Windows are in logged points: every optimizer step for Health/grad_norm, every plot_step
+    for Coqui's TrainIterStats. Values match HealthConfig's defaults; a kit run's own `health`
+    section in config.json replaces them, so the diagnosis and the run's guard agree."""
+
+    healthy_max: float = 50.0  # top of the band the stable preset keeps grad_norm in on RUSLAN (1-50)
+    limit: float = 100.0  # "never above 100": a healthy GlowTTS run does not get there at all
+    grace_steps: int = 50  # GlowTTS's first steps after data-dependent init are noisy: not judged
+    min_points: int = 50  # fewer points after the grace steps: a median and a trend mean little
+    recent: int = 25  # the level window: "where is grad_norm now" (median, ignores lone spikes)
+    trend_window: int = 200  # "constantly rising" is judged over this many points...
+    trend_factor: float = 2.0  # ...as growth by at least this factor (log-domain slope)
+    jump_factor: float = 3.0  # a level shift by this factor is a jump (the seed's 100 -> 500 is x5)
+    jump_window: int = 8  # points after a candidate jump (median: the new level must hold)
+    baseline_window: int = 32  # points before it (median: the level it jumped from)
+    spike_z: float = 6.0  # a lone point this many robust sigmas above its neighbours is a spike (OLMo's z)
+    nonfinite_burst: int = 3  # this many non-finite points...
+    nonfinite_window: int = 20  # ...within this many consecutive points is a divergence, not a blip
+
+    @classmethod
+    def for_run(cls, config: dict[str, Any]) -> Thresholds:
+        health = config.get("health") if isinstance(config.get("health"), dict) else {}
+        mapping = {"healthy_max": "healthy_max", "limit": "grad_norm_limit", "grace_steps": "grace_steps",
+                   "trend_factor": "trend_factor", "jump_factor": "jump_factor",
+                   "nonfinite_burst": "nonfinite_burst", "nonfinite_window": "nonfinite_window"}
+        values = {ours: type(getattr(cls, ours))(health[theirs]) for ours, theirs in mapping.items()
+                  if isinstance(health.get(theirs), (int, float)) and not isinstance(health.get(theirs), bool)}
+        return cls(**values)
+
+
+@dataclass
+class Diagnosis:
+    run_dir: Path
+    verdict: str
+    reasons: list[str]
+    recommendation: str  # one sentence
+    recommended_preset: str | None  # the tier to switch to now; None = keep the current one
+    command: str | None  # what to run now; None = keep training
+    next_tier_command: str | None  # what to run if (or now that) this tier explodes
+    stats: dict[str, Any]
+    run: dict[str, Any]
+    markers: dict[str, list[float]] = field(default_factory=dict)  # steps of skips, alarms, escalations
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": self.reasons, "recommended_preset": self.recommended_preset,
+                "recommendation": self.recommendation, "command": self.command,
+                "next_tier_command": self.next_tier_command, "exit_code": self.exit_code,
+                "stats": _clean(self.stats), "run": _clean(self.run)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust statistics
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/Inf to None."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _sigma(residuals: np.ndarray) -> float:
+    """Robust standard deviation: 1.4826 x median absolute deviation (= sigma for Gaussian noise)."""
+    return float(1.4826 * np.median(np.abs(residuals - np.median(residuals)))) if len(residuals) else 0.0
+
+
+def _centered_median(x: np.ndarray, half: int) -> np.ndarray:
+    padded = np.pad(x, half, mode="edge")
+    return np.median(sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def _resistant_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Tukey's resistant line: slope between the medians of the first and last thirds. A few
+    spikes cannot tilt it, unlike least squares."""
+    third = len(x) // 3
+    dx = float(np.median(x[-third:]) - np.median(x[:third]))
+    return float(np.median(y[-third:]) - np.median(y[:third])) / dx if third and dx else 0.0
+
+
+def _bursts(mask: np.ndarray, count: int, window: int) -> list[int]:
+    """Indices where a window of `window` consecutive points holds at least `count` True."""
+    if not mask.any():
+        return []
+    sums = np.convolve(mask.astype(int), np.ones(min(window, len(mask)), dtype=int), mode="valid")
+    return [int(i) for i in np.flatnonzero(sums >= count)]
+
+
+def _runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) index pairs, end exclusive, of the contiguous True stretches."""
+    edges = np.diff(np.concatenate(([0], mask.astype(int), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# grad_norm, loss, eval loss
+
+
+@dataclass
+class GradFindings:
+    stats: dict[str, Any]
+    steps: np.ndarray  # post-grace points
+    log: np.ndarray  # log10 of the finite positive post-grace values (NaN elsewhere)
+    nonfinite_mask: np.ndarray  # over all points
+    all_steps: np.ndarray
+
+
+def _grad_findings(tag: str, series: Series, th: Thresholds, fp16: bool) -> GradFindings:
+    steps, values = series.steps, series.values
+    nonfinite = ~np.isfinite(values)
+    zeros = values == 0
+    coqui = tag.startswith("TrainIterStats/")
+    measured = not (coqui and zeros.all())
+    if coqui and measured:
+        # Coqui logs a NaN/Inf grad_norm as 0 (trainer.py, optimize): a real norm is never exactly 0.
+        nonfinite = nonfinite | zeros
+    if fp16:
+        # GradScaler starts at 2^16 and halves on each overflow: the first skipped steps are its
+        # calibration, not a divergence (those updates are not applied).
+        nonfinite[: th.nonfinite_window] = False
+
+    start = int(steps[0]) + th.grace_steps
+    post = steps >= start
+    if post.sum() == 0:
+        post = np.ones_like(post)
+    p_steps, p_values = steps[post], values[post]
+    good = np.isfinite(p_values) & (p_values > 0)
+    log = np.where(good, np.log10(np.where(good, p_values, 1.0)), np.nan)
+    finite = p_values[good]
+
+    stats: dict[str, Any] = {
+        "tag": tag, "measured": measured, "points": len(steps), "first_step": int(steps[0]),
+        "last_step": int(steps[-1]), "grace_steps": th.grace_steps, "judged_points": len(p_steps),
+        "nonfinite": int(nonfinite.sum()) if measured else 0,
+        "logged_zeros": int(zeros.sum()) if coqui and measured else 0,
+        "nonfinite_steps": [int(s) for s in steps[nonfinite][:20]] if measured else [],
+    }
+    if len(finite):
+        above_50, above_100 = finite > th.healthy_max, finite > th.limit
+        imax = int(np.argmax(np.where(good, p_values, -np.inf)))
+        stats.update(
+            median=float(np.median(finite)), p95=float(np.percentile(finite, 95)), max=float(finite.max()),
+            max_step=int(p_steps[imax]), share_above_50=float(above_50.mean()),
+            share_above_100=float(above_100.mean()), points_above_100=int(above_100.sum()),
+            recent_median=float(np.median(finite[-th.recent:])),
+            first_above_100_step=int(p_steps[good][above_100][0]) if above_100.any() else None,
+        )
+    return GradFindings(stats, p_steps, log, nonfinite, steps)
+
+
+def _grad_shape(f: GradFindings, th: Thresholds) -> None:
+    """Trend, jumps and spikes of log10 grad_norm (finite points only)."""
+    ok = ~np.isnan(f.log)
+    x, y = f.steps[ok], f.log[ok]
+    stats = f.stats
+    stats.update(trend_growth=None, trend_points=0, trend_steps=0, jumps=[], spikes=0, spike_steps=[])
+    if len(y) < 6:
+        return
+    # Trend: log-domain slope over the last window, as growth factor across it (x2 = "doubling").
+    tx, ty = x[-th.trend_window:], y[-th.trend_window:]
+    span = int(tx[-1] - tx[0])
+    stats.update(trend_growth=10 ** (_resistant_slope(tx, ty) * span), trend_points=len(tx), trend_steps=span)
+
+    # Jumps: the median of the next jump_window points over the median of the previous
+    # baseline_window points. Medians on both sides: a lone spike is not a new level.
+    b, j = th.baseline_window, th.jump_window
+    if len(y) >= b + j:
+        before = np.median(sliding_window_view(y, b), axis=1)[: len(y) - j - b + 1]
+        after = np.median(sliding_window_view(y, j), axis=1)[b:]
+        # Only jumps that land above the healthy band matter; inside 1-50 GlowTTS is just noisy.
+        hit = (after - before >= math.log10(th.jump_factor)) & (after > math.log10(th.healthy_max))
+        for start, end in _runs_of(hit):
+            lo = max(b + start - j, b)  # the jump is at most jump_window points before the first hit
+            hi = min(b + end + j, len(y))
+            k = lo + int(np.argmax(np.diff(y[lo - 1:hi])))  # the biggest single step is where it jumped
+            k = min(max(k, b), len(y) - j)
+            frm, to = 10 ** float(np.median(y[k - b:k])), 10 ** float(np.median(y[k:k + j]))
+            stats["jumps"].append({"step": int(x[k]), "from": frm, "to": to, "factor": to / frm})
+
+    # Spikes: a point far above its neighbours' median, in robust sigmas of the residuals.
+    resid = y - _centered_median(y, 8)
+    sigma = _sigma(resid)
+    spike = resid > max(th.spike_z * sigma, math.log10(th.jump_factor))
+    stats.update(spikes=int(spike.sum()), spike_steps=[int(s) for s in x[spike][:20]])
+
+
+def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
+    steps, values = series.steps, series.values
+    nonfinite = ~np.isfinite(values)
+    start = int(steps[0]) + th.grace_steps
+    keep = (steps >= start) & ~nonfinite
+    if keep.sum() < 6:
+        keep = ~nonfinite
+    x, y = steps[keep], values[keep]
+    stats: dict[str, Any] = {"tag": LOSS_TAG, "points": len(steps), "nonfinite": int(nonfinite.sum()),
+                             "last_finite": not bool(nonfinite[-1]), "trend_change": None, "spikes": 0}
+    if len(y) == 0:
+        return stats
+    n = max(1, min(th.recent, len(y) // 3))
+    stats.update(start=float(np.median(y[:n])), end=float(np.median(y[-n:])), last=float(y[-1]), edge_points=n)
+    if len(y) < 6:
+        return stats
+    # Loss can be negative (GlowTTS's log-likelihood term), so its trend is linear, not log.
+    tx, ty = x[-th.trend_window:], y[-th.trend_window:]
+    resid = y - _centered_median(y, 8)
+    sigma = _sigma(resid)
+    spike = resid > th.spike_z * sigma if sigma > 0 else np.zeros_like(resid, dtype=bool)
+    stats.update(trend_change=_resistant_slope(tx, ty) * float(tx[-1] - tx[0]), trend_points=len(tx),
+                 noise_sigma=sigma, spikes=int(spike.sum()), spike_steps=[int(s) for s in x[spike][:20]])
+    return stats
+
+
+def _eval_findings(series: Series) -> dict[str, Any]:
+    ok = np.isfinite(series.values)
+    steps, values = series.steps[ok], series.values[ok]
+    stats: dict[str, Any] = {"points": len(series), "nonfinite": int((~ok).sum())}
+    if len(values):
+        best = int(np.argmin(values))
+        rising = 0
+        for prev, cur in zip(values[::-1][1:], values[::-1][:-1], strict=True):  # consecutive rises at the end
+            if cur <= prev:
+                break
+            rising += 1
+        stats.update(first=float(values[0]), best=float(values[best]), best_step=int(steps[best]),
+                     last=float(values[-1]), last_step=int(steps[-1]), rising_evals=rising)
+    return stats
+
+
+def _health_findings(run: RunEvents) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    stats: dict[str, Any] = {}
+    markers: dict[str, list[float]] = {"skipped": [], "alarms": [], "escalations": []}
+    if (found := run.get("Health/skipped_steps")) is not None:
+        _, s = found
+        counts = np.nan_to_num(s.values)
+        grew = np.diff(np.concatenate(([0.0], counts))) > 0
+        markers["skipped"] = [int(v) for v in s.steps[grew]]
+        stats["skipped_steps"] = int(counts.max())
+    if (found := run.get("Health/alarm")) is not None:
+        _, s = found
+        fired = s.steps[s.values > 0]
+        markers["alarms"] = [int(v) for v in fired]
+        stats.update(alarms=len(fired), last_alarm_step=int(fired[-1]) if len(fired) else None)
+    if (found := run.get("Health/escalation")) is not None:
+        _, s = found
+        markers["escalations"] = [int(v) for v in s.steps]
+        stats["escalation_index"] = int(s.values[-1]) if np.isfinite(s.values[-1]) else None
+    if run.texts:
+        stats["notes"] = [{"step": step, "tag": tag, "text": text} for step, tag, text in run.texts[-10:]]
+    return stats, markers
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _onset(f: GradFindings, th: Thresholds) -> int | None:
+    """First step of the final stretch where grad_norm's trailing median is above the band."""
+    ok = ~np.isnan(f.log)
+    x, y = f.steps[ok], f.log[ok]
+    if len(y) < th.jump_window:
+        return None
+    trailing = np.median(sliding_window_view(y, th.jump_window), axis=1)
+    above = np.concatenate((np.zeros(th.jump_window - 1, dtype=bool), trailing > math.log10(th.healthy_max)))
+    stretches = _runs_of(above)
+    if not stretches or stretches[-1][1] != len(y):
+        return None
+    return int(x[max(stretches[-1][0] - th.jump_window + 1, 0)])
+
+
+def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
+          fp16: bool = False) -> tuple[str, list[str], int | None, dict[str, Any]]:
+    """(verdict, reasons, onset step of the trouble or None, stats); `health` from _health_findings."""
+    stats: dict[str, Any] = {}
+    reasons: list[str] = []
+    grad = run.get(*GRAD_TAGS)
+    loss = run.get(LOSS_TAG)
+    f = _grad_findings(*grad, th, fp16) if grad else None
+    if f is not None:
+        _grad_shape(f, th)
+        stats["grad_norm"] = f.stats
+    if loss:
+        stats["loss"] = _loss_findings(loss[1], th)
+    if (ev := run.get(EVAL_TAG)) is not None:
+        stats["eval_loss"] = _eval_findings(ev[1])
+    if (lr := run.get(LR_TAG)) is not None:
+        v = lr[1].values
+        stats["learning_rate"] = {"first": float(v[0]), "last": float(v[-1]), "max": float(np.nanmax(v))}
+    if health:
+        stats["health"] = health
+    g = f.stats if f else {}
+    guarded = bool(grad) and grad[0].startswith("Health/")
+    source = "the guard skipped them" if guarded else (
+        "Coqui logs a NaN/Inf grad_norm as 0 and, in fp32, still applies that update")
+
+    # --- diverged: non-finite values in a burst, or still non-finite at the end of the log.
+    bad_grad = f.nonfinite_mask if f is not None and g.get("measured") else np.zeros(0, dtype=bool)
+    bad_loss = ~np.isfinite(loss[1].values) if loss else np.zeros(0, dtype=bool)
+    burst_g = _bursts(bad_grad, th.nonfinite_burst, th.nonfinite_window)
+    burst_l = _bursts(bad_loss, th.nonfinite_burst, th.nonfinite_window)
+    # Without the guard a non-finite last step means NaN weights now (Coqui applied the update);
+    # with it, that step was skipped and only a burst counts.
+    ends_g = bool(len(bad_grad) and bad_grad[-1] and not guarded)
+    ends_l = bool(len(bad_loss) and bad_loss[-1])
+    if burst_g or burst_l or ends_g or ends_l:
+        if burst_g or ends_g:
+            first = int(f.all_steps[bad_grad][0])
+            reasons.append(f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step {first}"
+                           + (f" ({g['logged_zeros']} logged as 0: {source})" if g.get("logged_zeros") else "")
+                           + (f", {th.nonfinite_burst}+ within {th.nonfinite_window} points" if burst_g else "")
+                           + (", including the last one" if ends_g else ""))
+        else:
+            first = None
+        if burst_l or ends_l:
+            loss_first = int(loss[1].steps[bad_loss][0])
+            first = loss_first if first is None else min(first, loss_first)
+            reasons.append(f"loss is non-finite at {int(bad_loss.sum())} logged step(s), first at step {loss_first}")
+        return "diverged", reasons, first, stats
+
+    if f is None or not g.get("measured"):
+        if f is not None:
+            reasons.append("grad_norm is 0 at every logged step: Coqui computes it only when grad_clip > 0")
+        else:
+            reasons.append("no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")")
+        return "too_early", reasons, None, stats
+    if g["judged_points"] < th.min_points or "median" not in g:
+        interval = float(np.median(np.diff(f.all_steps))) if len(f.all_steps) > 1 else 1.0
+        ready = int(g["first_step"] + th.grace_steps + th.min_points * interval)
+        reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {th.grace_steps} steps "
+                       f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend: "
+                       f"look again after step {ready}")
+        if g.get("max", 0) > th.limit:
+            reasons.append(f"already above {th.limit:g} at step {g['max_step']} (max {_g(g['max'])}): look again soon")
+        return "too_early", reasons, None, stats
+
+    recent, growth, jumps = g["recent_median"], g["trend_growth"], g["jumps"]
+    big_jumps = [jp for jp in jumps if jp["to"] > th.limit]
+    onset = _onset(f, th)
+    window = f"the last {g['trend_points']} points ({g['trend_steps']} steps)"
+
+    # --- exploding
+    exploding = []
+    if recent > th.limit:
+        # Level rule: the median ignores lone spikes; a sustained level above 100 never happens
+        # in a healthy GlowTTS run.
+        exploding.append(f"grad_norm's median over the last {th.recent} points is {_g(recent)}, above {th.limit:g}")
+    if growth is not None and growth >= th.trend_factor and recent > th.healthy_max:
+        # Trend rule: above the band and still growing: it will not come back by itself.
+        exploding.append(f"grad_norm grew x{growth:.2g} over {window} and is above the {th.healthy_max:g} band "
+                         f"({_g(recent)})")
+    if big_jumps and recent > th.healthy_max:
+        # Jump rule: the seed's sigmoid shape (smooth to 100, jump to 500): a new level, not a spike.
+        exploding.append("grad_norm jumped " + "; ".join(
+            f"x{jp['factor']:.2g} from {_g(jp['from'])} to {_g(jp['to'])} at step {jp['step']}"
+            for jp in big_jumps[-3:])
+            + " and has not come back into the band")
+    if exploding:
+        if g["first_above_100_step"] is not None:
+            exploding.append(f"{g['share_above_100']:.0%} of points are above {th.limit:g}, "
+                             f"first at step {g['first_above_100_step']}; max {_g(g['max'])} at step {g['max_step']}")
+        return "exploding", exploding, onset, stats
+
+    # --- warning
+    warn = []
+    if g["max"] > th.limit:
+        warn.append(f"grad_norm went above {th.limit:g} at {g['points_above_100']} point(s) "
+                    f"(max {_g(g['max'])} at step {g['max_step']}), but its recent median is back at {_g(recent)}")
+    elif g["p95"] > th.healthy_max:
+        warn.append(f"grad_norm's p95 is {_g(g['p95'])}: {g['share_above_50']:.0%} of points are above the "
+                    f"healthy band 1-{th.healthy_max:g}")
+    if recent > th.healthy_max:
+        warn.append(f"grad_norm's recent median {_g(recent)} is above the healthy band 1-{th.healthy_max:g}")
+    if growth is not None and growth >= th.trend_factor and recent * growth > th.healthy_max:
+        # Projection: one more window at this rate leaves the band.
+        warn.append(f"grad_norm grew x{growth:.2g} over {window}; at this rate it leaves the band "
+                    f"(now {_g(recent)}) within the next {g['trend_steps']} steps")
+    if g["nonfinite"] and not fp16:
+        warn.append(f"{g['nonfinite']} isolated non-finite grad_norm step(s) at {g['nonfinite_steps'][:5]} ({source})")
+    ls = stats.get("loss", {})
+    if ls.get("trend_change") is not None and ls["trend_change"] > max(3 * ls["noise_sigma"], 1e-6):
+        warn.append(f"loss rose by {ls['trend_change']:.3g} over the last {ls['trend_points']} points "
+                    f"(3x its noise is {3 * ls['noise_sigma']:.2g})")
+    es = stats.get("eval_loss", {})
+    if es.get("rising_evals", 0) >= 3:
+        warn.append(f"eval loss rose at each of the last {es['rising_evals']} evaluations "
+                    f"(best {es['best']:.3g} at step {es['best_step']}, now {es['last']:.3g})")
+    alarm = health.get("last_alarm_step")
+    if alarm is not None and alarm >= int(f.steps[~np.isnan(f.log)][-g["trend_points"]]):
+        warn.append(f"the health guard raised {health['alarms']} alarm(s), the last at step {alarm}")
+    if warn:
+        return "warning", warn, onset, stats
+
+    reasons.append(f"grad_norm stays in the healthy band: median {_g(g['median'])}, p95 {_g(g['p95'])}, max "
+                   f"{_g(g['max'])} (band 1-{th.healthy_max:g}, never above {th.limit:g})")
+    if growth is not None:
+        reasons.append(f"grad_norm trend over {window}: x{growth:.2g}" + (" (rising, still far from the band's top)"
+                                                                          if growth >= th.trend_factor else ""))
+    if "start" in ls:
+        word = "fell" if ls["end"] < ls["start"] else "did not fall"
+        reasons.append(f"loss {word}: {ls['start']:.3g} -> {ls['end']:.3g} (medians of the first and last "
+                       f"{ls['edge_points']} points)")
+    return "healthy", reasons, None, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's tier and the command to run next
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot read %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _value(preset: Preset, key: str) -> Any:
+    return preset.overrides.get(key)
+
+
+def infer_tier(config: dict[str, Any]) -> tuple[str | None, list[str], str]:
+    """For a run without run.json: (current preset or None, the chain after it, explanation).
+
+    An exact (lr, grad_clip) match names the tier; otherwise the next tier is the first of the
+    bundled chain at least as conservative in both values and stricter in one."""
+    lr, clip = config.get("lr"), config.get("grad_clip")
+    if not isinstance(lr, (int, float)) or not isinstance(clip, (int, float)):
+        chain = [p.name for p in tier_chain(load_preset("stable"))]
+        return None, chain, "config.json has no lr/grad_clip: starting the kit's chain at stable"
+    eff_clip = clip if clip > 0 else math.inf  # 0 disables clipping
+    chain = tier_chain(load_preset("default"))
+    for i, p in enumerate(chain):
+        if math.isclose(_value(p, "lr"), lr, rel_tol=1e-6) and math.isclose(_value(p, "grad_clip"), clip, rel_tol=1e-6):
+            return p.name, [q.name for q in chain[i + 1:]], f"lr {lr:g} and grad_clip {clip:g} match preset {p.name}"
+    for i, p in enumerate(chain):
+        p_lr, p_clip = _value(p, "lr"), _value(p, "grad_clip")
+        if p_lr <= lr and p_clip <= eff_clip and (p_lr < lr or p_clip < eff_clip):
+            return None, [q.name for q in chain[i:]], (f"lr {lr:g}, grad_clip {clip:g}: the first safer tier of "
+                                                       f"{' -> '.join(q.name for q in chain)} is {p.name}")
+    return None, [], f"lr {lr:g}, grad_clip {clip:g} are already at or below the last tier's values"
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, value in tree.items():
+        keys |= _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name}
+    return keys
+
+
+def _toml(value: Any) -> str:
+    """A --set VALUE that parse_set_option reads back as the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _carried_flags(meta: dict[str, Any], next_preset: str) -> list[str]:
+    """The user's own command-line settings of the run, minus what the next preset sets: a
+    restored checkpoint needs the same model shape, and the new tier's values must win."""
+    try:
+        preset_keys = _flat_keys(load_preset(next_preset).overrides)
+    except UserError:
+        preset_keys = set()
+    flags: list[str] = []
+    for item in meta.get("overrides") or []:
+        if not isinstance(item, dict) or item.get("key") in preset_keys:
+            continue
+        key, value, source = item.get("key"), item.get("value"), item.get("source")
+        if source == "--set" and not isinstance(value, dict):
+            flags += ["--set", f"{key}={_toml(value)}"]
+        elif source in ("--seed", "--output-path", "--grad-accum"):
+            flags += [source, str(value)]
+    return flags
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in run_dir.glob("*.pth"):
+        if m := CHECKPOINT_RE.match(path.name):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def _pick_checkpoint(run_dir: Path, onset: int | None) -> tuple[Path | None, str]:
+    """The weights the next tier starts from, and how they were chosen (one clause)."""
+    known_good = run_dir / KNOWN_GOOD
+    if known_good.is_file():
+        return known_good, "from the run's last known-good checkpoint"
+    found = _checkpoints(run_dir)
+    if not found:
+        return None, "from scratch: the run has no checkpoint"
+    if onset is not None:
+        before = [c for c in found if c[0] <= onset]
+        if before:
+            return before[-1][1], f"from the last checkpoint saved before the trouble began (step {onset})"
+        return found[-1][1], (f"from the last checkpoint, saved after the trouble began (step {onset}); if the new "
+                              "run explodes at once, start it without --restore-path")
+    return found[-1][1], "from the run's last checkpoint"
+
+
+def _lineage(run_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run and the runs it continues from (run.json parent_run links), oldest first."""
+    chain = [{"run": str(run_dir), "preset": meta.get("preset"), "escalation_index": meta.get("escalation_index"),
+              "reason": meta.get("reason")}]
+    seen = {run_dir.resolve()}
+    while parent := meta.get("parent_run"):
+        path = Path(parent)
+        if path.resolve() in seen or len(chain) > 50:
+            break
+        seen.add(path.resolve())
+        meta = _read_json(path / RUN_META)
+        chain.append({"run": str(path), "preset": meta.get("preset"), "escalation_index": meta.get("escalation_index"),
+                      "reason": meta.get("reason"), "exists": path.is_dir()})
+    return chain[::-1]
+
+
+def run_context(run_dir: Path) -> dict[str, Any]:
+    """What the recommendation needs: preset, tier chain, dataset path, metadata."""
+    meta = _read_json(run_dir / RUN_META)
+    config = _read_json(run_dir / "config.json")
+    ctx: dict[str, Any] = {"dir": str(run_dir), "has_run_json": bool(meta), "preset": meta.get("preset"),
+                           "status": meta.get("status"), "final_step": meta.get("final_step"),
+                           "lr": config.get("lr"), "grad_clip": config.get("grad_clip"),
+                           "fp16": bool(config.get("mixed_precision")) and config.get("precision", "fp16") == "fp16"}
+    chain = meta.get("tier_chain")
+    if meta.get("preset") and not (isinstance(chain, list) and chain):
+        try:
+            chain = [p.name for p in tier_chain(load_preset(meta.get("preset_path") or meta["preset"]))]
+        except UserError:
+            chain = None
+    if meta.get("preset") and isinstance(chain, list) and chain:
+        ctx.update(tier_chain=chain, next_preset=chain[1] if len(chain) > 1 else None, tier_source="run.json")
+    else:
+        current, after, why = infer_tier(config)
+        ctx.update(preset=current, tier_chain=([current] if current else []) + after,
+                   next_preset=after[0] if after else None, tier_source=f"config.json: {why}")
+    datasets = config.get("datasets") if isinstance(config.get("datasets"), list) else []
+    from_config = datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None
+    ctx["dataset_path"] = meta.get("dataset_path") or from_config or None
+    ctx["lineage"] = _lineage(run_dir, meta) if meta.get("parent_run") or meta.get("escalation_index") else []
+    ctx["_meta"], ctx["_config"] = meta, config
+    return ctx
+
+
+def _command(ctx: dict[str, Any], next_preset: str, checkpoint: Path | None) -> str:
+    parts = ["python", "train_ruslan_glowtts.py", "--preset", next_preset,
+             "--dataset-path", ctx["dataset_path"] or "DATASET_DIR"]
+    if checkpoint is not None:
+        parts += ["--restore-path", str(checkpoint)]
+    parts += _carried_flags(ctx["_meta"], next_preset)
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
+    """The verdict, reasons and recommendation for one run folder (events: read_run(run_dir))."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    events = events if events is not None else read_run(run_dir)
+    ctx = run_context(run_dir)
+    th = Thresholds.for_run(ctx["_config"])
+    health, markers = _health_findings(events)
+    verdict, reasons, onset, stats = judge(events, th, health,
+                                           fp16=ctx["fp16"] and "TrainIterStats/amp_scaler" in events.scalars)
+
+    nxt = ctx["next_preset"]
+    checkpoint, why_ckpt = _pick_checkpoint(run_dir, onset)
+    next_cmd = _command(ctx, nxt, checkpoint) if nxt else None
+    ctx.update(checkpoint=str(checkpoint) if checkpoint else None, checkpoint_note=why_ckpt, onset_step=onset,
+               event_files=[str(p) for p in events.files], thresholds=th.__dict__)
+    if not ctx["dataset_path"]:
+        reasons.append("the dataset path is unknown (no run.json, no datasets[0].path in config.json): "
+                       "replace DATASET_DIR in the command")
+    for item in ctx["lineage"][:-1]:
+        reasons.append(f"continues from {item['run']} (preset {item['preset']})")
+    if ctx["lineage"] and ctx["lineage"][-1].get("reason"):
+        reasons.append(f"started by escalation: {ctx['lineage'][-1]['reason']}")
+
+    preset_name = ctx["preset"] or "this run's settings"
+    command = recommended = None
+    if verdict in ("exploding", "diverged"):
+        if nxt:
+            recommended, command = nxt, next_cmd
+            recommendation = f"stop this run and start the next tier, {nxt}, {why_ckpt}"
+        else:
+            ds = ctx["dataset_path"] or "DATASET_DIR"
+            command = PREPARE_HINT.format(src=shlex.quote(ds))
+            recommendation = (f"{preset_name} is the end of the tier chain: suspect the data; run prepare and read "
+                              "its report (long or mislabelled utterances)")
+    elif verdict == "warning":
+        recommendation = "keep training and diagnose again in a few hundred steps" + (
+            f"; if it turns exploding, switch to {nxt}" if nxt else "")
+    elif verdict == "too_early":
+        recommendation = "keep training and diagnose again later"
+    else:
+        recommendation = "keep training"
+    run_info = {k: v for k, v in ctx.items() if not k.startswith("_")}
+    return Diagnosis(run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info,
+                     markers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def format_report(d: Diagnosis) -> str:
+    r, s = d.run, d.stats
+    chain = " -> ".join(r.get("tier_chain") or []) or "unknown"
+    lines = [f"Run:      {d.run_dir}",
+             f"Preset:   {r.get('preset') or 'not a kit preset'} (tier chain: {chain}; from {r['tier_source']})",
+             f"Verdict:  {d.verdict.upper()}"]
+    lines += [f"  - {reason}" for reason in d.reasons]
+    if g := s.get("grad_norm"):
+        text = f"{g['tag']}, {g['points']} points, steps {g['first_step']}-{g['last_step']}"
+        if "median" in g:
+            text += (f": median {_g(g['median'])}, p95 {_g(g['p95'])}, max {_g(g['max'])} (step {g['max_step']}); "
+                     f"{g['share_above_50']:.1%} above {d.run['thresholds']['healthy_max']:g}, "
+                     f"{g['share_above_100']:.1%} above {d.run['thresholds']['limit']:g}")
+        if g.get("trend_growth") is not None:
+            text += f"; trend x{g['trend_growth']:.3g} over the last {g['trend_steps']} steps"
+        text += f"; {len(g.get('jumps', []))} jump(s), {g.get('spikes', 0)} spike(s), {g['nonfinite']} non-finite"
+        lines.append(f"grad_norm: {text}")
+    if (ls := s.get("loss")) and "start" in ls:
+        change = (f"; trend {ls['trend_change']:+.3g} over the last {ls['trend_points']} points"
+                  if ls.get("trend_change") is not None else "")
+        lines.append(f"loss:      {ls['start']:.3g} -> {ls['end']:.3g}{change}; {ls['spikes']} spike(s), "
+                     f"{ls['nonfinite']} non-finite")
+    if (es := s.get("eval_loss")) and "best" in es:
+        lines.append(f"eval loss: {es['points']} evaluation(s), best {es['best']:.3g} at step {es['best_step']}, "
+                     f"last {es['last']:.3g} at step {es['last_step']}")
+    if h := s.get("health"):
+        parts = [f"{h['skipped_steps']} skipped step(s)"] if "skipped_steps" in h else []
+        parts += [f"{h['alarms']} alarm(s)"] if "alarms" in h else []
+        parts += [f"escalation tier index {h['escalation_index']}"] if "escalation_index" in h else []
+        lines.append("guard:     " + (", ".join(parts) or "text notes only"))
+        lines += [f"           step {n['step']} {n['tag']}: {n['text']}" for n in h.get("notes", [])]
+    lines.append(f"Next:     {d.recommendation}")
+    if d.command:
+        lines.append(f"          {d.command}")
+    elif d.next_tier_command and d.verdict == "warning":
+        lines.append(f"          (then: {d.next_tier_command})")
+    lines.append(f"Exit code {d.exit_code} (0 healthy or too early, 1 warning, 3 exploding or diverged)")
+    return "\n".join(lines)
+
+
+def one_line(d: Diagnosis) -> str:
+    return f"{d.run_dir.name}: {d.verdict.upper()}" + (f" - {d.reasons[0]}" if d.reasons else "")
+
+
+def plot(d: Diagnosis, events: RunEvents, path: Path) -> None:
+    """One PNG: grad_norm (log axis, 50/100 bands, non-finite steps, skips, alarms, escalations),
+    loss (and eval loss), learning rate."""
+    # The object-oriented API without pyplot: no global backend or figure state is touched.
+    from matplotlib.figure import Figure
+
+    th = d.run["thresholds"]
+    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    ax_g, ax_l, ax_r = fig.subplots(3, 1, sharex=True, height_ratios=[2, 1.3, 1])
+    fig.suptitle(f"{d.run_dir.name}: {d.verdict.upper()}  (preset {d.run.get('preset') or '?'})", fontsize=11)
+
+    if (grad := events.get(*GRAD_TAGS)) is not None:
+        tag, s = grad
+        ok = np.isfinite(s.values) & (s.values > 0)
+        ax_g.plot(s.steps[ok], s.values[ok], lw=0.7, color="tab:blue", label=tag)
+        ax_g.set_yscale("log")
+        ax_g.axhspan(1, th["healthy_max"], color="tab:green", alpha=0.08, label=f"healthy 1-{th['healthy_max']:g}")
+        ax_g.axhline(th["healthy_max"], color="tab:orange", ls="--", lw=1)
+        ax_g.axhline(th["limit"], color="tab:red", ls="--", lw=1, label=f"limit {th['limit']:g}")
+        bad = s.steps[~ok] if d.stats.get("grad_norm", {}).get("measured", True) else s.steps[:0]
+        top = ax_g.get_xaxis_transform()  # x in data, y in axes fraction: marks sit at the top
+        if len(bad):
+            ax_g.scatter(bad, np.full(len(bad), 0.97), transform=top, marker="x", color="red", s=18,
+                         label=f"non-finite / logged 0 ({len(bad)})")
+        for key, marker, color, label in (("skipped", "v", "tab:purple", "skipped step"),
+                                          ("alarms", "^", "red", "guard alarm")):
+            if d.markers.get(key):
+                ax_g.scatter(d.markers[key], np.full(len(d.markers[key]), 0.03), transform=top, marker=marker,
+                             color=color, s=22, label=f"{label} ({len(d.markers[key])})")
+        ax_g.set_ylabel("grad_norm")
+    for ax in (ax_g, ax_l, ax_r):
+        for i, step in enumerate(d.markers.get("escalations", [])):
+            ax.axvline(step, color="tab:purple", lw=1.2, ls=":", label="escalation" if ax is ax_g and i == 0 else None)
+        if d.run.get("onset_step") is not None and d.verdict in ("exploding", "diverged"):
+            ax.axvline(d.run["onset_step"], color="red", lw=0.8, alpha=0.5,
+                       label="trouble began" if ax is ax_g else None)
+    if (loss := events.get(LOSS_TAG)) is not None:
+        ok = np.isfinite(loss[1].values)
+        ax_l.plot(loss[1].steps[ok], loss[1].values[ok], lw=0.7, color="tab:blue", label="train loss")
+    if (ev := events.get(EVAL_TAG)) is not None:
+        ax_l.plot(ev[1].steps, ev[1].values, "o-", ms=3, color="tab:orange", label="eval loss")
+    ax_l.set_ylabel("loss")
+    if (lr := events.get(LR_TAG)) is not None:
+        ax_r.plot(lr[1].steps, lr[1].values, lw=1, color="tab:gray")
+        if np.nanmin(lr[1].values) > 0:
+            ax_r.set_yscale("log")
+    ax_r.set_ylabel("learning rate")
+    ax_r.set_xlabel("step")
+    for ax in (ax_g, ax_l):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=7)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise UserError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m ruslan_glowtts.diagnose",
+        description="Read a run's TensorBoard logs and say whether it is healthy, with the command to run next.",
+        epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input, 3 exploding or diverged.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (the one holding events.out.tfevents.*)")
+    p.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "
+                   "recommended_preset, command, stats) instead of text")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="also draw grad_norm, loss and learning rate into this PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        run_dir = args.run_dir.expanduser().absolute()
+        events = read_run(run_dir)
+        d = diagnose(run_dir, events)
+        if args.plot:
+            plot(d, events, args.plot)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(d.to_json(), indent=2, ensure_ascii=False, allow_nan=False))
+    else:
+        print(format_report(d))
+        if args.plot:
+            print(f"Plot:     {args.plot}")
+    return d.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
