@@ -11,16 +11,16 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.presets import DEFAULT_PRESET
+
+if TYPE_CHECKING:
+    from ruslan_glowtts.train import TrainRequest
 
 logger = logging.getLogger(__name__)
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see --help)")
 
 
 def _positive_int(text: str) -> int:
@@ -38,7 +38,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="train_ruslan_glowtts.py",
         description="Train GlowTTS on RUSLAN with a stability preset (Coqui TTS).",
         epilog="Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
@@ -120,7 +120,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts import runs
-    from ruslan_glowtts.config import RuslanGlowTTSConfig, build_config, parse_set_option, set_key
+    from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config, parse_set_option, set_key
     from ruslan_glowtts.presets import load_preset
     from ruslan_glowtts.train import TrainRequest
 
@@ -137,17 +137,12 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         meta = runs.read_meta(run_dir)
         preset = load_preset(meta.get("preset_path") or meta.get("preset") or DEFAULT_PRESET)
         logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
-        # An escalation from here rebuilds the config from the original command-line layers.
-        cli_layers = []
-        for override in meta.get("overrides", []):
-            if override["source"].startswith("--"):
-                layer: dict = {}
-                set_key(layer, override["key"], override["value"])
-                cli_layers.append((layer, override["source"]))
-        return TrainRequest(config, preset, max_steps=args.max_steps, continue_path=run_dir,
+        # An escalation from here rebuilds the config from the run's original command-line settings.
+        cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
+        return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
                             allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
                             group_id=args.group_id, use_ddp=args.use_ddp,
-                            dataset_path=Path(config.datasets[0].path), cli_layers=cli_layers)
+                            dataset_path=Path(config.datasets[0].path))
 
     preset = load_preset(args.preset or DEFAULT_PRESET)
     cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
@@ -170,4 +165,4 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         check_writable(Path(config.output_path))
     return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
                         allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
-                        use_ddp=args.use_ddp, dataset_path=args.dataset_path, cli_layers=cli_layers)
+                        use_ddp=args.use_ddp, dataset_path=args.dataset_path)

@@ -18,11 +18,11 @@ from TTS.tts.datasets import load_tts_samples
 from TTS.tts.utils.text.tokenizer import TTSTokenizer
 
 from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.next_steps import PREPARE_HINT
 
 logger = logging.getLogger(__name__)
 
 RATE_CHECK_FILES = 64  # files whose header is read at startup (spread over the corpus)
-PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
 
 
 def check_metadata(root: Path, meta_file: str) -> Path:

@@ -36,17 +36,16 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ruslan_glowtts.errors import EXIT_EXPLODED, EXIT_USAGE, UserError
+from ruslan_glowtts.errors import EXIT_EXPLODED, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.event_reader import RunEvents, Series, read_run
+from ruslan_glowtts.next_steps import PREPARE_HINT, next_tier_command
 from ruslan_glowtts.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.runs import KNOWN_GOOD, RUN_META
 
 logger = logging.getLogger(__name__)
 
 EXIT_CODES = {"healthy": 0, "too_early": 0, "warning": 1, "exploding": EXIT_EXPLODED, "diverged": EXIT_EXPLODED}
-RUN_META = "run.json"  # ruslan_glowtts.runs.RUN_META; not imported: runs.py imports torch via Coqui
-KNOWN_GOOD = "known_good.pth"
 CHECKPOINT_RE = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pth$")
-PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
 
 GRAD_TAGS = ("Health/grad_norm", "TrainIterStats/grad_norm")
 LOSS_TAG = "TrainIterStats/loss"
@@ -77,8 +76,10 @@ class Thresholds:
     @classmethod
     def for_run(cls, config: dict[str, Any]) -> Thresholds:
         health = config.get("health") if isinstance(config.get("health"), dict) else {}
+        # The guard's trend rule works on a different window (every update, 1000 of them), so
+        # diagnose keeps its own trend threshold; the band, limit and burst rules are shared.
         mapping = {"healthy_max": "healthy_max", "limit": "grad_norm_limit", "grace_steps": "grace_steps",
-                   "trend_factor": "trend_factor", "jump_factor": "jump_factor",
+                   "jump_factor": "jump_factor",
                    "nonfinite_burst": "nonfinite_burst", "nonfinite_window": "nonfinite_window"}
         values = {ours: type(getattr(cls, ours))(health[theirs]) for ours, theirs in mapping.items()
                   if isinstance(health.get(theirs), (int, float)) and not isinstance(health.get(theirs), bool)}
@@ -512,45 +513,6 @@ def infer_tier(config: dict[str, Any]) -> tuple[str | None, list[str], str]:
     return None, [], f"lr {lr:g}, grad_clip {clip:g} are already at or below the last tier's values"
 
 
-def _flat_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    for name, value in tree.items():
-        keys |= _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name}
-    return keys
-
-
-def _toml(value: Any) -> str:
-    """A --set VALUE that parse_set_option reads back as the same value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _carried_flags(meta: dict[str, Any], next_preset: str) -> list[str]:
-    """The user's own command-line settings of the run, minus what the next preset sets: a
-    restored checkpoint needs the same model shape, and the new tier's values must win."""
-    try:
-        preset_keys = _flat_keys(load_preset(next_preset).overrides)
-    except UserError:
-        preset_keys = set()
-    flags: list[str] = []
-    for item in meta.get("overrides") or []:
-        if not isinstance(item, dict) or item.get("key") in preset_keys:
-            continue
-        key, value, source = item.get("key"), item.get("value"), item.get("source")
-        if source == "--set" and not isinstance(value, dict):
-            flags += ["--set", f"{key}={_toml(value)}"]
-        elif source in ("--seed", "--output-path", "--grad-accum"):
-            flags += [source, str(value)]
-    return flags
-
-
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in run_dir.glob("*.pth"):
@@ -621,12 +583,8 @@ def run_context(run_dir: Path) -> dict[str, Any]:
 
 
 def _command(ctx: dict[str, Any], next_preset: str, checkpoint: Path | None) -> str:
-    parts = ["python", "train_ruslan_glowtts.py", "--preset", next_preset,
-             "--dataset-path", ctx["dataset_path"] or "DATASET_DIR"]
-    if checkpoint is not None:
-        parts += ["--restore-path", str(checkpoint)]
-    parts += _carried_flags(ctx["_meta"], next_preset)
-    return " ".join(shlex.quote(p) for p in parts)
+    overrides = [o for o in ctx["_meta"].get("overrides") or [] if isinstance(o, dict)]
+    return next_tier_command(next_preset, ctx["dataset_path"], overrides, checkpoint)
 
 
 def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
@@ -785,13 +743,9 @@ def plot(d: Diagnosis, events: RunEvents, path: Path) -> None:
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see --help)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="python -m ruslan_glowtts.diagnose",
         description="Read a run's TensorBoard logs and say whether it is healthy, with the command to run next.",
         epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input, 3 exploding or diverged.",

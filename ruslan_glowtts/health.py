@@ -30,6 +30,7 @@ data-dependent init swing, and the relative rules need a baseline.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -45,13 +46,13 @@ import torch.distributed as dist
 from trainer.io import save_model
 
 from ruslan_glowtts.config import HealthConfig
+from ruslan_glowtts.runs import KNOWN_GOOD, KNOWN_GOOD_META
 
 if TYPE_CHECKING:
     from trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-KNOWN_GOOD = "known_good.pth"
 _CANDIDATE = "known_good_candidate.pth"
 EXPLOSION_KINDS = ("level", "jump", "trend", "nonfinite")
 _REALARM_AFTER = 1000  # updates before the same rule may fire again (no banner storms)
@@ -184,7 +185,7 @@ class Detector:
         if len(self.logs) < w or self.logs.count % max(w // 20, 1):
             return None
         medians = [math.exp(_median(q)) for q in np.array_split(self.logs.last(w), 4)]
-        rising = all(a < b for a, b in zip(medians, medians[1:]))
+        rising = all(a < b for a, b in itertools.pairwise(medians))
         if rising and medians[-1] > self.cfg.healthy_max and medians[-1] >= self.cfg.trend_factor * medians[0]:
             return Alarm("trend", step, f"grad_norm rising steadily: median {medians[0]:.0f} -> {medians[-1]:.0f} "
                                         f"over the last {w} updates")
@@ -242,7 +243,7 @@ class KnownGoodCheckpoints:
             return
         if healthy and not self._tainted and self._candidate_step is not None and self._candidate.is_file():
             os.replace(self._candidate, self.path)
-            _write_json(self.run_dir / "known_good.json", {"step": self._candidate_step, "confirmed_at_step": step})
+            _write_json(self.run_dir / KNOWN_GOOD_META, {"step": self._candidate_step, "confirmed_at_step": step})
             logger.info(" > Known-good checkpoint: step %d (healthy through step %d)", self._candidate_step, step)
         if not healthy or self._tainted:
             self._candidate.unlink(missing_ok=True)
@@ -251,12 +252,6 @@ class KnownGoodCheckpoints:
             return
         _save_weights(trainer, self._candidate, step)
         self._candidate_step = step
-
-    def step_of_known_good(self) -> int | None:
-        meta = self.run_dir / "known_good.json"
-        if not self.path.is_file() or not meta.is_file():
-            return None
-        return int(json.loads(meta.read_text(encoding="utf-8"))["step"])
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -22,15 +22,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from trainer.generic_utils import get_experiment_folder_path
-
 from ruslan_glowtts import KIT_ROOT
 
+# Files the kit adds to a Coqui run folder.
 RUN_META = "run.json"
+KNOWN_GOOD = "known_good.pth"  # the last known-good weights (ruslan_glowtts/health.py)
+KNOWN_GOOD_META = "known_good.json"
 
 
 def unique_run_name(output_path: Path, run_name: str) -> str:
     """A run_name whose Coqui folder does not exist yet (…, name-2, name-3)."""
+    # Imported here: trainer imports torch, and this module must stay light for diagnose.
+    from trainer.generic_utils import get_experiment_folder_path
+
     candidate, n = run_name, 1
     while get_experiment_folder_path(output_path, candidate).exists():
         n += 1
@@ -63,6 +67,14 @@ def update_meta(run_dir: Path, **fields: Any) -> dict[str, Any]:
     meta.update(fields)
     write_json_atomic(run_dir / RUN_META, meta)
     return meta
+
+
+def known_good(run_dir: Path) -> tuple[Path | None, int]:
+    """The run's known-good checkpoint and its step, or (None, 0)."""
+    path, meta = run_dir / KNOWN_GOOD, run_dir / KNOWN_GOOD_META
+    if not path.is_file() or not meta.is_file():
+        return None, 0
+    return path, int(json.loads(meta.read_text(encoding="utf-8"))["step"])
 
 
 def now() -> str:

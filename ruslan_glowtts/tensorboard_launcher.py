@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.errors import EXIT_OK, EXIT_USAGE, UserError
+from ruslan_glowtts.errors import EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.event_reader import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HTTP_TIMEOUT_S = 60.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see --help)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="view_tensorboard.py",
         description="Open TensorBoard on the latest training run (or all of them) and print its diagnosis.",
         epilog="Ctrl-C stops TensorBoard. From another machine, keep the default host and tunnel: "

@@ -15,9 +15,7 @@ records its parent and the reason in run.json.
 
 from __future__ import annotations
 
-import json
 import logging
-import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,11 @@ import torch
 from trainer import TrainerArgs
 
 from ruslan_glowtts import runs
-from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config
+from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config, set_key
 from ruslan_glowtts.data_loader import RuslanGlowTTS
 from ruslan_glowtts.dataset import check_sample_rate, check_vocabulary, load_samples
-from ruslan_glowtts.health import KNOWN_GOOD
+from ruslan_glowtts.next_steps import next_tier_command
+from ruslan_glowtts.next_steps import flat_keys
 from ruslan_glowtts.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.trainer import KitTrainer, Outcome
 
@@ -51,9 +50,7 @@ class TrainRequest:
     group_id: str = ""
     use_ddp: bool = False
     callbacks: dict[str, Any] = field(default_factory=dict)  # Coqui trainer callbacks (tests, tools)
-    # What an escalation needs to rebuild the config on the next tier:
-    dataset_path: Path | None = None
-    cli_layers: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    dataset_path: Path | None = None  # for rebuilding the config on the next tier
     # Set on the runs an escalation starts:
     parent_run: Path | None = None
     reason: str = ""
@@ -157,36 +154,25 @@ def _train_run(request: TrainRequest) -> Outcome:
 # Escalation
 
 
-def _flat_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    keys = set()
-    for name, value in tree.items():
-        keys |= _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name}
-    return keys
+def _cli_overrides(request: TrainRequest) -> list[dict[str, Any]]:
+    return [asdict(o) for o in request.overrides if o.source.startswith("--")]
 
 
-def _layers_for(preset: Preset, cli_layers: list[tuple[dict[str, Any], str]], *,
-                quiet: bool = False) -> list[tuple[dict[str, Any], str]]:
-    """The user's command-line layers minus the keys the new tier sets: switching tiers means
+def _cli_layers_for(preset: Preset, request: TrainRequest) -> list[tuple[dict[str, Any], str]]:
+    """The user's command-line settings minus the keys the new tier sets: switching tiers means
     taking its lr, clip, batch and precision, whatever --set said for the old one."""
-    tier_keys = _flat_keys(preset.overrides)
-    kept = []
-    for layer, source in cli_layers:
-        keys = _flat_keys(layer)
-        if keys & tier_keys:
-            if not quiet:
-                logger.info("Escalation: dropping %s %s (preset %s sets it)", source, ", ".join(sorted(keys)),
-                            preset.name)
+    tier_keys = flat_keys(preset.overrides)
+    layers = []
+    for override in request.overrides:
+        if not override.source.startswith("--"):
             continue
-        kept.append((layer, source))
-    return kept
-
-
-def _known_good(run_dir: Path) -> tuple[Path | None, int]:
-    path = run_dir / KNOWN_GOOD
-    meta = run_dir / "known_good.json"
-    if not path.is_file() or not meta.is_file():
-        return None, 0
-    return path, int(json.loads(meta.read_text(encoding="utf-8"))["step"])
+        if override.key in tier_keys:
+            logger.info("Escalation: dropping %s %s (preset %s sets it)", override.source, override.key, preset.name)
+            continue
+        layer: dict[str, Any] = {}
+        set_key(layer, override.key, override.value)
+        layers.append((layer, override.source))
+    return layers
 
 
 def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
@@ -199,10 +185,10 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
         outcome.message += f". Stopped after {health.max_escalations} escalations (health.max_escalations)"
         return None
     preset = load_preset(request.preset.fallback)
-    cli_layers = _layers_for(preset, request.cli_layers)
-    config, overrides = build_config(preset=preset, dataset_path=request.dataset_path, cli_layers=cli_layers)
+    config, overrides = build_config(preset=preset, dataset_path=request.dataset_path,
+                                     cli_layers=_cli_layers_for(preset, request))
     config.training_seed = request.config.training_seed + 1  # a different batch order from here on
-    restore, start_step = _known_good(outcome.run_dir)
+    restore, start_step = runs.known_good(outcome.run_dir)
     alarm = outcome.alarm
     reason = f"{alarm.kind} at step {alarm.step}: {alarm.message}" if alarm else outcome.message
     logger.warning("\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s", "=" * 78, request.preset.name,
@@ -210,7 +196,7 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
                    "=" * 78)
     return replace(
         request, config=config, preset=preset, overrides=overrides, continue_path=None, restore_path=restore,
-        cli_layers=cli_layers, parent_run=outcome.run_dir, reason=reason,
+        parent_run=outcome.run_dir, reason=reason,
         escalation_index=request.escalation_index + 1, start_step=start_step,
         exclude_samples=outcome.recent_samples,
     )
@@ -228,32 +214,9 @@ def next_command(request: TrainRequest, run_dir: Path | None) -> str:
     """The exact command for the next tier, restoring the known-good weights when there are some."""
     if not request.preset.fallback:
         return ""
-    preset = load_preset(request.preset.fallback)
-    argv = ["python", "train_ruslan_glowtts.py", "--preset", preset.name,
-            "--dataset-path", request.config.datasets[0].path]
-    for layer, source in _layers_for(preset, request.cli_layers, quiet=True):
-        if source == "--set":
-            for key in sorted(_flat_keys(layer)):
-                node: Any = layer
-                for part in key.split("."):
-                    node = node[part]
-                argv += ["--set", f"{key}={_toml_value(node)}"]
-        elif source == "--output-path":
-            argv += ["--output-path", layer["output_path"]]
-        elif source in ("--grad-accum", "--seed"):
-            argv += [source, str(next(iter(layer.values())))]
-    restore, _ = _known_good(run_dir) if run_dir else (None, 0)
-    if restore is not None:
-        argv += ["--restore-path", str(restore)]
-    return shlex.join(argv)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
+    restore, _ = runs.known_good(run_dir) if run_dir else (None, 0)
+    return next_tier_command(request.preset.fallback, request.config.datasets[0].path, _cli_overrides(request),
+                             restore)
 
 
 def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> None:

@@ -55,7 +55,7 @@ def test_diagnose_a_real_run_gives_verdict_json_and_png(smoke_run, tmp_path, cap
     assert dg.main([str(smoke_run), "--json", "--plot", str(png)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["verdict"] == "too_early" and report["reasons"]
-    assert report["stats"]["grad_norm"]["tag"] == "TrainIterStats/grad_norm"
+    assert report["stats"]["grad_norm"]["tag"] == "Health/grad_norm"  # the guard's raw pre-clip norm
     assert report["stats"]["grad_norm"]["points"] >= 3 and report["stats"]["loss"]["points"] >= 3
     assert report["run"]["tier_chain"] == ["stable", "safer", "safest"]
     # If it had exploded, the next tier would restart from this run's checkpoint with the same tiny model.
