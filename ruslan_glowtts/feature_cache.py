@@ -73,7 +73,7 @@ def write_manifest(folder: Path, audio_config: Any, *, features: int, utterances
         "format": "float32 .npy, shape [num_mels, frames], Coqui AudioProcessor.melspectrogram(load_wav(wav))",
         "audio": audio_settings(audio_config),
     }
-    write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", only_if_changed=True)
 
 
 def invalidate(folder: Path) -> None:

@@ -116,12 +116,13 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
 
 @contextlib.contextmanager
 def _exclusive(dst: Path) -> Iterator[None]:
-    """One prepare per destination: two would race on the same files."""
+    """One prepare per destination: two would race on the same files. A POSIX record lock, not
+    flock: forked workers do not inherit it, so it dies with the parent even if a worker lingers."""
     (dst / STATE_DIR).mkdir(exist_ok=True)
     with open(dst / STATE_DIR / "lock", "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise UserError(f"another prepare is running on {dst}") from None
         yield
 
