@@ -45,6 +45,7 @@ from ruslan_glowtts.prepare_report import Utterance, build_report, summary_lines
 from ruslan_glowtts.prepare_state import PrepareState, StateRow
 from ruslan_glowtts.prepare_worker import Job, WorkerSettings, init_worker, process, warm_up
 from ruslan_glowtts.presets import DEFAULT_PRESET
+from ruslan_glowtts.process_tuning import limit_blas_threads
 from ruslan_glowtts.ruslan_metadata import LINE_PROBLEMS, read_metadata
 from ruslan_glowtts.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text, out_of_vocabulary
 
@@ -194,21 +195,23 @@ def _options_digest(settings: WorkerSettings) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int, handle: Callable[[dict[str, Any]], None]) -> None:
+def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
+              handle: Callable[[dict[str, Any]], None]) -> float:
+    """Run the jobs, calling `handle` with each result in the parent; returns the seconds spent
+    processing (after the one-time warm-up), the part of a run that grows with the corpus."""
     if not jobs:
-        return
+        return 0.0
     warm_up()
+    started = time.monotonic()
     progress = tqdm(total=len(jobs), unit="file", desc="prepare", mininterval=0.5, smoothing=0.05)
     try:
         if workers == 1 or len(jobs) == 1:
-            from threadpoolctl import threadpool_limits
-
             init_worker(settings, in_pool=False)
-            with threadpool_limits(limits=1):
+            with limit_blas_threads():
                 for job in jobs:
                     handle(process(job))
                     progress.update()
-            return
+            return time.monotonic() - started
         # fork: workers start in milliseconds with everything imported. The parent has run no
         # torch op yet, so no thread pool state is copied into them.
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
@@ -217,6 +220,7 @@ def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int, handle: C
             for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
                 handle(result)
                 progress.update()
+        return time.monotonic() - started
     finally:  # on Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run
         progress.close()
 
@@ -258,7 +262,7 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
             _prune(rows, set(signatures), state, dst, feature_dir)
             if any(job.convert for job in jobs):
                 invalidate(feature_dir)  # a cache is only trusted again once this run completes it
-            counts = {"processed": 0, "features_computed": 0}
+            counts: dict[str, Any] = {"processed": 0, "features_computed": 0, "processing_seconds": 0.0}
 
             def handle(result: dict[str, Any]) -> None:
                 id_ = result["id"]
@@ -275,7 +279,7 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
                     on_result(result)
 
             logger.info("%d utterance(s) to process, %d unchanged since the last run", len(jobs), reused)
-            _run_jobs(jobs, settings, options.jobs, handle)
+            counts["processing_seconds"] = _run_jobs(jobs, settings, options.jobs, handle)
         finally:
             state.close()
 
@@ -306,6 +310,7 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
                         "features_cached": cached},
         }
         run = {"processed": counts["processed"], "reused": reused, "features_computed": counts["features_computed"],
+               "processing_seconds": round(counts["processing_seconds"], 2),
                "seconds": round(time.monotonic() - started, 2)}
         report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
         write_report(dst, report)

@@ -1,9 +1,8 @@
 """The per-file work of prepare, run in worker processes: check, fix, resample, write, featurise.
 
 A worker reads one source file at a time and returns a small record (no audio), so memory stays
-bounded whatever the corpus size. Each worker limits numpy's BLAS to one thread: with one
-process per core, BLAS threads only fight each other (Coqui's mel projection, a float32 x
-float64 matrix product, measured ~18x slower with 2 BLAS threads on 2 busy cores).
+bounded whatever the corpus size. Workers run with one BLAS thread and glibc keeping freed
+buffers (ruslan_glowtts/process_tuning.py): together ~2x faster per file on the benchmark.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threadpoolctl import threadpool_limits
-
 from ruslan_glowtts.audio_audit import AudioLimits, edge_silence, problem, read_and_check
 from ruslan_glowtts.audio_conversion import resample, to_pcm16, trim, write_pcm16_wav
 from ruslan_glowtts.feature_cache import compute_features, write_features
+from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +64,10 @@ def init_worker(settings: WorkerSettings, *, in_pool: bool = True) -> None:
         from TTS.utils.audio import AudioProcessor
 
         _ap = AudioProcessor(settings.audio_config)
+    keep_freed_memory()
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
-        _blas_limit = threadpool_limits(limits=1)  # kept referenced: the limit lasts as long as the worker
+        _blas_limit = limit_blas_threads()  # kept referenced: the limit lasts as long as the worker
 
 
 def process(job: Job) -> dict[str, Any]:
