@@ -107,7 +107,7 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
     if dst.is_dir() and any(dst.iterdir()) and not (dst / STATE_DIR).is_dir():
         raise UserError(f"--dst {dst} is not empty and was not written by prepare: choose a new or empty folder")
     try:
-        (dst / WAV_DIR).mkdir(parents=True, exist_ok=True)
+        (dst / STATE_DIR).mkdir(parents=True, exist_ok=True)  # first: it marks dst as prepare's
         with tempfile.NamedTemporaryFile(dir=dst, prefix=".writable-"):
             pass
     except OSError as exc:
@@ -119,7 +119,6 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
 def _exclusive(dst: Path) -> Iterator[None]:
     """One prepare per destination: two would race on the same files. A POSIX record lock, not
     flock: forked workers do not inherit it, so it dies with the parent even if a worker lingers."""
-    (dst / STATE_DIR).mkdir(exist_ok=True)
     with open(dst / STATE_DIR / "lock", "w") as handle:
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -203,26 +202,28 @@ def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
         return 0.0
     warm_up()
     started = time.monotonic()
-    progress = tqdm(total=len(jobs), unit="file", desc="prepare", mininterval=0.5, smoothing=0.05)
-    try:
-        if workers == 1 or len(jobs) == 1:
-            init_worker(settings, in_pool=False)
-            with limit_blas_threads():
-                for job in jobs:
-                    handle(process(job))
-                    progress.update()
-            return time.monotonic() - started
-        # fork: workers start in milliseconds with everything imported. The parent has run no
-        # torch op yet, so no thread pool state is copied into them.
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        chunksize = max(1, min(16, len(jobs) // (workers * 16)))
-        with context.Pool(workers, initializer=init_worker, initargs=(settings,)) as pool:
-            for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
-                handle(result)
+    if workers == 1 or len(jobs) == 1:
+        init_worker(settings, in_pool=False)
+        with limit_blas_threads(), _progress(len(jobs)) as progress:
+            for job in jobs:
+                handle(process(job))
                 progress.update()
         return time.monotonic() - started
-    finally:  # on Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run
-        progress.close()
+    # fork: workers start in milliseconds with everything imported. The pool is created before
+    # the progress bar, so no thread (tqdm's monitor) exists when the workers are forked. On
+    # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    chunksize = max(1, min(16, len(jobs) // (workers * 16)))
+    with context.Pool(workers, initializer=init_worker, initargs=(settings,)) as pool, \
+            _progress(len(jobs)) as progress:
+        for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
+            handle(result)
+            progress.update()
+    return time.monotonic() - started
+
+
+def _progress(total: int) -> tqdm:
+    return tqdm(total=total, unit="file", desc="prepare", mininterval=0.5, smoothing=0.05)
 
 
 def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], None] | None = None) -> PrepareResult:
@@ -235,12 +236,14 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
     with _exclusive(dst):
         base = _resolve_config(options.preset, {})
         rate = base.audio.sample_rate
-        keep_stress = options.text.stress == "keep"
         characters = base.characters.characters
-        stress_characters = (characters if STRESS_MARK in characters else characters + STRESS_MARK) if keep_stress else None
+        stress_characters = None
+        if options.text.stress == "keep":
+            stress_characters = characters if STRESS_MARK in characters else characters + STRESS_MARK
+        # The config training will resolve once dataset.toml is written: its audio settings key the cache.
         config = _resolve_config(options.preset, _fragment_layer(rate, stress_characters))
-        key = feature_key(config.audio)
-        feature_dir = dst / FEATURES_DIR / key
+        feature_dir = dst / FEATURES_DIR / feature_key(config.audio)
+        (dst / WAV_DIR).mkdir(exist_ok=True)
         if options.features:
             feature_dir.mkdir(parents=True, exist_ok=True)
         for folder in (dst, dst / WAV_DIR, feature_dir):
@@ -252,48 +255,18 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
             target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
             frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
             audio_config=config.audio if options.features else None)
-        digest = _options_digest(settings)
-
-        state = PrepareState(dst / STATE_DIR / "state.sqlite")
-        try:
-            rows = state.load()
-            jobs, signatures, reused = _plan(utterances, rows, src, dst, feature_dir if options.features else None,
-                                             digest, key)
-            _prune(rows, set(signatures), state, dst, feature_dir)
-            if any(job.convert for job in jobs):
-                invalidate(feature_dir)  # a cache is only trusted again once this run completes it
-            counts: dict[str, Any] = {"processed": 0, "features_computed": 0, "processing_seconds": 0.0}
-
-            def handle(result: dict[str, Any]) -> None:
-                id_ = result["id"]
-                if result["converted"]:
-                    row = StateRow(signatures[id_], digest, key if result["features"] else "", result)
-                    counts["processed"] += 1
-                else:
-                    old = rows[id_]
-                    row = StateRow(old.source, old.options, key, old.record)
-                counts["features_computed"] += bool(result.get("features"))
-                rows[id_] = row
-                state.put(id_, row)
-                if on_result is not None:
-                    on_result(result)
-
-            logger.info("%d utterance(s) to process, %d unchanged since the last run", len(jobs), reused)
-            counts["processing_seconds"] = _run_jobs(jobs, settings, options.jobs, handle)
-        finally:
-            state.close()
-
+        rows, run = _process_files(utterances, settings, options, src, dst, feature_dir, on_result)
         _merge_audio(utterances, rows, rate, options.bounds)
+
         usable = [u for u in utterances if u.usable]
-        metadata_text = "".join(f"{u.id}|{u.text}\n" for u in usable)
-        write_text(dst / METADATA_FILE, metadata_text, only_if_changed=True)
+        write_text(dst / METADATA_FILE, "".join(f"{u.id}|{u.text}\n" for u in usable), only_if_changed=True)
         caps = recommend_caps([u.frames for u in usable], [len(u.text) for u in usable], rate=rate,
                               percentile=options.cap_percentile, bounds=options.bounds)
         write_text(dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters),
                    only_if_changed=True)
         cached = 0
         if options.features:
-            cached = sum(1 for u in usable if rows[u.id].feature_key == key)
+            cached = sum(1 for u in usable if rows[u.id].feature_key == feature_dir.name)
             write_manifest(feature_dir, config.audio, features=cached, utterances=len(usable),
                            metadata_sha256=file_digest(dst / METADATA_FILE))
         histogram = write_histogram(dst, utterances, rate=rate, caps=caps,
@@ -306,15 +279,49 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
             "metadata": {"lines": scan.lines, "bom": scan.bom, "crlf_lines": scan.crlf_lines,
                          "trailing_whitespace_lines": scan.trailing_whitespace_lines},
             "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
-                        "features": f"{FEATURES_DIR}/{key}" if options.features else None,
+                        "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
                         "features_cached": cached},
         }
-        run = {"processed": counts["processed"], "reused": reused, "features_computed": counts["features_computed"],
-               "processing_seconds": round(counts["processing_seconds"], 2),
-               "seconds": round(time.monotonic() - started, 2)}
+        run["seconds"] = round(time.monotonic() - started, 2)
         report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
         write_report(dst, report)
     return PrepareResult(dst, report)
+
+
+def _process_files(utterances: list[Utterance], settings: WorkerSettings, options: PrepareOptions, src: Path,
+                   dst: Path, feature_dir: Path, on_result: Callable[[dict[str, Any]], None] | None,
+                   ) -> tuple[dict[str, StateRow], dict[str, Any]]:
+    """Bring every file's outputs up to date; returns the state rows (one per processed id) and run counts."""
+    digest, key = _options_digest(settings), feature_dir.name
+    run: dict[str, Any] = {"processed": 0, "reused": 0, "features_computed": 0, "processing_seconds": 0.0}
+    state = PrepareState(dst / STATE_DIR / "state.sqlite")
+    try:
+        rows = state.load()
+        jobs, signatures, run["reused"] = _plan(utterances, rows, src, dst,
+                                                feature_dir if options.features else None, digest, key)
+        _prune(rows, set(signatures), state, dst, feature_dir)
+        if any(job.convert for job in jobs):
+            invalidate(feature_dir)  # a cache is only trusted again once a run completes it
+
+        def handle(result: dict[str, Any]) -> None:
+            id_ = result["id"]
+            if result["converted"]:
+                row = StateRow(signatures[id_], digest, key if result["features"] else "", result)
+                run["processed"] += 1
+            else:  # features only: the audio and its record are unchanged
+                old = rows[id_]
+                row = StateRow(old.source, old.options, key, old.record)
+            run["features_computed"] += bool(result.get("features"))
+            rows[id_] = row
+            state.put(id_, row)
+            if on_result is not None:
+                on_result(result)
+
+        logger.info("%d utterance(s) to process, %d unchanged since the last run", len(jobs), run["reused"])
+        run["processing_seconds"] = round(_run_jobs(jobs, settings, options.jobs, handle), 2)
+    finally:
+        state.close()  # commits what is done, also on Ctrl-C: the next run resumes from there
+    return rows, run
 
 
 def _line_problem(utterance: Utterance) -> bool:
