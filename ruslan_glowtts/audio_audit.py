@@ -87,7 +87,7 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
         result.problems.append(problem("too_long_to_decode", f"{info.frames / info.samplerate:.1f} s"))
         return result
     try:
-        data, _ = sf.read(str(path), dtype="float64", always_2d=True)
+        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, ValueError, TypeError, OSError) as exc:  # libsndfile's errors are RuntimeErrors
         result.problems.append(problem("unreadable", str(exc).strip()))
         return result
@@ -97,9 +97,8 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
     if len(data) < info.frames:
         result.problems.append(problem("truncated", f"{len(data)} of {info.frames} frames"))
 
-    finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(data.size - np.count_nonzero(finite))
+    if not np.isfinite(data.sum(dtype=np.float64)):  # one pass; float32 samples cannot overflow a float64 sum
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         result.problems.append(problem("non_finite", f"{bad} NaN/Inf samples"))
         return result
     if data.shape[1] > 1:
@@ -124,7 +123,7 @@ def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) 
     peak = float(magnitude.max())
     clipped = float(np.count_nonzero(magnitude >= FULL_SCALE)) / len(audio)
     dc = float(audio.mean())
-    rms = float(np.sqrt(np.mean(np.square(audio))))
+    rms = float(np.sqrt(np.dot(audio, audio) / len(audio)))
     info.update(peak=round(peak, 5), clipped_ratio=round(clipped, 6), dc_offset=round(dc, 5),
                 rms_db=round(20 * np.log10(max(rms, 1e-10)), 2))
     if peak > 1.0:

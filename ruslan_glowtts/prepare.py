@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
 import stat
 import sys
 import tempfile
@@ -194,21 +195,27 @@ def _options_digest(settings: WorkerSettings) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
-              handle: Callable[[dict[str, Any]], None]) -> float:
-    """Run the jobs, calling `handle` with each result in the parent; returns the seconds spent
-    processing (after the one-time warm-up), the part of a run that grows with the corpus."""
+              handle: Callable[[dict[str, Any]], None]) -> tuple[float, float]:
+    """Run the jobs, calling `handle` with each result in the parent. Returns the wall and CPU
+    seconds of processing (after the one-time warm-up): the part of a run that grows with the corpus."""
     if not jobs:
-        return 0.0
+        return 0.0, 0.0
     warm_up()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), _cpu_seconds()
     if workers == 1 or len(jobs) == 1:
         init_worker(settings, in_pool=False)
         with limit_blas_threads(), _progress(len(jobs)) as progress:
             for job in jobs:
                 handle(process(job))
                 progress.update()
-        return time.monotonic() - started
+        return time.monotonic() - started, _cpu_seconds() - cpu_started
     # fork: workers start in milliseconds with everything imported. The pool is created before
     # the progress bar, so no thread (tqdm's monitor) exists when the workers are forked. On
     # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
@@ -219,7 +226,7 @@ def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
         for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
             handle(result)
             progress.update()
-    return time.monotonic() - started
+    return time.monotonic() - started, _cpu_seconds() - cpu_started  # the pool's exit joined the workers
 
 
 def _progress(total: int) -> tqdm:
@@ -293,7 +300,8 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
                    ) -> tuple[dict[str, StateRow], dict[str, Any]]:
     """Bring every file's outputs up to date; returns the state rows (one per processed id) and run counts."""
     digest, key = _options_digest(settings), feature_dir.name
-    run: dict[str, Any] = {"processed": 0, "reused": 0, "features_computed": 0, "processing_seconds": 0.0}
+    run: dict[str, Any] = {"processed": 0, "reused": 0, "features_computed": 0, "processing_seconds": 0.0,
+                           "processing_cpu_seconds": 0.0}
     state = PrepareState(dst / STATE_DIR / "state.sqlite")
     try:
         rows = state.load()
@@ -318,7 +326,8 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
                 on_result(result)
 
         logger.info("%d utterance(s) to process, %d unchanged since the last run", len(jobs), run["reused"])
-        run["processing_seconds"] = round(_run_jobs(jobs, settings, options.jobs, handle), 2)
+        wall, cpu = _run_jobs(jobs, settings, options.jobs, handle)
+        run.update(processing_seconds=round(wall, 2), processing_cpu_seconds=round(cpu, 2))
     finally:
         state.close()  # commits what is done, also on Ctrl-C: the next run resumes from there
     return rows, run
