@@ -26,7 +26,7 @@ AUDIO_PROBLEMS: dict[str, tuple[str, str]] = {
     "unreadable": ("excluded", "the file cannot be decoded as audio (corrupt, truncated header, not a WAV)"),
     "empty_audio": ("excluded", "the file decodes to zero samples"),
     "truncated": ("warning", "fewer samples could be read than the header announces"),
-    "too_long_to_decode": ("excluded", "longer than the decode guard (--max-decode-seconds); not read to keep memory bounded"),
+    "too_long_to_decode": ("excluded", "longer than 10 minutes: not decoded at all, to keep memory bounded"),
     "non_finite": ("excluded", "NaN or Inf samples (float WAV): the features would be NaN"),
     "multichannel": ("fixed", "more than one channel: downmixed to mono (mean of the channels)"),
     "out_of_range": ("fixed", "float samples beyond ±1.0: scaled down to a 0.99 peak"),
@@ -130,7 +130,8 @@ def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) 
         # Float WAVs keep values beyond full scale, so nothing is clipped yet: scale instead.
         found.append(problem("out_of_range", f"peak {peak:.3f}"))
     elif clipped > limits.max_clipped_ratio:
-        found.append(problem("clipped", f"{clipped:.2%} of samples at full scale (limit {limits.max_clipped_ratio:.2%})"))
+        limit = limits.max_clipped_ratio
+        found.append(problem("clipped", f"{clipped:.2%} of samples at full scale (limit {limit:.2%})"))
     elif clipped > limits.clipping_report_ratio:
         found.append(problem("clipping", f"{clipped:.3%} of samples at full scale"))
     if abs(dc) > limits.max_dc_offset:
@@ -151,7 +152,8 @@ def _apply_fixes(audio: np.ndarray, problems: list[dict[str, str]], info: dict[s
     return audio
 
 
-def edge_silence(audio: np.ndarray, rate: int, *, trim_db: float, frame_length: int, hop_length: int) -> tuple[int, int]:
+def edge_silence(audio: np.ndarray, rate: int, *, trim_db: float, frame_length: int,
+                 hop_length: int) -> tuple[int, int]:
     """(first, last) sample of the non-silent part, as Coqui's own trim finds it (librosa, trim_db
     below the loudest frame)."""
     _, (start, end) = librosa.effects.trim(audio, top_db=trim_db, frame_length=frame_length, hop_length=hop_length)

@@ -73,7 +73,8 @@ def write_manifest(folder: Path, audio_config: Any, *, features: int, utterances
         "format": "float32 .npy, shape [num_mels, frames], Coqui AudioProcessor.melspectrogram(load_wav(wav))",
         "audio": audio_settings(audio_config),
     }
-    write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", only_if_changed=True)
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+    write_text(folder / MANIFEST, text, only_if_changed=True)
 
 
 def invalidate(folder: Path) -> None:
@@ -93,7 +94,8 @@ class FeatureCache:
         self._wav_dir = os.path.abspath(wav_dir)
 
     @classmethod
-    def for_config(cls, dataset_root: Path, audio_config: Any, *, meta_file: str = METADATA_FILE) -> FeatureCache | None:
+    def for_config(cls, dataset_root: Path, audio_config: Any, *,
+                   meta_file: str = METADATA_FILE) -> FeatureCache | None:
         """The cache for these audio settings, or None (logged) when there is no usable one."""
         root = Path(dataset_root)
         folder = cache_folder(root, audio_config)
@@ -110,8 +112,8 @@ class FeatureCache:
         try:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            others = sorted(p.name for p in (root / FEATURES_DIR).glob("*/" + MANIFEST))
-            detail = f"; caches exist for other audio settings: {', '.join(p.split('/')[0] for p in others)}" if others else ""
+            others = sorted(p.parent.name for p in (root / FEATURES_DIR).glob("*/" + MANIFEST))
+            detail = f"; caches exist for other audio settings: {', '.join(others)}" if others else ""
             return (f"none for these audio settings in {root / FEATURES_DIR} (key {folder.name}){detail}; "
                     f"`python -m ruslan_glowtts.prepare` builds it")
         except (OSError, ValueError) as exc:

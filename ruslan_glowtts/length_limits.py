@@ -89,7 +89,7 @@ def recommend_caps(frames: list[int], chars: list[int], *, rate: int, percentile
     max_audio_len = int(round(min(audio_cap, bounds.max_seconds) * rate))
     coqui_chars = [c + 1 for c in chars]  # Coqui's count includes the line's "\n"
     max_text_len = math.ceil(float(np.percentile(coqui_chars, percentile)) / TEXT_CAP_STEP) * TEXT_CAP_STEP
-    dropped = sum(1 for f, c in zip(frames, coqui_chars) if f > max_audio_len or c > max_text_len)
+    dropped = sum(1 for f, c in zip(frames, coqui_chars, strict=True) if f > max_audio_len or c > max_text_len)
     return {
         "min_audio_len": int(round(bounds.min_seconds * rate)),
         "max_audio_len": max_audio_len,
@@ -110,7 +110,8 @@ def dataset_fragment(caps: dict[str, Any], *, sample_rate: int, characters: str 
     ]
     if caps:
         lines += [
-            f"# Length caps at the {caps['percentile']:g}th percentile of this corpus (see report.json, 'recommended'):",
+            f"# Length caps at the {caps['percentile']:g}th percentile of this corpus "
+            "(see report.json, 'recommended'):",
             f"# {caps['dropped_at_training']} utterance(s) are longer and are skipped by Coqui's length filter.",
             f"min_audio_len = {caps['min_audio_len']}",
             f"max_audio_len = {caps['max_audio_len']}    # {caps['max_audio_seconds']:g} s",

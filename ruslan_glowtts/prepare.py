@@ -38,10 +38,22 @@ from tqdm import tqdm
 from ruslan_glowtts.atomic_files import remove_stale_temp_files, write_text
 from ruslan_glowtts.audio_audit import AudioLimits, problem
 from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from ruslan_glowtts.feature_cache import (FEATURES_DIR, METADATA_FILE, WAV_DIR, feature_key, file_digest, invalidate,
-                                          write_manifest)
-from ruslan_glowtts.length_limits import LengthBounds, dataset_fragment, length_problems, recommend_caps, \
-    speaking_rate_outliers
+from ruslan_glowtts.feature_cache import (
+    FEATURES_DIR,
+    METADATA_FILE,
+    WAV_DIR,
+    feature_key,
+    file_digest,
+    invalidate,
+    write_manifest,
+)
+from ruslan_glowtts.length_limits import (
+    LengthBounds,
+    dataset_fragment,
+    length_problems,
+    recommend_caps,
+    speaking_rate_outliers,
+)
 from ruslan_glowtts.prepare_report import Utterance, build_report, summary_lines, write_histogram, write_report
 from ruslan_glowtts.prepare_state import PrepareState, StateRow
 from ruslan_glowtts.prepare_worker import Job, WorkerSettings, init_worker, process, warm_up
@@ -471,7 +483,8 @@ def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
     args = build_parser().parse_args(argv)
     bounds = LengthBounds(args.min_duration, args.max_duration, args.min_text_len, args.max_text_len)
     if not 0 <= bounds.min_seconds < bounds.max_seconds or not 0 <= bounds.min_chars < bounds.max_chars:
-        raise UserError("length bounds: need 0 <= --min-duration < --max-duration and 0 <= --min-text-len < --max-text-len")
+        raise UserError("length bounds: need 0 <= --min-duration < --max-duration "
+                        "and 0 <= --min-text-len < --max-text-len")
     if not 0 < args.cap_percentile <= 100:
         raise UserError(f"--cap-percentile must be in (0, 100], got {args.cap_percentile:g}")
     limits = AudioLimits(max_clipped_ratio=args.max_clipped_ratio, silence_peak_db=args.silence_peak_db,

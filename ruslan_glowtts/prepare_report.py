@@ -90,7 +90,7 @@ def build_report(utterances: list[Utterance], *, header: dict[str, Any], caps: d
             "duration_seconds": describe(seconds),
             "text_length_chars": describe([len(u.text) for u in usable], digits=1),
             "source_sample_rates": dict(Counter(str(u.audio.get("rate")) for u in utterances if u.audio.get("rate"))),
-            "source_channels": dict(Counter(str(u.audio.get("channels")) for u in utterances if u.audio.get("channels"))),
+            "source_channels": dict(Counter(str(u.audio["channels"]) for u in utterances if u.audio.get("channels"))),
         },
         "run": run,
         "files": [entry for u in utterances if (entry := u.file_entry()) is not None],

@@ -47,7 +47,8 @@ TEXT_CHANGES: dict[str, str] = {
 TEXT_PROBLEMS: dict[str, tuple[str, str]] = {
     "latin_letters": ("excluded", "Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
                       "transliterate the line in the source metadata to keep it"),
-    "out_of_vocabulary": ("excluded", "characters outside the config's characters/punctuations remain after normalisation"),
+    "out_of_vocabulary": ("excluded", "characters outside the config's characters/punctuations remain "
+                          "after normalisation"),
     "no_letters": ("excluded", "the normalised text has no letters to speak"),
 }
 
@@ -125,7 +126,8 @@ _NUMBER = r"\d+(?:,\d+)?"
 _GROUPED = re.compile(r"(?<![\d,])\d{1,3}(?:[ \u00a0\u202f\u2009]\d{3})+(?![\d,])")
 _ORDINAL = re.compile(r"(\d+)-(" + "|".join(sorted(ORDINAL_SUFFIXES, key=len, reverse=True)) + r")(?![а-яё])")
 _YEAR = re.compile(r"(?:(?<![а-яёА-ЯЁ])([вВкК])\s+)?(\d{1,4})\s*(" + "|".join(YEAR_WORDS) + r"|гг\.|г\.)(?![а-яё])")
-_DATE = re.compile(r"(?:(?<![а-яёА-ЯЁ])(" + "|".join(DATE_PREPOSITIONS) + r")\s+)?(\d{1,2})\s+(" + "|".join(MONTHS) + r")(?![а-яё])", re.IGNORECASE)
+_DATE = re.compile(r"(?:(?<![а-яёА-ЯЁ])(" + "|".join(DATE_PREPOSITIONS) + r")\s+)?(\d{1,2})\s+("
+                   + "|".join(MONTHS) + r")(?![а-яё])", re.IGNORECASE)
 _WITH_UNIT = re.compile(rf"({_NUMBER})\s*({_UNIT_PATTERN})(?![а-яёА-ЯЁ])")
 _DECIMAL = re.compile(r"(\d+),(\d+)")
 _INTEGER = re.compile(r"\d+")
@@ -221,7 +223,8 @@ ABBREVIATIONS: list[tuple[str, str]] = [
     (r"млн\.?(?![а-яё])", "миллионов"),
     (r"млрд\.?(?![а-яё])", "миллиардов"),
 ]
-_ABBREVIATIONS = [(re.compile(r"(?<![а-яёА-ЯЁ])" + pattern, re.IGNORECASE), expansion) for pattern, expansion in ABBREVIATIONS]
+_ABBREVIATIONS = [(re.compile(r"(?<![а-яёА-ЯЁ])" + pattern, re.IGNORECASE), expansion)
+                  for pattern, expansion in ABBREVIATIONS]
 
 
 def _expand_abbreviations(text: str) -> str:

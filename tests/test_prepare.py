@@ -338,7 +338,8 @@ def test_nothing_usable_exits_3_with_a_report(tmp_path, capsys):
 def test_training_on_the_prepared_corpus(defective, run_main, tmp_path):
     _, dst, _, _ = defective
     output = tmp_path / "runs"
-    code, out, err = run_main("--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4", *tiny_args())
+    code, out, err = run_main("--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4",
+                              *tiny_args())
     assert code == 0, err
     (run,) = run_dirs(output)
     assert (run / "checkpoint_4.pth").is_file()
