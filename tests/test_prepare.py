@@ -216,6 +216,20 @@ def test_changed_source_and_options_redo_only_what_they_affect(tmp_path, capsys)
         encoding="utf-8")
 
 
+def test_trim_silence_fixes_long_edges(tmp_path, capsys):
+    src = copy_corpus(SAMPLE, tmp_path / "src")
+    audio, rate = sf.read(_wav(src, 15))
+    sf.write(_wav(src, 15), np.concatenate([np.zeros(2 * rate), audio, np.zeros(2 * rate)]), rate, subtype="PCM_16")
+    dst = tmp_path / "dst"
+    assert run_prepare(capsys, "--src", str(src), "--dst", str(dst), "--jobs", "1", "--trim-silence")[0] == 0
+    report = read_report(dst)
+    (entry,) = [e for e in report["files"] if e["id"] == "000015_RUSLAN"]
+    assert {(p["code"], p["action"]) for p in entry["problems"]} == {
+        ("long_leading_silence", "fixed"), ("long_trailing_silence", "fixed")}
+    trimmed = sf.info(dst / "RUSLAN" / "000015_RUSLAN.wav").duration
+    assert trimmed < len(audio) / rate + 0.5  # ~4 s of silence gone, 0.1 s kept at each edge
+
+
 def test_interrupted_run_completes_on_rerun(tmp_path, capsys):
     src = copy_corpus(SAMPLE, tmp_path / "src")
     dst = tmp_path / "dst"
