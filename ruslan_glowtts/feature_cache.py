@@ -91,7 +91,8 @@ class FeatureCache:
     def __init__(self, folder: Path, wav_dir: Path, count: int) -> None:
         self.folder = Path(folder)
         self.count = count
-        self._wav_dir = os.path.abspath(wav_dir)
+        # Coqui's samples use the resolved dataset path; the caller may pass a symlinked one.
+        self._wav_dirs = {os.path.abspath(wav_dir), os.path.realpath(wav_dir)}
 
     @classmethod
     def for_config(cls, dataset_root: Path, audio_config: Any, *,
@@ -135,7 +136,7 @@ class FeatureCache:
         """The cache file of a prepared WAV of this dataset, or None for any other file."""
         audio_file = os.fspath(audio_file)
         directory, name = os.path.split(os.path.abspath(audio_file))
-        if directory != self._wav_dir or not name.endswith(".wav"):
+        if directory not in self._wav_dirs or not name.endswith(".wav"):
             return None
         return self.folder / (name[: -len(".wav")] + ".npy")
 

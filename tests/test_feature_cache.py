@@ -58,6 +58,14 @@ def test_other_audio_settings_find_no_cache(prepared, caplog):
     assert "caches exist for other audio settings" in message
 
 
+def test_symlinked_dataset_root_finds_the_same_files(prepared, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(prepared)
+    cache = FeatureCache.for_config(link, _training_config(prepared).audio)
+    assert cache.load(prepared / "RUSLAN" / "000000_RUSLAN.wav") is not None  # resolved path, as Coqui passes it
+    assert cache.load(link / "RUSLAN" / "000000_RUSLAN.wav") is not None
+
+
 def test_files_outside_the_cache_give_none(prepared, tmp_path):
     cache = FeatureCache.for_config(prepared, _training_config(prepared).audio)
     assert cache.load(prepared / "RUSLAN" / "999999_RUSLAN.wav") is None
