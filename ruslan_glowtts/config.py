@@ -34,6 +34,7 @@ DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepar
 class HealthConfig(Coqpit):
     """Settings of the health guard; ruslan_glowtts/health.py explains each rule."""
 
+    enabled: bool = True  # false: Coqui's own optimizer step, no guard (for comparison and debugging)
     policy: str = "warn"  # what an explosion does: warn | stop | escalate
     max_escalations: int = 3  # escalate: tier switches before giving up
     grace_steps: int = 50  # optimizer steps after a (re)start the explosion rules ignore

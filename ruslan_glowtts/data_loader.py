@@ -1,9 +1,15 @@
-"""The training data loader: Coqui's TTSDataset, robust to broken audio.
+"""The training data loader: Coqui's TTSDataset, fed from the feature cache, robust to broken audio.
 
-Coqui's loader trims silence with librosa, which turns a waveform holding NaN samples into an
-empty array; `TTSDataset.load_wav` then asserts and the whole run crashes in the loader. The
-kit's dataset passes such a waveform on untrimmed, so its batch gets a NaN loss and the health
-guard skips that one update (and names the file), and training goes on.
+- Features: Coqui computes every utterance's mel spectrogram in the loader, every epoch. When
+  `prepare` has cached them for the run's exact audio settings (ruslan_glowtts/feature_cache.py),
+  the dataset reads the cached mel instead: identical values, no STFT. Otherwise it computes them
+  as Coqui does (and says so once).
+- Broken audio: Coqui's loader trims silence with librosa, which turns a waveform holding NaN
+  samples into an empty array; `TTSDataset.load_wav` then asserts and the run crashes in the
+  loader. The kit's dataset passes such a waveform on untrimmed, so its batch gets a NaN loss and
+  the health guard skips that one update (and names the file), and training goes on.
+- Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
+  numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
 
 RuslanGlowTTS is Coqui's GlowTTS with this loader; its checkpoints and config.json are plain
 GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
@@ -12,6 +18,7 @@ GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +29,11 @@ from torch.utils.data import DataLoader
 from TTS.tts.datasets.dataset import TTSDataset
 from TTS.tts.models.glow_tts import GlowTTS
 
+from ruslan_glowtts.feature_cache import FeatureCache, mel_of
+from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
+
 logger = logging.getLogger(__name__)
+_worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
 
 
 class MelFeatures:
@@ -44,17 +55,27 @@ class MelFeatures:
             return x
         if not np.isfinite(x).all():
             return np.full((self.ap.num_mels, 1 + len(x) // self.ap.hop_length), np.nan, dtype=np.float32)
-        return self.ap.melspectrogram(x)
+        return mel_of(self.ap, x)
 
 
 class KitTTSDataset(TTSDataset):
     _reported: set[str] = set()  # files already named in a warning (per process)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ap = MelFeatures(self.ap)
+        self.feature_cache = feature_cache
+
+    def preprocess_samples(self) -> None:
+        super().preprocess_samples()  # length filtering on the files' true sizes
+        if self.feature_cache is not None:
+            # Coqui's load_data re-checks len(wav) >= min_audio_len after loading; a cached mel's
+            # len() is its number of mel bands, not samples. The filter above already applied.
+            self.min_audio_len = 0
 
     def load_wav(self, filename: str) -> np.ndarray:
+        if self.feature_cache is not None and (mel := self.feature_cache.load(filename)) is not None:
+            return mel  # [num_mels, frames]: MelFeatures passes it through
         wav = self.ap.load_wav(filename)
         if wav.size and np.isfinite(wav).all():
             return wav
@@ -66,6 +87,11 @@ class KitTTSDataset(TTSDataset):
             logger.warning(" ! %s: %s; its batches will be skipped by the health guard "
                            "(python -m ruslan_glowtts.prepare excludes such files)", filename, problem)
         return raw
+
+
+def _init_worker(worker_id: int) -> None:
+    _worker_limits.append(limit_blas_threads())
+    keep_freed_memory()
 
 
 class RuslanGlowTTS(GlowTTS):
@@ -89,6 +115,8 @@ class RuslanGlowTTS(GlowTTS):
             precompute_num_workers=config.precompute_num_workers,
             use_noise_augment=False if is_eval else config.use_noise_augment,
             start_by_longest=config.start_by_longest,
+            feature_cache=FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
+                                                  meta_file=config.datasets[0].meta_file_train),
         )
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
@@ -104,4 +132,6 @@ class RuslanGlowTTS(GlowTTS):
             sampler=sampler,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=_init_worker if workers > 0 else None,
         )

@@ -1,9 +1,9 @@
 """Mel spectrograms computed once by prepare, read by the training data loader.
 
 Coqui computes the mel of every utterance in the loader, every epoch (~20 ms per 5 s file per
-core); reading a cached .npy takes well under 1 ms. The features are exactly Coqui's:
-`AudioProcessor(config.audio).melspectrogram(ap.load_wav(wav))` as float32, shape
-[num_mels, frames], so the cache is a pure speed-up.
+core); reading a cached .npy takes well under 1 ms. The features are exactly Coqui's
+training features (see compute_features), float32 of shape [num_mels, frames], so the cache is a
+pure speed-up.
 
 Layout: DATASET/features/<key>/<id>.npy plus manifest.json, where <key> is a short hash of the
 full `config.audio.to_dict()`: changing any audio setting selects another (absent) folder, so
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ruslan_glowtts.atomic_files import atomic_output, write_text
+from ruslan_glowtts.process_tuning import one_blas_thread
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,19 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def mel_of(ap: Any, wav: np.ndarray) -> np.ndarray:
+    """Coqui's mel of a float32 waveform, on one BLAS thread, so that it is bit-identical in prepare,
+    in loader workers and in the training process alike (the mel projection is a BLAS product
+    whose last bits depend on the thread count, and last bits can flip an alignment decision)."""
+    with one_blas_thread():
+        return ap.melspectrogram(wav).astype("float32")
+
+
 def compute_features(ap: Any, wav_path: Path) -> np.ndarray:
-    """Coqui's training features for one file (load_wav includes its silence trim)."""
-    return ap.melspectrogram(ap.load_wav(str(wav_path))).astype("float32")
+    """The training features of one file, as the kit's loader makes them on the fly: Coqui's
+    load_wav (with its silence trim), TTSDataset.load_data's cast to float32, then the mel. The
+    cast matters: a mel of the float64 waveform differs from the loader's in most elements."""
+    return mel_of(ap, np.asarray(ap.load_wav(str(wav_path)), dtype=np.float32))
 
 
 def write_features(path: Path, mel: np.ndarray) -> None:

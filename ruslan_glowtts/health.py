@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from trainer.io import save_model
 
+from ruslan_glowtts.atomic_files import atomic_output, write_text
 from ruslan_glowtts.config import HealthConfig
 from ruslan_glowtts.runs import KNOWN_GOOD, KNOWN_GOOD_META
 
@@ -243,7 +244,8 @@ class KnownGoodCheckpoints:
             return
         if healthy and not self._tainted and self._candidate_step is not None and self._candidate.is_file():
             os.replace(self._candidate, self.path)
-            _write_json(self.run_dir / KNOWN_GOOD_META, {"step": self._candidate_step, "confirmed_at_step": step})
+            write_text(self.run_dir / KNOWN_GOOD_META,
+                       json.dumps({"step": self._candidate_step, "confirmed_at_step": step}, indent=2) + "\n")
             logger.info(" > Known-good checkpoint: step %d (healthy through step %d)", self._candidate_step, step)
         if not healthy or self._tainted:
             self._candidate.unlink(missing_ok=True)
@@ -254,19 +256,9 @@ class KnownGoodCheckpoints:
         self._candidate_step = step
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _save_weights(trainer: Trainer, path: Path, step: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_model(trainer.config, trainer._get_model(), tmp, current_step=step, epoch=trainer.epochs_done)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as temp:
+        save_model(trainer.config, trainer._get_model(), temp, current_step=step, epoch=trainer.epochs_done)
 
 
 def reduce_flags(flags: list[bool]) -> list[bool]:

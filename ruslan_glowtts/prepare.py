@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ruslan_glowtts.atomic_files import remove_stale_temp_files, write_text
 from ruslan_glowtts.audio_audit import AudioLimits, problem
-from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.feature_cache import (
     FEATURES_DIR,
     METADATA_FILE,
@@ -422,14 +422,9 @@ def _jsonable(value: Any) -> Any:
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d_bounds, d_limits = LengthBounds(), AudioLimits()
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="python -m ruslan_glowtts.prepare",
         description="Check, clean, resample and normalise a RUSLAN corpus into a training-ready folder, "
                     "with a report of every problem found.",

@@ -17,12 +17,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts import KIT_ROOT
+from ruslan_glowtts.atomic_files import write_text
 
 # Files the kit adds to a Coqui run folder.
 RUN_META = "run.json"
@@ -43,16 +43,7 @@ def unique_run_name(output_path: Path, run_name: str) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:

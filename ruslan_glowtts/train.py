@@ -16,10 +16,12 @@ records its parent and the reason in run.json.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from trainer import TrainerArgs
 
@@ -114,6 +116,11 @@ def _train_run(request: TrainRequest) -> Outcome:
 
     if request.continue_path is None and request.rank == 0:
         config.run_name = runs.unique_run_name(Path(config.output_path), config.run_name)
+    # Coqui seeds inside the Trainer, after the model exists: seed first, or --seed would not
+    # make the initial weights reproducible.
+    random.seed(config.training_seed)
+    np.random.seed(config.training_seed)
+    torch.manual_seed(config.training_seed)
     model = RuslanGlowTTS(config)
     args = TrainerArgs(
         continue_path=str(request.continue_path or ""),

@@ -66,7 +66,10 @@ class KitTrainer(Trainer):
         self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
                                  next_command=next_command)
         # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
-        self.callbacks.callbacks_on_train_step_end[:0] = [lambda trainer: self.guard.end_of_step(trainer)]
+        if self.config.health.enabled:
+            self.callbacks.callbacks_on_train_step_end[:0] = [lambda trainer: self.guard.end_of_step(trainer)]
+        else:
+            logger.warning(" ! health.enabled = false: non-finite updates reach the weights, explosions go unseen")
         self.callbacks.callbacks_on_train_step_end.append(self._stop_at_max_steps)
         # The kit's own log lines go into the run's log file next to Coqui's.
         self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
@@ -80,7 +83,8 @@ class KitTrainer(Trainer):
     # -- the guarded step ------------------------------------------------------------------------
     def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
                  step_optimizer=True, num_optimizers=1):
-        if optimizer_idx is not None or self.use_accelerate:  # GlowTTS has one optimizer; no guard elsewhere
+        if optimizer_idx is not None or self.use_accelerate or not self.config.health.enabled:
+            # GlowTTS has one optimizer; the guard covers that case (and can be switched off)
             return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
                                     step_optimizer=step_optimizer, num_optimizers=num_optimizers)
         start = time.time()

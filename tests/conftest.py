@@ -52,6 +52,17 @@ def sample_22k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_corpus(SAMPLE, tmp_path_factory.mktemp("sample22k"), rate=22050)
 
 
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample through `prepare` (22.05 kHz, normalised text, feature cache); read-only."""
+    from ruslan_glowtts.prepare import PrepareOptions, prepare
+
+    base = tmp_path_factory.mktemp("prepared")
+    dst = base / "prepared"
+    prepare(PrepareOptions(src=copy_corpus(SAMPLE, base / "src"), dst=dst, jobs=2))
+    return dst
+
+
 @pytest.fixture
 def run_main(capsys: pytest.CaptureFixture):
     """Run train_ruslan_glowtts.main(argv) in-process; return (exit code, stdout, stderr)."""

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from TTS.tts.datasets import load_tts_samples
+from TTS.tts.datasets.dataset import TTSDataset
+from TTS.tts.utils.text.tokenizer import TTSTokenizer
 from TTS.utils.audio import AudioProcessor
 
 from ruslan_glowtts.config import build_config, parse_set_option
+from ruslan_glowtts.data_loader import KitTTSDataset
 from ruslan_glowtts.feature_cache import FeatureCache, feature_key
 from ruslan_glowtts.prepare import PrepareOptions, prepare
 from ruslan_glowtts.presets import load_preset
@@ -18,12 +23,8 @@ from tests.conftest import SAMPLE, copy_corpus
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    base = tmp_path_factory.mktemp("features")
-    src = copy_corpus(SAMPLE, base / "src")
-    dst = base / "prepared"
-    prepare(PrepareOptions(src=src, dst=dst, jobs=2))
-    return dst
+def prepared(prepared_sample):
+    return prepared_sample
 
 
 def _training_config(dataset, *sets):
@@ -36,17 +37,26 @@ def test_cached_and_live_features_agree(prepared):
     config = _training_config(prepared)  # what train_ruslan_glowtts.py resolves for this folder
     cache = FeatureCache.for_config(prepared, config.audio)
     assert cache is not None and cache.count == 24
+    tokenizer, _ = TTSTokenizer.init_from_config(config)
+    samples, _ = load_tts_samples(config, eval_split=False)
     ap = AudioProcessor(config.audio)
-    worst = 0.0
-    for wav in sorted((prepared / "RUSLAN").glob("*.wav")):
-        live = ap.melspectrogram(ap.load_wav(str(wav))).astype("float32")
-        cached = cache.load(wav)
+    # Live: the training loader without a cache (the kit's dataset: Coqui's load_data + collate_fn).
+    kit = KitTTSDataset(ap=ap, samples=samples, tokenizer=tokenizer)
+    # Coqui's own dataset computes the same mel with numpy's default BLAS threads.
+    coqui = TTSDataset(ap=ap, samples=samples, tokenizer=tokenizer)
+    coqui_worst = 0.0
+    for index, sample in enumerate(samples):
+        live = kit.collate_fn([kit.load_data(index)])["mel"][0].numpy().T  # [num_mels, frames]
+        cached = cache.load(sample["audio_file"])
         assert cached is not None and cached.dtype == np.float32
         assert cached.shape == live.shape == (config.audio.num_mels, live.shape[1])
-        worst = max(worst, float(np.abs(cached - live).max()))
-        assert cache.load(str(wav)) is not None  # str paths work too
-    # Only the BLAS summation order may differ (one thread in prepare's workers): float32 rounding.
-    assert worst < 1e-5
+        # Bit-identical: even last-bit differences change training (they can flip a monotonic
+        # alignment search decision, and the loss with it: tests/test_speedups.py).
+        assert np.array_equal(cached, live), sample["audio_file"]
+        stock = coqui.collate_fn([coqui.load_data(index)])["mel"][0].numpy().T
+        coqui_worst = max(coqui_worst, float(np.abs(cached - stock).max()))
+        assert cache.load(Path(sample["audio_file"])) is not None  # Path objects work too
+    assert coqui_worst < 1e-5  # only BLAS summation order differs from Coqui's multi-threaded mel
 
 
 def test_other_audio_settings_find_no_cache(prepared, caplog):
