@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
-# ~3 minutes on 2 CPU cores: prepare (resample 44.1 -> 22.05 kHz, normalise, cache features), then
+# ~2 minutes on 2 CPU cores: prepare (resample 44.1 -> 22.05 kHz, normalise, cache features), then
 # 30 steps of the full-size GlowTTS with the stable preset. Ends with a run folder under runs/.
 sample: venv
 	$(PY) -m ruslan_glowtts.prepare --src data/sample --dst $(SAMPLE_DATA)

@@ -73,6 +73,15 @@ def resolve_precision(config: RuslanGlowTTSConfig) -> str:
     return config.precision
 
 
+def _run_name(request: TrainRequest) -> str:
+    name = request.config.run_name
+    if request.use_ddp:
+        # Every rank names the folder itself (Coqui): derive it from the launch's shared group id,
+        # not from what exists on disk, which differs between ranks that start a moment apart.
+        return f"{name}-{request.group_id or 'ddp'}" + (f"-esc{request.escalation_index}" if request.escalation_index else "")
+    return runs.unique_run_name(Path(request.config.output_path), name)
+
+
 def _device() -> str:
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
@@ -83,7 +92,9 @@ def train(request: TrainRequest) -> Outcome:
     """Train one run, then, under the escalate policy, the runs of its escalation chain."""
     outcome = _train_run(request)
     chain = [(request, outcome)]
-    while outcome.status == "exploded" and request.config.health.policy == "escalate" and request.rank == 0:
+    # Under DDP every rank runs this loop: the guard's stop is all-reduced, so all ranks see the
+    # same outcome at the same step and start the next tier together.
+    while outcome.status == "exploded" and request.config.health.policy == "escalate":
         nxt = _escalation(request, outcome)
         if nxt is None:
             break
@@ -114,8 +125,8 @@ def _train_run(request: TrainRequest) -> Outcome:
     logger.info("Training on %d utterances, evaluating on %d; device %s, %s",
                 len(train_samples), len(eval_samples), _device(), precision)
 
-    if request.continue_path is None and request.rank == 0:
-        config.run_name = runs.unique_run_name(Path(config.output_path), config.run_name)
+    if request.continue_path is None:
+        config.run_name = _run_name(request)
     # Coqui seeds inside the Trainer, after the model exists: seed first, or --seed would not
     # make the initial weights reproducible.
     random.seed(config.training_seed)
@@ -201,11 +212,13 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
     logger.warning("\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s", "=" * 78, request.preset.name,
                    preset.name, reason, f"known-good step {start_step}" if restore else "the start (no known-good yet)",
                    "=" * 78)
+    # Each rank saw its own batches; leaving different samples out per rank would give the ranks
+    # datasets of different sizes. Under DDP the new seed alone changes which batches come next.
+    exclude = [] if request.use_ddp else outcome.recent_samples
     return replace(
         request, config=config, preset=preset, overrides=overrides, continue_path=None, restore_path=restore,
         parent_run=outcome.run_dir, reason=reason,
-        escalation_index=request.escalation_index + 1, start_step=start_step,
-        exclude_samples=outcome.recent_samples,
+        escalation_index=request.escalation_index + 1, start_step=start_step, exclude_samples=exclude,
     )
 
 

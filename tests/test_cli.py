@@ -80,3 +80,16 @@ def test_distribute_arguments_parse_to_ranks_and_paths(tmp_path):
     # the user's own hyphenated flag wins over distribute's empty injected one
     args = parse_args(_distributed_argv(["--continue-path", str(tmp_path)], rank=0))
     assert args.continue_path == tmp_path
+
+
+def test_distributed_ranks_name_the_same_run_folder(tmp_path):
+    from ruslan_glowtts.cli import request_from_args
+    from ruslan_glowtts.train import _run_name
+
+    names = set()
+    for rank in (0, 1):
+        args = parse_args(_distributed_argv(["--dataset-path", str(SAMPLE), "--output-path", str(tmp_path)], rank))
+        request = request_from_args(args)
+        names.add(_run_name(request))
+        (tmp_path / "ruslan_glowtts-anything").mkdir(exist_ok=True)  # what exists on disk must not matter
+    assert names == {"ruslan_glowtts-group_2026_11_28-001122"}

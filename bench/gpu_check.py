@@ -1,0 +1,209 @@
+"""GPU check: stock fp32 vs kit fp32 vs kit bf16 on one CUDA GPU; run by bench/gpu_check.sh.
+
+    python3 bench/gpu_check.py --out DIR [--steps 80] [--batch 8]
+
+On the sample-derived corpus (prepared, 3.5 s utterances), trains full-size GlowTTS for a fixed
+number of steps three times: Coqui's stock recipe in fp32, the kit's entry point in fp32, and
+the kit in bf16 (preset stable's precision where the GPU supports it). Reports samples/s (median
+of 5-step windows after warm-up), peak GPU memory (nvidia-smi, sampled), that every logged loss
+is finite, and the first steps' losses of the kit's fp32 and bf16 runs side by side. Then two
+measurements inside a step on the GPU: monotonic alignment search (Cython on the CPU: a device-to-
+host copy per forward) and Coqui's RAdam vs torch.optim.RAdam(foreach=True) (time per step, and
+the largest parameter difference after 10 identical steps). Writes DIR/gpu_check.md and .json.
+Without CUDA it still runs, on the CPU, to check itself (numbers then mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from prepare_parts import make_corpus, run_prepare  # noqa: E402
+from run import PY, _config, train_run  # noqa: E402
+
+
+def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
+    """Sample nvidia-smi's memory.used (MiB) until the event is set; the list holds the peak."""
+    stop, peak = threading.Event(), [0]
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                peak[0] = max(peak[0], max(int(v) for v in out.split()))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return stop, peak
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={SCALARS: 0})
+        acc.Reload()
+        if "TrainIterStats/loss" in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars("TrainIterStats/loss")})
+    return values
+
+
+def inside_a_step(prepared: Path, batch: int) -> dict[str, Any]:
+    import torch
+    import TTS.tts.models.glow_tts as glow
+    from TTS.tts.datasets import load_tts_samples
+    from TTS.utils.radam import RAdam as CoquiRAdam
+
+    from ruslan_glowtts.data_loader import RuslanGlowTTS
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
+    samples, _ = load_tts_samples(config, eval_split=False)
+    torch.manual_seed(0)
+    model = RuslanGlowTTS(config).to("cuda" if cuda else "cpu")
+    model.train()
+    model.run_data_dep_init = False
+    data = model.format_batch(next(iter(model.get_data_loader(config, samples=samples[:batch], verbose=False))))
+    if cuda:
+        data = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in data.items()}
+    criterion = model.get_criterion()
+    mas, spent = glow.maximum_path, [0.0]
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        sync()
+        started = time.perf_counter()
+        result = mas(*args, **kwargs)
+        sync()
+        spent[0] += time.perf_counter() - started
+        return result
+
+    glow.maximum_path = timed
+    steps = []
+    try:
+        for _ in range(6):
+            spent[0] = 0.0
+            sync()
+            started = time.perf_counter()
+            _, loss = model.train_step(data, criterion)
+            loss["loss"].backward()
+            sync()
+            steps.append((time.perf_counter() - started, spent[0]))
+            model.zero_grad(set_to_none=False)
+    finally:
+        glow.maximum_path = mas
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    kwargs = {"lr": 2e-4, "betas": (0.9, 0.998), "weight_decay": 1e-6}
+
+    def run(make: Any) -> tuple[float, list[Any]]:
+        with torch.no_grad():
+            for p, s, g in zip(params, start, grads, strict=True):
+                p.copy_(s)
+                p.grad = g.clone()
+        optimizer = make(params)
+        optimizer.step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(9):
+            optimizer.step()
+        sync()
+        return (time.perf_counter() - started) / 9, [p.detach().clone() for p in params]
+
+    coqui_s, coqui_params = run(lambda ps: CoquiRAdam(ps, **kwargs))
+    foreach_s, foreach_params = run(lambda ps: torch.optim.RAdam(ps, foreach=True, **kwargs))
+    diff = max(float((a - b).abs().max()) for a, b in zip(coqui_params, foreach_params, strict=True))
+    fb = statistics.median(s for s, _ in steps[1:])
+    return {"forward_backward_ms": fb * 1000, "mas_ms": statistics.median(m for _, m in steps[1:]) * 1000,
+            "coqui_radam_ms": coqui_s * 1000, "torch_radam_foreach_ms": foreach_s * 1000,
+            "radam_max_param_diff_after_10_steps": diff, "parameter_tensors": len(params)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=80, help="trainer steps per run (10 are data-dependent init)")
+    p.add_argument("--batch", type=int, default=8)
+    args = p.parse_args()
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device: CPU dry run"
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    print(f"device: {device}; torch {torch.__version__}; bf16 {'supported' if bf16 else 'not supported'}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    make_corpus(work / "src", 96, seconds=(3.5, 3.5))
+    run_prepare(work / "src", work / "prepared", 8)
+    prepared = work / "prepared"
+
+    kit = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared),
+           "--max-steps", str(args.steps), "--set", f"batch_size={args.batch}", "--set", "plot_step=1",
+           "--set", "run_eval=false", "--set", "print_step=1000", "--set", "test_delay_epochs=100000"]
+    variants = {
+        "stock fp32": [PY, "bench/stock_recipe.py", "--dataset-path", str(prepared), "--batch-size",
+                       str(args.batch), "--max-steps", str(args.steps), "--output-path"],
+        "kit fp32": [*kit, "--set", "mixed_precision=false", "--output-path"],
+        "kit bf16": [*kit, "--output-path"],
+    }
+    results: dict[str, Any] = {"device": device, "torch": torch.__version__, "bf16_supported": bf16,
+                               "steps": args.steps, "batch": args.batch, "runs": {}}
+    for name, command in variants.items():
+        output = work / name.replace(" ", "_")
+        stop, peak = gpu_memory_sampler()
+        run = train_run(name, [*command, str(output)], output, args.batch)
+        stop.set()
+        values = losses(Path(run["run_dir"]))
+        run.update(peak_gpu_mib=peak[0], losses_finite=all(math.isfinite(v) for v in values.values()),
+                   first_losses={k: round(v, 4) for k, v in sorted(values.items())[:10]})
+        results["runs"][name] = run
+        print(f"{name}: {run['samples_per_s']:.1f} samples/s, peak GPU {peak[0]} MiB, "
+              f"losses finite: {run['losses_finite']}", flush=True)
+    results["inside_a_step"] = inside_a_step(prepared, args.batch)
+    print(json.dumps(results["inside_a_step"], indent=1), flush=True)
+
+    runs, stock = results["runs"], results["runs"]["stock fp32"]["samples_per_s"]
+    lines = [f"## GPU check: {device}", "",
+             f"torch {torch.__version__}; full-size GlowTTS, batch {args.batch}, {args.steps} trainer steps per run "
+             "(10 of them data-dependent init); samples/s = batch / median 5-step window after 5 warm-up steps.", "",
+             "| run | samples/s | vs stock | first step after (s) | peak GPU memory (MiB) | losses finite |",
+             "|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        lines.append(f"| {name} | {run['samples_per_s']:.1f} | {run['samples_per_s'] / stock:.2f}x | "
+                     f"{run['first_step_s']:.1f} | {run['peak_gpu_mib']} | {run['losses_finite']} |")
+    fp32, bf = runs["kit fp32"]["first_losses"], runs["kit bf16"]["first_losses"]
+    lines += ["", "First losses, kit fp32 vs kit bf16 (same seed, same batches):", "",
+              "| step | fp32 | bf16 |", "|---|---|---|"]
+    lines += [f"| {step} | {fp32[step]} | {bf.get(step, '')} |" for step in fp32]
+    s = results["inside_a_step"]
+    lines += ["", "| inside a step (GPU) | |", "|---|---|",
+              f"| forward + backward | {s['forward_backward_ms']:.1f} ms |",
+              f"| monotonic alignment search (CPU Cython + copies) | {s['mas_ms']:.1f} ms |",
+              f"| Coqui RAdam step ({s['parameter_tensors']} tensors) | {s['coqui_radam_ms']:.2f} ms |",
+              f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_ms']:.2f} ms |",
+              f"| largest parameter difference after 10 identical steps | {s['radam_max_param_diff_after_10_steps']:.2e} |", ""]
+    (args.out / "gpu_check.md").write_text("\n".join(lines), encoding="utf-8")
+    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
