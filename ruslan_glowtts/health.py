@@ -304,19 +304,13 @@ class HealthGuard:
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
         (nonfinite,) = reduce_flags([not finite])
         self._log(trainer, "Health/grad_norm", grad_norm, step)
-        if nonfinite and amp:
-            return True
+        if nonfinite and amp and math.isfinite(loss):
+            return True  # overflowing gradients: GradScaler's own skip (a NaN loss it cannot see: ours)
         if nonfinite:
             self._skipped(trainer, step, f"loss {loss:.4g}, pre-clip grad_norm {grad_norm:.4g}")
             grad_norm = math.nan
         self._handle(trainer, self.detector.observe(step, grad_norm))
         return not nonfinite
-
-    def nonfinite_loss(self, trainer: Trainer, step: int, what: str) -> None:
-        """The model's loss itself raised on NaN (Coqui's GlowTTSLoss does): skip the update."""
-        self._log(trainer, "Health/grad_norm", math.nan, step)
-        self._skipped(trainer, step, what)
-        self._handle(trainer, self.detector.observe(step, math.nan))
 
     def amp_skipped(self, trainer: Trainer, step: int) -> None:
         """GradScaler skipped the update (fp16 overflow): counted, not treated as an explosion,

@@ -63,6 +63,7 @@ class KitTrainer(Trainer):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_steps = max_steps
+        self._window_nonfinite = False  # a NaN loss within the current accumulation window
         self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
                                  next_command=next_command)
         # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
@@ -89,34 +90,40 @@ class KitTrainer(Trainer):
                                     step_optimizer=step_optimizer, num_optimizers=num_optimizers)
         start = time.time()
         step = self.total_steps_done
+        loss = None
         try:
             outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=None)
         except RuntimeError as exc:
             if not _is_nan_loss_error(exc):
                 raise
+            # GlowTTS's loss raised on NaN: this micro-batch spoils its whole update (as NaN
+            # gradients would), which is skipped at the window's last micro-batch below.
+            logger.warning(" ! Step %d: %s", step, str(exc).strip(" [!]."))
             self._nan_loss_backward()
-            optimizer.zero_grad(set_to_none=True)
-            if step_optimizer:
-                self.guard.nonfinite_loss(self, step, str(exc).strip(" [!]."))
-            return None, {}, time.time() - start
-        if not loss_dict:  # data-dependent init batches
-            return outputs, {}, time.time() - start
-        self.guard.record_batch(batch)
-        self.callbacks.before_backward_pass(self, loss_dict)
-        loss = loss_dict["loss"] / float(self.grad_accum_steps)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+            self._window_nonfinite = True
+            outputs, loss_dict = None, None
+        else:
+            if not loss_dict:  # data-dependent init batches
+                return outputs, {}, time.time() - start
+            self.guard.record_batch(batch)
+            self.callbacks.before_backward_pass(self, loss_dict)
+            loss = loss_dict["loss"] / float(self.grad_accum_steps)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         if not step_optimizer:  # accumulating micro-batches
-            detached = self.detach_loss_dict(loss_dict, step_optimizer=False)
-            return outputs, detached, time.time() - start
+            if loss_dict is None:
+                return None, {}, time.time() - start
+            return outputs, self.detach_loss_dict(loss_dict, step_optimizer=False), time.time() - start
 
         if scaler is not None:
             scaler.unscale_(optimizer)
         self.callbacks.before_gradient_clipping(self)
         params = list(self.master_params(optimizer))
         total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
+        loss_now = loss.detach().float() if loss is not None else torch.full((), math.nan)
         # One sync for both values; Coqui reads the norm after the step anyway (its NaN check).
-        pair = torch.stack([total_norm.to(loss.device, torch.float32), loss.detach().float()])
-        grad_norm, loss_value = pair.tolist()
+        grad_norm, loss_value = torch.stack([total_norm.float(), loss_now.to(total_norm.device)]).tolist()
+        if self._window_nonfinite:
+            loss_value, self._window_nonfinite = math.nan, False
         apply = self.guard.decide_update(self, step, grad_norm, loss_value, amp=scaler is not None)
         if apply:
             grad_clip = self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=None)
@@ -124,7 +131,7 @@ class KitTrainer(Trainer):
                 clip_grads_with_norm_(params, grad_clip, total_norm)
             self._step(optimizer, scaler, scheduler)
         optimizer.zero_grad(set_to_none=True)
-        if not apply:
+        if not apply or loss_dict is None:
             return None, {}, time.time() - start  # nothing to average or plot from a skipped update
         detached = self.detach_loss_dict(loss_dict, step_optimizer=True,
                                          grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0)

@@ -47,8 +47,8 @@ class Injector:
     """Poisons one step through the model's own hooks (Coqui calls model.before_backward_pass and
     model.before_gradient_clipping) and records weights + optimizer state around that step."""
 
-    def __init__(self, step: int, kind: str) -> None:
-        self.step, self.kind = step, kind
+    def __init__(self, step: int, kind: str, window: int = 1) -> None:
+        self.step, self.kind, self.window = step, kind, window  # window: steps until "after"
         self.before: list[torch.Tensor] | None = None
         self.after: list[torch.Tensor] | None = None
 
@@ -59,17 +59,25 @@ class Injector:
         if trainer.total_steps_done != self.step:
             return
         self.before = _snapshot(trainer)
-        value = math.nan if self.kind.startswith("nan") else math.inf
-        if self.kind.endswith("loss"):
+        value = math.nan if "nan" in self.kind else math.inf
+        if self.kind == "raised_nan_loss":  # GlowTTSLoss's own reaction to a NaN
+            trainer.criterion[0].forward = _raise_nan_loss
+        elif self.kind.endswith("loss"):
             trainer.model.before_backward_pass = lambda losses, _opt: losses.update(loss=losses["loss"] * value)
         else:
             trainer.model.before_gradient_clipping = lambda: _poison_grad(trainer, value)
 
     def _end(self, trainer) -> None:
-        if trainer.total_steps_done == self.step + 1:
-            self.after = _snapshot(trainer)
+        if trainer.total_steps_done == self.step + 1:  # the poison lasts one step
             trainer.model.__dict__.pop("before_backward_pass", None)
             trainer.model.__dict__.pop("before_gradient_clipping", None)
+            trainer.criterion[0].__dict__.pop("forward", None)
+        if trainer.total_steps_done == self.step + self.window:
+            self.after = _snapshot(trainer)
+
+
+def _raise_nan_loss(*args, **kwargs):
+    raise RuntimeError(" [!] NaN loss with loss.")
 
 
 def _poison_grad(trainer, value: float) -> None:
@@ -94,6 +102,22 @@ def test_nonfinite_update_is_skipped_and_visible(sample_22k, tmp_path, kind):
     assert not math.isfinite(read_scalars(run, "Health/grad_norm")[5])
     assert 5 not in read_scalars(run, "TrainIterStats/grad_norm")
     assert json.loads((run / "run.json").read_text())["health"]["skipped_updates"] == 1
+
+
+@pytest.mark.parametrize("kind", ["nan_loss", "raised_nan_loss"])
+def test_nan_inside_an_accumulation_window_skips_the_whole_update(sample_22k, tmp_path, kind):
+    # --grad-accum 2: steps 0-1 are data-dependent init, then windows (2, 3), (4, 5). A NaN in
+    # the window's first micro-batch spoils the update made at its second.
+    request = _request(sample_22k, tmp_path / "runs", "--max-steps", "8", "--grad-accum", "2")
+    injector = Injector(step=2, kind=kind, window=2)
+    request.callbacks = injector.callbacks()
+    outcome = train(request)
+    assert outcome.status == "max_steps", outcome.message
+    assert all(torch.equal(a, b) for a, b in zip(injector.before, injector.after, strict=True))
+    (run,) = run_dirs(tmp_path / "runs")
+    assert read_scalars(run, "Health/skipped_steps") == {3: 1.0}  # counted once, where the update was due
+    weights = torch.load(run / "checkpoint_8.pth", weights_only=False)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_nan_audio_in_the_data_is_skipped_in_training_and_eval(sample_22k, tmp_path):
