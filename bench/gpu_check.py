@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from prepare_parts import make_corpus, run_prepare  # noqa: E402
-from run import PY, _config, train_run  # noqa: E402
+from run import PY, step_parts, train_run  # noqa: E402
 
 
 def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
@@ -63,79 +62,6 @@ def losses(run_dir: Path) -> dict[int, float]:
         if "TrainIterStats/loss" in acc.Tags()["scalars"]:
             values.update({e.step: e.value for e in acc.Scalars("TrainIterStats/loss")})
     return values
-
-
-def inside_a_step(prepared: Path, batch: int) -> dict[str, Any]:
-    import torch
-    import TTS.tts.models.glow_tts as glow
-    from TTS.tts.datasets import load_tts_samples
-    from TTS.utils.radam import RAdam as CoquiRAdam
-
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
-
-    cuda = torch.cuda.is_available()
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
-    samples, _ = load_tts_samples(config, eval_split=False)
-    torch.manual_seed(0)
-    model = RuslanGlowTTS(config).to("cuda" if cuda else "cpu")
-    model.train()
-    model.run_data_dep_init = False
-    data = model.format_batch(next(iter(model.get_data_loader(config, samples=samples[:batch], verbose=False))))
-    if cuda:
-        data = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in data.items()}
-    criterion = model.get_criterion()
-    mas, spent = glow.maximum_path, [0.0]
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        sync()
-        started = time.perf_counter()
-        result = mas(*args, **kwargs)
-        sync()
-        spent[0] += time.perf_counter() - started
-        return result
-
-    glow.maximum_path = timed
-    steps = []
-    try:
-        for _ in range(6):
-            spent[0] = 0.0
-            sync()
-            started = time.perf_counter()
-            _, loss = model.train_step(data, criterion)
-            loss["loss"].backward()
-            sync()
-            steps.append((time.perf_counter() - started, spent[0]))
-            model.zero_grad(set_to_none=False)
-    finally:
-        glow.maximum_path = mas
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in params]
-    grads = [torch.randn_like(p) * 1e-3 for p in params]
-    kwargs = {"lr": 2e-4, "betas": (0.9, 0.998), "weight_decay": 1e-6}
-
-    def run(make: Any) -> tuple[float, list[Any]]:
-        with torch.no_grad():
-            for p, s, g in zip(params, start, grads, strict=True):
-                p.copy_(s)
-                p.grad = g.clone()
-        optimizer = make(params)
-        optimizer.step()
-        sync()
-        started = time.perf_counter()
-        for _ in range(9):
-            optimizer.step()
-        sync()
-        return (time.perf_counter() - started) / 9, [p.detach().clone() for p in params]
-
-    coqui_s, coqui_params = run(lambda ps: CoquiRAdam(ps, **kwargs))
-    foreach_s, foreach_params = run(lambda ps: torch.optim.RAdam(ps, foreach=True, **kwargs))
-    diff = max(float((a - b).abs().max()) for a, b in zip(coqui_params, foreach_params, strict=True))
-    fb = statistics.median(s for s, _ in steps[1:])
-    return {"forward_backward_ms": fb * 1000, "mas_ms": statistics.median(m for _, m in steps[1:]) * 1000,
-            "coqui_radam_ms": coqui_s * 1000, "torch_radam_foreach_ms": foreach_s * 1000,
-            "radam_max_param_diff_after_10_steps": diff, "parameter_tensors": len(params)}
 
 
 def main() -> None:
@@ -177,7 +103,7 @@ def main() -> None:
         results["runs"][name] = run
         print(f"{name}: {run['samples_per_s']:.1f} samples/s, peak GPU {peak[0]} MiB, "
               f"losses finite: {run['losses_finite']}", flush=True)
-    results["inside_a_step"] = inside_a_step(prepared, args.batch)
+    results["inside_a_step"] = step_parts(prepared, args.batch, 9, "cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(results["inside_a_step"], indent=1), flush=True)
 
     runs, stock = results["runs"], results["runs"]["stock fp32"]["samples_per_s"]
@@ -195,11 +121,12 @@ def main() -> None:
     lines += [f"| {step} | {fp32[step]} | {bf.get(step, '')} |" for step in fp32]
     s = results["inside_a_step"]
     lines += ["", "| inside a step (GPU) | |", "|---|---|",
-              f"| forward + backward | {s['forward_backward_ms']:.1f} ms |",
-              f"| monotonic alignment search (CPU Cython + copies) | {s['mas_ms']:.1f} ms |",
-              f"| Coqui RAdam step ({s['parameter_tensors']} tensors) | {s['coqui_radam_ms']:.2f} ms |",
-              f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_ms']:.2f} ms |",
-              f"| largest parameter difference after 10 identical steps | {s['radam_max_param_diff_after_10_steps']:.2e} |", ""]
+              f"| forward + backward | {s['forward_backward_s'] * 1000:.1f} ms |",
+              f"| monotonic alignment search (CPU Cython + copies) | {s['mas_s'] * 1000:.1f} ms |",
+              f"| Coqui RAdam step ({s['parameter_tensors']} tensors) | {s['coqui_radam_s'] * 1000:.2f} ms |",
+              f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_s'] * 1000:.2f} ms |",
+              f"| after {s['optimizer_steps']} identical steps: largest move / largest difference | "
+              f"{s['radam_largest_move']:.1e} / {s['radam_largest_difference']:.1e} |", ""]
     (args.out / "gpu_check.md").write_text("\n".join(lines), encoding="utf-8")
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     print("\n".join(lines))

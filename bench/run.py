@@ -113,6 +113,9 @@ def train_run(name: str, command: list[str], output: Path, batch: int) -> dict[s
     (run_dir,) = [p for p in output.iterdir() if p.is_dir()]
     stamps = _step_stamps(run_dir)
     deltas = [b[1] - a[1] for a, b in itertools.pairwise(stamps) if b[0] == a[0] + 1][WARMUP_STEPS:]
+    if len(deltas) < WINDOW:
+        raise SystemExit(f"{name}: only {len(deltas)} steps left to time after data-dependent init and "
+                         f"{WARMUP_STEPS} warm-up steps; give it more steps")
     windows = [statistics.median(deltas[i:i + WINDOW]) for i in range(0, len(deltas) - WINDOW + 1, WINDOW)]
     step = statistics.median(windows)
     return {"name": name, "step_s": step, "steps_per_s": 1 / step, "samples_per_s": batch / step,
@@ -215,9 +218,10 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
             "checkpoint_save_s": save_s, "checkpoint_share": save_s / (config.health.checkpoint_every * step)}
 
 
-def step_parts(prepared: Path, batch: int, steps: int) -> dict[str, float]:
-    """Forward+backward time of the full model and the share spent in monotonic alignment search,
-    and one optimizer step with Coqui's RAdam vs torch's multi-tensor RAdam (same grads)."""
+def step_parts(prepared: Path, batch: int, steps: int, device: str = "cpu") -> dict[str, float]:
+    """Forward+backward time of the full model and the time in monotonic alignment search, and
+    one optimizer step with Coqui's RAdam vs torch's multi-tensor RAdam from the same parameters
+    and gradients, with the largest parameter difference after `steps` + 1 steps (same maths?)."""
     import torch
     import TTS.tts.models.glow_tts as glow
     from TTS.tts.datasets import load_tts_samples
@@ -225,20 +229,23 @@ def step_parts(prepared: Path, batch: int, steps: int) -> dict[str, float]:
 
     from ruslan_glowtts.data_loader import RuslanGlowTTS
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
     samples, _ = load_tts_samples(config, eval_split=False)
     torch.manual_seed(0)
-    model = RuslanGlowTTS(config)
+    model = RuslanGlowTTS(config).to(device)
     model.train()
     model.run_data_dep_init = False
-    batch_data = model.format_batch(next(iter(model.get_data_loader(config, samples=samples[: batch * 2], verbose=False))))
+    data = model.format_batch(next(iter(model.get_data_loader(config, samples=samples[: batch * 2], verbose=False))))
+    data = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
     criterion = model.get_criterion()
-    mas = glow.maximum_path
-    spent = [0.0]
+    mas, spent = glow.maximum_path, [0.0]
 
     def timed_mas(*args: Any, **kwargs: Any) -> Any:
+        sync()
         started = time.perf_counter()
         result = mas(*args, **kwargs)
+        sync()
         spent[0] += time.perf_counter() - started
         return result
 
@@ -247,31 +254,43 @@ def step_parts(prepared: Path, batch: int, steps: int) -> dict[str, float]:
         totals = []
         for _ in range(steps + 1):
             spent[0] = 0.0
+            sync()
             started = time.perf_counter()
-            _, losses = model.train_step(batch_data, criterion)
+            _, losses = model.train_step(data, criterion)
             losses["loss"].backward()
+            sync()
             totals.append((time.perf_counter() - started, spent[0]))
             model.zero_grad(set_to_none=False)
     finally:
         glow.maximum_path = mas
-    step = statistics.median(t for t, _ in totals[1:])
-    mas_s = statistics.median(m for _, m in totals[1:])
 
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    start = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    kwargs = {"lr": 2e-4, "betas": (0.9, 0.998), "weight_decay": 1e-6}
 
-    def optimizer_step(optimizer: Any) -> float:
+    def optimizer_steps(make: Any) -> tuple[float, list[Any]]:
+        with torch.no_grad():
+            for p, s, g in zip(params, start, grads, strict=True):
+                p.copy_(s)
+                p.grad = g.clone()
+        optimizer = make(params)
         optimizer.step()  # warm-up: state allocation
+        sync()
         started = time.perf_counter()
         for _ in range(steps):
             optimizer.step()
-        return (time.perf_counter() - started) / steps
+        sync()
+        return (time.perf_counter() - started) / steps, [p.detach().clone() for p in params]
 
-    kwargs = {"lr": 2e-4, "betas": (0.9, 0.998), "weight_decay": 1e-6}
-    coqui = optimizer_step(CoquiRAdam(params, **kwargs))
-    torch_foreach = optimizer_step(torch.optim.RAdam(params, foreach=True, **kwargs))
-    return {"forward_backward_s": step, "mas_s": mas_s, "coqui_radam_s": coqui, "torch_radam_foreach_s": torch_foreach,
+    coqui, coqui_params = optimizer_steps(lambda ps: CoquiRAdam(ps, **kwargs))
+    foreach, foreach_params = optimizer_steps(lambda ps: torch.optim.RAdam(ps, foreach=True, **kwargs))
+    moved = max(float((a - s).abs().max()) for a, s in zip(coqui_params, start, strict=True))
+    differ = max(float((a - b).abs().max()) for a, b in zip(coqui_params, foreach_params, strict=True))
+    return {"forward_backward_s": statistics.median(t for t, _ in totals[1:]),
+            "mas_s": statistics.median(m for _, m in totals[1:]),
+            "coqui_radam_s": coqui, "torch_radam_foreach_s": foreach, "optimizer_steps": steps + 1,
+            "radam_largest_move": moved, "radam_largest_difference": differ,
             "parameter_tensors": len(params), "parameters": sum(p.numel() for p in params)}
 
 
@@ -395,6 +414,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"{parts['mas_s'] * 1000:.1f} ms ({parts['mas_s'] / parts['forward_backward_s']:.1%}) |",
         f"| optimizer step, Coqui's RAdam ({parts['parameter_tensors']} tensors one by one) | {parts['coqui_radam_s'] * 1000:.1f} ms |",
         f"| optimizer step, torch.optim.RAdam(foreach=True) | {parts['torch_radam_foreach_s'] * 1000:.1f} ms |",
+        f"| same maths? after {parts['optimizer_steps']} identical steps (lr 2e-4): largest parameter move / "
+        f"largest difference between the two | {parts['radam_largest_move']:.1e} / {parts['radam_largest_difference']:.1e}: "
+        f"{'the same update' if parts['radam_largest_difference'] < 0.01 * parts['radam_largest_move'] else 'not the same update (the kit keeps Coqui RAdam)'} |",
         f"| health guard's detector, per update | {r['detector_us']:.0f} us ({detector:.3%} of a kit step) |",
         f"| health guard's code per step (norm/loss read, detector, TensorBoard scalar, batch record, end-of-step check) | "
         f"{g['guard_code_share']:.3%} of the step |",
