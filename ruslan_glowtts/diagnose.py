@@ -396,9 +396,14 @@ def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
     if g["judged_points"] < th.min_points or "median" not in g:
         interval = float(np.median(np.diff(f.all_steps))) if len(f.all_steps) > 1 else 1.0
         ready = int(g["first_step"] + th.grace_steps + th.min_points * interval)
-        reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {th.grace_steps} steps "
-                       f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend: "
-                       f"look again after step {ready}")
+        if g["last_step"] >= g["first_step"] + th.grace_steps:
+            reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {th.grace_steps} steps "
+                           f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend: "
+                           f"look again after step {ready}")
+        else:
+            reasons.append(f"the run is at step {g['last_step']}, within its first {th.grace_steps} steps, which are "
+                           f"not judged (GlowTTS's early swings); {th.min_points} points after them are needed: "
+                           f"look again after step {ready}")
         if g.get("max", 0) > th.limit:
             reasons.append(f"already above {th.limit:g} at step {g['max_step']} (max {_g(g['max'])}): look again soon")
         return "too_early", reasons, None, stats
