@@ -128,8 +128,12 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         run_dir = args.continue_path
         if not (run_dir / "config.json").is_file():
             raise UserError(f"--continue-path {run_dir}: not a run folder (no config.json)")
-        if not any(run_dir.glob("*.pth")):
-            raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from; start a new run")
+        if not any(run_dir.glob("checkpoint_*.pth")) and not any(run_dir.glob("best_model*.pth")):
+            # What Coqui's resume looks for; known_good.pth holds weights only (no optimizer state).
+            known_good = run_dir / runs.KNOWN_GOOD
+            hint = (f"; start a new run from its last known-good weights with --restore-path {known_good}"
+                    if known_good.is_file() else "; start a new run")
+            raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from{hint}")
         config = RuslanGlowTTSConfig()
         config.load_json(str(run_dir / "config.json"))
         if args.dataset_path is not None:
@@ -137,6 +141,10 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         meta = runs.read_meta(run_dir)
         preset = load_preset(meta.get("preset_path") or meta.get("preset") or DEFAULT_PRESET)
         logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
+        if meta.get("status") in ("exploded", "escalated"):
+            logger.warning(" ! This run was stopped by the health guard (%s); its last checkpoint may hold the "
+                           "exploding state. The next tier, from the known-good weights, is usually better: %s",
+                           meta.get("message", "").split(". Next:")[0], "see run.json 'message'")
         # An escalation from here rebuilds the config from the run's original command-line settings.
         cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
         return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,

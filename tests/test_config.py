@@ -84,7 +84,10 @@ def test_continue_path_keeps_the_runs_own_config(run_main, tmp_path):
     assert code == 2
     assert "--set cannot be combined with --continue-path" in err
     code, _, err = run_main("--continue-path", str(run))
-    assert code == 2 and "no checkpoint to resume from" in err
+    assert code == 2 and "no checkpoint to resume from; start a new run" in err
+    (run / "known_good.pth").write_bytes(b"")  # weights only: not something Coqui can resume
+    code, _, err = run_main("--continue-path", str(run))
+    assert code == 2 and f"--restore-path {run / 'known_good.pth'}" in err
 
 
 def test_continue_and_restore_are_exclusive(run_main, tmp_path):
