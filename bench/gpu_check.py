@@ -53,15 +53,10 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    from ruslan_glowtts.event_reader import read_run
 
-    values: dict[int, float] = {}
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={SCALARS: 0})
-        acc.Reload()
-        if "TrainIterStats/loss" in acc.Tags()["scalars"]:
-            values.update({e.step: e.value for e in acc.Scalars("TrainIterStats/loss")})
-    return values
+    series = read_run(run_dir).scalars["TrainIterStats/loss"]
+    return dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
 
 
 def main() -> None:

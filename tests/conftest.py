@@ -81,13 +81,8 @@ def run_dirs(output: Path) -> list[Path]:
 
 
 def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """Every logged value of a scalar tag (no reservoir sampling), by step."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    """Every logged value of a scalar tag, by step (the kit's own reader: no reservoir sampling)."""
+    from ruslan_glowtts.event_reader import read_run
 
-    values: dict[int, float] = {}
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={SCALARS: 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            values.update({e.step: e.value for e in acc.Scalars(tag)})
-    return values
+    series = read_run(run_dir).scalars.get(tag)
+    return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
