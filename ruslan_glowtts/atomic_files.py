@@ -22,13 +22,34 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    """Flush a file (or a folder's entries) to disk: a rename without it can survive a power
+    loss while the renamed file's data does not."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (network, FUSE) refuse fsync on folders
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path to write to; on success it replaces `path`, on failure it is removed."""
+def atomic_output(path: Path, *, durable: bool = False) -> Iterator[Path]:
+    """Yield a temp path to write to; on success it replaces `path`, on failure it is removed.
+    With durable (always for .pth checkpoints), the data is fsynced before the rename and the folder
+    after it."""
+    path = Path(path)
+    durable = durable or path.suffix == ".pth"  # a checkpoint must survive a crash right after its save
     temp = temp_path_for(path)
     try:
         yield temp
+        if durable:
+            fsync_path(temp)
         os.replace(temp, path)
+        if durable:
+            fsync_path(path.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

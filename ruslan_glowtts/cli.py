@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ruslan_glowtts.atomic_files import remove_stale_temp_files
 from ruslan_glowtts.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.presets import DEFAULT_PRESET
 
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train_ruslan_glowtts.py",
         description="Train GlowTTS on RUSLAN with a stability preset (Coqui TTS).",
         epilog="Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
-        "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C.",
+        "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C, "
+        "143 SIGTERM.",
     )
     p.add_argument("--preset", metavar="NAME|PATH", help=f"stability preset (default {DEFAULT_PRESET}); see --list-presets")
     p.add_argument("--list-presets", action="store_true", help="list the presets, their values and fallbacks, and exit")
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)")
     p.add_argument("--continue-path", metavar="RUN_DIR", help="resume a run from its last checkpoint")
     p.add_argument("--restore-path", metavar="CKPT", help="start a new run from these weights (fine-tune)")
+    p.add_argument("--allow-partial-restore", action="store_true",
+                   help="with --restore-path: accept a checkpoint whose layers do not all match the config "
+                   "(the matching ones are restored, the rest start fresh)")
     p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
     p.add_argument("--allow-unknown-chars", action="store_true",
                    help="train even if the text has characters outside the vocabulary (they are dropped)")
@@ -102,9 +107,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_writable(folder: Path) -> None:
+    """The output path can be created and written to; nothing is created here (an exit-2 error
+    later must leave no empty folder behind)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"output path {folder} is not writable: {existing} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
+        with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise UserError(f"output path {folder} is not writable: {exc.strerror}") from None
@@ -128,12 +139,10 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         run_dir = args.continue_path
         if not (run_dir / "config.json").is_file():
             raise UserError(f"--continue-path {run_dir}: not a run folder (no config.json)")
-        if not any(run_dir.glob("checkpoint_*.pth")) and not any(run_dir.glob("best_model*.pth")):
-            # What Coqui's resume looks for; known_good.pth holds weights only (no optimizer state).
-            known_good = run_dir / runs.KNOWN_GOOD
-            hint = (f"; start a new run from its last known-good weights with --restore-path {known_good}"
-                    if known_good.is_file() else "; start a new run")
-            raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from{hint}")
+        # Coqui resumes from checkpoint_N/best_model_N (known_good.pth holds weights only, no
+        # optimizer state); the newest that actually loads, not merely the newest name.
+        resume_from = runs.loadable_checkpoint(run_dir)
+        remove_stale_temp_files(run_dir)  # a save killed before its rename
         config = RuslanGlowTTSConfig()
         config.load_json(str(run_dir / "config.json"))
         if args.dataset_path is not None:
@@ -147,8 +156,9 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
                            meta.get("message", "").split(". Next:")[0], "see run.json 'message'")
         # An escalation from here rebuilds the config from the run's original command-line settings.
         cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
+        logger.info("Resuming from %s", resume_from.name)
         return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
-                            allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
+                            resume_from=resume_from, allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
                             group_id=args.group_id, use_ddp=args.use_ddp,
                             dataset_path=Path(config.datasets[0].path))
 
@@ -164,13 +174,18 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
             layer: dict = {}
             set_key(layer, key, value)
             cli_layers.append((layer, flag))
-    if args.restore_path is not None and not args.restore_path.is_file():
-        raise UserError(f"--restore-path {args.restore_path}: no such checkpoint file")
+    if args.restore_path is not None:
+        if not args.restore_path.is_file():
+            raise UserError(f"--restore-path {args.restore_path}: no such checkpoint file")
+        problem = runs.checkpoint_problem(args.restore_path)
+        if problem:
+            raise UserError(f"--restore-path {args.restore_path} {problem}")
     config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
     if not args.print_config:
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
         check_writable(Path(config.output_path))
     return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
+                        allow_partial_restore=args.allow_partial_restore,
                         allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
                         use_ddp=args.use_ddp, dataset_path=args.dataset_path)

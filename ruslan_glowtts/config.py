@@ -146,8 +146,27 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+# Names other trainers use for the kit's keys: spelling distance alone would not find them.
+KEY_ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "gradient_clip": "grad_clip", "clip_grad_norm": "grad_clip",
+    "max_grad_norm": "grad_clip", "gradient_clipping": "grad_clip", "warmup_steps": "lr_scheduler_params.warmup_steps",
+    "warmup": "lr_scheduler_params.warmup_steps", "seed": "training_seed", "num_workers": "num_loader_workers",
+    "workers": "num_loader_workers", "bf16": "precision", "fp16": "precision", "amp": "mixed_precision",
+    "grad_accum": "grad_accum_steps", "gradient_accumulation_steps": "grad_accum_steps", "num_epochs": "epochs",
+}
+FLAG_ALIASES = {"max_steps": "--max-steps N", "seed": "--seed N", "grad_accum_steps": "--grad-accum N"}
+
+
 def _unknown_key(key: str) -> UserError:
-    close = difflib.get_close_matches(key, _all_keys(RuslanGlowTTSConfig), n=3, cutoff=0.6)
+    if key in FLAG_ALIASES and key not in KEY_ALIASES:
+        return UserError(f"unknown config key '{key}': it is a flag, use {FLAG_ALIASES[key]}")
+    keys = _all_keys(RuslanGlowTTSConfig)
+    close = [KEY_ALIASES[key]] if key in KEY_ALIASES else []
+    close += difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    # A key given without its section (sample_rate -> audio.sample_rate).
+    last = key.rsplit(".", 1)[-1]
+    close += [k for k in keys if k.rsplit(".", 1)[-1] == last and "." in k]
+    close = list(dict.fromkeys(c for c in close if c != key))[:3]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return UserError(f"unknown config key '{key}'.{hint}")
 
@@ -283,6 +302,11 @@ def validate(config: RuslanGlowTTSConfig) -> None:
         problems.append("health.policy must be warn, stop or escalate")
     if config.audio.sample_rate <= 0:
         problems.append("audio.sample_rate must be > 0")
+    if config.min_audio_len > config.max_audio_len:
+        problems.append(f"min_audio_len {config.min_audio_len} > max_audio_len {config.max_audio_len} "
+                        "(both in samples of the audio files)")
+    if config.min_text_len > config.max_text_len:
+        problems.append(f"min_text_len {config.min_text_len} > max_text_len {config.max_text_len} (characters)")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
     if config.mixed_precision and config.precision == "fp16":

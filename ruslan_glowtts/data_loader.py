@@ -4,10 +4,12 @@
   `prepare` has cached them for the run's exact audio settings (ruslan_glowtts/feature_cache.py),
   the dataset reads the cached mel instead: identical values, no STFT. Otherwise it computes them
   as Coqui does (and says so once).
-- Broken audio: Coqui's loader trims silence with librosa, which turns a waveform holding NaN
-  samples into an empty array; `TTSDataset.load_wav` then asserts and the run crashes in the
-  loader. The kit's dataset passes such a waveform on untrimmed, so its batch gets a NaN loss and
-  the health guard skips that one update (and names the file), and training goes on.
+- Broken audio: Coqui's loader crashes the run on a file that stopped loading after the startup
+  checks (replaced, truncated, NaN samples that its silence trim turns into an empty array,
+  librosa's "Audio buffer is not finite" when resampling). The kit's dataset skips such a sample
+  with one warning naming the file and loads the next one instead; the batch carries the names
+  to the trainer (SKIPPED_KEY), which counts them (Health/skipped_samples, run.json) and stops
+  the run when more than 1 % of the data fails (max_unloadable).
 - Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
   numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
 
@@ -18,11 +20,12 @@ GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
 from __future__ import annotations
 
 import logging
+import math
+import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -35,12 +38,22 @@ from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
 logger = logging.getLogger(__name__)
 _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
 
+SKIPPED_KEY = "kit_skipped_samples"  # batch key: [(audio file, why)] skipped while loading this batch
+MAX_UNLOADABLE_SHARE = 0.01
+MIN_UNLOADABLE_TOLERATED = 2  # a tiny corpus still tolerates a couple of bad files
+RESCUE_TRIES = 16  # neighbours tried in place of a sample that fails to load
+
+
+def max_unloadable(num_samples: int) -> int:
+    """How many distinct samples may fail to load before the run stops (exit 2)."""
+    return max(MIN_UNLOADABLE_TOLERATED, math.floor(MAX_UNLOADABLE_SHARE * num_samples))
+
 
 class MelFeatures:
-    """The `ap` that KitTTSDataset's collate_fn calls: Coqui's AudioProcessor, except that a
-    waveform with non-finite samples gives an all-NaN mel (librosa refuses to STFT it), so its
-    batch's loss is NaN and the health guard skips that update, and that a 2-D array is taken to
-    be a mel spectrogram already."""
+    """The `ap` that KitTTSDataset's collate_fn calls: Coqui's AudioProcessor, except that a 2-D
+    array is taken to be a mel spectrogram already, and that a waveform with non-finite samples
+    (none reach here: load_data skips them) gives an all-NaN mel instead of a librosa error, which
+    the health guard would skip."""
 
     def __init__(self, ap: Any) -> None:
         self.ap = ap
@@ -76,20 +89,50 @@ class KitTTSDataset(TTSDataset):
     def load_wav(self, filename: str) -> np.ndarray:
         if self.feature_cache is not None and (mel := self.feature_cache.load(filename)) is not None:
             return mel  # [num_mels, frames]: MelFeatures passes it through
-        wav = self.ap.load_wav(filename)
-        if wav.size and np.isfinite(wav).all():
-            return wav
-        raw, _ = sf.read(filename, dtype="float32", always_2d=True)
-        raw = raw.mean(axis=1)
-        if filename not in self._reported:
-            self._reported.add(filename)
-            problem = "non-finite samples" if not np.isfinite(raw).all() else "nothing left after silence trim"
-            logger.warning(" ! %s: %s; its batches will be skipped by the health guard "
-                           "(python -m ruslan_glowtts.prepare excludes such files)", filename, problem)
-        return raw
+        return self.ap.load_wav(filename)
+
+    def _load_checked(self, idx: int) -> dict[str, Any]:
+        item = super().load_data(idx)
+        wav = item["wav"]
+        if wav.size == 0:
+            raise ValueError("no audio (empty, or nothing left after the silence trim)")
+        if not np.isfinite(wav).all():
+            raise ValueError("non-finite samples (NaN/Inf)")
+        return item
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        skipped: list[tuple[str, str]] = []
+        for attempt in range(RESCUE_TRIES):
+            index = (idx + attempt) % len(self.samples)
+            try:
+                item = self._load_checked(index)
+            except Exception as exc:  # noqa: BLE001 - any file that fails to load is skipped, not fatal
+                filename = self.samples[index]["audio_file"]
+                why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                skipped.append((filename, why))
+                if filename not in self._reported:
+                    self._reported.add(filename)
+                    logger.warning(" ! Skipping %s: %s (python -m ruslan_glowtts.prepare checks and excludes "
+                                   "such files)", filename, why)
+                continue
+            item[SKIPPED_KEY] = skipped
+            return item
+        names = ", ".join(Path(name).name for name, _ in skipped)
+        raise RuntimeError(f"{RESCUE_TRIES} samples in a row failed to load: {names}")
+
+    def collate_fn(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [entry for item in batch for entry in item.pop(SKIPPED_KEY, [])]
+        collated = super().collate_fn(batch)
+        if skipped:
+            collated[SKIPPED_KEY] = skipped
+        return collated
 
 
 def _init_worker(worker_id: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the main process stops the run at
+    # the end of the step and shuts the workers down; a worker's own KeyboardInterrupt would only
+    # print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_limits.append(limit_blas_threads())
     keep_freed_memory()
 

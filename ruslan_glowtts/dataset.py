@@ -80,6 +80,50 @@ def load_samples(config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return split_eval(samples, config.eval_split_size, config.eval_split_max_size)
 
 
+def read_audio_lengths(samples: list[dict[str, Any]], config: Any) -> dict[str, int]:
+    """Every file's length in samples (Coqui's get_audio_size: the header's frame count); stop
+    with one line when a header cannot be read (a file replaced or damaged after prepare)."""
+    lengths: dict[str, int] = {}
+    unreadable: list[str] = []
+    for sample in samples:
+        try:
+            lengths[sample["audio_file"]] = sf.info(sample["audio_file"]).frames
+        except (sf.LibsndfileError, RuntimeError, OSError):  # LibsndfileError is a RuntimeError
+            unreadable.append(sample["audio_file"])
+    if unreadable:
+        root = Path(config.datasets[0].path)
+        shown = ", ".join(Path(name).name for name in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        raise UserError(f"{len(unreadable)} of {len(samples)} audio files cannot be read as audio ({shown}); "
+                        f"`{PREPARE_HINT.format(src=root)}` reports and excludes them "
+                        "(or replace them from the source corpus)")
+    return lengths
+
+
+def check_length_caps(train: list[dict[str, Any]], evaluation: list[dict[str, Any]], lengths: dict[str, int],
+                      config: Any) -> None:
+    """Coqui applies min/max_audio_len and min/max_text_len only inside fit() ("No samples left"
+    after an untrained checkpoint_0.pth); the kit counts what fits before anything is written."""
+    def fits(sample: dict[str, Any]) -> bool:
+        audio, text = lengths[sample["audio_file"]], len(sample["text"])
+        return (config.min_audio_len <= audio <= config.max_audio_len
+                and config.min_text_len <= text <= config.max_text_len)
+
+    n_train, n_eval = sum(map(fits, train)), sum(map(fits, evaluation))
+    if n_train >= 1 and n_eval >= 1:
+        if n_train < len(train):
+            logger.info("Length caps leave %d of %d training utterances", n_train, len(train))
+        return
+    rate = config.audio.sample_rate
+    longest = max(lengths.values(), default=0)
+    raise UserError(
+        f"the length caps leave {n_train} of {len(train)} training and {n_eval} of {len(evaluation)} eval "
+        f"utterances (at least 1 of each is needed): min/max_audio_len = {config.min_audio_len}/"
+        f"{config.max_audio_len} are in samples of the audio files ({config.max_audio_len / rate:.2f} s at "
+        f"{rate} Hz; the longest file has {longest} = {longest / rate:.1f} s), min/max_text_len = "
+        f"{config.min_text_len}/{config.max_text_len} in characters. E.g. --set max_audio_len={15 * rate} for 15 s"
+    )
+
+
 def check_sample_rate(samples: list[dict[str, Any]], config: Any) -> None:
     """Stop when files are not at the config's rate: Coqui would mis-featurise them silently."""
     target = config.audio.sample_rate

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -23,6 +25,8 @@ from typing import Any
 
 from ruslan_glowtts import KIT_ROOT
 from ruslan_glowtts.atomic_files import write_text
+
+logger = logging.getLogger(__name__)
 
 # Files the kit adds to a Coqui run folder.
 RUN_META = "run.json"
@@ -66,6 +70,55 @@ def known_good(run_dir: Path) -> tuple[Path | None, int]:
     if not path.is_file() or not meta.is_file():
         return None, 0
     return path, int(json.loads(meta.read_text(encoding="utf-8"))["step"])
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints --continue-path can resume from, newest step first (Coqui's order:
+    checkpoint_N.pth and best_model_N.pth by N; a checkpoint wins a tie)."""
+    found = []
+    for path in run_dir.glob("*.pth"):
+        match = re.fullmatch(r"(checkpoint|best_model)_(\d+)\.pth", path.name)
+        if match:
+            found.append((int(match.group(2)), match.group(1) == "checkpoint", path))
+    return [path for *_, path in sorted(found, reverse=True)]
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why this file is not a loadable Coqui checkpoint, or None when it is one."""
+    import pickle
+    import zipfile
+
+    import torch  # here: diagnose imports this module and must not pay for torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            AttributeError, ModuleNotFoundError, IndexError, KeyError, TypeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = path.stat().st_size if path.exists() else 0
+        return f"cannot be loaded ({size} bytes: {text[:120]})"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return "is not a Coqui checkpoint (no 'model' weights in it)"
+    return None
+
+
+def loadable_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint of a run that loads. A kill during Coqui's save used to leave a
+    truncated newest checkpoint that --continue-path picked and died on; older ones are fine."""
+    from ruslan_glowtts.errors import UserError
+
+    candidates = resume_candidates(run_dir)
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning(" ! %s %s: trying the previous checkpoint (the file is left as it is)", path.name, problem)
+    known_good_path = run_dir / KNOWN_GOOD
+    hint = (f"; start a new run from its last known-good weights with --restore-path {known_good_path}"
+            if known_good_path.is_file() else "; start a new run")
+    if not candidates:
+        raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from{hint}")
+    raise UserError(f"--continue-path {run_dir}: none of its {len(candidates)} checkpoints loads{hint}")
 
 
 def now() -> str:

@@ -28,7 +28,9 @@ from trainer import TrainerArgs
 from ruslan_glowtts import runs
 from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config, set_key
 from ruslan_glowtts.data_loader import RuslanGlowTTS
-from ruslan_glowtts.dataset import check_sample_rate, check_vocabulary, load_samples
+from ruslan_glowtts.dataset import (check_length_caps, check_sample_rate, check_vocabulary, load_samples,
+                                    read_audio_lengths)
+from ruslan_glowtts.errors import UserError, release_logs
 from ruslan_glowtts.next_steps import next_tier_command
 from ruslan_glowtts.next_steps import flat_keys
 from ruslan_glowtts.presets import Preset, load_preset, tier_chain
@@ -46,7 +48,9 @@ class TrainRequest:
     overrides: list[Override] = field(default_factory=list)
     max_steps: int = 0
     continue_path: Path | None = None
+    resume_from: Path | None = None  # with continue_path: the run's newest checkpoint that loads
     restore_path: Path | None = None
+    allow_partial_restore: bool = False
     allow_unknown_chars: bool = False
     rank: int = 0
     group_id: str = ""
@@ -110,6 +114,7 @@ def train(request: TrainRequest) -> Outcome:
 def _train_run(request: TrainRequest) -> Outcome:
     config = request.config
     train_samples, eval_samples = load_samples(config)
+    lengths = read_audio_lengths(train_samples + eval_samples, config)
     check_sample_rate(train_samples + eval_samples, config)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=request.allow_unknown_chars)
     if request.exclude_samples:
@@ -117,6 +122,7 @@ def _train_run(request: TrainRequest) -> Outcome:
         request.exclude_samples = request.exclude_samples[: int(MAX_SKIPPED_SHARE * len(train_samples))]
         excluded = set(request.exclude_samples)
         train_samples = [s for s in train_samples if s["audio_unique_name"] not in excluded]
+    check_length_caps(train_samples, eval_samples, lengths, config)
     precision = resolve_precision(config)
     if request.restore_path is not None and config.data_dep_init_steps:
         # Data-dependent init would overwrite the restored ActNorm statistics.
@@ -133,6 +139,9 @@ def _train_run(request: TrainRequest) -> Outcome:
     np.random.seed(config.training_seed)
     torch.manual_seed(config.training_seed)
     model = RuslanGlowTTS(config)
+    if request.restore_path is not None:
+        check_restore_matches(model, request.restore_path, allow_partial=request.allow_partial_restore)
+    release_logs()  # the start-up checks passed: print the config's override lines held back until now
     args = TrainerArgs(
         continue_path=str(request.continue_path or ""),
         restore_path=str(request.restore_path or ""),
@@ -145,6 +154,7 @@ def _train_run(request: TrainRequest) -> Outcome:
     trainer = KitTrainer(
         args, config, config.output_path, model=model, train_samples=train_samples, eval_samples=eval_samples,
         parse_command_line_args=False, callbacks=request.callbacks, max_steps=request.max_steps,
+        resume_from=request.resume_from, num_samples=len(train_samples) + len(eval_samples),
         next_command=lambda: next_command(request, run_dir_box[0] if run_dir_box else None),
     )
     run_dir = Path(trainer.output_path)
@@ -163,9 +173,30 @@ def _train_run(request: TrainRequest) -> Outcome:
         outcome.message += f". Next: {command}" if command else ". No tier left: check the data with prepare's report"
     if request.rank == 0:
         runs.update_meta(run_dir, status=outcome.status, exit_code=outcome.exit_code, final_step=outcome.step,
-                         message=outcome.message, ended_at=runs.now(), health=asdict(trainer.guard.summary))
+                         message=outcome.message, ended_at=runs.now(), health=asdict(trainer.guard.summary),
+                         **({"unloadable_samples": trainer.unloadable} if trainer.unloadable else {}))
     outcome.message = f"{outcome.message}\nRun folder: {run_dir}"
     return outcome
+
+
+def check_restore_matches(model: torch.nn.Module, path: Path, *, allow_partial: bool) -> None:
+    """Refuse (exit 2, before any run folder exists) weights whose layers do not fit the config:
+    Coqui would restore the matching ones, log the rest among a hundred lines, and exit 0."""
+    restored = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in restored]
+    reshaped = [k for k in own if k in restored and tuple(restored[k].shape) != tuple(own[k].shape)]
+    unused = [k for k in restored if k not in own]
+    if not (missing or reshaped or unused):
+        return
+    matching = len(own) - len(missing) - len(reshaped)
+    summary = (f"{matching} of {len(own)} layers of the config's model match {path} ({len(reshaped)} with another "
+               f"shape, e.g. {(reshaped or missing or unused)[0]}; {len(missing)} missing; {len(unused)} unused)")
+    if not allow_partial:
+        raise UserError(f"--restore-path: {summary}. The checkpoint is of another model size or config; restore "
+                        "it with its own config's model settings, or pass --allow-partial-restore to restore the "
+                        "matching layers and start the rest fresh")
+    logger.warning(" ! --allow-partial-restore: restoring only %s; the other layers start from scratch", summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +247,8 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
     # datasets of different sizes. Under DDP the new seed alone changes which batches come next.
     exclude = [] if request.use_ddp else outcome.recent_samples
     return replace(
-        request, config=config, preset=preset, overrides=overrides, continue_path=None, restore_path=restore,
+        request, config=config, preset=preset, overrides=overrides, continue_path=None, resume_from=None,
+        restore_path=restore,
         parent_run=outcome.run_dir, reason=reason,
         escalation_index=request.escalation_index + 1, start_step=start_step, exclude_samples=exclude,
     )

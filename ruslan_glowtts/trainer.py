@@ -12,12 +12,25 @@
   happens, saves a checkpoint on Ctrl-C and on a crash (when the weights are still finite, so
   --continue-path works after either), stops cleanly at --max-steps, stops when the guard says
   so, and returns an Outcome instead of exiting.
+- Signals: SIGTERM (kill, docker stop, SLURM/Kubernetes preemption) and SIGINT only set a flag;
+  the run stops at the end of the current step (or eval batch), saves a checkpoint when the
+  weights are finite, and returns "terminated" (exit 143) or "interrupted" (130). Stopping at a
+  step boundary means no state is half-updated when the checkpoint is taken. A second signal
+  exits at once. Under DDP the flag is all-reduced, so every rank stops at the same step.
+- Checkpoints: Coqui's torch.save writes straight to checkpoint_N.pth, so a kill during the save
+  leaves a truncated newest checkpoint that --continue-path then picks. Every checkpoint Coqui
+  writes goes to a temp name, is fsynced and renamed into place (trainer.io.save_fsspec).
+- Samples that fail to load (KitTTSDataset skips them) are counted here, logged as
+  Health/skipped_samples, and end the run with exit 2 when more than 1 % of the data fails.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,17 +39,48 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import trainer.io
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
 
-from ruslan_glowtts.errors import EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK
+from ruslan_glowtts.atomic_files import atomic_output
+from ruslan_glowtts.data_loader import SKIPPED_KEY, max_unloadable
+from ruslan_glowtts.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                                   EXIT_USAGE)
 from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
 
 logger = logging.getLogger(__name__)
 
+_coqui_save_fsspec = trainer.io.save_fsspec
+
+
+def _save_atomically(state: Any, path: Any, **kwargs: Any) -> None:
+    """trainer.io.save_fsspec for local paths: temp file, fsync, rename (never a half-written .pth)."""
+    if "://" in str(path):  # a remote fsspec target: Coqui's own write
+        _coqui_save_fsspec(state, path, **kwargs)
+        return
+    with atomic_output(Path(path), durable=True) as temp:
+        torch.save(state, temp, **kwargs)
+
+
+# save_model, save_checkpoint and save_best_model all write through this module global.
+trainer.io.save_fsspec = _save_atomically
+
 
 class StopTraining(Exception):
     """Raised at the end of a step to leave Coqui's training loop cleanly."""
+
+
+class StopSignal(Exception):
+    """Raised at a safe point (end of a step or eval batch) after SIGTERM/SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class TooManyUnloadable(Exception):
+    """More samples failed to load than the run tolerates."""
 
 
 @dataclass
@@ -60,9 +104,13 @@ def _is_nan_loss_error(exc: RuntimeError) -> bool:
 
 class KitTrainer(Trainer):
     def __init__(self, *args: Any, max_steps: int = 0, next_command: Callable[[], str] = lambda: "",
-                 **kwargs: Any) -> None:
+                 resume_from: Path | None = None, num_samples: int = 0, **kwargs: Any) -> None:
+        self._resume_from = resume_from  # read by init_training, called from Coqui's __init__
         super().__init__(*args, **kwargs)
         self.max_steps = max_steps
+        self._signal: int = 0  # the first SIGTERM/SIGINT received, 0 if none
+        self.unloadable: dict[str, str] = {}  # sample file -> why it could not be loaded
+        self._max_unloadable = max_unloadable(num_samples)
         self._window_nonfinite = False  # a NaN loss within the current accumulation window
         self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
                                  next_command=next_command)
@@ -72,10 +120,62 @@ class KitTrainer(Trainer):
         else:
             logger.warning(" ! health.enabled = false: non-finite updates reach the weights, explosions go unseen")
         self.callbacks.callbacks_on_train_step_end.append(self._stop_at_max_steps)
+        self.callbacks.callbacks_on_train_step_end.append(lambda trainer: self._stop_on_signal())
         # The kit's own log lines go into the run's log file next to Coqui's.
         self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
         self._kit_log_handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("ruslan_glowtts").addHandler(self._kit_log_handler)
+
+    def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
+        config, new_fields = super().init_training(args, coqpit_overrides, config)
+        if args.continue_path and self._resume_from is not None:
+            # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
+            args.restore_path = str(self._resume_from)
+            if args.rank == 0:
+                new_fields["restore_path"] = args.restore_path
+        return config, new_fields
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal:
+            # A second signal: the user does not want to wait for the step to end.
+            print(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr,
+                  flush=True)
+            os._exit(128 + signum)
+        self._signal = signum
+        logger.warning(" ! %s received: stopping after this step (a checkpoint will be saved; send it again to "
+                       "exit at once)", signal.Signals(signum).name)
+
+    def _stop_on_signal(self) -> None:
+        signum = self._signal
+        if self.num_gpus > 1 and dist.is_initialized():
+            # Every rank stops at the same step, or the others would wait for it forever.
+            flag = torch.tensor([float(signum)], device=next(self.model.parameters()).device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            raise StopSignal(signum)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    # -- samples that fail to load ---------------------------------------------------------------
+    def format_batch(self, batch: dict[str, Any] | list[Any]) -> dict[str, Any]:
+        if isinstance(batch, dict) and SKIPPED_KEY in batch:
+            skipped = batch.pop(SKIPPED_KEY)
+            new = {name: why for name, why in skipped if name not in self.unloadable}
+            if new:
+                self.unloadable.update(new)
+                if self.args.rank == 0:
+                    self.dashboard_logger.add_scalar("Health/skipped_samples", float(len(self.unloadable)),
+                                                     self.total_steps_done)
+                if len(self.unloadable) > self._max_unloadable:
+                    raise TooManyUnloadable
+        return super().format_batch(batch)
 
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
@@ -159,6 +259,8 @@ class KitTrainer(Trainer):
             (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * math.nan).backward()
 
     def eval_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if self._signal:
+            self._stop_on_signal()
         try:
             return super().eval_step(batch, step)
         except RuntimeError as exc:
@@ -177,6 +279,7 @@ class KitTrainer(Trainer):
         return True
 
     def fit(self) -> Outcome:  # type: ignore[override]
+        previous_handlers = self._install_signal_handlers()
         try:
             self._fit()
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
@@ -187,17 +290,29 @@ class KitTrainer(Trainer):
         except StopTraining:
             self._save_if_finite("--max-steps reached")
             outcome = Outcome("max_steps", EXIT_OK, self.total_steps_done, f"stopped at step {self.total_steps_done}")
-        except KeyboardInterrupt:
-            saved = self.config.save_on_interrupt and self._save_if_finite("Ctrl-C")
+        except (StopSignal, KeyboardInterrupt) as stop:
+            signum = stop.signum if isinstance(stop, StopSignal) else signal.SIGINT
+            why = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            saved = self.config.save_on_interrupt and self._save_if_finite(why)
             self.callbacks.on_keyboard_interrupt(self)
-            outcome = Outcome("interrupted", EXIT_INTERRUPTED, self.total_steps_done,
-                              "interrupted by Ctrl-C" + ("; checkpoint saved" if saved else ""))
+            status, code = ("interrupted", EXIT_INTERRUPTED) if signum == signal.SIGINT else ("terminated",
+                                                                                            EXIT_TERMINATED)
+            outcome = Outcome(status, code, self.total_steps_done,
+                              f"{status} by {why} at step {self.total_steps_done}"
+                              + (f"; checkpoint_{self.total_steps_done}.pth saved" if saved else "; no checkpoint saved"))
+        except TooManyUnloadable:
+            listed = "; ".join(f"{Path(name).name} ({why})" for name, why in sorted(self.unloadable.items()))
+            outcome = Outcome("bad_data", EXIT_USAGE, self.total_steps_done,
+                              f"{len(self.unloadable)} samples failed to load, more than the {self._max_unloadable} "
+                              f"tolerated (1 %): {listed}. Check them with python -m ruslan_glowtts.prepare")
         except Exception as exc:  # noqa: BLE001 - any crash: keep the folder, save what can be saved
             logger.error("%s", traceback.format_exc())
             saved = self._save_if_finite("crash")
             outcome = Outcome("crashed", EXIT_CRASH, self.total_steps_done,
                               f"{type(exc).__name__}: {exc}" + ("; checkpoint saved" if saved else ""))
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self._close()
         return outcome
 

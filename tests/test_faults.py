@@ -1,0 +1,256 @@
+"""Fault injection: every failure a user meets ends in one clear line or a handled recovery.
+
+Each case runs the real entry point as a subprocess (signals, exit codes and tracebacks are only
+honest that way) on the prepared sample with the tiny model, and checks the exit code, the one
+line, that no traceback was printed, and that nothing of the user's was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import REPO, copy_corpus, run_dirs, tiny_args
+
+pytestmark = pytest.mark.slow
+SCRIPT = str(REPO / "train_ruslan_glowtts.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train_argv(dataset: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, SCRIPT, "--dataset-path", str(dataset), "--output-path", str(output),
+            *tiny_args(), *extra]
+
+
+def _run(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout)
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text[-3000:]
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    """Exit `code`, stderr exactly one line `error: ...` with these fragments, stdout empty."""
+    assert result.returncode == code, (result.stdout[-2000:], result.stderr[-2000:])
+    _no_traceback(result.stdout + result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert result.stdout == "", result.stdout[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _meta(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text(encoding="utf-8"))
+
+
+def _start_and_signal(argv: list[str], marker: str, signum: int, timeout: float = 240) -> tuple[int, str]:
+    """Start argv, send `signum` once `marker` appears in its output, return (code, output)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if marker in line:
+                proc.send_signal(signum)
+                break
+            assert time.monotonic() < deadline, "marker never seen"
+        rest, _ = proc.communicate(timeout=timeout)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(output)
+
+
+@pytest.fixture(scope="module")
+def base_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4 (read-only: copy it)."""
+    output = tmp_path_factory.mktemp("base_runs")
+    result = _run(_train_argv(prepared_sample, output, "--max-steps", "4", "--set", "save_step=2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = run_dirs(output)
+    assert {p.name for p in run.glob("checkpoint_*.pth")} == {"checkpoint_2.pth", "checkpoint_4.pth"}
+    return run
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, dst / run.name))
+
+
+# -- signals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "code", "status"), [(signal.SIGTERM, 143, "terminated"),
+                                                        (signal.SIGINT, 130, "interrupted")])
+def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_sample, tmp_path, signum, code,
+                                                                        status):
+    output = tmp_path / "runs"
+    argv = _train_argv(prepared_sample, output, "--set", "print_step=1", "--set", "save_step=1000")
+    returncode, text = _start_and_signal(argv, "GLOBAL_STEP: 4", signum)
+    _no_traceback(text)
+    assert returncode == code, text[-3000:]
+    (run,) = run_dirs(output)
+    meta = _meta(run)
+    assert meta["status"] == status and meta["exit_code"] == code
+    step = meta["final_step"]
+    assert step >= 4 and (run / f"checkpoint_{step}.pth").is_file()
+    assert f"{status} by" in text and f"checkpoint_{step}.pth saved" in text
+
+    resumed = _run([sys.executable, SCRIPT, "--continue-path", str(run), "--max-steps", str(step + 2)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _no_traceback(resumed.stdout + resumed.stderr)
+    assert f"Model restored from step {step}" in resumed.stdout + resumed.stderr
+    assert torch.load(run / f"checkpoint_{step + 2}.pth", weights_only=False)["step"] == step + 2
+    assert _meta(run)["status"] == "max_steps"
+
+
+def test_ctrl_c_during_start_up_is_one_line(prepared_sample, tmp_path):
+    # "Overriding:" lines are held back until the checks pass; the first line the script prints
+    # itself is torch's import or the run's start. Signal as soon as anything is printed.
+    argv = [sys.executable, "-c", "import sys, runpy; print('started', flush=True); sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')", *_train_argv(prepared_sample, tmp_path / "runs")[1:]]
+    returncode, text = _start_and_signal(argv, "started", signal.SIGINT, timeout=120)
+    _no_traceback(text)
+    assert returncode == 130, text[-2000:]
+    assert text.strip().splitlines()[-1].startswith("interrupted (Ctrl-C) during start-up")
+    assert run_dirs(tmp_path / "runs") == []
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_continue_skips_a_broken_newest_checkpoint(base_run, tmp_path, damage):
+    run = _copy_run(base_run, tmp_path)
+    newest = run / "checkpoint_4.pth"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    before = newest.read_bytes()
+    result = _run([sys.executable, SCRIPT, "--continue-path", str(run), "--max-steps", "5"])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    _no_traceback(text)
+    assert "checkpoint_4.pth cannot be loaded" in text and "Model restored from step 2" in text
+    assert newest.read_bytes() == before  # the user's file is left as it is
+    assert torch.load(run / "checkpoint_5.pth", weights_only=False)["step"] == 5
+
+
+def test_continue_with_no_loadable_checkpoint_is_exit_2(base_run, tmp_path):
+    run = _copy_run(base_run, tmp_path)
+    for checkpoint in run.glob("checkpoint_*.pth"):
+        checkpoint.write_bytes(b"not a checkpoint")
+    result = _run([sys.executable, SCRIPT, "--continue-path", str(run)])
+    # the skipped files are named in warnings (stderr), the error is the last line
+    assert result.returncode == 2
+    _no_traceback(result.stdout + result.stderr)
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "none of its 2 checkpoints loads" in result.stderr
+    assert _meta(run)["status"] == "max_steps"  # run.json untouched
+
+
+def test_checkpoints_are_written_atomically(base_run):
+    # No temp file is left, and the save goes through the kit's atomic writer.
+    assert not [p for p in base_run.iterdir() if ".tmp-" in p.name]
+    from ruslan_glowtts import trainer as kit_trainer
+    import trainer.io
+
+    assert trainer.io.save_fsspec is kit_trainer._save_atomically
+
+
+def test_restore_path_to_a_file_that_is_not_a_checkpoint(prepared_sample, tmp_path):
+    bogus = tmp_path / "weights.pth"
+    bogus.write_text("hello", encoding="utf-8")
+    result = _run(_train_argv(prepared_sample, tmp_path / "runs", "--restore-path", str(bogus)))
+    _one_line_error(result, 2, "--restore-path", "cannot be loaded")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_restore_path_from_a_model_of_another_size(base_run, prepared_sample, tmp_path, allow):
+    argv = _train_argv(prepared_sample, tmp_path / "runs", "--restore-path", str(base_run / "checkpoint_4.pth"),
+                       "--set", "hidden_channels_enc=48", "--max-steps", "1")
+    if not allow:
+        _one_line_error(_run(argv), 2, "layers of the config's model match", "--allow-partial-restore")
+        assert not (tmp_path / "runs").exists()
+        return
+    result = _run(argv + ["--allow-partial-restore"])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    _no_traceback(text)
+    assert text.count("--allow-partial-restore: restoring only") == 1
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def test_caps_that_leave_no_utterance_stop_before_any_folder(prepared_sample, tmp_path):
+    result = _run(_train_argv(prepared_sample, tmp_path / "runs", "--set", "max_audio_len=15",
+                              "--set", "min_audio_len=0"))
+    _one_line_error(result, 2, "the length caps leave 0 of", "in samples")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_garbage_wav_after_prepare_is_one_line(prepared_sample, tmp_path):
+    corpus = copy_corpus(prepared_sample, tmp_path / "corpus")
+    (corpus / "dataset.toml").write_bytes((prepared_sample / "dataset.toml").read_bytes())
+    victim = sorted((corpus / "RUSLAN").glob("*.wav"))[3]
+    victim.write_bytes(os.urandom(4096))
+    result = _run(_train_argv(corpus, tmp_path / "runs"))
+    _one_line_error(result, 2, "cannot be read as audio", victim.name, "ruslan_glowtts.prepare")
+    assert not (tmp_path / "runs").exists()
+
+
+def _nan_wavs(corpus: Path, count: int) -> list[Path]:
+    victims = sorted((corpus / "RUSLAN").glob("*.wav"))[:count]
+    for wav in victims:
+        audio, rate = sf.read(wav, dtype="float32")
+        audio[len(audio) // 3: len(audio) // 3 + 50] = np.nan
+        sf.write(wav, audio, rate, subtype="FLOAT")
+    return victims
+
+
+def test_nan_wav_with_resample_is_skipped_and_counted(sample_22k, tmp_path):
+    corpus = copy_corpus(sample_22k, tmp_path / "corpus")
+    (victim,) = _nan_wavs(corpus, 1)
+    result = _run(_train_argv(corpus, tmp_path / "runs", "--set", "audio.resample=true", "--max-steps", "12"))
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    _no_traceback(text)
+    assert text.count(f"Skipping {victim}") == 1
+    (run,) = run_dirs(tmp_path / "runs")
+    assert list(_meta(run)["unloadable_samples"]) == [str(victim)]
+    from conftest import read_scalars
+
+    assert read_scalars(run, "Health/skipped_samples")
+
+
+def test_too_many_unloadable_samples_stop_with_exit_2(sample_22k, tmp_path):
+    corpus = copy_corpus(sample_22k, tmp_path / "corpus")
+    victims = _nan_wavs(corpus, 6)  # a quarter of the sample: well above the tolerated 2
+    result = _run(_train_argv(corpus, tmp_path / "runs", "--set", "audio.resample=true", "--max-steps", "30"))
+    text = result.stdout + result.stderr
+    assert result.returncode == 2, text[-3000:]
+    _no_traceback(text)
+    assert "samples failed to load, more than the 2 tolerated" in result.stdout
+    (run,) = run_dirs(tmp_path / "runs")
+    meta = _meta(run)
+    assert meta["status"] == "bad_data" and meta["exit_code"] == 2
+    assert set(meta["unloadable_samples"]) <= {str(v) for v in victims}
