@@ -10,7 +10,10 @@ asked for is busy; Ctrl-C stops it. See README.md, "Watch a run".
 
 import sys
 
-from ruslan_glowtts.tensorboard_launcher import main
-
 if __name__ == "__main__":
+    try:
+        from ruslan_glowtts.tensorboard_launcher import main
+    except KeyboardInterrupt:  # Ctrl-C within the first second: still one line, no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -10,6 +10,7 @@ bad audio: a broken file is a problem entry, never a crashed run.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,35 @@ class SourceAudio:
         return self.audio is not None
 
 
+def wav_declared_frames(path: Path) -> int | None:
+    """The frame count a RIFF/WAVE header announces (its data chunk size / block align), or None
+    when the file is not a plain RIFF WAV or announces no usable size (streamed: 0 or 0xFFFFFFFF)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if chunk_id == b"fmt ":
+                    fmt = handle.read(size + (size & 1))
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif chunk_id == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    handle.seek(size + (size & 1), 1)  # chunks are word-aligned
+    except OSError:
+        return None
+
+
 def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceAudio:
     """Decode `path` and run every sample-level check; fixes are applied to the returned audio."""
     try:
@@ -94,7 +124,13 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
     if len(data) == 0:
         result.problems.append(problem("empty_audio", "0 samples decoded"))
         return result
-    if len(data) < info.frames:
+    declared = wav_declared_frames(path)
+    if declared is not None and declared > len(data):
+        # libsndfile derives `frames` from the file's size, so only the header's own data size
+        # tells that the file was cut (a copy or download that stopped early).
+        result.problems.append(problem("truncated", f"{len(data)} of {declared} frames: the header announces "
+                                       f"{declared / info.samplerate:.2f} s, {len(data) / info.samplerate:.2f} s present"))
+    elif len(data) < info.frames:
         result.problems.append(problem("truncated", f"{len(data)} of {info.frames} frames"))
 
     if not np.isfinite(data.sum(dtype=np.float64)):  # one pass; float32 samples cannot overflow a float64 sum

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
 import stat
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from ruslan_glowtts.atomic_files import remove_stale_temp_files, write_text
 from ruslan_glowtts.audio_audit import AudioLimits, problem
-from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.feature_cache import (
     FEATURES_DIR,
     METADATA_FILE,
@@ -250,60 +251,89 @@ def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], No
     recorded (progress reporting, tests). Raises UserError for bad input."""
     if options.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {options.jobs}")
+    fresh = _missing_folders(options.dst.expanduser())
     src, dst, meta = (path.resolve() for path in _check_paths(options))
     started = time.monotonic()
-    with _exclusive(dst):
-        base = _resolve_config(options.preset, {})
-        rate = base.audio.sample_rate
-        characters = base.characters.characters
-        stress_characters = None
-        if options.text.stress == "keep":
-            stress_characters = characters if STRESS_MARK in characters else characters + STRESS_MARK
-        # The config training will resolve once dataset.toml is written: its audio settings key the cache.
-        config = _resolve_config(options.preset, _fragment_layer(rate, stress_characters))
-        feature_dir = dst / FEATURES_DIR / feature_key(config.audio)
-        (dst / WAV_DIR).mkdir(exist_ok=True)
-        if options.features:
-            feature_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (dst, dst / WAV_DIR, feature_dir):
-            remove_stale_temp_files(folder)
+    try:
+        with _exclusive(dst):
+            return _prepare(options, src, dst, meta, started, on_result)
+    except UserError:
+        _remove_if_empty(fresh)  # an exit-2 error leaves --dst as it found it
+        raise
 
-        scan = read_metadata(meta)
-        utterances = _normalise(scan, config, options.text)
-        settings = WorkerSettings(
-            target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
-            frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
-            audio_config=config.audio if options.features else None)
-        rows, run = _process_files(utterances, settings, options, src, dst, feature_dir, on_result)
-        _merge_audio(utterances, rows, rate, options.bounds)
 
-        usable = [u for u in utterances if u.usable]
-        write_text(dst / METADATA_FILE, "".join(f"{u.id}|{u.text}\n" for u in usable), only_if_changed=True)
-        caps = recommend_caps([u.frames for u in usable], [len(u.text) for u in usable], rate=rate,
-                              percentile=options.cap_percentile, bounds=options.bounds)
-        write_text(dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters),
-                   only_if_changed=True)
-        cached = 0
-        if options.features:
-            cached = sum(1 for u in usable if rows[u.id].feature_key == feature_dir.name)
-            write_manifest(feature_dir, config.audio, features=cached, utterances=len(usable),
-                           metadata_sha256=file_digest(dst / METADATA_FILE))
-        histogram = write_histogram(dst, utterances, rate=rate, caps=caps,
-                                    digest_file=dst / STATE_DIR / "histogram.sha256")
-        header = {
-            "source": str(src), "destination": str(dst), "metadata_file": str(meta),
-            "options": _jsonable({**asdict(options), "src": str(src), "dst": str(dst), "meta": str(meta)}),
-            "training": {"sample_rate": rate, "characters": stress_characters or characters,
-                         "punctuations": config.characters.punctuations, "text_cleaner": config.text_cleaner},
-            "metadata": {"lines": scan.lines, "bom": scan.bom, "crlf_lines": scan.crlf_lines,
-                         "trailing_whitespace_lines": scan.trailing_whitespace_lines},
-            "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
-                        "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
-                        "features_cached": cached},
-        }
-        run["seconds"] = round(time.monotonic() - started, 2)
-        report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
-        write_report(dst, report)
+def _missing_folders(dst: Path) -> list[Path]:
+    """dst's skeleton that does not exist yet (what prepare may create before an error), deepest first."""
+    skeleton = [dst / STATE_DIR / "lock", dst / STATE_DIR, dst / WAV_DIR, dst / FEATURES_DIR, dst]
+    return [path for path in skeleton if not path.exists()]
+
+
+def _remove_if_empty(paths: list[Path]) -> None:
+    """Remove what this run created, deepest first; never a folder with anything in it."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.name == "lock" and path.stat().st_size == 0:
+                path.unlink()
+            elif path.is_dir():
+                for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if child.is_dir():
+                        child.rmdir()  # OSError (kept) when it holds a file
+                path.rmdir()
+
+
+def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started: float,
+             on_result: Callable[[dict[str, Any]], None] | None) -> PrepareResult:
+    base = _resolve_config(options.preset, {})
+    rate = base.audio.sample_rate
+    characters = base.characters.characters
+    stress_characters = None
+    if options.text.stress == "keep":
+        stress_characters = characters if STRESS_MARK in characters else characters + STRESS_MARK
+    # The config training will resolve once dataset.toml is written: its audio settings key the cache.
+    config = _resolve_config(options.preset, _fragment_layer(rate, stress_characters))
+    feature_dir = dst / FEATURES_DIR / feature_key(config.audio)
+    (dst / WAV_DIR).mkdir(exist_ok=True)
+    if options.features:
+        feature_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (dst, dst / WAV_DIR, feature_dir):
+        remove_stale_temp_files(folder)
+
+    scan = read_metadata(meta)
+    utterances = _normalise(scan, config, options.text)
+    settings = WorkerSettings(
+        target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
+        frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
+        audio_config=config.audio if options.features else None)
+    rows, run = _process_files(utterances, settings, options, src, dst, feature_dir, on_result)
+    _merge_audio(utterances, rows, rate, options.bounds)
+
+    usable = [u for u in utterances if u.usable]
+    write_text(dst / METADATA_FILE, "".join(f"{u.id}|{u.text}\n" for u in usable), only_if_changed=True)
+    caps = recommend_caps([u.frames for u in usable], [len(u.text) for u in usable], rate=rate,
+                          percentile=options.cap_percentile, bounds=options.bounds)
+    write_text(dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters),
+               only_if_changed=True)
+    cached = 0
+    if options.features:
+        cached = sum(1 for u in usable if rows[u.id].feature_key == feature_dir.name)
+        write_manifest(feature_dir, config.audio, features=cached, utterances=len(usable),
+                       metadata_sha256=file_digest(dst / METADATA_FILE))
+    histogram = write_histogram(dst, utterances, rate=rate, caps=caps,
+                                digest_file=dst / STATE_DIR / "histogram.sha256")
+    header = {
+        "source": str(src), "destination": str(dst), "metadata_file": str(meta),
+        "options": _jsonable({**asdict(options), "src": str(src), "dst": str(dst), "meta": str(meta)}),
+        "training": {"sample_rate": rate, "characters": stress_characters or characters,
+                     "punctuations": config.characters.punctuations, "text_cleaner": config.text_cleaner},
+        "metadata": {"lines": scan.lines, "bom": scan.bom, "crlf_lines": scan.crlf_lines,
+                     "trailing_whitespace_lines": scan.trailing_whitespace_lines},
+        "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
+                    "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
+                    "features_cached": cached},
+    }
+    run["seconds"] = round(time.monotonic() - started, 2)
+    report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
+    write_report(dst, report)
     return PrepareResult(dst, report)
 
 
@@ -490,11 +520,20 @@ def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
                           features=not args.no_features, preset=args.preset)
 
 
+class _Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C (the pool is terminated, the state committed)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     from ruslan_glowtts.cli import setup_logging
 
     setup_logging()
     logging.getLogger("TTS").setLevel(logging.WARNING)  # "Setting up Audio Processor..." once per worker
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         result = prepare(options_from_args(argv))
     except UserError as exc:
@@ -503,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print("terminated (SIGTERM): finished files are kept; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n".join(summary_lines(result.report, result.dst)))
     if result.usable < MIN_USABLE:
         print(f"error: {result.usable} usable utterance(s) remain, training needs at least {MIN_USABLE}; "

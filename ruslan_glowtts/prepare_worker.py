@@ -7,8 +7,11 @@ buffers (ruslan_glowtts/process_tuning.py): together ~2x faster per file on the 
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,30 @@ def init_worker(settings: WorkerSettings, *, in_pool: bool = True) -> None:
     keep_freed_memory()
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
+        # The parent terminates the pool on Ctrl-C/SIGTERM; a worker leaves at once and quietly
+        # (its half-written temp file is removed by the next run) instead of printing the
+        # BrokenPipeError of a result it can no longer send.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        _die_with_parent()
         _blas_limit = limit_blas_threads()  # kept referenced: the limit lasts as long as the worker
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    os._exit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent dies, even by SIGKILL (no orphan keeps working
+    and then fails writing to a closed pipe)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def process(job: Job) -> dict[str, Any]:

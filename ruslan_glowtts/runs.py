@@ -112,7 +112,7 @@ def loadable_checkpoint(run_dir: Path) -> Path:
         problem = checkpoint_problem(path)
         if problem is None:
             return path
-        logger.warning(" ! %s %s: trying the previous checkpoint (the file is left as it is)", path.name, problem)
+        logger.warning(" ! %s %s: trying the previous checkpoint", path.name, problem)
     known_good_path = run_dir / KNOWN_GOOD
     hint = (f"; start a new run from its last known-good weights with --restore-path {known_good_path}"
             if known_good_path.is_file() else "; start a new run")

@@ -11,6 +11,7 @@ process: Ctrl-C stops the server and nothing outlives us. Two of its defaults ar
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import socket
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.errors import EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.event_reader import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,16 @@ HTTP_TIMEOUT_S = 60.0
 
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got '{text}'") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="view_tensorboard.py",
@@ -44,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("logdir", nargs="?", type=Path, default=DEFAULT_LOGDIR, metavar="LOGDIR",
                    help="a folder of runs (the trainer's --output-path, default runs/) or one run folder")
     p.add_argument("--all", action="store_true", help="show every run under LOGDIR, not only the latest")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="N",
                    help=f"port to serve on (default {DEFAULT_PORT}; a free one is picked if it is busy)")
     p.add_argument("--host", default=DEFAULT_HOST, metavar="H",
                    help=f"address to bind (default {DEFAULT_HOST}: this machine only). 0.0.0.0 makes the logs "
@@ -79,13 +90,18 @@ def port_is_free(host: str, port: int) -> bool:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
         raise UserError(f"cannot use host {host}: {exc.strerror}") from None
+    except (UnicodeError, ValueError, OSError) as exc:  # e.g. "a..b": an empty label
+        raise UserError(f"cannot use host {host!r}: not a valid host name or address ({exc})") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # The same option TensorBoard's server sets, so a port in TIME_WAIT counts as free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES) and port:
+                return False  # busy, or a privileged port: another port will do
+            raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (is {host} an address of "
+                            "this machine?)") from None
     return True
 
 
@@ -158,6 +174,14 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the server was up (imports, run search, start)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
@@ -168,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         logdir = args.logdir.expanduser().absolute()
         runs = find_runs(logdir)
         target = logdir if args.all else runs[-1]
-        if warning := host_warning(args.host):
-            print(warning, file=sys.stderr, flush=True)
         url, server = start_tensorboard(target, args.host, args.port)
+        if warning := host_warning(args.host):  # after the start: a bad host gets its error line alone
+            print(warning, file=sys.stderr, flush=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -122,16 +122,17 @@ def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_
     assert _meta(run)["status"] == "max_steps"
 
 
-def test_ctrl_c_during_start_up_is_one_line(prepared_sample, tmp_path):
-    # "Overriding:" lines are held back until the checks pass; the first line the script prints
-    # itself is torch's import or the run's start. Signal as soon as anything is printed.
-    argv = [sys.executable, "-c", "import sys, runpy; print('started', flush=True); sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')", *_train_argv(prepared_sample, tmp_path / "runs")[1:]]
-    returncode, text = _start_and_signal(argv, "started", signal.SIGINT, timeout=120)
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "interrupted (Ctrl-C) during start-up"),
+                                                      (signal.SIGTERM, 143, "terminated (SIGTERM) during start-up")])
+def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, code, line):
+    # -X importtime reports each finished import on stderr: once the kit's cli is imported, the
+    # script is in main(), with seconds of torch/Coqui imports and checks still ahead.
+    argv = [sys.executable, "-X", "importtime", *_train_argv(prepared_sample, tmp_path / "runs")[1:]]
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.cli", signum, timeout=120)
     _no_traceback(text)
-    assert returncode == 130, text[-2000:]
-    assert text.strip().splitlines()[-1].startswith("interrupted (Ctrl-C) during start-up")
-    assert run_dirs(tmp_path / "runs") == []
+    assert returncode == code, text[-2000:]
+    assert text.count(line) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -143,14 +144,16 @@ def test_continue_skips_a_broken_newest_checkpoint(base_run, tmp_path, damage):
     newest = run / "checkpoint_4.pth"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
-    before = newest.read_bytes()
-    result = _run([sys.executable, SCRIPT, "--continue-path", str(run), "--max-steps", "5"])
+    previous = (run / "checkpoint_2.pth").read_bytes()
+    result = _run([sys.executable, SCRIPT, "--continue-path", str(run), "--max-steps", "4"])
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
     _no_traceback(text)
-    assert "checkpoint_4.pth cannot be loaded" in text and "Model restored from step 2" in text
-    assert newest.read_bytes() == before  # the user's file is left as it is
-    assert torch.load(run / "checkpoint_5.pth", weights_only=False)["step"] == 5
+    assert text.count("checkpoint_4.pth cannot be loaded") == 1 and "Model restored from step 2" in text
+    assert (run / "checkpoint_2.pth").read_bytes() == previous
+    # Coqui resumes at step 3; step 4's checkpoint is saved again, now whole, in place of the broken one
+    assert torch.load(newest, weights_only=False)["step"] == 4
+    assert _meta(run)["status"] == "max_steps"
 
 
 def test_continue_with_no_loadable_checkpoint_is_exit_2(base_run, tmp_path):
@@ -254,3 +257,88 @@ def test_too_many_unloadable_samples_stop_with_exit_2(sample_22k, tmp_path):
     meta = _meta(run)
     assert meta["status"] == "bad_data" and meta["exit_code"] == 2
     assert set(meta["unloadable_samples"]) <= {str(v) for v in victims}
+
+
+# -- prepare -------------------------------------------------------------------------------------
+
+
+def _big_corpus(dst: Path, copies: int) -> Path:
+    """The sample repeated under new ids: enough files for prepare to be caught mid-run."""
+    from conftest import SAMPLE
+
+    (dst / "RUSLAN").mkdir(parents=True)
+    lines = []
+    for line in (SAMPLE / "metadata_RUSLAN_22200.csv").read_text(encoding="utf-8").splitlines():
+        id_, text = line.split("|", 1)
+        for n in range(copies):
+            (dst / "RUSLAN" / f"{id_}_{n}.wav").write_bytes((SAMPLE / "RUSLAN" / f"{id_}.wav").read_bytes())
+            lines.append(f"{id_}_{n}|{text}")
+    (dst / "metadata_RUSLAN_22200.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dst
+
+
+def _prepare_argv(src: Path, dst: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst), *extra]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_prepare_killed_mid_run_prints_no_worker_traceback_and_resumes(tmp_path, signum):
+    src = _big_corpus(tmp_path / "src", copies=8)
+    dst = tmp_path / "dst"
+    returncode, text = _start_and_signal(_prepare_argv(src, dst, "--jobs", "2"), "utterance(s) to process", signum)
+    _no_traceback(text)  # the workers' output shares the pipe: it is read until they are all gone
+    assert "BrokenPipeError" not in text
+    if signum == signal.SIGTERM:
+        assert returncode == 143, text[-2000:]
+        assert text.strip().splitlines()[-1].startswith("terminated (SIGTERM): finished files are kept")
+    else:
+        assert returncode == -signal.SIGKILL
+    result = _run(_prepare_argv(src, dst, "--jobs", "2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _no_traceback(result.stdout + result.stderr)
+    report = json.loads((dst / "report.json").read_text(encoding="utf-8"))
+    assert report["summary"]["usable"] == 24 * 8
+
+
+def test_prepare_reports_a_wav_cut_short_as_truncated(tmp_path):
+    from conftest import SAMPLE
+
+    src = copy_corpus(SAMPLE, tmp_path / "src")
+    victim = sorted((src / "RUSLAN").glob("*.wav"))[5]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: 44 + (len(data) - 44) // 2])  # the header still announces the full length
+    result = _run(_prepare_argv(src, tmp_path / "dst"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "dst" / "report.json").read_text(encoding="utf-8"))
+    entry = next(f for f in report["files"] if f["id"] == victim.stem)
+    (truncated,) = [p for p in entry["problems"] if p["code"] == "truncated"]
+    assert "the header announces" in truncated["detail"]
+
+
+def test_prepare_exit_2_leaves_no_trace_in_dst(tmp_path):
+    from conftest import SAMPLE
+
+    src = copy_corpus(SAMPLE, tmp_path / "src")
+    result = _run(_prepare_argv(src, tmp_path / "dst", "--preset", "no-such-tier"))
+    _one_line_error(result, 2, "no-such-tier")
+    assert not (tmp_path / "dst").exists()
+
+
+# -- view_tensorboard ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "fragment"), [(["--port", "99999"], "expected a port number 1-65535"),
+                                                (["--port", "http"], "expected a port number"),
+                                                (["--host", "a..b"], "not a valid host name"),
+                                                (["--host", "203.0.113.7"], "is 203.0.113.7 an address of this")])
+def test_view_tensorboard_bad_port_or_host_is_one_line(base_run, args, fragment):
+    result = _run([sys.executable, str(REPO / "view_tensorboard.py"), str(base_run.parent), *args], timeout=120)
+    _one_line_error(result, 2, fragment)
+
+
+def test_view_tensorboard_ctrl_c_in_its_first_second(base_run):
+    argv = [sys.executable, "-X", "importtime", str(REPO / "view_tensorboard.py"), str(base_run.parent)]
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.errors", signal.SIGINT, timeout=120)
+    _no_traceback(text)
+    assert returncode in (0, 130), text[-2000:]  # 0 when the server was up already: "TensorBoard stopped."
+    assert text.strip().splitlines()[-1] in ("interrupted", "TensorBoard stopped.")
