@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
 
 SKIPPED_KEY = "kit_skipped_samples"  # batch key: [(audio file, why)] skipped while loading this batch
+EMPTY_KEY = "kit_empty_batch"  # set on a batch none of whose samples loaded: the trainer skips it
 MAX_UNLOADABLE_SHARE = 0.01
 MIN_UNLOADABLE_TOLERATED = 2  # a tiny corpus still tolerates a couple of bad files
 RESCUE_TRIES = 16  # neighbours tried in place of a sample that fails to load
@@ -89,7 +91,11 @@ class KitTTSDataset(TTSDataset):
     def load_wav(self, filename: str) -> np.ndarray:
         if self.feature_cache is not None and (mel := self.feature_cache.load(filename)) is not None:
             return mel  # [num_mels, frames]: MelFeatures passes it through
-        return self.ap.load_wav(filename)
+        wav = self.ap.load_wav(filename)
+        if wav.size and np.isfinite(wav).all():
+            return wav
+        # Raised here, not left to Coqui: its load_data would silently swap in another sample.
+        raise ValueError(_why_unusable(filename))
 
     def _load_checked(self, idx: int) -> dict[str, Any]:
         item = super().load_data(idx)
@@ -102,7 +108,7 @@ class KitTTSDataset(TTSDataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []
-        for attempt in range(RESCUE_TRIES):
+        for attempt in range(min(RESCUE_TRIES, len(self.samples))):
             index = (idx + attempt) % len(self.samples)
             try:
                 item = self._load_checked(index)
@@ -117,15 +123,26 @@ class KitTTSDataset(TTSDataset):
                 continue
             item[SKIPPED_KEY] = skipped
             return item
-        names = ", ".join(Path(name).name for name, _ in skipped)
-        raise RuntimeError(f"{RESCUE_TRIES} samples in a row failed to load: {names}")
+        # Nothing near this index loads (a one-utterance eval set, a run of broken files).
+        return {SKIPPED_KEY: skipped, EMPTY_KEY: True}
 
     def collate_fn(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         skipped = [entry for item in batch for entry in item.pop(SKIPPED_KEY, [])]
-        collated = super().collate_fn(batch)
+        loaded = [item for item in batch if not item.get(EMPTY_KEY)]
+        collated = super().collate_fn(loaded) if loaded else {EMPTY_KEY: True}
         if skipped:
             collated[SKIPPED_KEY] = skipped
         return collated
+
+
+def _why_unusable(filename: str) -> str:
+    """Why a file that loaded gave no usable waveform (Coqui's silence trim empties a NaN one)."""
+    raw, _ = sf.read(filename, dtype="float32")
+    if raw.size == 0:
+        return "empty audio"
+    if not np.isfinite(raw).all():
+        return "non-finite samples (NaN/Inf)"
+    return "nothing left after the silence trim"
 
 
 def _init_worker(worker_id: int) -> None:

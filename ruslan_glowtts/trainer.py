@@ -44,7 +44,7 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
 
 from ruslan_glowtts.atomic_files import atomic_output
-from ruslan_glowtts.data_loader import SKIPPED_KEY, max_unloadable
+from ruslan_glowtts.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
 from ruslan_glowtts.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                                    EXIT_USAGE)
 from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
@@ -175,7 +175,15 @@ class KitTrainer(Trainer):
                                                      self.total_steps_done)
                 if len(self.unloadable) > self._max_unloadable:
                     raise TooManyUnloadable
+        if isinstance(batch, dict) and EMPTY_KEY in batch:
+            return batch  # no sample of it loaded: train_step/eval_step skip it
         return super().format_batch(batch)
+
+    def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> tuple[Any, Any]:
+        if isinstance(batch, dict) and EMPTY_KEY in batch:
+            self.format_batch(batch)  # counts its skipped samples
+            return None, None
+        return super().train_step(batch, batch_n_steps, step, loader_start_time)
 
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
@@ -261,6 +269,8 @@ class KitTrainer(Trainer):
     def eval_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         if self._signal:
             self._stop_on_signal()
+        if EMPTY_KEY in batch:
+            return None, None
         try:
             return super().eval_step(batch, step)
         except RuntimeError as exc:
