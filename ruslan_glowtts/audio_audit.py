@@ -128,8 +128,9 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
     if declared is not None and declared > len(data):
         # libsndfile derives `frames` from the file's size, so only the header's own data size
         # tells that the file was cut (a copy or download that stopped early).
+        announced, present = declared / info.samplerate, len(data) / info.samplerate
         result.problems.append(problem("truncated", f"{len(data)} of {declared} frames: the header announces "
-                                       f"{declared / info.samplerate:.2f} s, {len(data) / info.samplerate:.2f} s present"))
+                                       f"{announced:.2f} s, {present:.2f} s present"))
     elif len(data) < info.frames:
         result.problems.append(problem("truncated", f"{len(data)} of {info.frames} frames"))
 

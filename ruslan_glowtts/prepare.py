@@ -10,10 +10,23 @@ vocabulary), DST/report.json, DST/duration_histogram.png and DST/features/<key>/
 
 Every output is written atomically; DST/.prepare/state.sqlite records what is done, so a re-run
 skips unchanged files and a killed run resumes. Exit codes: 0 a usable dataset (problems are in
-the report), 2 bad arguments, 3 fewer than 2 usable utterances, 130 interrupted.
+the report), 2 bad arguments, 3 fewer than 2 usable utterances, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _interrupted_while_importing(signum: int, frame: object) -> None:
+    print("interrupted during start-up: nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C during the imports below (librosa, Coqui: seconds) is one line too
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
 
 import argparse
 import contextlib
@@ -22,11 +35,8 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import resource
-import signal
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -533,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     logging.getLogger("TTS").setLevel(logging.WARNING)  # "Setting up Audio Processor..." once per worker
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C unwinds (pool, state)
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         result = prepare(options_from_args(argv))

@@ -85,7 +85,7 @@ class TooManyUnloadable(Exception):
 
 @dataclass
 class Outcome:
-    status: str  # finished | max_steps | interrupted | crashed | exploded
+    status: str  # finished | max_steps | interrupted | terminated | crashed | exploded | bad_data
     exit_code: int
     step: int
     message: str = ""
@@ -267,8 +267,10 @@ class KitTrainer(Trainer):
             (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * math.nan).backward()
 
     def eval_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        if self._signal:
-            self._stop_on_signal()
+        if self._signal and not (self.num_gpus > 1 and dist.is_initialized()):
+            # A long eval stops at a batch boundary too; under DDP only at the next train step,
+            # where every rank takes part in the all-reduce of the flag.
+            raise StopSignal(self._signal)
         if EMPTY_KEY in batch:
             return None, None
         try:
@@ -307,9 +309,9 @@ class KitTrainer(Trainer):
             self.callbacks.on_keyboard_interrupt(self)
             status, code = ("interrupted", EXIT_INTERRUPTED) if signum == signal.SIGINT else ("terminated",
                                                                                             EXIT_TERMINATED)
-            outcome = Outcome(status, code, self.total_steps_done,
-                              f"{status} by {why} at step {self.total_steps_done}"
-                              + (f"; checkpoint_{self.total_steps_done}.pth saved" if saved else "; no checkpoint saved"))
+            step = self.total_steps_done
+            outcome = Outcome(status, code, step, f"{status} by {why} at step {step}"
+                              + (f"; checkpoint_{step}.pth saved" if saved else "; no checkpoint saved"))
         except TooManyUnloadable:
             listed = "; ".join(f"{Path(name).name} ({why})" for name, why in sorted(self.unloadable.items()))
             outcome = Outcome("bad_data", EXIT_USAGE, self.total_steps_done,

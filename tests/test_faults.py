@@ -56,9 +56,12 @@ def _meta(run: Path) -> dict:
     return json.loads((run / "run.json").read_text(encoding="utf-8"))
 
 
-def _start_and_signal(argv: list[str], marker: str, signum: int, timeout: float = 240) -> tuple[int, str]:
-    """Start argv, send `signum` once `marker` appears in its output, return (code, output)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+def _start_and_signal(argv: list[str], marker: str, signum: int, timeout: float = 240, *,
+                      group: bool = False) -> tuple[int, str]:
+    """Start argv, send `signum` once `marker` appears in its output, return (code, output).
+    With group, the signal goes to the whole process group, as a terminal's Ctrl-C does."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO,
+                            start_new_session=group)
     output: list[str] = []
     deadline = time.monotonic() + timeout
     try:
@@ -66,7 +69,10 @@ def _start_and_signal(argv: list[str], marker: str, signum: int, timeout: float 
         for line in proc.stdout:
             output.append(line)
             if marker in line:
-                proc.send_signal(signum)
+                if group:
+                    os.killpg(proc.pid, signum)
+                else:
+                    proc.send_signal(signum)
                 break
             assert time.monotonic() < deadline, "marker never seen"
         rest, _ = proc.communicate(timeout=timeout)
@@ -122,6 +128,19 @@ def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_
     assert _meta(run)["status"] == "max_steps"
 
 
+def test_ctrl_c_in_a_terminal_with_loader_workers(prepared_sample, tmp_path):
+    # A terminal's Ctrl-C reaches the loader workers too; they must not print tracebacks.
+    output = tmp_path / "runs"
+    argv = _train_argv(prepared_sample, output, "--set", "print_step=1", "--set", "num_loader_workers=2",
+                       "--set", "num_eval_loader_workers=1")
+    returncode, text = _start_and_signal(argv, "GLOBAL_STEP: 3", signal.SIGINT, group=True)
+    _no_traceback(text)
+    assert returncode == 130, text[-3000:]
+    (run,) = run_dirs(output)
+    meta = _meta(run)
+    assert meta["status"] == "interrupted" and (run / f"checkpoint_{meta['final_step']}.pth").is_file()
+
+
 @pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "interrupted (Ctrl-C) during start-up"),
                                                       (signal.SIGTERM, 143, "terminated (SIGTERM) during start-up")])
 def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, code, line):
@@ -145,12 +164,15 @@ def test_continue_skips_a_broken_newest_checkpoint(base_run, tmp_path, damage):
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
     previous = (run / "checkpoint_2.pth").read_bytes()
+    leftover = run / ".checkpoint_6.pth.tmp-12345"  # what a save killed before its rename leaves
+    leftover.write_bytes(b"half")
     result = _run([sys.executable, SCRIPT, "--continue-path", str(run), "--max-steps", "4"])
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
     _no_traceback(text)
     assert text.count("checkpoint_4.pth cannot be loaded") == 1 and "Model restored from step 2" in text
     assert (run / "checkpoint_2.pth").read_bytes() == previous
+    assert not leftover.exists()
     # Coqui resumes at step 3; step 4's checkpoint is saved again, now whole, in place of the broken one
     assert torch.load(newest, weights_only=False)["step"] == 4
     assert _meta(run)["status"] == "max_steps"
@@ -298,6 +320,18 @@ def test_prepare_killed_mid_run_prints_no_worker_traceback_and_resumes(tmp_path,
     _no_traceback(result.stdout + result.stderr)
     report = json.loads((dst / "report.json").read_text(encoding="utf-8"))
     assert report["summary"]["usable"] == 24 * 8
+
+
+def test_prepare_ctrl_c_during_start_up_is_one_line(tmp_path):
+    from conftest import SAMPLE
+
+    # -X importtime: the kit's first import inside prepare.py; librosa's and Coqui's follow
+    argv = [sys.executable, "-X", "importtime", *_prepare_argv(SAMPLE, tmp_path / "dst")[1:]]
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.atomic_files", signal.SIGINT, timeout=120)
+    _no_traceback(text)
+    assert returncode == 130, text[-2000:]
+    assert text.strip().splitlines()[-1].startswith("interrupted")
+    assert not (tmp_path / "dst").exists()
 
 
 def test_prepare_reports_a_wav_cut_short_as_truncated(tmp_path):
