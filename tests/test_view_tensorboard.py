@@ -134,7 +134,7 @@ def test_tensorboard_missing(logdir, capsys, monkeypatch):
 
 
 def test_bad_port_value(capsys):
-    _one_line_error(capsys, ["--port", "x"], "invalid int value")
+    _one_line_error(capsys, ["--port", "x"], "expected a port number 1-65535")
 
 
 def test_network_host_gets_a_warning():
