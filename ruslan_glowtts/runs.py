@@ -108,17 +108,20 @@ def loadable_checkpoint(run_dir: Path) -> Path:
     from ruslan_glowtts.errors import UserError
 
     candidates = resume_candidates(run_dir)
+    first_problem = ""
     for path in candidates:
         problem = checkpoint_problem(path)
         if problem is None:
             return path
+        first_problem = first_problem or f" ({path.name} {problem})"
         logger.warning(" ! %s %s: trying the previous checkpoint", path.name, problem)
     known_good_path = run_dir / KNOWN_GOOD
     hint = (f"; start a new run from its last known-good weights with --restore-path {known_good_path}"
             if known_good_path.is_file() else "; start a new run")
     if not candidates:
         raise UserError(f"--continue-path {run_dir}: the run has no checkpoint to resume from{hint}")
-    raise UserError(f"--continue-path {run_dir}: none of its {len(candidates)} checkpoints loads{hint}")
+    raise UserError(f"--continue-path {run_dir}: none of its {len(candidates)} checkpoints loads{first_problem}"
+                    f"{hint}")
 
 
 def now() -> str:
