@@ -184,21 +184,17 @@ def _grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) ->
             median=float(np.median(finite)), p95=float(np.percentile(finite, 95)), max=float(finite.max()),
             max_step=int(p_steps[imax]), share_above_50=float(above_50.mean()),
             share_above_100=float(above_100.mean()), points_above_100=int(above_100.sum()),
-            recent_median=float(np.median(finite[-_points(rules.level_window, every):])),
+            recent_median=float(np.median(finite[-rules.for_points(every).level_window:])),
             first_above_100_step=int(p_steps[good][above_100][0]) if above_100.any() else None,
         )
     all_values = np.where(nonfinite, np.nan, values) if measured else values
     return GradFindings(stats, p_steps, log, nonfinite, steps, all_values, every)
 
 
-def _points(updates: int, every: int) -> int:
-    return max(1, math.ceil(updates / every))
-
-
 def _replay(f: GradFindings, loss: Series | None, rules: RuleSettings) -> list[Alarm]:
     """The guard's rules over the logged points (explosion_rules), every firing of each rule."""
     losses = dict(zip(loss.steps.tolist(), loss.values.tolist(), strict=True)) if loss is not None else {}
-    detector = Detector(rules.for_points(f.every), realarm_after=1)
+    detector = Detector(rules.for_points(f.every), realarm_after=1, unit="points")
     alarms: list[Alarm] = []
     for step, value in zip(f.all_steps.tolist(), f.all_values.tolist(), strict=True):
         alarms += detector.observe(step, value, losses.get(step))
@@ -239,12 +235,12 @@ def _loss_findings(series: Series, rules: RuleSettings, every: int) -> dict[str,
                              "last_finite": not bool(nonfinite[-1]), "trend_change": None, "spikes": 0}
     if len(y) == 0:
         return stats
-    n = max(1, min(_points(rules.level_window, every), len(y) // 3))
+    n = max(1, min(rules.for_points(every).level_window, len(y) // 3))
     stats.update(start=float(np.median(y[:n])), end=float(np.median(y[-n:])), last=float(y[-1]), edge_points=n)
     if len(y) < 6:
         return stats
     # Loss can be negative (GlowTTS's log-likelihood term), so its trend is linear, not log.
-    w = max(_points(rules.trend_window, every), 16)
+    w = rules.for_points(every).trend_window
     tx, ty = x[-w:], y[-w:]
     resid = y - _centered_median(y, 8)
     sigma = _sigma(resid)
@@ -409,10 +405,11 @@ def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: boo
     back = recent is not None and recent <= rules.healthy_max
     if explosions and not back:
         # An explosion rule fired and grad_norm has not come back into the band.
-        exploding = [f"step {a.step}: {a.kind} rule: {a.message}"
-                     for a in (_first(explosions, k) for k in ("catastrophic", "level", "jump", "trend")) if a]
+        firsts = sorted((a for a in (_first(explosions, k) for k in ("catastrophic", "level", "jump", "trend")) if a),
+                        key=lambda a: a.step)
+        exploding = [f"step {a.step}: {a.kind} rule: {a.message}" for a in firsts]
         if recent is not None:
-            exploding.append(f"grad_norm's median over the last {_points(rules.level_window, every)} point(s) is "
+            exploding.append(f"grad_norm's median over the last {rules.for_points(every).level_window} points is "
                              f"{_g(recent)}, outside the healthy band 1-{rules.healthy_max:g}")
         if g.get("first_above_100_step") is not None:
             exploding.append(f"{g['share_above_100']:.0%} of points are above {limit:g}, first at step "

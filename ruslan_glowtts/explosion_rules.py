@@ -174,9 +174,10 @@ class Detector:
     observations (no banner storms), so a replay can also ask for every firing with 1.
     """
 
-    def __init__(self, settings: RuleSettings = DEFAULTS, *, realarm_after: int = 1000) -> None:
+    def __init__(self, settings: RuleSettings = DEFAULTS, *, realarm_after: int = 1000, unit: str = "updates") -> None:
         s = self.s = settings
         self.realarm_after = realarm_after
+        self.unit = unit  # what one observation is, for the messages: "updates" (guard) or "points" (diagnose)
         self.logs = _Ring(max(s.trend_window, s.baseline_window + s.jump_window, s.level_window))  # after grace
         # finite norms from the first update on: the level a catastrophic rise is measured from
         self.history: deque[float] = deque(maxlen=s.baseline_window + s.catastrophic_points)
@@ -210,11 +211,11 @@ class Detector:
         while self.nonfinite_updates and self.nonfinite_updates[0] <= self.updates - self.s.nonfinite_window:
             self.nonfinite_updates.popleft()
         if self.consecutive_nonfinite >= self.s.max_consecutive_nonfinite:
-            return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} updates were all non-finite "
+            return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} {self.unit} were all non-finite "
                                             "(NaN/Inf loss or gradients): training has diverged")]
         if len(self.nonfinite_updates) >= self.s.nonfinite_burst:
-            alarm = Alarm("nonfinite", step, f"{len(self.nonfinite_updates)} non-finite updates within the last "
-                                             f"{self.s.nonfinite_window}", {"count": len(self.nonfinite_updates)})
+            alarm = Alarm("nonfinite", step, f"{len(self.nonfinite_updates)} non-finite {self.unit} within the last "
+                                             f"{self.s.nonfinite_window} {self.unit}", {"count": len(self.nonfinite_updates)})
             return [alarm] if self._fire(alarm) else []
         return []
 
@@ -238,14 +239,14 @@ class Detector:
         if low <= s.grad_norm_limit:
             return None  # the common case: nothing to compute
         if low >= s.catastrophic_factor * s.grad_norm_limit:
-            return Alarm("catastrophic", step, f"grad_norm {low:.3g} or more for {k} update(s) in a row, "
+            return Alarm("catastrophic", step, f"grad_norm {low:.3g} or more for {k} {self.unit} in a row, "
                                                f"{low / s.grad_norm_limit:.0f}x the limit {s.grad_norm_limit:g}",
                          {"low": low})
         before = list(self.history)[:-k]
         level = float(np.median(before)) if before else math.inf
         if low >= s.catastrophic_rise * level:
             return Alarm("catastrophic", step, f"grad_norm rose x{low / level:.0f} from its level {level:.3g} to "
-                                               f"{low:.3g} for {k} update(s) in a row", {"low": low, "level": level})
+                                               f"{low:.3g} for {k} {self.unit} in a row", {"low": low, "level": level})
         return None
 
     def _loss(self, step: int, loss: float | None) -> Alarm | None:
@@ -260,7 +261,7 @@ class Detector:
         self.loss_floor = min(self.loss_floor, float(np.median(self.recent_loss)))
         if math.isfinite(floor) and low >= floor + (s.loss_factor - 1) * max(abs(floor), 1.0):
             return Alarm("catastrophic", step, f"loss grew from {floor:.3g} to {low:.3g} (an order of magnitude) "
-                                               f"for {s.catastrophic_points} point(s) in a row",
+                                               f"for {s.catastrophic_points} {self.unit} in a row",
                          {"loss_low": low, "loss_floor": floor})
         return None
 
@@ -270,7 +271,7 @@ class Detector:
             return None
         med = math.exp(median(self.logs.last(w)))
         if med > self.s.grad_norm_limit:
-            return Alarm("level", step, f"grad_norm median {med:.0f} over the last {w} updates is above "
+            return Alarm("level", step, f"grad_norm median {med:.0f} over the last {w} {self.unit} is above "
                                         f"the limit {self.s.grad_norm_limit:g}", {"median": med})
         return None
 
@@ -282,7 +283,7 @@ class Detector:
         baseline = math.exp(median(self.logs.last(b, skip=w)))
         if recent > self.s.healthy_max and recent >= self.s.jump_factor * baseline:
             return Alarm("jump", step, f"grad_norm jumped x{recent / baseline:.1f} (median {baseline:.0f} -> "
-                                       f"{recent:.0f} within {w} updates)", {"from": baseline, "to": recent})
+                                       f"{recent:.0f} within {w} {self.unit})", {"from": baseline, "to": recent})
         return None
 
     def _trend(self, step: int) -> Alarm | None:
@@ -293,7 +294,7 @@ class Detector:
         first, last, rising = quarter_growth(self.logs.last(w))
         if rising and last > self.s.healthy_max and last >= self.s.trend_factor * first:
             return Alarm("trend", step, f"grad_norm rising steadily: median {first:.0f} -> {last:.0f} "
-                                        f"over the last {w} updates", {"from": first, "to": last})
+                                        f"over the last {w} {self.unit}", {"from": first, "to": last})
         return None
 
     def _spike(self, step: int, grad_norm: float, log_norm: float) -> Alarm | None:

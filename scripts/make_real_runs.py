@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "data" / "real_runs"
 SAMPLE = REPO / "data" / "sample"
 LOG_TAIL_LINES = 60
+# A diverged GlowTTS predicts absurd durations and Coqui's train_log then asks for tens of GB
+# (seen: 13 GB and rising at lr 0.6): cap each run's address space so that it fails fast, as
+# it would on a smaller machine, instead of starving the others. torch maps ~4-5 GB at import.
+MEMORY_LIMIT = 8 * 2**30
+RUN_TIMEOUT_S = 300
 
 # The tests' tiny GlowTTS (tests/conftest.py TINY_MODEL), as config fields.
 TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_dp": 32, "num_flow_blocks_dec": 2,
@@ -168,7 +174,15 @@ def make(name: str, data: Path, work: Path) -> None:
         cmd = kit_command(data, out, lr, clip, steps, seed, plot_step, warmup)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=RUN_TIMEOUT_S,
+                              preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired as exc:
+        proc = subprocess.CompletedProcess(cmd, -9, "", (exc.stderr or b"").decode("utf-8", "replace")
+                                           if isinstance(exc.stderr, bytes) else exc.stderr or "")
     runs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
     stderr = proc.stderr.strip().splitlines()
     process = {"runner": runner, "lr": lr, "grad_clip": clip, "steps": steps, "seed": seed, "exit_code": proc.returncode,

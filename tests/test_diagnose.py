@@ -74,9 +74,9 @@ def healthy_grad(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.exp(rng.uniform(np.log(1.5), np.log(48), n))
 
 
-def seed_shape(rng: np.random.Generator) -> np.ndarray:
-    """The seed's explosion: healthy ~10, a smooth sigmoid rise to 100, a jump to 500, a smooth
-    climb to 600."""
+def sigmoid_explosion(rng: np.random.Generator) -> np.ndarray:
+    """GlowTTS's typical explosion: healthy ~10, a smooth sigmoid rise to ~100, a jump to ~500, a
+    smooth rise to ~600."""
     calm = 10 * np.exp(rng.normal(0, 0.25, 250))
     i = np.arange(150)
     rise = 10 ** (1 + 1 / (1 + np.exp(-(i - 75) / 15))) * np.exp(rng.normal(0, 0.05, 150))
@@ -95,8 +95,8 @@ def test_healthy_noisy_run(tmp_path):
     assert d.stats["loss"]["end"] < d.stats["loss"]["start"]
 
 
-def test_seed_shape_is_exploding_and_recommends_the_next_tier(tmp_path):
-    run = make_run(tmp_path / "run", seed_shape(np.random.default_rng(2)), meta=kit_meta(),
+def test_sigmoid_explosion_is_exploding_and_recommends_the_next_tier(tmp_path):
+    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta(),
                    checkpoints=("checkpoint_5000.pth", "checkpoint_12500.pth", "known_good.pth"))
     d = dg.diagnose(run)
     assert d.verdict == "exploding" and d.exit_code == 3
@@ -117,7 +117,7 @@ def test_seed_shape_is_exploding_and_recommends_the_next_tier(tmp_path):
 
 
 def test_without_known_good_the_checkpoint_before_the_explosion_is_chosen(tmp_path):
-    run = make_run(tmp_path / "run", seed_shape(np.random.default_rng(2)), meta=kit_meta(),
+    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta(),
                    checkpoints=("checkpoint_5000.pth", "best_model_7500.pth", "checkpoint_12500.pth"))
     d = dg.diagnose(run)
     assert d.run["onset_step"] is not None and 7500 < d.run["onset_step"] < 12500
@@ -126,7 +126,7 @@ def test_without_known_good_the_checkpoint_before_the_explosion_is_chosen(tmp_pa
 
 def test_plain_coqui_run_infers_its_tier_from_config(tmp_path):
     config = {"model": "glow_tts", "lr": 1e-3, "grad_clip": 5.0, "datasets": [{"path": "/data/RUSLAN"}]}
-    run = make_run(tmp_path / "run", seed_shape(np.random.default_rng(3)), config=config,
+    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(3)), config=config,
                    checkpoints=("checkpoint_20000.pth",))
     d = dg.diagnose(run)
     assert d.verdict == "exploding" and d.recommended_preset == "stable"
@@ -139,13 +139,13 @@ def test_plain_coqui_run_infers_its_tier_from_config(tmp_path):
 
 def test_plain_run_without_checkpoints_omits_restore_path(tmp_path):
     config = {"lr": 5e-4, "grad_clip": 5.0, "datasets": [{"path": "/data/RUSLAN"}]}  # between default and stable
-    run = make_run(tmp_path / "run", seed_shape(np.random.default_rng(3)), config=config)
+    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(3)), config=config)
     d = dg.diagnose(run)
     assert d.command == "python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN"
 
 
 def test_end_of_the_chain_points_at_the_data(tmp_path):
-    run = make_run(tmp_path / "run", seed_shape(np.random.default_rng(4)), meta=kit_meta("safest", ("safest",)))
+    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(4)), meta=kit_meta("safest", ("safest",)))
     d = dg.diagnose(run)
     assert d.verdict == "exploding" and d.recommended_preset is None
     assert d.command.startswith("python -m ruslan_glowtts.prepare --src '/data/RUSLAN prepared'")
@@ -247,7 +247,7 @@ def test_recent_guard_alarm_is_a_warning(tmp_path):
 
 
 def test_escalation_lineage_is_reported(tmp_path):
-    parent = make_run(tmp_path / "parent", seed_shape(np.random.default_rng(2)), meta=kit_meta())
+    parent = make_run(tmp_path / "parent", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta())
     child = make_run(tmp_path / "child", healthy_grad(300, np.random.default_rng(15)), meta=kit_meta(
         "safer", ("safer", "safest"), parent_run=str(parent), reason="grad_norm above 100", escalation_index=1))
     d = dg.diagnose(child)
@@ -294,7 +294,7 @@ def test_fifty_thousand_points_keep_their_spike(tmp_path):
 
 def test_cli_exit_codes_json_and_plot(tmp_path, capsys):
     healthy = make_run(tmp_path / "healthy", healthy_grad(300, np.random.default_rng(18)), meta=kit_meta())
-    exploding = make_run(tmp_path / "exploding", seed_shape(np.random.default_rng(2)), meta=kit_meta())
+    exploding = make_run(tmp_path / "exploding", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta())
     assert dg.main([str(healthy)]) == 0
     assert "Verdict:  HEALTHY" in capsys.readouterr().out
     png = tmp_path / "plots" / "x.png"
@@ -422,7 +422,7 @@ def test_a_crash_without_a_blow_up_never_says_keep_training(tmp_path):
 
 def test_run_json_status_is_the_ending_of_kit_runs(tmp_path):
     meta = kit_meta(status="exploded", final_step=9000, message="step 9000: grad_norm jumped x5.1")
-    d = dg.diagnose(make_run(tmp_path / "run", seed_shape(np.random.default_rng(2)), meta=meta))
+    d = dg.diagnose(make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)), meta=meta))
     assert d.run["ending"]["kind"] == "guard_stop" and "grad_norm jumped" in d.run["ending"]["text"]
 
 
