@@ -136,7 +136,8 @@ class HealthGuard:
         calibrate its scale, so they are not an explosion); amp_skipped() counts them."""
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
         (nonfinite,) = reduce_flags([not finite])
-        self._log(trainer, "Health/grad_norm", grad_norm, step)
+        # A NaN loss leaves no gradient (its norm reads 0, which would look healthy): show NaN.
+        self._log(trainer, "Health/grad_norm", grad_norm if math.isfinite(loss) else math.nan, step)
         if nonfinite and amp and math.isfinite(loss):
             return True  # overflowing gradients: GradScaler's own skip (a NaN loss it cannot see: ours)
         if nonfinite:
