@@ -143,6 +143,7 @@ class GradFindings:
     all_steps: np.ndarray
     all_values: np.ndarray  # NaN where non-finite (Coqui's logged zeros included)
     every: int  # updates per logged point (plot_step for Coqui's tags, 1 for the guard's)
+    calibration: np.ndarray  # fp16 GradScaler's first overflows: not fed to the rules
 
 
 def _grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> GradFindings:
@@ -155,9 +156,11 @@ def _grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) ->
         # A real norm is never exactly 0: Coqui logs a NaN/Inf grad_norm as 0 (trainer.py, optimize),
         # and the guard logs 0 for an update whose loss was already NaN (no gradient computed).
         nonfinite = nonfinite | zeros
+    calibration = np.zeros(len(values), dtype=bool)
     if fp16:
         # GradScaler starts at 2^16 and halves on each overflow: the first skipped steps are its
         # calibration, not a divergence (those updates are not applied).
+        calibration[: rules.nonfinite_window] = nonfinite[: rules.nonfinite_window]
         nonfinite[: rules.nonfinite_window] = False
     every = max(int(np.median(np.diff(steps))), 1) if len(steps) > 1 else 1
 
@@ -187,8 +190,8 @@ def _grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) ->
             recent_median=float(np.median(finite[-rules.for_points(every).level_window:])),
             first_above_100_step=int(p_steps[good][above_100][0]) if above_100.any() else None,
         )
-    all_values = np.where(nonfinite, np.nan, values) if measured else values
-    return GradFindings(stats, p_steps, log, nonfinite, steps, all_values, every)
+    all_values = np.where(nonfinite | calibration, np.nan, values) if measured else values
+    return GradFindings(stats, p_steps, log, nonfinite, steps, all_values, every, calibration)
 
 
 def _replay(f: GradFindings, loss: Series | None, rules: RuleSettings) -> list[Alarm]:
@@ -196,8 +199,9 @@ def _replay(f: GradFindings, loss: Series | None, rules: RuleSettings) -> list[A
     losses = dict(zip(loss.steps.tolist(), loss.values.tolist(), strict=True)) if loss is not None else {}
     detector = Detector(rules.for_points(f.every), realarm_after=1, unit="points")
     alarms: list[Alarm] = []
-    for step, value in zip(f.all_steps.tolist(), f.all_values.tolist(), strict=True):
-        alarms += detector.observe(step, value, losses.get(step))
+    for step, value, skip in zip(f.all_steps.tolist(), f.all_values.tolist(), f.calibration.tolist(), strict=True):
+        if not skip:
+            alarms += detector.observe(step, value, losses.get(step))
     return alarms
 
 
@@ -331,8 +335,10 @@ def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: boo
         alarms = _replay(f, loss[1] if loss else None, rules)
         _grad_shape(f, alarms, rules)
         stats["grad_norm"] = f.stats
-        stats["rules"] = {a.kind: {"first_step": a.step, "fired": sum(b.kind == a.kind for b in alarms)}
-                          for a in alarms if a is _first(alarms, a.kind)}
+        fired: dict[str, dict[str, int]] = {}
+        for a in alarms:  # which rules fired, first where and how often (every point counts once)
+            fired.setdefault(a.kind, {"first_step": a.step, "fired": 0})["fired"] += 1
+        stats["rules"] = fired
     elif f is not None:
         stats["grad_norm"] = f.stats
     every = f.every if f is not None else 1
@@ -365,12 +371,15 @@ def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: boo
         f.all_values).any() else None
     ends_huge = catastrophic is not None and last_norm is not None and (
         last_norm >= rules.catastrophic_factor * limit)
-    died = ending["kind"] == "nan_loss" or (ending["kind"] == "crashed" and (catastrophic or burst or ends_g))
+    # Coqui prints a crash's error to the console only: a run that crashed while its last norm was
+    # above the limit (or after a catastrophic or non-finite stretch) died of its blow-up.
+    blown = catastrophic or burst or ends_g or (last_norm is not None and last_norm > limit)
+    died = ending["kind"] == "nan_loss" or (ending["kind"] == "crashed" and bool(blown))
     if died or burst or ends_g or ends_l or ends_huge:
         first = None
         if died:
-            reasons.append(f"the run ended on {ending['text']}"
-                           + ("" if ending["kind"] == "nan_loss" else ", right after its numbers blew up"))
+            reasons.append(f"the run ended on {ending['text']}" + (
+                "" if ending["kind"] == "nan_loss" else f", right after grad_norm reached {_g(last_norm)}"))
             first = ending.get("step")
         if catastrophic is not None:
             reasons.append(f"step {catastrophic.step}: {catastrophic.message}")
@@ -498,7 +507,9 @@ def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     guard's stop or escalation), interrupted, finished, or unknown (still running, killed, or a
     stock run whose exception went to the console: Coqui prints tracebacks to stderr and only
     logs "Run is kept in" when it keeps the folder of a crashed run)."""
-    status, message = meta.get("status"), str(meta.get("message") or "")
+    status = meta.get("status")
+    # The kit's message is "what happened. Next: <command>": the command is printed under Next anyway.
+    message = str(meta.get("message") or "").split(". Next:")[0].strip()
     if status == "crashed":
         kind = "nan_loss" if "NaN loss" in message else "crashed"
         return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),

@@ -179,10 +179,15 @@ class Detector:
         self.realarm_after = realarm_after
         self.unit = unit  # what one observation is, for the messages: "updates" (guard) or "points" (diagnose)
         self.logs = _Ring(max(s.trend_window, s.baseline_window + s.jump_window, s.level_window))  # after grace
-        # finite norms from the first update on: the level a catastrophic rise is measured from
-        self.history: deque[float] = deque(maxlen=s.baseline_window + s.catastrophic_points)
+        # finite norms from the first update on: the last catastrophic_points, and the ones before
+        # them (the level a catastrophic rise is measured from)
+        self.recent: deque[float] = deque(maxlen=s.catastrophic_points)
+        self.history: deque[float] = deque(maxlen=s.baseline_window)
         self.recent_loss = deque(maxlen=s.catastrophic_points)
         self.loss_floor = math.inf  # lowest median of catastrophic_points losses in a row
+        self._above: deque[bool] = deque(maxlen=max(s.level_window, s.jump_window))  # norm > healthy_max
+        self._above_count = 0
+        self._spike_scale: tuple[float, float] | None = None  # the baseline's median and robust sigma
         self.nonfinite_updates: deque[int] = deque()  # observation indices of non-finite ones
         self.updates = 0  # observations (updates applied or skipped) since the (re)start
         self.consecutive_nonfinite = 0
@@ -202,7 +207,15 @@ class Detector:
             log_norm = math.log(max(grad_norm, 1e-12))
             alarms += [a for a in (self._spike(step, grad_norm, log_norm),) if a]
             self.logs.append(log_norm)
-            alarms += [a for a in (self._level(step), self._jump(step), self._trend(step)) if a]
+            if len(self._above) == self._above.maxlen:
+                self._above_count -= self._above[0]
+            self._above.append(grad_norm > self.s.healthy_max)
+            self._above_count += grad_norm > self.s.healthy_max
+            # Level and jump need a median above the band: at least half of their window above it.
+            # Counting first skips their medians on almost every healthy update (the cost of a replay).
+            if 2 * self._above_count >= min(self.s.level_window, self.s.jump_window):
+                alarms += [a for a in (self._level(step), self._jump(step)) if a]
+            alarms += [a for a in (self._trend(step),) if a]
         return [a for a in alarms if self._fire(a)]
 
     def _observe_nonfinite(self, step: int) -> list[Alarm]:
@@ -231,19 +244,19 @@ class Detector:
     # -- rules ----------------------------------------------------------------------------------
     def _catastrophic(self, step: int, grad_norm: float) -> Alarm | None:
         s, k = self.s, self.s.catastrophic_points
-        self.history.append(grad_norm)
-        if len(self.history) < k:
+        if len(self.recent) == k:
+            self.history.append(self.recent[0])  # the norms before the last k
+        self.recent.append(grad_norm)
+        if len(self.recent) < k:
             return None
-        recent = list(self.history)[-k:]
-        low = min(recent)
+        low = min(self.recent)
         if low <= s.grad_norm_limit:
             return None  # the common case: nothing to compute
         if low >= s.catastrophic_factor * s.grad_norm_limit:
             return Alarm("catastrophic", step, f"grad_norm {low:.3g} or more for {k} {self.unit} in a row, "
                                                f"{low / s.grad_norm_limit:.0f}x the limit {s.grad_norm_limit:g}",
                          {"low": low})
-        before = list(self.history)[:-k]
-        level = float(np.median(before)) if before else math.inf
+        level = float(np.median(self.history)) if self.history else math.inf
         if low >= s.catastrophic_rise * level:
             return Alarm("catastrophic", step, f"grad_norm rose x{low / level:.0f} from its level {level:.3g} to "
                                                f"{low:.3g} for {k} {self.unit} in a row", {"low": low, "level": level})
@@ -258,7 +271,7 @@ class Detector:
             return None
         low = min(self.recent_loss)
         floor = self.loss_floor
-        self.loss_floor = min(self.loss_floor, float(np.median(self.recent_loss)))
+        self.loss_floor = min(self.loss_floor, sorted(self.recent_loss)[len(self.recent_loss) // 2])
         if math.isfinite(floor) and low >= floor + (s.loss_factor - 1) * max(abs(floor), 1.0):
             return Alarm("catastrophic", step, f"loss grew from {floor:.3g} to {low:.3g} (an order of magnitude) "
                                                f"for {s.catastrophic_points} {self.unit} in a row",
@@ -301,9 +314,12 @@ class Detector:
         b = self.s.baseline_window
         if len(self.logs) < max(b // 4, 8):
             return None
-        logs = self.logs.last(b)
-        center = median(logs)
-        mad = MAD_TO_SIGMA * median(np.abs(logs - center)) + 1e-3
+        # The baseline moves slowly: its median and MAD are refreshed every b/16 updates, not each one.
+        if self._spike_scale is None or self.logs.count % max(b // 16, 1) == 0:
+            logs = self.logs.last(b)
+            center = median(logs)
+            self._spike_scale = center, MAD_TO_SIGMA * median(np.abs(logs - center)) + 1e-3
+        center, mad = self._spike_scale
         z = (log_norm - center) / mad
         if z > self.s.spike_z:
             return Alarm("spike", step, f"grad_norm spike {grad_norm:.1f} (robust z {z:.1f} against the last {b})",

@@ -436,3 +436,14 @@ def test_corrupt_event_file_is_named_and_not_judged(tmp_path):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("warning: ") and bad.name in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "Verdict:  CANNOT_JUDGE" in proc.stdout and "keep training" not in proc.stdout
+
+
+def test_fp16_scaler_calibration_is_not_a_divergence(tmp_path):
+    # GradScaler's first overflows are skipped by the scaler itself and logged as 0 by Coqui.
+    grad = healthy_grad(300, np.random.default_rng(24))
+    grad[:6] = 0.0
+    steps = np.arange(300) * STEP
+    run = make_run(tmp_path / "run", grad, config={"lr": 2e-4, "grad_clip": 1.0, "mixed_precision": True},
+                   extra={"TrainIterStats/amp_scaler": (steps, np.full(300, 2.0**10))})
+    d = dg.diagnose(run)
+    assert d.verdict in ("healthy", "warning") and "nonfinite" not in d.stats["rules"], d.reasons
