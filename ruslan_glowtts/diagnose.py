@@ -218,8 +218,9 @@ def _grad_shape(f: GradFindings, alarms: list[Alarm], rules: RuleSettings) -> No
         first, last, rising = quarter_growth(y[-w:] * math.log(10))
         stats.update(trend_growth=last / first, trend_rising=rising, trend_points=w, trend_steps=int(x[-1] - x[-w]))
     previous = None
+    apart = rules.for_points(f.every).jump_window * f.every  # firings closer than this are one jump
     for a in alarms:
-        if a.kind == "jump" and (previous is None or a.step - previous > rules.for_points(f.every).jump_window * f.every):
+        if a.kind == "jump" and (previous is None or a.step - previous > apart):
             stats["jumps"].append({"step": a.step, "from": a.data["from"], "to": a.data["to"],
                                    "factor": a.data["to"] / a.data["from"]})
         previous = a.step if a.kind == "jump" else previous
@@ -527,7 +528,8 @@ def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - _LOG_TAIL_BYTES))
             tail = fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
-        return {"kind": "unknown", "source": None, "step": None, "text": "unknown (no run.json status, no trainer_0_log.txt)"}
+        said = f"run.json says {status}" if status else "no run.json status"
+        return {"kind": "unknown", "source": None, "step": None, "text": f"unknown ({said}, no {log.name})"}
     except OSError as exc:
         logger.warning("warning: cannot read %s: %s", log, exc.strerror or exc)
         return {"kind": "unknown", "source": None, "step": None, "text": f"unknown ({log.name} unreadable)"}

@@ -16,15 +16,17 @@ that it never leaves for 100, so the rules compare medians and ratios of log(nor
   the last is `trend_factor` x the first and above `healthy_max`: the slow climb before the jump.
 - catastrophic: no grace. `catastrophic_points` norms in a row at or above `catastrophic_factor`
   x `grad_norm_limit`; or above the limit and `catastrophic_rise` x the median of the (up to
-  `baseline_window`) norms before them (two orders of magnitude); or as many losses in a row grown by `loss_factor`
-  over the run's lowest loss (an order of magnitude: `floor + (loss_factor - 1) x max(|floor|, 1)`,
-  because GlowTTS's loss can be negative). A norm a thousand times the limit is not GlowTTS's
-  noisy start, and blow-ups in the first few dozen steps are common with a user's own lr.
+  `baseline_window`) norms before them (two orders of magnitude); or as many losses in a row
+  grown by `loss_factor` over the run's lowest loss (an order of magnitude: at least
+  `floor + (loss_factor - 1) x max(|floor|, 1)`, because GlowTTS's loss can be negative). A
+  norm a thousand times the limit is not GlowTTS's noisy start, and blow-ups in the first few
+  dozen steps are common with a user's own lr.
 - non-finite burst: `nonfinite_burst` non-finite norms (or losses) within `nonfinite_window`;
   `max_consecutive_nonfinite` in a row is a divergence (training is not happening).
 - spike (reported, no action): the robust z-score of log(norm) against the baseline's median and
   MAD exceeds `spike_z`. OLMo-core's skip-step rule (|z| > 6 over a 128-step window), with
-  median/MAD instead of mean/std so that the spikes themselves do not inflate the scale.
+  median/MAD instead of mean/std so that the spikes themselves do not inflate the scale
+  (refreshed every `baseline_window / 16` observations: the baseline moves slowly).
 The level, jump, trend and spike rules wait for `grace_steps` observations after a (re)start:
 GlowTTS's first steps after data-dependent init swing, and the relative rules need a baseline.
 
@@ -227,8 +229,9 @@ class Detector:
             return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} {self.unit} were all non-finite "
                                             "(NaN/Inf loss or gradients): training has diverged")]
         if len(self.nonfinite_updates) >= self.s.nonfinite_burst:
-            alarm = Alarm("nonfinite", step, f"{len(self.nonfinite_updates)} non-finite {self.unit} within the last "
-                                             f"{self.s.nonfinite_window} {self.unit}", {"count": len(self.nonfinite_updates)})
+            count = len(self.nonfinite_updates)
+            alarm = Alarm("nonfinite", step, f"{count} non-finite {self.unit} within the last "
+                                             f"{self.s.nonfinite_window} {self.unit}", {"count": count})
             return [alarm] if self._fire(alarm) else []
         return []
 

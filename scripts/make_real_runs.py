@@ -41,9 +41,10 @@ TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_d
         "num_block_layers": 2, "data_dep_init_steps": 2, "batch_size": 4, "eval_batch_size": 4}
 TINY_ENCODER = {"num_layers": 1, "hidden_channels_ffn": 64}
 
-# name: (runner, lr, grad_clip, steps, seed, plot_step, kit's NoamLR warmup). grad_clip 1e6 = no clipping in effect: Coqui
-# computes (and logs) grad_norm only when grad_clip > 0. Stock runs use a constant lr (no scheduler);
-# kit runs the kit's NoamLR: lr x step / warmup up to `warmup` steps, lr x sqrt(warmup / step) after.
+# name: (runner, lr, grad_clip, steps, seed, plot_step, NoamLR warmup). grad_clip 1e6 = no clipping in
+# effect: Coqui computes (and logs) grad_norm only when grad_clip > 0. Stock runs use a constant lr (warmup 0: no
+# scheduler) or Coqui's NoamLR stepped per update; kit runs the kit's NoamLR: lr x step / warmup
+# up to `warmup` steps, lr x sqrt(warmup / step) after.
 # Coqui draws figures and Griffin-Lim audio at every plot_step: most of a tiny step's cost.
 LADDER: dict[str, tuple[str, float, float, int, int, int, int]] = {
     "stock_lr1e-4_clip5": ("stock", 1e-4, 5.0, 100, 1, 5, 0),
@@ -55,6 +56,7 @@ LADDER: dict[str, tuple[str, float, float, int, int, int, int]] = {
     "kit_lr1e-3_clip5": ("kit", 1e-3, 5.0, 100, 1, 5, 4000),
     "kit_lr3_noclip_warmup1": ("kit", 3.0, 1e6, 60, 1, 1, 1),
     "kit_lr1_noclip_warmup100": ("kit", 1.0, 1e6, 150, 1, 5, 100),
+    "stock_lr1_noclip_warmup100": ("stock", 1.0, 1e6, 100, 1, 1, 100),
 }
 
 
@@ -71,7 +73,8 @@ def resample_sample(dst: Path) -> Path:
     return dst
 
 
-def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int) -> None:
+def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int,
+                warmup: int) -> None:
     """Coqui's recipe the 0.28 way: GlowTTSConfig + GlowTTS + Trainer, nothing of the kit."""
     import random
 
@@ -90,7 +93,8 @@ def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed:
                              punctuations="!,-.:;?«»—… ")
     config = GlowTTSConfig(run_name=f"stock_lr{lr:g}", output_path=str(out), datasets=[dataset], characters=chars,
                            text_cleaner="basic_cleaners", use_phonemes=False, lr=lr, grad_clip=clip,
-                           lr_scheduler=None, epochs=10_000, run_eval=False, test_delay_epochs=10_000,
+                           lr_scheduler="NoamLR" if warmup else None, lr_scheduler_params={"warmup_steps": warmup},
+                           scheduler_after_epoch=False, epochs=10_000, run_eval=False, test_delay_epochs=10_000,
                            num_loader_workers=0, num_eval_loader_workers=0, plot_step=plot_step, print_step=25,
                            save_step=1, save_n_checkpoints=1, save_checkpoints=True, save_best_after=10**9, training_seed=seed,
                            eval_split_size=2, shuffle=True, **TINY)
@@ -169,7 +173,7 @@ def make(name: str, data: Path, work: Path) -> None:
     out = work / name
     if runner == "stock":
         cmd = [sys.executable, __file__, "--stock-child", str(data), str(out), repr(lr), repr(clip), str(steps),
-               str(seed), str(plot_step)]
+               str(seed), str(plot_step), str(warmup)]
     else:
         cmd = kit_command(data, out, lr, clip, steps, seed, plot_step, warmup)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -197,11 +201,11 @@ def make(name: str, data: Path, work: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", choices=sorted(LADDER), help="make only these runs")
-    p.add_argument("--stock-child", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--stock-child", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stock_child:
-        data, out, lr, clip, steps, seed, plot_step = args.stock_child
-        stock_child(Path(data), Path(out), float(lr), float(clip), int(steps), int(seed), int(plot_step))
+        data, out, lr, clip, steps, seed, plot_step, warmup = args.stock_child
+        stock_child(Path(data), Path(out), float(lr), float(clip), int(steps), int(seed), int(plot_step), int(warmup))
         return 0
     with tempfile.TemporaryDirectory(prefix="real_runs_") as tmp:
         data = resample_sample(Path(tmp) / "sample22k")
