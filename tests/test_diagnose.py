@@ -447,3 +447,13 @@ def test_fp16_scaler_calibration_is_not_a_divergence(tmp_path):
                    extra={"TrainIterStats/amp_scaler": (steps, np.full(300, 2.0**10))})
     d = dg.diagnose(run)
     assert d.verdict in ("healthy", "warning") and "nonfinite" not in d.stats["rules"], d.reasons
+
+
+def test_the_runs_own_health_settings_steer_the_rules(tmp_path):
+    # A sustained 70: above the default band (50) but under the default limit (100).
+    grad = np.concatenate([10 * np.exp(np.random.default_rng(25).normal(0, 0.2, 300)), np.full(100, 70.0)])
+    default = dg.diagnose(make_run(tmp_path / "default", grad, meta=kit_meta()))
+    config = {"lr": 2e-4, "grad_clip": 1.0, "health": {"grad_norm_limit": 60.0}}
+    own = dg.diagnose(make_run(tmp_path / "own", grad, meta=kit_meta(), config=config))
+    assert "level" not in default.stats["rules"] and "level" in own.stats["rules"]
+    assert own.verdict == "exploding" and own.run["thresholds"]["grad_norm_limit"] == 60.0
