@@ -2,7 +2,7 @@
 sample (espeak-ng Russian speech, resampled to 22050 Hz), seeded, at a ladder of learning rates
 and clip settings, with Coqui's own Trainer (no kit code in the loop) and with the kit.
 
-    .venv/bin/python scripts/make_real_runs.py            # every run of LADDER (~12 min on 2 cores)
+    .venv/bin/python scripts/make_real_runs.py            # every run of LADDER (~25 min, 2 busy cores)
     .venv/bin/python scripts/make_real_runs.py --only stock_lr0.3_noclip
 
 Each run keeps what diagnose reads and nothing else: the event files, config.json, run.json
@@ -41,10 +41,11 @@ TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_d
         "num_block_layers": 2, "data_dep_init_steps": 2, "batch_size": 4, "eval_batch_size": 4}
 TINY_ENCODER = {"num_layers": 1, "hidden_channels_ffn": 64}
 
-# name: (runner, lr, grad_clip, steps, seed, plot_step, NoamLR warmup). grad_clip 1e6 = no clipping in
-# effect: Coqui computes (and logs) grad_norm only when grad_clip > 0. Stock runs use a constant lr (warmup 0: no
-# scheduler) or Coqui's NoamLR stepped per update; kit runs the kit's NoamLR: lr x step / warmup
-# up to `warmup` steps, lr x sqrt(warmup / step) after.
+# name: (runner, lr, grad_clip, steps, seed, plot_step, NoamLR warmup). grad_clip 1e6 = no
+# clipping in effect: Coqui computes (and logs) grad_norm only when grad_clip > 0. Stock runs use
+# a constant lr (warmup 0: no scheduler) or Coqui's NoamLR stepped per update; kit runs the kit's
+# NoamLR: lr x step / warmup up to `warmup` steps, lr x sqrt(warmup / step) after. A run that
+# outlives RUN_TIMEOUT_S is killed and kept as far as it got (its process.json says exit -9).
 # Coqui draws figures and Griffin-Lim audio at every plot_step: most of a tiny step's cost.
 LADDER: dict[str, tuple[str, float, float, int, int, int, int]] = {
     "stock_lr1e-4_clip5": ("stock", 1e-4, 5.0, 100, 1, 5, 0),
