@@ -1,6 +1,6 @@
 """Per-file audio checks: what is wrong with one source WAV, and whether it can be trained on.
 
-The seed names extreme values as a cause of exploding gradients, and Coqui reads whatever the
+Extreme sample values are one cause of exploding gradients, and Coqui reads whatever the
 file holds: NaN samples, DC, clipping, silence. Each check here measures one of those and
 returns a problem with an action: "excluded" (cannot be trained on), "fixed" (the prepared
 copy is corrected) or "warning" (kept, listed for a human to look at). Nothing here raises for

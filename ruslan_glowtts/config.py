@@ -22,6 +22,7 @@ from TTS.tts.configs.glow_tts_config import GlowTTSConfig
 
 from ruslan_glowtts import KIT_ROOT
 from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.explosion_rules import DEFAULTS as RULES
 from ruslan_glowtts.presets import Preset
 
 logger = logging.getLogger(__name__)
@@ -32,24 +33,30 @@ DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepar
 
 @dataclass
 class HealthConfig(Coqpit):
-    """Settings of the health guard; ruslan_glowtts/health.py explains each rule."""
+    """Settings of the health guard (ruslan_glowtts/health.py) and of its explosion rules
+    (ruslan_glowtts/explosion_rules.py, which explains each rule and holds the defaults)."""
 
     enabled: bool = True  # false: Coqui's own optimizer step, no guard (for comparison and debugging)
     policy: str = "warn"  # what an explosion does: warn | stop | escalate
     max_escalations: int = 3  # escalate: tier switches before giving up
-    grace_steps: int = 50  # optimizer steps after a (re)start the explosion rules ignore
-    grad_norm_limit: float = 100.0  # level rule: the median of the last level_window is above it
-    level_window: int = 25
-    healthy_max: float = 50.0  # jump and trend rules fire only above the healthy band
-    jump_factor: float = 3.0  # jump rule: recent median / baseline median
-    jump_window: int = 8
-    baseline_window: int = 128
-    trend_window: int = 1000  # trend rule: steady growth by trend_factor over the window
-    trend_factor: float = 1.5
-    spike_z: float = 6.0  # single-step spikes (logged, no action): robust z of log grad_norm
-    nonfinite_burst: int = 3  # non-finite steps within nonfinite_window that count as an explosion
-    nonfinite_window: int = 20
-    max_consecutive_nonfinite: int = 25  # every step non-finite: stop, whatever the policy
+    # The explosion rules' thresholds: defaults and meaning in explosion_rules.RuleSettings.
+    grace_steps: int = RULES.grace_steps
+    grad_norm_limit: float = RULES.grad_norm_limit
+    level_window: int = RULES.level_window
+    healthy_max: float = RULES.healthy_max
+    jump_factor: float = RULES.jump_factor
+    jump_window: int = RULES.jump_window
+    baseline_window: int = RULES.baseline_window
+    trend_window: int = RULES.trend_window
+    trend_factor: float = RULES.trend_factor
+    spike_z: float = RULES.spike_z
+    nonfinite_burst: int = RULES.nonfinite_burst
+    nonfinite_window: int = RULES.nonfinite_window
+    max_consecutive_nonfinite: int = RULES.max_consecutive_nonfinite
+    catastrophic_factor: float = RULES.catastrophic_factor
+    catastrophic_points: int = RULES.catastrophic_points
+    catastrophic_rise: float = RULES.catastrophic_rise
+    loss_factor: float = RULES.loss_factor
     checkpoint_every: int = 500  # known-good checkpoint cadence, in steps
     skip_window: int = 20  # after a rollback, the batches of this many steps before the alarm are skipped
 

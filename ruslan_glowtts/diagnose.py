@@ -5,19 +5,28 @@
 Works on any Coqui GlowTTS run (TrainIterStats/*, EvalStats/*) and uses the kit's health guard
 tags (Health/grad_norm, Health/skipped_steps, Health/alarm, Health/escalation) when present.
 
-Verdicts, first match wins (the thresholds are in `Thresholds`, each with its reason):
-  diverged   non-finite grad_norm or loss in a burst, or at the end of the log
-  too_early  fewer than `min_points` grad_norm points after the grace steps
-  exploding  recent grad_norm level above 100; or above the 1-50 band and still growing;
-             or a jump above 100 that has not come back into the band
-  warning    anything else outside "healthy": a spike above 100, p95 above 50, a rise that
-             will leave the band within one more window, isolated non-finite steps, loss or
-             eval loss rising, a recent health-guard alarm
-  healthy    grad_norm in 1-50 and never above 100, not constantly rising, loss not rising
-Exit codes: 0 healthy or too_early, 1 warning, 2 bad input, 3 exploding or diverged.
+The explosion rules are the health guard's own (ruslan_glowtts/explosion_rules.py), replayed over
+the logged grad_norm and loss points with the run's own `health` settings from config.json; the
+windows are mapped from updates to points (one point per plot_step for Coqui's TrainIterStats,
+one per update for the guard's Health/grad_norm). How the run ended (run.json, the tail of
+trainer_0_log.txt) is part of the verdict. Verdicts, first match wins:
+  diverged      the run ended on Coqui's `NaN loss` error (whatever the point count); it ended on
+                another exception right after a catastrophic or non-finite blow-up; non-finite
+                grad_norm or loss in a burst or at the end of the log; or the last norm is
+                still catastrophic (>= catastrophic_factor x the limit)
+  exploding     an explosion rule (catastrophic, level, jump, trend) fired and grad_norm has not
+                come back into the healthy band
+  too_early     no rule fired and fewer than `min_points` points follow the grace steps
+  warning       an explosion rule fired but grad_norm came back; or anything else outside
+                "healthy": above 100 once, p95 above 50, a rise that will leave the band within
+                one more window, isolated non-finite steps, loss or eval loss rising, a recent
+                health-guard alarm
+  healthy       grad_norm in 1-50 and never above 100, not constantly rising, loss not rising
+  cannot_judge  an event file is corrupt and the rest shows no trouble (it is named in a warning)
+Exit codes: 0 healthy or too_early, 1 warning, 2 bad input or cannot_judge, 3 exploding or diverged.
 
-All statistics are robust (medians, MAD, Tukey's resistant line on log10 grad_norm): a
-GlowTTS grad_norm is heavy-tailed and a mean or a least-squares slope follows single spikes.
+The loss trend uses Tukey's resistant line, every other statistic medians and MAD: a GlowTTS
+grad_norm is heavy-tailed and a mean or a least-squares slope follows single spikes.
 """
 
 from __future__ import annotations
@@ -26,10 +35,11 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,52 +48,21 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ruslan_glowtts.errors import EXIT_EXPLODED, EXIT_USAGE, OneLineErrorParser, UserError
 from ruslan_glowtts.event_reader import RunEvents, Series, read_run
+from ruslan_glowtts.explosion_rules import Alarm, Detector, RuleSettings, quarter_growth
 from ruslan_glowtts.next_steps import PREPARE_HINT, next_tier_command
 from ruslan_glowtts.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.runs import KNOWN_GOOD, RUN_META
 
 logger = logging.getLogger(__name__)
 
-EXIT_CODES = {"healthy": 0, "too_early": 0, "warning": 1, "exploding": EXIT_EXPLODED, "diverged": EXIT_EXPLODED}
+EXIT_CODES = {"healthy": 0, "too_early": 0, "warning": 1, "exploding": EXIT_EXPLODED, "diverged": EXIT_EXPLODED,
+              "cannot_judge": EXIT_USAGE}
 CHECKPOINT_RE = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pth$")
 
 GRAD_TAGS = ("Health/grad_norm", "TrainIterStats/grad_norm")
 LOSS_TAG = "TrainIterStats/loss"
 LR_TAG = "TrainIterStats/current_lr"
 EVAL_TAG = "EvalStats/avg_loss"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Windows are in logged points: every optimizer step for Health/grad_norm, every plot_step
-    for Coqui's TrainIterStats. Values match HealthConfig's defaults; a kit run's own `health`
-    section in config.json replaces them, so the diagnosis and the run's guard agree."""
-
-    healthy_max: float = 50.0  # top of the band the stable preset keeps grad_norm in on RUSLAN (1-50)
-    limit: float = 100.0  # "never above 100": a healthy GlowTTS run does not get there at all
-    grace_steps: int = 50  # GlowTTS's first steps after data-dependent init are noisy: not judged
-    min_points: int = 50  # fewer points after the grace steps: a median and a trend mean little
-    recent: int = 25  # the level window: "where is grad_norm now" (median, ignores lone spikes)
-    trend_window: int = 200  # "constantly rising" is judged over this many points...
-    trend_factor: float = 2.0  # ...as growth by at least this factor (log-domain slope)
-    jump_factor: float = 3.0  # a level shift by this factor is a jump (the seed's 100 -> 500 is x5)
-    jump_window: int = 8  # points after a candidate jump (median: the new level must hold)
-    baseline_window: int = 32  # points before it (median: the level it jumped from)
-    spike_z: float = 6.0  # a lone point this many robust sigmas above its neighbours is a spike (OLMo's z)
-    nonfinite_burst: int = 3  # this many non-finite points...
-    nonfinite_window: int = 20  # ...within this many consecutive points is a divergence, not a blip
-
-    @classmethod
-    def for_run(cls, config: dict[str, Any]) -> Thresholds:
-        health = config.get("health") if isinstance(config.get("health"), dict) else {}
-        # The guard's trend rule works on a different window (every update, 1000 of them), so
-        # diagnose keeps its own trend threshold; the band, limit and burst rules are shared.
-        mapping = {"healthy_max": "healthy_max", "limit": "grad_norm_limit", "grace_steps": "grace_steps",
-                   "jump_factor": "jump_factor",
-                   "nonfinite_burst": "nonfinite_burst", "nonfinite_window": "nonfinite_window"}
-        values = {ours: type(getattr(cls, ours))(health[theirs]) for ours, theirs in mapping.items()
-                  if isinstance(health.get(theirs), (int, float)) and not isinstance(health.get(theirs), bool)}
-        return cls(**values)
 
 
 @dataclass
@@ -145,14 +124,6 @@ def _resistant_slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.median(y[-third:]) - np.median(y[:third])) / dx if third and dx else 0.0
 
 
-def _bursts(mask: np.ndarray, count: int, window: int) -> list[int]:
-    """Indices where a window of `window` consecutive points holds at least `count` True."""
-    if not mask.any():
-        return []
-    sums = np.convolve(mask.astype(int), np.ones(min(window, len(mask)), dtype=int), mode="valid")
-    return [int(i) for i in np.flatnonzero(sums >= count)]
-
-
 def _runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) index pairs, end exclusive, of the contiguous True stretches."""
     edges = np.diff(np.concatenate(([0], mask.astype(int), [0])))
@@ -170,23 +141,30 @@ class GradFindings:
     log: np.ndarray  # log10 of the finite positive post-grace values (NaN elsewhere)
     nonfinite_mask: np.ndarray  # over all points
     all_steps: np.ndarray
+    all_values: np.ndarray  # NaN where non-finite (Coqui's logged zeros included)
+    every: int  # updates per logged point (plot_step for Coqui's tags, 1 for the guard's)
+    calibration: np.ndarray  # fp16 GradScaler's first overflows: not fed to the rules
 
 
-def _grad_findings(tag: str, series: Series, th: Thresholds, fp16: bool) -> GradFindings:
+def _grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> GradFindings:
     steps, values = series.steps, series.values
     nonfinite = ~np.isfinite(values)
     zeros = values == 0
     coqui = tag.startswith("TrainIterStats/")
     measured = not (coqui and zeros.all())
-    if coqui and measured:
-        # Coqui logs a NaN/Inf grad_norm as 0 (trainer.py, optimize): a real norm is never exactly 0.
+    if measured:
+        # A real norm is never exactly 0: Coqui logs a NaN/Inf grad_norm as 0 (trainer.py, optimize),
+        # and the guard logs 0 for an update whose loss was already NaN (no gradient computed).
         nonfinite = nonfinite | zeros
+    calibration = np.zeros(len(values), dtype=bool)
     if fp16:
         # GradScaler starts at 2^16 and halves on each overflow: the first skipped steps are its
         # calibration, not a divergence (those updates are not applied).
-        nonfinite[: th.nonfinite_window] = False
+        calibration[: rules.nonfinite_window] = nonfinite[: rules.nonfinite_window]
+        nonfinite[: rules.nonfinite_window] = False
+    every = max(int(np.median(np.diff(steps))), 1) if len(steps) > 1 else 1
 
-    start = int(steps[0]) + th.grace_steps
+    start = int(steps[0]) + rules.grace_steps
     post = steps >= start
     if post.sum() == 0:
         post = np.ones_like(post)
@@ -197,64 +175,63 @@ def _grad_findings(tag: str, series: Series, th: Thresholds, fp16: bool) -> Grad
 
     stats: dict[str, Any] = {
         "tag": tag, "measured": measured, "points": len(steps), "first_step": int(steps[0]),
-        "last_step": int(steps[-1]), "grace_steps": th.grace_steps, "judged_points": len(p_steps),
-        "nonfinite": int(nonfinite.sum()) if measured else 0,
-        "logged_zeros": int(zeros.sum()) if coqui and measured else 0,
+        "last_step": int(steps[-1]), "steps_per_point": every, "grace_steps": rules.grace_steps,
+        "judged_points": len(p_steps), "nonfinite": int(nonfinite.sum()) if measured else 0,
+        "logged_zeros": int(zeros.sum()) if measured else 0,
         "nonfinite_steps": [int(s) for s in steps[nonfinite][:20]] if measured else [],
     }
     if len(finite):
-        above_50, above_100 = finite > th.healthy_max, finite > th.limit
+        above_50, above_100 = finite > rules.healthy_max, finite > rules.grad_norm_limit
         imax = int(np.argmax(np.where(good, p_values, -np.inf)))
         stats.update(
             median=float(np.median(finite)), p95=float(np.percentile(finite, 95)), max=float(finite.max()),
             max_step=int(p_steps[imax]), share_above_50=float(above_50.mean()),
             share_above_100=float(above_100.mean()), points_above_100=int(above_100.sum()),
-            recent_median=float(np.median(finite[-th.recent:])),
+            recent_median=float(np.median(finite[-rules.for_points(every).level_window:])),
             first_above_100_step=int(p_steps[good][above_100][0]) if above_100.any() else None,
         )
-    return GradFindings(stats, p_steps, log, nonfinite, steps)
+    all_values = np.where(nonfinite | calibration, np.nan, values) if measured else values
+    return GradFindings(stats, p_steps, log, nonfinite, steps, all_values, every, calibration)
 
 
-def _grad_shape(f: GradFindings, th: Thresholds) -> None:
-    """Trend, jumps and spikes of log10 grad_norm (finite points only)."""
+def _replay(f: GradFindings, loss: Series | None, rules: RuleSettings) -> list[Alarm]:
+    """The guard's rules over the logged points (explosion_rules), every firing of each rule."""
+    losses = dict(zip(loss.steps.tolist(), loss.values.tolist(), strict=True)) if loss is not None else {}
+    detector = Detector(rules.for_points(f.every), realarm_after=1, unit="points")
+    alarms: list[Alarm] = []
+    for step, value, skip in zip(f.all_steps.tolist(), f.all_values.tolist(), f.calibration.tolist(), strict=True):
+        if not skip:
+            alarms += detector.observe(step, value, losses.get(step))
+    return alarms
+
+
+def _grad_shape(f: GradFindings, alarms: list[Alarm], rules: RuleSettings) -> None:
+    """Trend, jumps and spikes of grad_norm, as the rules saw them."""
+    stats = f.stats
+    stats.update(trend_growth=None, trend_rising=False, trend_points=0, trend_steps=0, jumps=[], spikes=0,
+                 spike_steps=[])
     ok = ~np.isnan(f.log)
     x, y = f.steps[ok], f.log[ok]
-    stats = f.stats
-    stats.update(trend_growth=None, trend_points=0, trend_steps=0, jumps=[], spikes=0, spike_steps=[])
-    if len(y) < 6:
-        return
-    # Trend: log-domain slope over the last window, as growth factor across it (x2 = "doubling").
-    tx, ty = x[-th.trend_window:], y[-th.trend_window:]
-    span = int(tx[-1] - tx[0])
-    stats.update(trend_growth=10 ** (_resistant_slope(tx, ty) * span), trend_points=len(tx), trend_steps=span)
-
-    # Jumps: the median of the next jump_window points over the median of the previous
-    # baseline_window points. Medians on both sides: a lone spike is not a new level.
-    b, j = th.baseline_window, th.jump_window
-    if len(y) >= b + j:
-        before = np.median(sliding_window_view(y, b), axis=1)[: len(y) - j - b + 1]
-        after = np.median(sliding_window_view(y, j), axis=1)[b:]
-        # Only jumps that land above the healthy band matter; inside 1-50 GlowTTS is just noisy.
-        hit = (after - before >= math.log10(th.jump_factor)) & (after > math.log10(th.healthy_max))
-        for start, end in _runs_of(hit):
-            lo = max(b + start - j, b)  # the jump is at most jump_window points before the first hit
-            hi = min(b + end + j, len(y))
-            k = lo + int(np.argmax(np.diff(y[lo - 1:hi])))  # the biggest single step is where it jumped
-            k = min(max(k, b), len(y) - j)
-            frm, to = 10 ** float(np.median(y[k - b:k])), 10 ** float(np.median(y[k:k + j]))
-            stats["jumps"].append({"step": int(x[k]), "from": frm, "to": to, "factor": to / frm})
-
-    # Spikes: a point far above its neighbours' median, in robust sigmas of the residuals.
-    resid = y - _centered_median(y, 8)
-    sigma = _sigma(resid)
-    spike = resid > max(th.spike_z * sigma, math.log10(th.jump_factor))
-    stats.update(spikes=int(spike.sum()), spike_steps=[int(s) for s in x[spike][:20]])
+    if len(y) >= 8:
+        # Growth of the last quarter's median over the first's, over the trend window (the trend rule's measure).
+        w = min(rules.for_points(f.every).trend_window, len(y))
+        first, last, rising = quarter_growth(y[-w:] * math.log(10))
+        stats.update(trend_growth=last / first, trend_rising=rising, trend_points=w, trend_steps=int(x[-1] - x[-w]))
+    previous = None
+    apart = rules.for_points(f.every).jump_window * f.every  # firings closer than this are one jump
+    for a in alarms:
+        if a.kind == "jump" and (previous is None or a.step - previous > apart):
+            stats["jumps"].append({"step": a.step, "from": a.data["from"], "to": a.data["to"],
+                                   "factor": a.data["to"] / a.data["from"]})
+        previous = a.step if a.kind == "jump" else previous
+    spikes = [a.step for a in alarms if a.kind == "spike"]
+    stats.update(spikes=len(spikes), spike_steps=spikes[:20])
 
 
-def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
+def _loss_findings(series: Series, rules: RuleSettings, every: int) -> dict[str, Any]:
     steps, values = series.steps, series.values
     nonfinite = ~np.isfinite(values)
-    start = int(steps[0]) + th.grace_steps
+    start = int(steps[0]) + rules.grace_steps
     keep = (steps >= start) & ~nonfinite
     if keep.sum() < 6:
         keep = ~nonfinite
@@ -263,15 +240,16 @@ def _loss_findings(series: Series, th: Thresholds) -> dict[str, Any]:
                              "last_finite": not bool(nonfinite[-1]), "trend_change": None, "spikes": 0}
     if len(y) == 0:
         return stats
-    n = max(1, min(th.recent, len(y) // 3))
+    n = max(1, min(rules.for_points(every).level_window, len(y) // 3))
     stats.update(start=float(np.median(y[:n])), end=float(np.median(y[-n:])), last=float(y[-1]), edge_points=n)
     if len(y) < 6:
         return stats
     # Loss can be negative (GlowTTS's log-likelihood term), so its trend is linear, not log.
-    tx, ty = x[-th.trend_window:], y[-th.trend_window:]
+    w = rules.for_points(every).trend_window
+    tx, ty = x[-w:], y[-w:]
     resid = y - _centered_median(y, 8)
     sigma = _sigma(resid)
-    spike = resid > th.spike_z * sigma if sigma > 0 else np.zeros_like(resid, dtype=bool)
+    spike = resid > rules.spike_z * sigma if sigma > 0 else np.zeros_like(resid, dtype=bool)
     stats.update(trend_change=_resistant_slope(tx, ty) * float(tx[-1] - tx[0]), trend_points=len(tx),
                  noise_sigma=sigma, spikes=int(spike.sum()), spike_steps=[int(s) for s in x[spike][:20]])
     return stats
@@ -324,33 +302,49 @@ def _g(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _onset(f: GradFindings, th: Thresholds) -> int | None:
+def _onset(f: GradFindings, rules: RuleSettings) -> int | None:
     """First step of the final stretch where grad_norm's trailing median is above the band."""
     ok = ~np.isnan(f.log)
     x, y = f.steps[ok], f.log[ok]
-    if len(y) < th.jump_window:
+    w = rules.for_points(f.every).jump_window
+    if len(y) < w:
         return None
-    trailing = np.median(sliding_window_view(y, th.jump_window), axis=1)
-    above = np.concatenate((np.zeros(th.jump_window - 1, dtype=bool), trailing > math.log10(th.healthy_max)))
+    trailing = np.median(sliding_window_view(y, w), axis=1)
+    above = np.concatenate((np.zeros(w - 1, dtype=bool), trailing > math.log10(rules.healthy_max)))
     stretches = _runs_of(above)
     if not stretches or stretches[-1][1] != len(y):
         return None
-    return int(x[max(stretches[-1][0] - th.jump_window + 1, 0)])
+    return int(x[max(stretches[-1][0] - w + 1, 0)])
 
 
-def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
-          fp16: bool = False) -> tuple[str, list[str], int | None, dict[str, Any]]:
-    """(verdict, reasons, onset step of the trouble or None, stats); `health` from _health_findings."""
+def _first(alarms: list[Alarm], *kinds: str) -> Alarm | None:
+    return next((a for a in alarms if a.kind in kinds), None)
+
+
+def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: bool = False,
+          ending: dict[str, Any] | None = None) -> tuple[str, list[str], int | None, dict[str, Any]]:
+    """(verdict, reasons, onset step of the trouble or None, stats); `health` from _health_findings,
+    `ending` from run_ending(). The explosion rules are explosion_rules', replayed over the points."""
+    ending = ending or {"kind": "unknown"}
     stats: dict[str, Any] = {}
     reasons: list[str] = []
     grad = run.get(*GRAD_TAGS)
     loss = run.get(LOSS_TAG)
-    f = _grad_findings(*grad, th, fp16) if grad else None
-    if f is not None:
-        _grad_shape(f, th)
+    f = _grad_findings(*grad, rules, fp16) if grad else None
+    alarms: list[Alarm] = []
+    if f is not None and f.stats["measured"]:
+        alarms = _replay(f, loss[1] if loss else None, rules)
+        _grad_shape(f, alarms, rules)
         stats["grad_norm"] = f.stats
+        fired: dict[str, dict[str, int]] = {}
+        for a in alarms:  # which rules fired, first where and how often (every point counts once)
+            fired.setdefault(a.kind, {"first_step": a.step, "fired": 0})["fired"] += 1
+        stats["rules"] = fired
+    elif f is not None:
+        stats["grad_norm"] = f.stats
+    every = f.every if f is not None else 1
     if loss:
-        stats["loss"] = _loss_findings(loss[1], th)
+        stats["loss"] = _loss_findings(loss[1], rules, every)
     if (ev := run.get(EVAL_TAG)) is not None:
         stats["eval_loss"] = _eval_findings(ev[1])
     if (lr := run.get(LR_TAG)) is not None:
@@ -362,26 +356,47 @@ def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
     guarded = bool(grad) and grad[0].startswith("Health/")
     source = "the guard skipped them" if guarded else (
         "Coqui logs a NaN/Inf grad_norm as 0 and, in fp32, still applies that update")
+    limit = rules.grad_norm_limit
+    catastrophic = _first(alarms, "catastrophic")
 
-    # --- diverged: non-finite values in a burst, or still non-finite at the end of the log.
+    # --- diverged: the run died of it, non-finite values in a burst or at the end of the log, or
+    # norms so far above the limit at the end that the weights are gone.
     bad_grad = f.nonfinite_mask if f is not None and g.get("measured") else np.zeros(0, dtype=bool)
     bad_loss = ~np.isfinite(loss[1].values) if loss else np.zeros(0, dtype=bool)
-    burst_g = _bursts(bad_grad, th.nonfinite_burst, th.nonfinite_window)
-    burst_l = _bursts(bad_loss, th.nonfinite_burst, th.nonfinite_window)
+    burst = _first(alarms, "nonfinite", "diverged")
     # Without the guard a non-finite last step means NaN weights now (Coqui applied the update);
     # with it, that step was skipped and only a burst counts.
     ends_g = bool(len(bad_grad) and bad_grad[-1] and not guarded)
     ends_l = bool(len(bad_loss) and bad_loss[-1])
-    if burst_g or burst_l or ends_g or ends_l:
-        if burst_g or ends_g:
-            first = int(f.all_steps[bad_grad][0])
-            reasons.append(f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step {first}"
-                           + (f" ({g['logged_zeros']} logged as 0: {source})" if g.get("logged_zeros") else "")
-                           + (f", {th.nonfinite_burst}+ within {th.nonfinite_window} points" if burst_g else "")
+    last_norm = float(f.all_values[np.isfinite(f.all_values)][-1]) if f is not None and np.isfinite(
+        f.all_values).any() else None
+    ends_huge = catastrophic is not None and last_norm is not None and (
+        last_norm >= rules.catastrophic_factor * limit)
+    # Coqui prints a crash's error to the console only: a run that crashed while its last norm was
+    # above the limit (or after a catastrophic or non-finite stretch) died of its blow-up.
+    blown = catastrophic or burst or ends_g or (last_norm is not None and last_norm > limit)
+    died = ending["kind"] == "nan_loss" or (ending["kind"] == "crashed" and bool(blown))
+    if died or burst or ends_g or ends_l or ends_huge:
+        first = None
+        if died:
+            reasons.append(f"the run ended on {ending['text']}" + (
+                "" if ending["kind"] == "nan_loss" else f", right after grad_norm reached {_g(last_norm)}"))
+            first = ending.get("step")
+        if catastrophic is not None:
+            reasons.append(f"step {catastrophic.step}: {catastrophic.message}")
+            first = catastrophic.step if first is None else min(first, catastrophic.step)
+        if ends_huge:
+            reasons.append(f"the last logged grad_norm is {_g(last_norm)}, {last_norm / limit:.0f}x the limit "
+                           f"{limit:g}: the weights have diverged")
+        if bad_grad.any() and (burst or ends_g):
+            first_bad = int(f.all_steps[bad_grad][0])
+            reasons.append(f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step "
+                           f"{first_bad}" + (f" ({g['logged_zeros']} logged as 0: {source})" if g.get("logged_zeros")
+                                              else "")
+                           + (f", {rules.nonfinite_burst}+ within {rules.nonfinite_window} points" if burst else "")
                            + (", including the last one" if ends_g else ""))
-        else:
-            first = None
-        if burst_l or ends_l:
+            first = first_bad if first is None else min(first, first_bad)
+        if bad_loss.any() and (burst or ends_l):
             loss_first = int(loss[1].steps[bad_loss][0])
             first = loss_first if first is None else min(first, loss_first)
             reasons.append(f"loss is non-finite at {int(bad_loss.sum())} logged step(s), first at step {loss_first}")
@@ -393,60 +408,60 @@ def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
         else:
             reasons.append("no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")")
         return "too_early", reasons, None, stats
-    if g["judged_points"] < th.min_points or "median" not in g:
-        interval = float(np.median(np.diff(f.all_steps))) if len(f.all_steps) > 1 else 1.0
-        ready = int(g["first_step"] + th.grace_steps + th.min_points * interval)
-        if g["last_step"] >= g["first_step"] + th.grace_steps:
-            reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {th.grace_steps} steps "
-                           f"(up to step {g['last_step']}); {th.min_points} are needed to judge a trend: "
+
+    onset = _onset(f, rules)
+    explosions = [a for a in alarms if a.kind in ("catastrophic", "level", "jump", "trend")]
+    recent = g.get("recent_median")
+    back = recent is not None and recent <= rules.healthy_max
+    if explosions and not back:
+        # An explosion rule fired and grad_norm has not come back into the band.
+        firsts = sorted((a for a in (_first(explosions, k) for k in ("catastrophic", "level", "jump", "trend")) if a),
+                        key=lambda a: a.step)
+        exploding = [f"step {a.step}: {a.kind} rule: {a.message}" for a in firsts]
+        if recent is not None:
+            exploding.append(f"grad_norm's median over the last {rules.for_points(every).level_window} points is "
+                             f"{_g(recent)}, outside the healthy band 1-{rules.healthy_max:g}")
+        if g.get("first_above_100_step") is not None:
+            exploding.append(f"{g['share_above_100']:.0%} of points are above {limit:g}, first at step "
+                             f"{g['first_above_100_step']}; max {_g(g['max'])} at step {g['max_step']}")
+        start = min(a.step for a in explosions)
+        return "exploding", exploding, onset if onset is not None else start, stats
+
+    if not explosions and (g["judged_points"] < rules.min_points or "median" not in g):
+        ready = int(g["first_step"] + rules.grace_steps + rules.min_points * every)
+        if ending["kind"] == "crashed":
+            reasons.append(f"the run stopped at step {g['last_step']} after {g['points']} grad_norm point(s); neither "
+                           "the catastrophic nor the non-finite rule fired, so its curves do not say why")
+        elif g["last_step"] >= g["first_step"] + rules.grace_steps:
+            reasons.append(f"only {g['judged_points']} grad_norm point(s) after the first {rules.grace_steps} steps "
+                           f"(up to step {g['last_step']}); {rules.min_points} are needed to judge a trend: "
                            f"look again after step {ready}")
         else:
-            reasons.append(f"the run is at step {g['last_step']}, within its first {th.grace_steps} steps, which are "
-                           f"not judged (GlowTTS's early swings); {th.min_points} points after them are needed: "
-                           f"look again after step {ready}")
-        if g.get("max", 0) > th.limit:
-            reasons.append(f"already above {th.limit:g} at step {g['max_step']} (max {_g(g['max'])}): look again soon")
+            reasons.append(f"the run is at step {g['last_step']}, within its first {rules.grace_steps} steps, "
+                           f"where only the catastrophic and non-finite rules judge (GlowTTS's early swings); "
+                           f"{rules.min_points} points after them are needed: look again after step {ready}")
+        if g.get("max", 0) > limit:
+            reasons.append(f"already above {limit:g} at step {g['max_step']} (max {_g(g['max'])}): look again soon")
         return "too_early", reasons, None, stats
-
-    recent, growth, jumps = g["recent_median"], g["trend_growth"], g["jumps"]
-    big_jumps = [jp for jp in jumps if jp["to"] > th.limit]
-    onset = _onset(f, th)
-    window = f"the last {g['trend_points']} points ({g['trend_steps']} steps)"
-
-    # --- exploding
-    exploding = []
-    if recent > th.limit:
-        # Level rule: the median ignores lone spikes; a sustained level above 100 never happens
-        # in a healthy GlowTTS run.
-        exploding.append(f"grad_norm's median over the last {th.recent} points is {_g(recent)}, above {th.limit:g}")
-    if growth is not None and growth >= th.trend_factor and recent > th.healthy_max:
-        # Trend rule: above the band and still growing: it will not come back by itself.
-        exploding.append(f"grad_norm grew x{growth:.2g} over {window} and is above the {th.healthy_max:g} band "
-                         f"({_g(recent)})")
-    if big_jumps and recent > th.healthy_max:
-        # Jump rule: the seed's sigmoid shape (smooth to 100, jump to 500): a new level, not a spike.
-        exploding.append("grad_norm jumped " + "; ".join(
-            f"x{jp['factor']:.2g} from {_g(jp['from'])} to {_g(jp['to'])} at step {jp['step']}"
-            for jp in big_jumps[-3:])
-            + " and has not come back into the band")
-    if exploding:
-        if g["first_above_100_step"] is not None:
-            exploding.append(f"{g['share_above_100']:.0%} of points are above {th.limit:g}, "
-                             f"first at step {g['first_above_100_step']}; max {_g(g['max'])} at step {g['max_step']}")
-        return "exploding", exploding, onset, stats
 
     # --- warning
     warn = []
-    if g["max"] > th.limit:
-        warn.append(f"grad_norm went above {th.limit:g} at {g['points_above_100']} point(s) "
+    if explosions:
+        first = explosions[0]
+        warn.append(f"step {first.step}: {first.kind} rule: {first.message}; grad_norm came back into the band "
+                    f"(recent median {_g(recent)})")
+    if g.get("max", 0) > limit:
+        warn.append(f"grad_norm went above {limit:g} at {g['points_above_100']} point(s) "
                     f"(max {_g(g['max'])} at step {g['max_step']}), but its recent median is back at {_g(recent)}")
-    elif g["p95"] > th.healthy_max:
+    elif g["p95"] > rules.healthy_max:
         warn.append(f"grad_norm's p95 is {_g(g['p95'])}: {g['share_above_50']:.0%} of points are above the "
-                    f"healthy band 1-{th.healthy_max:g}")
-    if recent > th.healthy_max:
-        warn.append(f"grad_norm's recent median {_g(recent)} is above the healthy band 1-{th.healthy_max:g}")
-    if growth is not None and growth >= th.trend_factor and recent * growth > th.healthy_max:
-        # Projection: one more window at this rate leaves the band.
+                    f"healthy band 1-{rules.healthy_max:g}")
+    if recent > rules.healthy_max:
+        warn.append(f"grad_norm's recent median {_g(recent)} is above the healthy band 1-{rules.healthy_max:g}")
+    growth = g["trend_growth"]
+    window = f"the last {g['trend_points']} points ({g['trend_steps']} steps)"
+    if g["trend_rising"] and growth >= rules.trend_factor and recent * growth > rules.healthy_max:
+        # The trend rule's rise, still inside the band: one more window at this rate leaves it.
         warn.append(f"grad_norm grew x{growth:.2g} over {window}; at this rate it leaves the band "
                     f"(now {_g(recent)}) within the next {g['trend_steps']} steps")
     if g["nonfinite"] and not fp16:
@@ -460,21 +475,80 @@ def judge(run: RunEvents, th: Thresholds, health: dict[str, Any],
         warn.append(f"eval loss rose at each of the last {es['rising_evals']} evaluations "
                     f"(best {es['best']:.3g} at step {es['best_step']}, now {es['last']:.3g})")
     alarm = health.get("last_alarm_step")
-    if alarm is not None and alarm >= int(f.steps[~np.isnan(f.log)][-g["trend_points"]]):
+    if alarm is not None and g["trend_points"] and alarm >= int(f.steps[~np.isnan(f.log)][-g["trend_points"]]):
         warn.append(f"the health guard raised {health['alarms']} alarm(s), the last at step {alarm}")
     if warn:
         return "warning", warn, onset, stats
 
     reasons.append(f"grad_norm stays in the healthy band: median {_g(g['median'])}, p95 {_g(g['p95'])}, max "
-                   f"{_g(g['max'])} (band 1-{th.healthy_max:g}, never above {th.limit:g})")
+                   f"{_g(g['max'])} (band 1-{rules.healthy_max:g}, never above {limit:g})")
     if growth is not None:
         reasons.append(f"grad_norm trend over {window}: x{growth:.2g}" + (" (rising, still far from the band's top)"
-                                                                          if growth >= th.trend_factor else ""))
+                                                                          if growth >= rules.trend_factor else ""))
     if "start" in ls:
         word = "fell" if ls["end"] < ls["start"] else "did not fall"
         reasons.append(f"loss {word}: {ls['start']:.3g} -> {ls['end']:.3g} (medians of the first and last "
                        f"{ls['edge_points']} points)")
     return "healthy", reasons, None, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# How the run ended
+
+_NAN_LOSS_RE = re.compile(r"RuntimeError:\s*\[!\]\s*NaN loss with (\w+)")
+_ERROR_RE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)\b.*)$", re.MULTILINE)
+_STEP_RE = re.compile(r"GLOBAL_STEP: (\d+)")
+_LOG_TAIL_BYTES = 256 * 1024  # the ending is at the end; a long run's log is large
+
+
+def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """How the run ended, from run.json (kit runs) and the tail of trainer_0_log.txt.
+
+    kind: nan_loss (Coqui's `NaN loss` error), crashed (another exception), guard_stop (the
+    guard's stop or escalation), interrupted, finished, or unknown (still running, killed, or a
+    stock run whose exception went to the console: Coqui prints tracebacks to stderr and only
+    logs "Run is kept in" when it keeps the folder of a crashed run)."""
+    status = meta.get("status")
+    # The kit's message is "what happened. Next: <command>": the command is printed under Next anyway.
+    message = str(meta.get("message") or "").split(". Next:")[0].strip()
+    if status == "crashed":
+        kind = "nan_loss" if "NaN loss" in message else "crashed"
+        return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
+                "text": f"a crash: {message.splitlines()[0] if message else 'no message'} (run.json)"}
+    if status == "exploded":
+        return {"kind": "guard_stop", "source": "run.json", "step": meta.get("final_step"),
+                "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} (run.json)"}
+    if status in ("finished", "max_steps", "interrupted"):
+        kind = "interrupted" if status == "interrupted" else "finished"
+        return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
+                "text": f"{status} at step {meta.get('final_step')} (run.json)"}
+    log = run_dir / "trainer_0_log.txt"
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - _LOG_TAIL_BYTES))
+            tail = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        said = f"run.json says {status}" if status else "no run.json status"
+        return {"kind": "unknown", "source": None, "step": None, "text": f"unknown ({said}, no {log.name})"}
+    except OSError as exc:
+        logger.warning("warning: cannot read %s: %s", log, exc.strerror or exc)
+        return {"kind": "unknown", "source": None, "step": None, "text": f"unknown ({log.name} unreadable)"}
+    steps = _STEP_RE.findall(tail)
+    step = int(steps[-1]) if steps else None
+    if m := _NAN_LOSS_RE.search(tail):
+        return {"kind": "nan_loss", "source": log.name, "step": step,
+                "text": f"Coqui's `NaN loss with {m.group(1)}` error ({log.name})"}
+    if "Traceback (most recent call last)" in tail:
+        errors = _ERROR_RE.findall(tail)
+        return {"kind": "crashed", "source": log.name, "step": step,
+                "text": f"an exception: {errors[-1] if errors else 'see the traceback'} ({log.name})"}
+    if "Keyboard interrupt detected" in tail:
+        return {"kind": "interrupted", "source": log.name, "step": step, "text": f"Ctrl-C ({log.name})"}
+    if "! Run is kept in" in tail:
+        return {"kind": "crashed", "source": log.name, "step": step,
+                "text": f"an exception (Coqui kept the folder; the error itself went to the console) ({log.name})"}
+    return {"kind": "unknown", "source": log.name, "step": step,
+            "text": f"not recorded: still running, or killed ({log.name} has no ending)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,16 +671,27 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     run_dir = Path(run_dir).expanduser().absolute()
     events = events if events is not None else read_run(run_dir)
     ctx = run_context(run_dir)
-    th = Thresholds.for_run(ctx["_config"])
+    # The run's own health settings (config.json) steer the rules, as they steered its guard.
+    rules = RuleSettings.from_mapping(ctx["_config"].get("health"))
     health, markers = _health_findings(events)
-    verdict, reasons, onset, stats = judge(events, th, health,
+    ending = run_ending(run_dir, ctx["_meta"])
+    verdict, reasons, onset, stats = judge(events, rules, health, ending=ending,
                                            fp16=ctx["fp16"] and "TrainIterStats/amp_scaler" in events.scalars)
+    if events.unreadable and verdict not in ("exploding", "diverged"):
+        # What could be read shows no trouble, but the unread file may hold it: say so, do not guess.
+        verdict = "cannot_judge"
+        reasons = [f"cannot read the event file {p.name}: {why}" for p, why in events.unreadable] + [
+            "the verdict would rest on part of the run's curves only"]
+    elif events.unreadable:
+        reasons += [f"the event file {p.name} could not be read ({why}); the verdict rests on the others"
+                    for p, why in events.unreadable]
 
     nxt = ctx["next_preset"]
     checkpoint, why_ckpt = _pick_checkpoint(run_dir, onset)
     next_cmd = _command(ctx, nxt, checkpoint) if nxt else None
     ctx.update(checkpoint=str(checkpoint) if checkpoint else None, checkpoint_note=why_ckpt, onset_step=onset,
-               event_files=[str(p) for p in events.files], thresholds=th.__dict__)
+               event_files=[str(p) for p in events.files], ending=ending, thresholds=asdict(rules),
+               unreadable_event_files=[str(p) for p, _ in events.unreadable])
     if not ctx["dataset_path"]:
         reasons.append("the dataset path is unknown (no run.json, no datasets[0].path in config.json): "
                        "replace DATASET_DIR in the command")
@@ -626,11 +711,18 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
             command = PREPARE_HINT.format(src=shlex.quote(ds))
             recommendation = (f"{preset_name} is the end of the tier chain: suspect the data; run prepare and read "
                               "its report (long or mislabelled utterances)")
+    elif ending["kind"] == "crashed":
+        # Dead, but nothing in the curves says why: never "keep training".
+        recommendation = ("the run is not training any more: read the error it printed; if it was Coqui's "
+                          "`NaN loss`, start the next tier" + (f" ({nxt})" if nxt else ""))
     elif verdict == "warning":
         recommendation = "keep training and diagnose again in a few hundred steps" + (
             f"; if it turns exploding, switch to {nxt}" if nxt else "")
     elif verdict == "too_early":
         recommendation = "keep training and diagnose again later"
+    elif verdict == "cannot_judge":
+        recommendation = ("no verdict: copy the run's event files again (or move the corrupt one aside) and "
+                          "diagnose again")
     else:
         recommendation = "keep training"
     run_info = {k: v for k, v in ctx.items() if not k.startswith("_")}
@@ -647,6 +739,7 @@ def format_report(d: Diagnosis) -> str:
     chain = " -> ".join(r.get("tier_chain") or []) or "unknown"
     lines = [f"Run:      {d.run_dir}",
              f"Preset:   {r.get('preset') or 'not a kit preset'} (tier chain: {chain}; from {r['tier_source']})",
+             f"Ended:    {(r.get('ending') or {}).get('text', 'unknown')}",
              f"Verdict:  {d.verdict.upper()}"]
     lines += [f"  - {reason}" for reason in d.reasons]
     if g := s.get("grad_norm"):
@@ -654,7 +747,7 @@ def format_report(d: Diagnosis) -> str:
         if "median" in g:
             text += (f": median {_g(g['median'])}, p95 {_g(g['p95'])}, max {_g(g['max'])} (step {g['max_step']}); "
                      f"{g['share_above_50']:.1%} above {d.run['thresholds']['healthy_max']:g}, "
-                     f"{g['share_above_100']:.1%} above {d.run['thresholds']['limit']:g}")
+                     f"{g['share_above_100']:.1%} above {d.run['thresholds']['grad_norm_limit']:g}")
         if g.get("trend_growth") is not None:
             text += f"; trend x{g['trend_growth']:.3g} over the last {g['trend_steps']} steps"
         text += f"; {len(g.get('jumps', []))} jump(s), {g.get('spikes', 0)} spike(s), {g['nonfinite']} non-finite"
@@ -676,9 +769,10 @@ def format_report(d: Diagnosis) -> str:
     lines.append(f"Next:     {d.recommendation}")
     if d.command:
         lines.append(f"          {d.command}")
-    elif d.next_tier_command and d.verdict == "warning":
+    elif d.next_tier_command and (d.verdict == "warning" or r.get("ending", {}).get("kind") == "crashed"):
         lines.append(f"          (then: {d.next_tier_command})")
-    lines.append(f"Exit code {d.exit_code} (0 healthy or too early, 1 warning, 3 exploding or diverged)")
+    lines.append(f"Exit code {d.exit_code} (0 healthy or too early, 1 warning, 2 cannot judge, 3 exploding or "
+                 "diverged)")
     return "\n".join(lines)
 
 
@@ -692,7 +786,7 @@ def plot(d: Diagnosis, events: RunEvents, path: Path) -> None:
     # The object-oriented API without pyplot: no global backend or figure state is touched.
     from matplotlib.figure import Figure
 
-    th = d.run["thresholds"]
+    th = d.run["thresholds"]  # the rules' settings (explosion_rules.RuleSettings)
     fig = Figure(figsize=(11, 8.5), layout="constrained")
     ax_g, ax_l, ax_r = fig.subplots(3, 1, sharex=True, height_ratios=[2, 1.3, 1])
     fig.suptitle(f"{d.run_dir.name}: {d.verdict.upper()}  (preset {d.run.get('preset') or '?'})", fontsize=11)
@@ -704,7 +798,7 @@ def plot(d: Diagnosis, events: RunEvents, path: Path) -> None:
         ax_g.set_yscale("log")
         ax_g.axhspan(1, th["healthy_max"], color="tab:green", alpha=0.08, label=f"healthy 1-{th['healthy_max']:g}")
         ax_g.axhline(th["healthy_max"], color="tab:orange", ls="--", lw=1)
-        ax_g.axhline(th["limit"], color="tab:red", ls="--", lw=1, label=f"limit {th['limit']:g}")
+        ax_g.axhline(th["grad_norm_limit"], color="tab:red", ls="--", lw=1, label=f"limit {th['grad_norm_limit']:g}")
         bad = s.steps[~ok] if d.stats.get("grad_norm", {}).get("measured", True) else s.steps[:0]
         top = ax_g.get_xaxis_transform()  # x in data, y in axes fraction: marks sit at the top
         if len(bad):
@@ -753,7 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m ruslan_glowtts.diagnose",
         description="Read a run's TensorBoard logs and say whether it is healthy, with the command to run next.",
-        epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input, 3 exploding or diverged.",
+        epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input or an unreadable event file, "
+               "3 exploding or diverged.",
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (the one holding events.out.tfevents.*)")
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "

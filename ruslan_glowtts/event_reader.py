@@ -9,6 +9,8 @@ Two traps make a naive reader wrong for diagnosis:
   abandoned branch and are dropped, so the latest write wins. It is the rule TensorBoard itself
   applies to out-of-order steps in old event files ("purge orphaned data"); with the v2 files
   that torch writes it keeps both branches and draws a zig-zag.
+A corrupt event file is named in a warning and listed in RunEvents.unreadable (the reader itself
+would stop at the bad record without a word); the other files are still read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class RunEvents:
     files: list[Path]
     scalars: dict[str, Series] = field(default_factory=dict)
     texts: list[tuple[int, str, str]] = field(default_factory=list)  # (step, tag, text) of Health/ text entries
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # event files that could not be read, and why
 
     def get(self, *tags: str) -> tuple[str, Series] | None:
         """The first of `tags` that has points, with its series."""
@@ -79,6 +83,30 @@ def folders_with_events(root: Path) -> list[Path]:
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename or root}: {exc.strerror or exc}") from None
     return sorted(found, key=lambda p: (found[p], str(p)))
+
+
+def check_records(path: Path) -> str | None:
+    """Why an event file is corrupt, or None. TensorBoard's reader stops silently at the first bad
+    record, so a corrupt file would read as a run with fewer (or no) points. Checks the TFRecord
+    framing (length and its CRC) of every record; the payload CRCs are left to the reader (pure
+    Python CRC over a long run's file would take seconds). A record cut short at the very end is
+    a file still being written, not corruption."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while offset + 12 <= size:
+                header = f.read(12)
+                length, crc = struct.unpack("<QI", header)
+                if masked_crc32c(header[:8]) != crc:
+                    return f"corrupt record at byte {offset} of {size} (not a TensorBoard event file from there on)"
+                offset += 12 + length + 4
+                f.seek(offset)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _latest_per_step(events: list) -> Series:
@@ -117,12 +145,20 @@ def read_run(run_dir: Path) -> RunEvents:
     guidance = {ea.SCALARS: 0, ea.TENSORS: 0, ea.IMAGES: 1, ea.AUDIO: 1, ea.HISTOGRAMS: 1,
                 ea.COMPRESSED_HISTOGRAMS: 1}
     loaded = []
+    unreadable: list[tuple[Path, str]] = []
     for path in files:
+        if why := check_records(path):
+            logger.warning("warning: cannot read the event file %s: %s", path, why)
+            unreadable.append((path, why))
+            continue
         acc = ea.EventAccumulator(str(path), size_guidance=guidance, purge_orphaned_data=False)
         try:
             acc.Reload()
-        except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file is unreadable
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            logger.warning("warning: cannot read the event file %s: %s", path, why)
+            unreadable.append((path, why))
+            continue
         try:
             first = acc.FirstEventTimestamp()
         except ValueError:  # an empty file: a run that has only just started
@@ -143,7 +179,7 @@ def read_run(run_dir: Path) -> RunEvents:
                 text = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)
                 texts.append((event.step, tag.removesuffix("/text_summary"),
                               " ".join(t.decode("utf-8", "replace") for t in text)))
-    run = RunEvents(run_dir, files)
+    run = RunEvents(run_dir, files, unreadable=unreadable)
     run.scalars = {tag: _latest_per_step(events) for tag, events in per_tag.items()}
     run.texts = sorted(texts)
     logger.debug("read %d event file(s) of %s: %d scalar tags", len(files), run_dir, len(run.scalars))

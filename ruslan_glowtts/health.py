@@ -2,35 +2,19 @@
 answered by the run's policy, and a known-good checkpoint is always at hand for a rollback.
 
 Three parts, used by KitTrainer (ruslan_glowtts/trainer.py):
-- Detector: rules on the stream of pre-clip gradient norms, one value per optimizer update.
+- Detector (explosion_rules): the rules on the pre-clip norm and loss of every optimizer update.
 - KnownGoodCheckpoints: a rolling checkpoint that is only ever replaced by a healthy state.
 - HealthGuard: the step guard (skip non-finite updates), TensorBoard `Health/*` logging, and the
   policy: warn (banner + TensorBoard text), stop (exit 3 with the next command), or escalate
   (exit this run; ruslan_glowtts/train.py rolls back and continues on the fallback tier).
 
-Detection rules. Gradient norms grow multiplicatively and GlowTTS's healthy band spans 1-50, so
-the rules compare medians and ratios (log domain), never means:
-- level: the median of the last `level_window` norms is above `grad_norm_limit` (the "never above
-  100" line). A median needs a sustained rise; one spike does not move it.
-- jump: the median of the last `jump_window` norms is `jump_factor` x the median of the
-  `baseline_window` before them, and above `healthy_max`: the sigmoid's jump (100 -> 500). Both
-  sides are medians, so this detects a level shift, not a spike. Megatron's "10x the early max"
-  would miss GlowTTS, whose early norms are already 10-50 (docs STABILITY.md).
-- trend: the medians of the four quarters of the last `trend_window` norms rise monotonically,
-  the last is `trend_factor` x the first, and above `healthy_max`: "constantly rising".
-- non-finite burst: `nonfinite_burst` skipped updates within `nonfinite_window` updates; and
-  `max_consecutive_nonfinite` in a row ends the run under any policy (training is not happening).
-- spike (reported in TensorBoard, no action): the robust z-score of log(norm) against the
-  baseline's median and MAD exceeds `spike_z`. This is OLMo-core's skip-step rule (|z| > 6 over a
-  128-step window), with median/MAD instead of mean/std so that the spikes themselves do not
-  inflate the scale (ZClip notes the same poisoning of its EMA by non-finite values).
-The explosion rules wait for `grace_steps` updates after a (re)start: GlowTTS's first steps after
-data-dependent init swing, and the relative rules need a baseline.
+The detection rules, their defaults and the statistics behind them live in
+ruslan_glowtts/explosion_rules.py, shared with diagnose: the guard feeds them the pre-clip norm
+and the loss of every optimizer update.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -40,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from trainer.io import save_model
 
 from ruslan_glowtts.atomic_files import atomic_output, write_text
 from ruslan_glowtts.config import HealthConfig
+from ruslan_glowtts.explosion_rules import Alarm, Detector, RuleSettings
 from ruslan_glowtts.runs import KNOWN_GOOD, KNOWN_GOOD_META
 
 if TYPE_CHECKING:
@@ -55,19 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CANDIDATE = "known_good_candidate.pth"
-EXPLOSION_KINDS = ("level", "jump", "trend", "nonfinite")
 _REALARM_AFTER = 1000  # updates before the same rule may fire again (no banner storms)
-
-
-@dataclass
-class Alarm:
-    kind: str  # level | jump | trend | nonfinite | diverged | spike
-    step: int
-    message: str
-
-    @property
-    def is_explosion(self) -> bool:
-        return self.kind != "spike"
 
 
 class HealthStop(Exception):
@@ -76,145 +48,6 @@ class HealthStop(Exception):
     def __init__(self, alarm: Alarm) -> None:
         super().__init__(alarm.message)
         self.alarm = alarm
-
-
-def _median(values: np.ndarray) -> float:
-    # np.median's overhead (~50 us) is most of a step's cost on windows this small
-    k = len(values) // 2
-    part = np.partition(values, k)
-    return float(part[k]) if len(values) % 2 else float(0.5 * (part[k] + part[:k].max()))
-
-
-class _Ring:
-    """The last `size` values in a preallocated array: no per-step copies of a whole history."""
-
-    def __init__(self, size: int) -> None:
-        self.data = np.zeros(size)
-        self.count = 0
-
-    def __len__(self) -> int:
-        return min(self.count, len(self.data))
-
-    def append(self, value: float) -> None:
-        self.data[self.count % len(self.data)] = value
-        self.count += 1
-
-    def last(self, k: int, skip: int = 0) -> np.ndarray:
-        """The `k` values before the newest `skip` ones, oldest first."""
-        k = min(k, len(self) - skip)
-        end = self.count - skip
-        idx = np.arange(end - k, end) % len(self.data)
-        return self.data[idx]
-
-
-class Detector:
-    """Explosion rules over the pre-clip gradient norm of each optimizer update."""
-
-    def __init__(self, cfg: HealthConfig) -> None:
-        self.cfg = cfg
-        size = max(cfg.trend_window, cfg.baseline_window + cfg.jump_window, cfg.level_window)
-        self.logs = _Ring(size)  # log of the finite norms after the grace period
-        self.nonfinite_updates: deque[int] = deque()  # update indices of skipped updates
-        self.updates = 0  # optimizer updates seen (applied or skipped) since the (re)start
-        self.consecutive_nonfinite = 0
-        self._last_fired: dict[str, int] = {}
-        self.last_alarm_update = -(10**9)
-
-    # -- feeding --------------------------------------------------------------------------------
-    def observe(self, step: int, grad_norm: float) -> list[Alarm]:
-        """One optimizer update: its pre-clip norm (NaN/Inf for a skipped update)."""
-        self.updates += 1
-        if not math.isfinite(grad_norm):
-            return self._observe_nonfinite(step)
-        self.consecutive_nonfinite = 0
-        if self.updates <= self.cfg.grace_steps:
-            return []
-        log_norm = math.log(max(grad_norm, 1e-12))
-        alarms = [a for a in (self._spike(step, grad_norm, log_norm),) if a]
-        self.logs.append(log_norm)
-        alarms += [a for a in (self._level(step), self._jump(step), self._trend(step)) if a]
-        return [a for a in alarms if self._fire(a)]
-
-    def _observe_nonfinite(self, step: int) -> list[Alarm]:
-        self.consecutive_nonfinite += 1
-        self.nonfinite_updates.append(self.updates)
-        while self.nonfinite_updates and self.nonfinite_updates[0] <= self.updates - self.cfg.nonfinite_window:
-            self.nonfinite_updates.popleft()
-        if self.consecutive_nonfinite >= self.cfg.max_consecutive_nonfinite:
-            return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} updates were all non-finite "
-                                            "(NaN/Inf loss or gradients): training has diverged")]
-        if len(self.nonfinite_updates) >= self.cfg.nonfinite_burst:
-            alarm = Alarm("nonfinite", step, f"{len(self.nonfinite_updates)} non-finite updates within the last "
-                                             f"{self.cfg.nonfinite_window} (skipped, weights untouched)")
-            return [alarm] if self._fire(alarm) else []
-        return []
-
-    def _fire(self, alarm: Alarm) -> bool:
-        last = self._last_fired.get(alarm.kind)
-        if last is not None and self.updates - last < _REALARM_AFTER:
-            return False
-        self._last_fired[alarm.kind] = self.updates
-        if alarm.is_explosion:
-            self.last_alarm_update = self.updates
-        return True
-
-    # -- rules ----------------------------------------------------------------------------------
-    def _level(self, step: int) -> Alarm | None:
-        w = self.cfg.level_window
-        if len(self.logs) < w:
-            return None
-        median = math.exp(_median(self.logs.last(w)))
-        if median > self.cfg.grad_norm_limit:
-            return Alarm("level", step, f"grad_norm median {median:.0f} over the last {w} updates is above "
-                                        f"the limit {self.cfg.grad_norm_limit:g}")
-        return None
-
-    def _jump(self, step: int) -> Alarm | None:
-        w, b = self.cfg.jump_window, self.cfg.baseline_window
-        if len(self.logs) < w + max(b // 4, w):
-            return None
-        recent = math.exp(_median(self.logs.last(w)))
-        baseline = math.exp(_median(self.logs.last(b, skip=w)))
-        if recent > self.cfg.healthy_max and recent >= self.cfg.jump_factor * baseline:
-            return Alarm("jump", step, f"grad_norm jumped x{recent / baseline:.1f} (median {baseline:.0f} -> "
-                                       f"{recent:.0f} within {w} updates)")
-        return None
-
-    def _trend(self, step: int) -> Alarm | None:
-        w = self.cfg.trend_window
-        # A steady rise is slow by nature: looking every w/20 updates is enough and keeps it cheap.
-        if len(self.logs) < w or self.logs.count % max(w // 20, 1):
-            return None
-        medians = [math.exp(_median(q)) for q in np.array_split(self.logs.last(w), 4)]
-        rising = all(a < b for a, b in itertools.pairwise(medians))
-        if rising and medians[-1] > self.cfg.healthy_max and medians[-1] >= self.cfg.trend_factor * medians[0]:
-            return Alarm("trend", step, f"grad_norm rising steadily: median {medians[0]:.0f} -> {medians[-1]:.0f} "
-                                        f"over the last {w} updates")
-        return None
-
-    def _spike(self, step: int, grad_norm: float, log_norm: float) -> Alarm | None:
-        b = self.cfg.baseline_window
-        if len(self.logs) < max(b // 4, 8):
-            return None
-        logs = self.logs.last(b)
-        center = _median(logs)
-        mad = 1.4826 * _median(np.abs(logs - center)) + 1e-3
-        z = (log_norm - center) / mad
-        if z > self.cfg.spike_z:
-            return Alarm("spike", step, f"grad_norm spike {grad_norm:.1f} (robust z {z:.1f} against the last {b})")
-        return None
-
-    # -- state ----------------------------------------------------------------------------------
-    def is_healthy(self) -> bool:
-        """Healthy now: no explosion alarm and no skipped update within the recent windows, and
-        the recent median within the limit."""
-        recent = self.cfg.nonfinite_window
-        if self.nonfinite_updates and self.nonfinite_updates[-1] > self.updates - recent:
-            return False
-        if self.updates - self.last_alarm_update <= max(self.cfg.level_window, self.cfg.jump_window):
-            return False
-        values = self.logs.last(self.cfg.level_window)
-        return not len(values) or math.exp(_median(values)) <= self.cfg.grad_norm_limit
 
 
 class KnownGoodCheckpoints:
@@ -288,7 +121,7 @@ class HealthGuard:
                  next_command: Callable[[], str] = lambda: "") -> None:
         self.cfg = cfg
         self.rank = rank
-        self.detector = Detector(cfg)
+        self.detector = Detector(RuleSettings.from_config(cfg), realarm_after=_REALARM_AFTER)
         self.checkpoints = KnownGoodCheckpoints(run_dir, cfg.checkpoint_every)
         self.summary = HealthSummary()
         self.next_command = next_command
@@ -303,13 +136,14 @@ class HealthGuard:
         calibrate its scale, so they are not an explosion); amp_skipped() counts them."""
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
         (nonfinite,) = reduce_flags([not finite])
-        self._log(trainer, "Health/grad_norm", grad_norm, step)
+        # A NaN loss leaves no gradient (its norm reads 0, which would look healthy): show NaN.
+        self._log(trainer, "Health/grad_norm", grad_norm if math.isfinite(loss) else math.nan, step)
         if nonfinite and amp and math.isfinite(loss):
             return True  # overflowing gradients: GradScaler's own skip (a NaN loss it cannot see: ours)
         if nonfinite:
             self._skipped(trainer, step, f"loss {loss:.4g}, pre-clip grad_norm {grad_norm:.4g}")
             grad_norm = math.nan
-        self._handle(trainer, self.detector.observe(step, grad_norm))
+        self._handle(trainer, self.detector.observe(step, grad_norm, loss if finite else None))
         return not nonfinite
 
     def amp_skipped(self, trainer: Trainer, step: int) -> None:
@@ -318,7 +152,7 @@ class HealthGuard:
         self.summary.amp_skipped_updates += 1
         self._log(trainer, "Health/amp_skipped_steps", self.summary.amp_skipped_updates, step)
         self.detector.consecutive_nonfinite += 1
-        if self.detector.consecutive_nonfinite >= self.cfg.max_consecutive_nonfinite:
+        if self.detector.consecutive_nonfinite >= self.detector.s.max_consecutive_nonfinite:
             self._handle(trainer, [Alarm("diverged", step, "every update overflowed in fp16 mixed precision")])
 
     def record_batch(self, batch: dict[str, Any]) -> None:

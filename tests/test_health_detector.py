@@ -1,4 +1,5 @@
-"""The explosion detector on replayed grad-norm traces (no training: fast)."""
+"""The guard's explosion detection on replayed grad-norm traces (no training: fast): the rules of
+explosion_rules.py with the guard's settings (HealthConfig), fed every update."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from ruslan_glowtts.config import HealthConfig
-from ruslan_glowtts.health import Detector
+from ruslan_glowtts.explosion_rules import Detector, RuleSettings
 
 
 def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
@@ -26,9 +27,10 @@ def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
     return trace
 
 
-def seed_shape(rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The seed's explosion: after healthy training, a smooth rise to 100, a jump to 500, a
-    smooth climb to 600. Returns the trace and the step where the rise leaves the healthy band."""
+def sigmoid_explosion(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """GlowTTS's typical explosion, a sigmoid on a log axis: after healthy training, a smooth rise
+    to ~100, a jump to ~500, a smooth rise to ~600. Returns the trace and the step where the rise
+    leaves the healthy band."""
     healthy = healthy_trace(2000, seed=1)
     rise = 25 + 75 / (1 + np.exp(-np.linspace(-6, 6, 600)))  # sigmoid 25 -> 100
     jump = np.linspace(100, 500, 10)
@@ -40,7 +42,7 @@ def seed_shape(rng: np.random.Generator) -> tuple[np.ndarray, int]:
 
 
 def replay(trace, cfg: HealthConfig | None = None):
-    detector = Detector(cfg or HealthConfig())
+    detector = Detector(RuleSettings.from_config(cfg or HealthConfig()))
     alarms = []
     for step, value in enumerate(trace):
         alarms += detector.observe(step, float(value))
@@ -60,8 +62,8 @@ def test_ten_thousand_healthy_steps_raise_no_alarm(seed):
     assert any(a.kind == "spike" for a in alarms)
 
 
-def test_seed_shape_is_flagged_within_50_steps():
-    trace, onset = seed_shape(np.random.default_rng(0))
+def test_sigmoid_explosion_is_flagged_within_50_steps():
+    trace, onset = sigmoid_explosion(np.random.default_rng(0))
     alarms, detector = replay(trace)
     first = explosions(alarms)[0]
     jump_step = 2000 + 600
@@ -124,3 +126,36 @@ def test_the_same_rule_does_not_fire_every_step():
     trace = np.concatenate([healthy_trace(500, seed=8), np.full(600, 400.0)])
     kinds = [a.kind for a in explosions(replay(trace)[0])]
     assert kinds.count("level") == 1 and kinds.count("jump") == 1
+
+
+class _Dashboard:
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+        self.texts: list[tuple[str, str, int]] = []
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self.texts.append((tag, text, step))
+
+
+def test_the_guard_alarms_on_a_stock_blow_up_before_step_50(tmp_path):
+    """The blow-up of a stock Coqui run (constant lr 0.3, no clipping, NaN loss at step 28) fed
+    through HealthGuard.decide_update as KitTrainer does: the alarm comes inside the grace steps."""
+    from types import SimpleNamespace
+
+    from ruslan_glowtts.health import HealthGuard
+
+    from tests.test_explosion_rules import BLOW_UP
+
+    guard = HealthGuard(HealthConfig(policy="stop"), tmp_path, next_command=lambda: "python train_ruslan_glowtts.py")
+    trainer = SimpleNamespace(dashboard_logger=_Dashboard())
+    losses = np.geomspace(3.2, 195, len(BLOW_UP))
+    for step, (norm, loss) in enumerate(zip(BLOW_UP, losses, strict=True), start=1):
+        assert guard.decide_update(trainer, step, float(norm), float(loss))  # finite: applied
+        if guard.pending_stop:
+            break
+    assert guard.pending_stop is not None and guard.pending_stop.kind == "catastrophic"
+    assert guard.pending_stop.step < 50
+    assert any(tag == "Health/alarm" for tag, _, _ in trainer.dashboard_logger.texts)
