@@ -511,15 +511,15 @@ def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     status = meta.get("status")
     # The kit's message is "what happened. Next: <command>": the command is printed under Next anyway.
     message = str(meta.get("message") or "").split(". Next:")[0].strip()
-    if status == "crashed":
+    if status in ("crashed", "bad_data"):  # bad_data: too many samples failed to load
         kind = "nan_loss" if "NaN loss" in message else "crashed"
         return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
                 "text": f"a crash: {message.splitlines()[0] if message else 'no message'} (run.json)"}
     if status == "exploded":
         return {"kind": "guard_stop", "source": "run.json", "step": meta.get("final_step"),
                 "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} (run.json)"}
-    if status in ("finished", "max_steps", "interrupted"):
-        kind = "interrupted" if status == "interrupted" else "finished"
+    if status in ("finished", "max_steps", "interrupted", "terminated"):
+        kind = "interrupted" if status in ("interrupted", "terminated") else "finished"
         return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
                 "text": f"{status} at step {meta.get('final_step')} (run.json)"}
     log = run_dir / "trainer_0_log.txt"

@@ -457,3 +457,13 @@ def test_the_runs_own_health_settings_steer_the_rules(tmp_path):
     own = dg.diagnose(make_run(tmp_path / "own", grad, meta=kit_meta(), config=config))
     assert "level" not in default.stats["rules"] and "level" in own.stats["rules"]
     assert own.verdict == "exploding" and own.run["thresholds"]["grad_norm_limit"] == 60.0
+
+
+@pytest.mark.parametrize(("status", "kind"), [("terminated", "interrupted"), ("bad_data", "crashed")])
+def test_signal_and_bad_data_endings_are_read_from_run_json(tmp_path, status, kind):
+    # The trainer writes these two statuses for SIGTERM and for too many unloadable samples.
+    meta = kit_meta(status=status, final_step=300, message=f"{status} at step 300")
+    d = dg.diagnose(make_run(tmp_path / "run", healthy_grad(300, np.random.default_rng(31)), meta=meta))
+    assert d.run["ending"]["kind"] == kind and status in d.run["ending"]["text"]
+    if kind == "crashed":
+        assert "keep training" not in d.recommendation
