@@ -85,6 +85,15 @@ def _is_vocoder(config: dict[str, Any]) -> bool:
     return "generator_model" in config or str(config.get("model", "")).lower() in VOCODER_MODELS
 
 
+def vocoder_for_run(given: Path, tts_audio: Any, tts_name: str) -> Model:
+    """The vocoder behind `--vocoder` of train_ruslan_glowtts.py, checked against the run's features."""
+    vocoder = resolve_model(given, "--vocoder")
+    if not _is_vocoder(vocoder.config):
+        raise UserError(f"--vocoder {given}: this is a {vocoder.config.get('model')} model, not a vocoder")
+    check_compatible(tts_audio, vocoder.config["audio"], tts_name=tts_name, vocoder_name=vocoder.name)
+    return vocoder
+
+
 def read_sentences(text: str | None, file: Path | None) -> list[str]:
     if text is not None:
         lines = [text]

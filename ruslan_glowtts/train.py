@@ -59,6 +59,7 @@ class TrainRequest:
     escalation_index: int = 0
     start_step: int = 0
     exclude_samples: list[str] = field(default_factory=list)
+    vocoder: Any = None  # synthesize.Model: speak the test sentences through it (--vocoder)
 
 
 def resolve_precision(config: RuslanGlowTTSConfig) -> str:
@@ -133,6 +134,10 @@ def _train_run(request: TrainRequest) -> Outcome:
     np.random.seed(config.training_seed)
     torch.manual_seed(config.training_seed)
     model = RuslanGlowTTS(config)
+    if request.vocoder is not None:
+        from ruslan_glowtts.vocoder_preview import attach_vocoder
+
+        attach_vocoder(model, request.vocoder)
     args = TrainerArgs(
         continue_path=str(request.continue_path or ""),
         restore_path=str(request.restore_path or ""),
@@ -270,5 +275,6 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> N
         skipped_samples=len(skipped),
         device=_device(),
         precision=precision,
+        vocoder=request.vocoder.name if request.vocoder is not None else None,
         **runs.environment(),
     )
