@@ -111,17 +111,29 @@ def read_sentences(text: str | None, file: Path | None) -> list[str]:
     return sentences
 
 
-def _vocabulary(config: dict[str, Any]) -> str | None:
-    chars = config.get("characters") or {}
-    if not chars.get("characters"):
-        return None
-    return chars["characters"] + (chars.get("punctuations") or "")
-
-
 def _cleaner(config: dict[str, Any]):
     from TTS.tts.utils.text import cleaners
 
     return getattr(cleaners, config.get("text_cleaner") or "", None)
+
+
+def _check_vocabulary(sentences: list[str], config: dict[str, Any]) -> None:
+    """Coqui's tokenizer drops characters outside the vocabulary: warn, and refuse a sentence with
+    no letter left (GlowTTS cannot run on an empty input)."""
+    chars = config.get("characters") or {}
+    letters = chars.get("characters")
+    if not letters:
+        return
+    vocabulary = letters + (chars.get("punctuations") or "")
+    cleaner = _cleaner(config)
+    for number, sentence in enumerate(sentences, 1):
+        cleaned = cleaner(sentence) if cleaner is not None else sentence
+        if not any(c in letters for c in cleaned):
+            raise UserError(f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it "
+                            "(Russian text expected; Latin letters are not in the vocabulary)")
+        unknown = out_of_vocabulary(sentence, vocabulary, cleaner)
+        if unknown:
+            logger.warning(" ! %r: characters outside the model's vocabulary are dropped: %s", sentence, " ".join(unknown))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +165,7 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
         check_compatible(tts.config["audio"], vocoder.config["audio"], tts_name=tts.name, vocoder_name=vocoder.name)
     sentences = read_sentences(args.text, args.file)
     normalized = [normalize_text(s).text for s in sentences]
+    _check_vocabulary(normalized, tts.config)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -161,14 +174,6 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
     import torch
     from TTS.utils.synthesizer import Synthesizer
 
-    vocabulary = _vocabulary(tts.config)
-    if vocabulary is not None:
-        cleaner = _cleaner(tts.config)
-        for sentence in normalized:
-            unknown = out_of_vocabulary(sentence, vocabulary, cleaner)
-            if unknown:
-                logger.warning(" ! %r: characters outside the model's vocabulary are dropped: %s",
-                               sentence, " ".join(unknown))
     if vocoder is None:
         logger.warning(" ! No --vocoder: using Griffin-Lim (metallic sound; judge intelligibility and prosody). "
                        "Train a vocoder with train_ruslan_hifigan.py for a real voice.")

@@ -31,6 +31,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from TTS.vocoder.configs import HifiganConfig
@@ -39,6 +40,7 @@ from ruslan_glowtts import KIT_ROOT, runs
 from ruslan_glowtts.audio_compat import check_compatible
 from ruslan_glowtts.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
                                    apply_layer, read_toml)
+from ruslan_glowtts.dataset import check_sample_rate
 from ruslan_glowtts.errors import UserError
 from ruslan_glowtts.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
 from ruslan_glowtts.presets import Preset, load_preset, tier_chain
@@ -147,6 +149,9 @@ def validate_vocoder(config: RuslanHifiganConfig) -> None:
         problems.append("generator_model_params.upsample_kernel_sizes needs one entry per upsample factor")
     if config.seq_len <= 0 or config.seq_len % hop:
         problems.append(f"seq_len {config.seq_len} must be a positive multiple of audio.hop_length {hop}")
+    elif config.use_l1_spec_loss and config.seq_len <= config.audio.fft_size // 2:
+        # The mel-L1 loss reflect-pads each segment by fft_size / 2: torch refuses shorter segments.
+        problems.append(f"seq_len {config.seq_len} must be longer than audio.fft_size / 2 ({config.audio.fft_size // 2})")
     if config.batch_size < 1:
         problems.append("batch_size must be >= 1")
     if config.grad_accum_steps != 1:
@@ -203,6 +208,9 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
     if len(wavs) <= config.eval_split_size:
         raise UserError(f"{len(wavs)} utterances in {meta}: fewer than eval_split_size + 1 "
                         f"({config.eval_split_size} + 1); lower it with --set eval_split_size=N")
+    # Coqui reads the files at whatever rate they are (resample = false): check as the GlowTTS script does.
+    check_sample_rate([{"audio_file": str(w)} for w in wavs],
+                      SimpleNamespace(audio=config.audio, datasets=[SimpleNamespace(path=str(root))]))
     cache = FeatureCache.for_config(root, config.audio)
     items: list[Any] = [str(w) for w in wavs]
     if cache is not None:

@@ -80,6 +80,7 @@ def test_bad_input_is_one_line_exit_2(tiny_glowtts_run, tiny_vocoder_run, tmp_pa
         (["--tts", tiny_glowtts_run, "--vocoder", tiny_glowtts_run, "--text", "а"], "not a vocoder"),
         (["--tts", tiny_vocoder_run, "--text", "а"], "this is a vocoder"),
         (["--tts", tiny_glowtts_run, "--text", "а", "--file", empty], "not allowed with argument"),
+        (["--tts", tiny_glowtts_run, "--text", "Hello world"], "no letter of the model's vocabulary"),
     ]
     for argv, message in cases:
         code, _, err = _main(capsys, *argv, "--out", out)

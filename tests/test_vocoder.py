@@ -15,7 +15,7 @@ from ruslan_glowtts.config import RuslanGlowTTSConfig
 from ruslan_glowtts.presets import available_presets
 from ruslan_glowtts.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
                                     load_vocoder_samples)
-from tests.conftest import read_scalars, run_dirs, tiny_vocoder_args
+from tests.conftest import SAMPLE, read_scalars, run_dirs
 
 
 def _main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -26,7 +26,7 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_audio_settings_default_to_the_glowtts_base_config():
     config, overrides, source = build_vocoder_config(preset=load_vocoder_preset("default"), dataset_path=None)
-    assert config.audio.to_dict() == RuslanGlowTTSConfig().audio.to_dict() | {"resample": False}
+    assert config.audio.to_dict() == RuslanGlowTTSConfig().audio.to_dict()
     assert "GlowTTS base config" in source
     # Coqui's recipe values from the default preset, and the mel loss on the same STFT settings
     assert (config.lr_gen, config.lr_disc, config.batch_size, config.seq_len) == (1e-4, 1e-4, 32, 8192)
@@ -54,6 +54,8 @@ def test_changing_the_features_or_a_bad_generator_is_refused(capsys):
     code, _, err = _main(capsys, "--print-config", "--set", "generator_model_params.upsample_factors=[8, 8, 2]",
                          "--set", "generator_model_params.upsample_kernel_sizes=[16, 16, 4]")
     assert code == 2 and "multiply to 128, not to audio.hop_length 256" in err
+    code, _, err = _main(capsys, "--print-config", "--set", "seq_len=512")
+    assert code == 2 and "seq_len 512 must be longer than audio.fft_size / 2 (512)" in err
     code, _, err = _main(capsys, "--print-config", "--set", "lr_genn=1e-4")
     assert code == 2 and "unknown config key 'lr_genn'" in err and "lr_gen" in err
 
@@ -79,6 +81,9 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path):
     assert code == 2 and "no checkpoint to resume from" in err
     code, _, err = _main(capsys, "--dataset-path", str(tmp_path), "--tts-run", str(tmp_path / "nope"))
     assert code == 2 and "no GlowTTS config.json" in err
+    # the bundled sample is 44.1 kHz: Coqui would read it as is and learn the wrong features
+    code, _, err = _main(capsys, "--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"))
+    assert code == 2 and "but the config trains at 22050 Hz" in err and run_dirs(tmp_path / "runs") == []
 
 
 def test_the_vocoder_reads_prepares_cached_mels(prepared_sample):
