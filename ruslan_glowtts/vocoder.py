@@ -278,6 +278,15 @@ def _make_trainer_class() -> type:
                                              grad_norm=grad_norm)
             return outputs, detached, time.time() - start
 
+        def _pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
+            # Coqui's target loss is the discriminator's (loss_0) and it raises when that is missing,
+            # which it is before steps_to_start_discriminator or when every D update so far was
+            # skipped: the checkpoint is still saved, without a train loss.
+            values = keep_avg_target.avg_values if keep_avg_target is not None else {}
+            if values and f"avg_{self.config.target_loss}" not in values:
+                return None
+            return super()._pick_target_avg_loss(keep_avg_target)
+
         def _decide_discriminator(self, step: int, grad_norm: float, loss: float) -> bool:
             (nonfinite,) = reduce_flags([not (math.isfinite(grad_norm) and math.isfinite(loss))])
             if self.args.rank == 0:

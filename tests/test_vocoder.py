@@ -15,7 +15,7 @@ from ruslan_glowtts.config import RuslanGlowTTSConfig
 from ruslan_glowtts.presets import available_presets
 from ruslan_glowtts.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
                                     load_vocoder_samples)
-from tests.conftest import SAMPLE, read_scalars, run_dirs
+from tests.conftest import SAMPLE, read_scalars, run_dirs, tiny_vocoder_args
 
 
 def _main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -124,3 +124,20 @@ def test_continue_path_refuses_new_settings(tiny_vocoder_run: Path, capsys):
     code, _, err = _main(capsys, "--continue-path", str(tiny_vocoder_run), "--set", "lr_gen=1e-3")
     assert code == 2 and "cannot be combined with --continue-path" in err
     assert run_dirs(tiny_vocoder_run.parent) == [tiny_vocoder_run]
+
+
+@pytest.mark.slow
+def test_generator_only_steps_save_known_good_and_restore(prepared_sample, tmp_path, capsys):
+    # Before steps_to_start_discriminator there is no discriminator loss, Coqui's target loss: the
+    # --max-steps checkpoint must still be saved (Coqui's own save raises there).
+    generator_only = tiny_vocoder_args("--set", "steps_to_start_discriminator=100", "--set", "health.checkpoint_every=1")
+    code, out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "a"),
+                         "--max-steps", "2", *generator_only)
+    (run,) = run_dirs(tmp_path / "a")
+    assert code == 0 and (run / "checkpoint_2.pth").is_file() and (run / "known_good.pth").is_file()
+    assert json.loads((run / "known_good.json").read_text(encoding="utf-8"))["step"] == 1
+    code, out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "b"),
+                         "--max-steps", "1", "--restore-path", str(run / "known_good.pth"), *generator_only)
+    (restored,) = run_dirs(tmp_path / "b")
+    assert code == 0 and (restored / "checkpoint_1.pth").is_file()
+    assert json.loads((restored / "run.json").read_text(encoding="utf-8"))["restore_path"] == str(run / "known_good.pth")
