@@ -11,7 +11,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.atomic_files import remove_stale_temp_files
 from ruslan_glowtts.errors import OneLineErrorParser, UserError
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --restore-path: accept a checkpoint whose layers do not all match the config "
                    "(the matching ones are restored, the rest start fresh)")
     p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
+    p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
+                   help="speak the TensorBoard test sentences through this HiFi-GAN run (train_ruslan_hifigan.py) "
+                   "instead of Griffin-Lim; its audio features must match the run's")
     p.add_argument("--allow-unknown-chars", action="store_true",
                    help="train even if the text has characters outside the vocabulary (they are dropped)")
     p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
@@ -127,6 +130,15 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _vocoder(args: argparse.Namespace, config: Any) -> Any:
+    """--vocoder: the vocoder for the test audio, refused unless its features match (issue 13)."""
+    if getattr(args, "vocoder", None) is None:
+        return None
+    from ruslan_glowtts.synthesize import vocoder_for_run
+
+    return vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
+
+
 def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
@@ -158,7 +170,8 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
         logger.info("Resuming from %s", resume_from.name)
         return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
-                            resume_from=resume_from, allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
+                            resume_from=resume_from, vocoder=_vocoder(args, config),
+                            allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
                             group_id=args.group_id, use_ddp=args.use_ddp,
                             dataset_path=Path(config.datasets[0].path))
 
@@ -186,6 +199,6 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
         check_writable(Path(config.output_path))
     return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
-                        allow_partial_restore=args.allow_partial_restore,
+                        allow_partial_restore=args.allow_partial_restore, vocoder=_vocoder(args, config),
                         allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
                         use_ddp=args.use_ddp, dataset_path=args.dataset_path)

@@ -164,11 +164,12 @@ KEY_ALIASES = {
 FLAG_ALIASES = {"max_steps": "--max-steps N", "seed": "--seed N", "grad_accum_steps": "--grad-accum N"}
 
 
-def _unknown_key(key: str) -> UserError:
-    if key in FLAG_ALIASES and key not in KEY_ALIASES:
+def _unknown_key(key: str, root: type | None = None) -> UserError:
+    glowtts = root is None or root is RuslanGlowTTSConfig  # the aliases name GlowTTS keys and flags
+    if glowtts and key in FLAG_ALIASES and key not in KEY_ALIASES:
         return UserError(f"unknown config key '{key}': it is a flag, use {FLAG_ALIASES[key]}")
-    keys = _all_keys(RuslanGlowTTSConfig)
-    close = [KEY_ALIASES[key]] if key in KEY_ALIASES else []
+    keys = _all_keys(root or RuslanGlowTTSConfig)
+    close = [KEY_ALIASES[key]] if glowtts and key in KEY_ALIASES else []
     close += difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     # A key given without its section (sample_rate -> audio.sample_rate).
     last = key.rsplit(".", 1)[-1]
@@ -178,15 +179,16 @@ def _unknown_key(key: str) -> UserError:
     return UserError(f"unknown config key '{key}'.{hint}")
 
 
-def _hint_at(key: str) -> Any | None:
-    """The type hint of a dotted key, or None for a free-form dict entry (e.g. lr_scheduler_params.x)."""
-    cls: Any = RuslanGlowTTSConfig
+def _hint_at(key: str, root: type | None = None) -> Any | None:
+    """The type hint of a dotted key, or None for a free-form dict entry (e.g. lr_scheduler_params.x).
+    `root` is the config class (default the GlowTTS one; the HiFi-GAN script passes its own)."""
+    cls: Any = root or RuslanGlowTTSConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
         if cls is dict or typing.get_origin(cls) is dict:
             return None
         if not _is_config_class(cls) or part not in _hints(cls):
-            raise _unknown_key(key)
+            raise _unknown_key(key, root)
         hint = _hints(cls)[part]
         if i == len(parts) - 1:
             return hint
@@ -198,23 +200,23 @@ def _hint_at(key: str) -> Any | None:
 # Layers
 
 
-def _flatten(layer: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(layer: dict[str, Any], prefix: str = "", root: type | None = None) -> list[tuple[str, Any]]:
     """Dotted (key, value) pairs of a layer. Tables are walked into; lists are values."""
     items = []
     for name, value in layer.items():
         key = f"{prefix}{name}"
         if isinstance(value, dict) and value:
-            hint = _hint_at(key)
+            hint = _hint_at(key, root)
             inner = _unwrap_optional(hint) if hint is not None else dict
             if _is_config_class(inner) or inner is dict or typing.get_origin(inner) is dict:
-                items.extend(_flatten(value, key + "."))
+                items.extend(_flatten(value, key + ".", root))
                 continue
         items.append((key, value))
     return items
 
 
-def _check_value(key: str, value: Any, tree: dict[str, Any]) -> Any:
-    hint = _hint_at(key)
+def _check_value(key: str, value: Any, tree: dict[str, Any], root: type | None = None) -> Any:
+    hint = _hint_at(key, root)
     if hint is None:  # free-form dict entry: keep the type of the value it replaces, if any
         current = _get(tree, key)
         if current is not None and not _matches(value, type(current) if not isinstance(current, int) else float):
@@ -246,18 +248,19 @@ def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: str, *, quiet: bool = False) -> list[Override]:
+def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: str, *, quiet: bool = False,
+                root: type | None = None) -> list[Override]:
     """Validate `layer` and merge it into `tree` (a config as a dict); log every override."""
     applied = []
-    for key, value in _flatten(layer):
-        value = _check_value(key, value, tree)
+    for key, value in _flatten(layer, root=root):
+        value = _check_value(key, value, tree, root)
         set_key(tree, key, value)
         logger.log(logging.DEBUG if quiet else logging.INFO, "Overriding: %s = %r  (%s)", key, value, source)
         applied.append(Override(key, value, source))
     return applied
 
 
-def parse_set_option(option: str) -> dict[str, Any]:
+def parse_set_option(option: str, root: type | None = None) -> dict[str, Any]:
     """`--set KEY=VALUE` as a one-key layer. VALUE is read as a TOML value (3e-4, true, [1, 2],
     "text"); anything that is not valid TOML is taken as a plain string."""
     key, sep, raw = option.partition("=")
@@ -268,7 +271,7 @@ def parse_set_option(option: str) -> dict[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    hint = _hint_at(key)
+    hint = _hint_at(key, root)
     if hint is not None and _unwrap_optional(hint) is str and not isinstance(value, str):
         value = raw  # --set run_name=123 means the string "123"
     layer: dict[str, Any] = {}

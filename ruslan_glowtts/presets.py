@@ -30,24 +30,24 @@ class Preset:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
+    return sorted(p.stem for p in presets_dir.glob("*.toml"))
 
 
 def _looks_like_path(name_or_path: str) -> bool:
     return name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
 
 
-def load_preset(name_or_path: str) -> Preset:
-    """Load a bundled preset by name, or a user's preset file by path."""
+def load_preset(name_or_path: str, presets_dir: Path = PRESETS_DIR) -> Preset:
+    """Load a bundled preset by name (from `presets_dir`), or a user's preset file by path."""
     if _looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise UserError(f"preset file not found: {path}")
     else:
-        path = PRESETS_DIR / f"{name_or_path}.toml"
+        path = presets_dir / f"{name_or_path}.toml"
         if not path.is_file():
-            names = available_presets()
+            names = available_presets(presets_dir)
             close = difflib.get_close_matches(name_or_path, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise UserError(f"unknown preset '{name_or_path}'.{hint} Available: {', '.join(names)}")
@@ -68,11 +68,11 @@ def load_preset(name_or_path: str) -> Preset:
     return Preset(path.stem, path.resolve(), description, fallback, overrides)
 
 
-def tier_chain(start: Preset) -> list[Preset]:
+def tier_chain(start: Preset, presets_dir: Path = PRESETS_DIR) -> list[Preset]:
     """The preset and every fallback after it, in escalation order."""
     chain = [start]
     while chain[-1].fallback:
-        nxt = load_preset(chain[-1].fallback)
+        nxt = load_preset(chain[-1].fallback, presets_dir)
         if any(p.path == nxt.path for p in chain):
             raise UserError(f"preset fallback loop: {' -> '.join(p.name for p in chain)} -> {nxt.name}")
         chain.append(nxt)

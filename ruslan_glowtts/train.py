@@ -63,6 +63,7 @@ class TrainRequest:
     escalation_index: int = 0
     start_step: int = 0
     exclude_samples: list[str] = field(default_factory=list)
+    vocoder: Any = None  # synthesize.Model: speak the test sentences through it (--vocoder)
 
 
 def resolve_precision(config: RuslanGlowTTSConfig) -> str:
@@ -141,6 +142,10 @@ def _train_run(request: TrainRequest) -> Outcome:
     model = RuslanGlowTTS(config)
     if request.restore_path is not None:
         check_restore_matches(model, request.restore_path, allow_partial=request.allow_partial_restore)
+    if request.vocoder is not None:
+        from ruslan_glowtts.vocoder_preview import attach_vocoder
+
+        attach_vocoder(model, request.vocoder)
     release_logs()  # the start-up checks passed: print the config's override lines held back until now
     args = TrainerArgs(
         continue_path=str(request.continue_path or ""),
@@ -302,5 +307,6 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> N
         skipped_samples=len(skipped),
         device=_device(),
         precision=precision,
+        vocoder=request.vocoder.name if request.vocoder is not None else None,
         **runs.environment(),
     )

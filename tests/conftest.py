@@ -86,3 +86,68 @@ def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
     series = read_run(run_dir).scalars.get(tag)
     return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
+
+
+# A HiFi-GAN small enough for CPU tests: a tiny generator (16 initial channels, one resblock kernel;
+# upsampling 8 x 8 x 4 = hop 256) with Coqui's full discriminator, which only trains from step 2
+# (it is 70 M parameters: ~8 s per step on 2 cores). 1024-sample segments (the mel-L1 loss needs
+# more than n_fft / 2), no loader workers, no eval within the few steps.
+TINY_VOCODER = [
+    "generator_model_params.upsample_factors=[8, 8, 4]", "generator_model_params.upsample_kernel_sizes=[16, 16, 8]",
+    "generator_model_params.upsample_initial_channel=16", "generator_model_params.resblock_kernel_sizes=[3]",
+    "generator_model_params.resblock_dilation_sizes=[[1, 3, 5]]", "steps_to_start_discriminator=2",
+    "batch_size=2", "eval_batch_size=1", "seq_len=1024", "pad_short=0", "eval_split_size=2",
+    "num_loader_workers=0", "num_eval_loader_workers=0", "print_step=1", "plot_step=1",
+]
+
+
+def tiny_vocoder_args(*extra: str) -> list[str]:
+    args: list[str] = []
+    for option in TINY_VOCODER:
+        args += ["--set", option]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_glowtts_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-step tiny GlowTTS run on the prepared sample (read-only for tests)."""
+    import train_ruslan_glowtts
+
+    output = tmp_path_factory.mktemp("glowtts") / "runs"
+    code = train_ruslan_glowtts.main(["--dataset-path", str(prepared_sample), "--output-path", str(output),
+                                      "--max-steps", "4", *tiny_args()])
+    assert code == 0
+    (run,) = run_dirs(output)
+    return run
+
+
+NAN_AT = {0: 2, 1: 3}  # optimizer index (0 discriminator, 1 generator) -> step whose loss is made NaN
+
+
+@pytest.fixture(scope="session")
+def tiny_vocoder_run(prepared_sample: Path, tiny_glowtts_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-step tiny HiFi-GAN run matched to tiny_glowtts_run, with one NaN discriminator loss
+    (step 2) and one NaN generator loss (step 3) injected, which the guard must skip."""
+    import train_ruslan_hifigan
+    from TTS.vocoder.models.gan import GAN
+
+    original = GAN.train_step
+    calls = {0: 0, 1: 0}
+
+    def train_step(self, batch, criterion, optimizer_idx=None):
+        outputs, loss_dict = original(self, batch, criterion, optimizer_idx)
+        if self.training and loss_dict:
+            step = calls[optimizer_idx] + (2 if optimizer_idx == 0 else 0)  # D has losses from step 2 on
+            calls[optimizer_idx] += 1
+            if NAN_AT[optimizer_idx] == step:
+                loss_dict["loss"] = loss_dict["loss"] * float("nan")
+        return outputs, loss_dict
+
+    output = tmp_path_factory.mktemp("hifigan") / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GAN, "train_step", train_step)
+        code = train_ruslan_hifigan.main(["--dataset-path", str(prepared_sample), "--tts-run", str(tiny_glowtts_run),
+                                          "--output-path", str(output), "--max-steps", "4", *tiny_vocoder_args()])
+    assert code == 0
+    (run,) = run_dirs(output)
+    return run

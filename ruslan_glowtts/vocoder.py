@@ -1,0 +1,368 @@
+"""A HiFi-GAN vocoder for the kit's GlowTTS: same prepared RUSLAN, exactly the same mel features.
+
+No released Coqui vocoder matches the features the kit trains GlowTTS on (22,050 Hz, 1024/1024/256,
+80 mels, 0 Hz to Nyquist, 20*log10, symmetric normalisation); Coqui's own HiFi-GAN recipe with its
+default audio settings does. This module trains that recipe's model through Coqui's Trainer with
+the kit's conventions: config layers (configs/ruslan_hifigan.toml < audio settings of the GlowTTS
+run < presets/hifigan/<name>.toml < --set), run folder kept on crash and Ctrl-C, run.json,
+--max-steps, --continue-path. The audio settings are never chosen here: they are read from a
+GlowTTS run's config.json (--tts-run) or from the GlowTTS base config, and a layer that changes
+them is refused (ruslan_glowtts/audio_compat.py).
+
+Features: prepare's feature cache holds each utterance's mel exactly as GlowTTS trains on it; the
+vocoder reads those files (Coqui's GANDataset takes (wav, mel.npy) pairs), so it learns to invert
+the very features the TTS model learns to predict.
+
+The guard, for a GAN (HifiganTrainer.optimize): each of the two updates per step (discriminator,
+then generator) is skipped when its loss or pre-clip gradient norm is NaN/Inf, weights and
+optimizer state untouched; `Health/grad_norm` is the generator's norm, `Health/grad_norm_disc` the
+discriminator's. A burst of non-finite generator updates raises the guard's alarm (warn or stop)
+and 25 in a row stop the run (exit 3); known_good.pth is kept as for GlowTTS. It does NOT judge the
+size of a GAN's gradient norms: GlowTTS's 1-50 band and its level/jump/trend rules mean nothing for
+adversarial losses, so those rules are switched off in the base config (limits = inf); nor does it
+see mode collapse or a discriminator that wins (listen to the EvalAudios, watch loss_0/loss_1).
+There is no automatic escalation: the conservative preset is a manual restart.
+"""
+
+# No `from __future__ import annotations`: Coqpit needs real type objects on its fields.
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from TTS.vocoder.configs import HifiganConfig
+
+from ruslan_glowtts import KIT_ROOT, runs
+from ruslan_glowtts.audio_compat import check_compatible
+from ruslan_glowtts.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
+                                   apply_layer, read_toml)
+from ruslan_glowtts.dataset import check_sample_rate
+from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
+from ruslan_glowtts.presets import Preset, load_preset, tier_chain
+
+logger = logging.getLogger(__name__)
+
+VOCODER_BASE_CONFIG = KIT_ROOT / "configs" / "ruslan_hifigan.toml"
+VOCODER_PRESETS_DIR = KIT_ROOT / "presets" / "hifigan"
+DEFAULT_VOCODER_PRESET = "default"
+DISCRIMINATOR, GENERATOR = 0, 1  # Coqui's GAN: optimizer 0 is the discriminator's, 1 the generator's
+
+
+@dataclass
+class RuslanHifiganConfig(HifiganConfig):
+    """Coqui's HifiganConfig plus the kit's fields; Coqui's load_config reads it as HifiganConfig."""
+
+    grad_accum_steps: int = 1  # Coqui's Trainer cannot accumulate with two optimizers: must stay 1
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+
+@dataclass
+class VocoderRequest:
+    config: RuslanHifiganConfig
+    preset: Preset
+    overrides: list[Override] = field(default_factory=list)
+    audio_source: str = ""  # where the audio settings came from
+    max_steps: int = 0
+    continue_path: Path | None = None
+    restore_path: Path | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict[str, Any], str]:
+    """The GlowTTS audio settings the vocoder must match, and where they came from: a GlowTTS run's
+    config.json, else the kit's GlowTTS base config (with the dataset's fragment)."""
+    if tts_run is not None:
+        config_path = tts_run if tts_run.suffix == ".json" else (tts_run if tts_run.is_dir() else tts_run.parent) / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"--tts-run {tts_run}: no GlowTTS config.json found ({config_path})")
+        config = RuslanGlowTTSConfig()
+        try:
+            config.load_json(str(config_path))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--tts-run {tts_run}: unreadable config.json: {exc}") from None
+        return config.audio.to_dict(), f"GlowTTS run {config_path}"
+    tree = RuslanGlowTTSConfig().to_dict()
+    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), f"base {BASE_CONFIG.name}", quiet=True)
+    source = f"GlowTTS base config {BASE_CONFIG.name}"
+    fragment = dataset_path / DATASET_FRAGMENT if dataset_path is not None else None
+    if fragment is not None and fragment.is_file():
+        apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}", quiet=True)
+        source += f" + {fragment}"
+    return tree["audio"], source
+
+
+def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: Path | None = None,
+                         cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
+                         ) -> tuple[RuslanHifiganConfig, list[Override], str]:
+    """Resolve the vocoder config: base < GlowTTS audio < preset < CLI; refuse changed audio."""
+    root = RuslanHifiganConfig
+    tree = root().to_dict()
+    overrides = apply_layer(tree, read_toml(VOCODER_BASE_CONFIG, "base config"),
+                            f"base {VOCODER_BASE_CONFIG.name}", quiet=True, root=root)
+    audio, source = glowtts_audio(tts_run, dataset_path)
+    # Taken whole, not checked key by key: Coqui's own audio config (None in int fields included).
+    tree["audio"] = dict(audio)
+    logger.info("Audio settings from %s", source)
+    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}", root=root)
+    for layer, where in cli_layers:
+        overrides += apply_layer(tree, layer, where, root=root)
+    # A preset or --set may not change the features: the vocoder would no longer fit the TTS model.
+    check_compatible(audio, tree["audio"], tts_name=source, vocoder_name="config",
+                     advice="the audio settings come from the GlowTTS run; leave audio.* alone")
+    if dataset_path is not None:
+        tree["data_path"] = str(dataset_path.resolve())
+    config = root()
+    config.from_dict(tree)
+    _sync_mel_loss(config)
+    validate_vocoder(config)
+    return config, overrides, source
+
+
+def _sync_mel_loss(config: RuslanHifiganConfig) -> None:
+    """HiFi-GAN's mel L1 loss has its own copy of the STFT/mel settings: keep it on the run's."""
+    a = config.audio
+    wanted = {"sample_rate": a.sample_rate, "n_fft": a.fft_size, "hop_length": a.hop_length,
+              "win_length": a.win_length, "n_mels": a.num_mels, "mel_fmin": a.mel_fmin, "mel_fmax": a.mel_fmax}
+    for key, value in wanted.items():
+        if config.l1_spec_loss_params.get(key) != value:
+            logger.info("Overriding: l1_spec_loss_params.%s = %r  (the run's audio settings)", key, value)
+            config.l1_spec_loss_params[key] = value
+
+
+def validate_vocoder(config: RuslanHifiganConfig) -> None:
+    problems = []
+    hop = config.audio.hop_length
+    factors = config.generator_model_params.get("upsample_factors", [])
+    if math.prod(factors) != hop:
+        problems.append(f"generator_model_params.upsample_factors {factors} multiply to {math.prod(factors)}, "
+                        f"not to audio.hop_length {hop}")
+    if len(config.generator_model_params.get("upsample_kernel_sizes", [])) != len(factors):
+        problems.append("generator_model_params.upsample_kernel_sizes needs one entry per upsample factor")
+    if config.seq_len <= 0 or config.seq_len % hop:
+        problems.append(f"seq_len {config.seq_len} must be a positive multiple of audio.hop_length {hop}")
+    elif config.use_l1_spec_loss and config.seq_len <= config.audio.fft_size // 2:
+        # The mel-L1 loss reflect-pads each segment by fft_size / 2: torch refuses shorter segments.
+        problems.append(f"seq_len {config.seq_len} must be longer than audio.fft_size / 2 ({config.audio.fft_size // 2})")
+    if config.batch_size < 1:
+        problems.append("batch_size must be >= 1")
+    if config.grad_accum_steps != 1:
+        problems.append("grad_accum_steps must be 1 (Coqui's Trainer cannot accumulate with two optimizers)")
+    if not (config.lr_gen > 0 and config.lr_disc > 0):
+        problems.append("lr_gen and lr_disc must be > 0")
+    if not isinstance(config.grad_clip, list) or len(config.grad_clip) != 2:
+        problems.append("grad_clip must be a list [discriminator, generator]")
+    if config.health.policy not in ("warn", "stop"):
+        problems.append("health.policy must be warn or stop (no automatic escalation for the vocoder)")
+    if config.mixed_precision:
+        problems.append("mixed_precision must be false (Coqui's HiFi-GAN recipe trains in fp32)")
+    if problems:
+        raise UserError("invalid vocoder config: " + "; ".join(problems))
+
+
+def load_vocoder_preset(name_or_path: str) -> Preset:
+    return load_preset(name_or_path, VOCODER_PRESETS_DIR)
+
+
+def format_vocoder_presets() -> str:
+    from ruslan_glowtts.presets import available_presets
+
+    lines = []
+    chain = [p.name for p in tier_chain(load_vocoder_preset(DEFAULT_VOCODER_PRESET), VOCODER_PRESETS_DIR)]
+    for name in sorted(available_presets(VOCODER_PRESETS_DIR), key=lambda n: (n not in chain, chain.index(n) if n in chain else 0, n)):
+        p = load_vocoder_preset(name)
+        cfg = p.overrides
+        values = ", ".join(f"{k} {cfg[k]}" for k in ("lr_gen", "lr_disc", "grad_clip", "batch_size", "seq_len")
+                           if k in cfg)
+        lines += [f"{p.name}{' (default)' if name == DEFAULT_VOCODER_PRESET else ''}", f"    {p.description}",
+                  f"    values:   {values}", f"    fallback: {p.fallback or '(none: end of the chain)'}"]
+    lines.append("Use: python train_ruslan_hifigan.py --preset NAME|PATH --dataset-path DIR [--tts-run RUN]")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+
+
+def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[Any]]:
+    """(eval, train) items of the prepared folder's usable utterances: (wav, cached mel) pairs when
+    prepare's feature cache matches the audio settings, else wav paths (mels computed on the fly)."""
+    root = Path(config.data_path)
+    meta = root / METADATA_FILE
+    if not meta.is_file():
+        raise UserError(f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
+                        f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}")
+    ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    wavs = [root / WAV_DIR / f"{id_}.wav" for id_ in ids]
+    missing = [w for w in wavs if not w.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} audio files of {meta} are missing, e.g. {missing[0]}")
+    if len(wavs) <= config.eval_split_size:
+        raise UserError(f"{len(wavs)} utterances in {meta}: fewer than eval_split_size + 1 "
+                        f"({config.eval_split_size} + 1); lower it with --set eval_split_size=N")
+    # Coqui reads the files at whatever rate they are (resample = false): check as the GlowTTS script does.
+    check_sample_rate([{"audio_file": str(w)} for w in wavs],
+                      SimpleNamespace(audio=config.audio, datasets=[SimpleNamespace(path=str(root))]))
+    cache = FeatureCache.for_config(root, config.audio)
+    items: list[Any] = [str(w) for w in wavs]
+    if cache is not None:
+        paths = [cache.path_for(w) for w in wavs]
+        if all(p is not None and p.is_file() for p in paths):
+            items = [(str(w), str(p)) for w, p in zip(wavs, paths, strict=True)]
+        else:
+            logger.info("Feature cache incomplete: mels computed on the fly")
+    random.Random(config.training_seed).shuffle(items)
+    return items[: config.eval_split_size], items[config.eval_split_size:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+
+def _make_trainer_class() -> type:
+    """HifiganTrainer, built on first use so that importing this module stays light (no torch)."""
+    import torch
+    from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+    from ruslan_glowtts.health import reduce_flags
+    from ruslan_glowtts.trainer import KitTrainer
+
+    class HifiganTrainer(KitTrainer):
+        """KitTrainer with a guarded step for each of the GAN's two optimizers (module docstring)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.disc_skipped = 0
+
+        def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
+                     step_optimizer=True, num_optimizers=1):
+            if (optimizer_idx is None or scaler is not None or self.use_accelerate
+                    or not self.config.health.enabled):
+                return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
+                                        step_optimizer=step_optimizer, num_optimizers=num_optimizers)
+            start = time.time()
+            step = self.total_steps_done
+            outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=optimizer_idx)
+            if not loss_dict:  # the discriminator before steps_to_start_discriminator
+                return outputs, {}, time.time() - start
+            loss = loss_dict["loss"]
+            loss.backward()
+            params = list(self.master_params(optimizer))
+            total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm, loss_value = torch.stack(
+                [total_norm.float(), loss.detach().float().to(total_norm.device)]).tolist()
+            if optimizer_idx == GENERATOR:
+                apply = self.guard.decide_update(self, step, grad_norm, loss_value)
+            else:
+                apply = self._decide_discriminator(step, grad_norm, loss_value)
+            if apply:
+                grad_clip = self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=optimizer_idx)
+                if grad_clip > 0:
+                    clip_grads_with_norm_(params, grad_clip, total_norm)
+                optimizer.step()
+                self._stepped_optimizers.add(optimizer_idx)
+                if scheduler is not None and not self.config.scheduler_after_epoch:
+                    scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not apply:
+                return outputs, {}, time.time() - start
+            detached = self.detach_loss_dict(loss_dict, step_optimizer=True, optimizer_idx=optimizer_idx,
+                                             grad_norm=grad_norm)
+            return outputs, detached, time.time() - start
+
+        def _pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
+            # Coqui's target loss is the discriminator's (loss_0) and it raises when that is missing,
+            # which it is before steps_to_start_discriminator or when every D update so far was
+            # skipped: the checkpoint is still saved, without a train loss.
+            values = keep_avg_target.avg_values if keep_avg_target is not None else {}
+            if values and f"avg_{self.config.target_loss}" not in values:
+                return None
+            return super()._pick_target_avg_loss(keep_avg_target)
+
+        def _decide_discriminator(self, step: int, grad_norm: float, loss: float) -> bool:
+            (nonfinite,) = reduce_flags([not (math.isfinite(grad_norm) and math.isfinite(loss))])
+            if self.args.rank == 0:
+                self.dashboard_logger.add_scalar("Health/grad_norm_disc", grad_norm, step)
+            if nonfinite:
+                self.disc_skipped += 1
+                if self.args.rank == 0:
+                    self.dashboard_logger.add_scalar("Health/skipped_disc_steps", float(self.disc_skipped), step)
+                logger.warning(" ! Step %d: non-finite discriminator update skipped (loss %.4g, pre-clip grad_norm "
+                               "%.4g); its weights and optimizer state untouched.", step, loss, grad_norm)
+            return not nonfinite
+
+    return HifiganTrainer
+
+
+def train_vocoder(request: VocoderRequest) -> Any:
+    """Train one HiFi-GAN run; returns the KitTrainer Outcome (status, exit code, message)."""
+    import numpy as np
+    import torch
+    from trainer import TrainerArgs
+    from TTS.vocoder.models.gan import GAN
+
+    config = request.config
+    eval_samples, train_samples = load_vocoder_samples(config)
+    logger.info("Training the vocoder on %d utterances, evaluating on %d (%s)", len(train_samples),
+                len(eval_samples), "cached mels" if isinstance(train_samples[0], tuple) else "mels on the fly")
+    if request.continue_path is None:
+        config.run_name = runs.unique_run_name(Path(config.output_path), config.run_name)
+    random.seed(config.training_seed)
+    np.random.seed(config.training_seed)
+    torch.manual_seed(config.training_seed)
+    model = GAN(config)
+    args = TrainerArgs(continue_path=str(request.continue_path or ""), restore_path=str(request.restore_path or ""))
+    trainer_class = _make_trainer_class()
+    fallback = request.preset.fallback
+    trainer = trainer_class(
+        args, config, config.output_path, model=model, train_samples=train_samples, eval_samples=eval_samples,
+        parse_command_line_args=False, callbacks=request.callbacks, max_steps=request.max_steps,
+        next_command=lambda: (f"python train_ruslan_hifigan.py --preset {fallback} --dataset-path "
+                              f"{config.data_path} --restore-path RUN/known_good.pth") if fallback else "",
+    )
+    run_dir = Path(trainer.output_path)
+    _write_start_meta(run_dir, request)
+    logger.info("Run folder: %s", run_dir)
+    outcome = trainer.fit()
+    outcome.run_dir = run_dir
+    runs.update_meta(run_dir, status=outcome.status, exit_code=outcome.exit_code, final_step=outcome.step,
+                     message=outcome.message, ended_at=runs.now(),
+                     health={**asdict(trainer.guard.summary), "skipped_discriminator_updates": trainer.disc_skipped})
+    outcome.message = f"{outcome.message}\nRun folder: {run_dir}"
+    return outcome
+
+
+def _write_start_meta(run_dir: Path, request: VocoderRequest) -> None:
+    if request.continue_path is not None:
+        meta = runs.read_meta(run_dir)
+        runs.update_meta(run_dir, status="running", resumes=meta.get("resumes", []) + [{"at": runs.now(),
+                                                                                         **runs.environment()}])
+        return
+    config = request.config
+    runs.update_meta(
+        run_dir,
+        kit="ruslan_hifigan",
+        model="hifigan",
+        status="running",
+        started_at=runs.now(),
+        preset=request.preset.name,
+        preset_path=str(request.preset.path),
+        tier_chain=[p.name for p in tier_chain(request.preset, VOCODER_PRESETS_DIR)],
+        overrides=[asdict(o) for o in request.overrides if not o.source.startswith("base ")],
+        audio_source=request.audio_source,
+        seed=config.training_seed,
+        dataset_path=config.data_path,
+        restore_path=str(request.restore_path) if request.restore_path else None,
+        max_steps=request.max_steps,
+        policy=config.health.policy,
+        precision="fp32",
+        **runs.environment(),
+    )
