@@ -600,7 +600,7 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _pick_checkpoint(run_dir: Path, onset: int | None) -> tuple[Path | None, str]:
+def _pick_checkpoint(run_dir: Path, onset: int | None, diverged: bool = False) -> tuple[Path | None, str]:
     """The weights the next tier starts from, and how they were chosen (one clause)."""
     known_good = run_dir / KNOWN_GOOD
     if known_good.is_file():
@@ -612,6 +612,8 @@ def _pick_checkpoint(run_dir: Path, onset: int | None) -> tuple[Path | None, str
         before = [c for c in found if c[0] <= onset]
         if before:
             return before[-1][1], f"from the last checkpoint saved before the trouble began (step {onset})"
+        if diverged:  # weights saved after a divergence are no starting point
+            return None, f"from scratch: every checkpoint was saved after the run diverged (step {onset})"
         return found[-1][1], (f"from the last checkpoint, saved after the trouble began (step {onset}); if the new "
                               "run explodes at once, start it without --restore-path")
     return found[-1][1], "from the run's last checkpoint"
@@ -687,7 +689,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
                     for p, why in events.unreadable]
 
     nxt = ctx["next_preset"]
-    checkpoint, why_ckpt = _pick_checkpoint(run_dir, onset)
+    checkpoint, why_ckpt = _pick_checkpoint(run_dir, onset, diverged=verdict == "diverged")
     next_cmd = _command(ctx, nxt, checkpoint) if nxt else None
     ctx.update(checkpoint=str(checkpoint) if checkpoint else None, checkpoint_note=why_ckpt, onset_step=onset,
                event_files=[str(p) for p in events.files], ending=ending, thresholds=asdict(rules),

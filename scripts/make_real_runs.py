@@ -58,7 +58,13 @@ LADDER: dict[str, tuple[str, float, float, int, int, int, int]] = {
     "kit_lr3_noclip_warmup1": ("kit", 3.0, 1e6, 60, 1, 1, 1),
     "kit_lr1_noclip_warmup100": ("kit", 1.0, 1e6, 150, 1, 5, 100),
     "stock_lr1_noclip_warmup100": ("stock", 1.0, 1e6, 100, 1, 1, 100),
+    "stock_lr0.6_noclip_nofig": ("stock", 0.6, 1e6, 80, 1, 1, 0),
+    "stock_lr1_noclip_nofig": ("stock", 1.0, 1e6, 80, 1, 1, 0),
+    "stock_lr3_noclip_nofig": ("stock", 3.0, 1e6, 80, 1, 1, 0),
 }
+# Stock runs without Coqui's train figures (log_model_step off): the same blow-ups, no longer cut
+# short by the figures' memory errors, so they run on to Coqui's NaN loss or to their last step.
+NO_FIGURES = {name for name in LADDER if name.endswith("_nofig")}
 
 
 def resample_sample(dst: Path) -> Path:
@@ -75,7 +81,7 @@ def resample_sample(dst: Path) -> Path:
 
 
 def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int,
-                warmup: int) -> None:
+                warmup: int, figures: bool = True) -> None:
     """Coqui's recipe the 0.28 way: GlowTTSConfig + GlowTTS + Trainer, nothing of the kit."""
     import random
 
@@ -99,6 +105,11 @@ def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed:
                            num_loader_workers=0, num_eval_loader_workers=0, plot_step=plot_step, print_step=25,
                            save_step=1, save_n_checkpoints=1, save_checkpoints=True, save_best_after=10**9, training_seed=seed,
                            eval_split_size=2, shuffle=True, **TINY)
+    if not figures:
+        # Coqui draws its train figures and Griffin-Lim audio every log_model_step (default: every
+        # save_step, here every step); a wrecked duration predictor makes that ask for hundreds of GB
+        # before the loss turns NaN. A Coqui setting, not kit code.
+        config.log_model_step = 10**9
     config.audio.sample_rate = 22050
     for key, value in TINY_ENCODER.items():
         config.encoder_params[key] = value
@@ -174,7 +185,7 @@ def make(name: str, data: Path, work: Path) -> None:
     out = work / name
     if runner == "stock":
         cmd = [sys.executable, __file__, "--stock-child", str(data), str(out), repr(lr), repr(clip), str(steps),
-               str(seed), str(plot_step), str(warmup)]
+               str(seed), str(plot_step), str(warmup), str(int(name not in NO_FIGURES))]
     else:
         cmd = kit_command(data, out, lr, clip, steps, seed, plot_step, warmup)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -202,11 +213,12 @@ def make(name: str, data: Path, work: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", choices=sorted(LADDER), help="make only these runs")
-    p.add_argument("--stock-child", nargs=8, help=argparse.SUPPRESS)
+    p.add_argument("--stock-child", nargs=9, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stock_child:
-        data, out, lr, clip, steps, seed, plot_step, warmup = args.stock_child
-        stock_child(Path(data), Path(out), float(lr), float(clip), int(steps), int(seed), int(plot_step), int(warmup))
+        data, out, lr, clip, steps, seed, plot_step, warmup, figures = args.stock_child
+        stock_child(Path(data), Path(out), float(lr), float(clip), int(steps), int(seed), int(plot_step), int(warmup),
+                    figures=figures == "1")
         return 0
     with tempfile.TemporaryDirectory(prefix="real_runs_") as tmp:
         data = resample_sample(Path(tmp) / "sample22k")

@@ -393,6 +393,9 @@ def test_nan_loss_crash_in_the_first_steps_is_diverged_with_the_next_tier(tmp_pa
     assert d.run["ending"]["kind"] == "nan_loss" and "NaN loss with loss" in d.reasons[0]
     assert d.command.startswith("python train_ruslan_glowtts.py --preset ")
     assert "Ended:    Coqui's `NaN loss with loss` error" in dg.format_report(d)
+    # Its only checkpoint (step 25) was saved after the divergence began: no starting point.
+    assert d.run["onset_step"] < 25 and "--restore-path" not in d.command
+    assert "from scratch" in d.recommendation
 
 
 def test_nan_loss_crash_is_diverged_whatever_the_point_count(tmp_path):
