@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,11 @@ import soundfile as sf
 import soxr
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started in the background (`cmd &`, nohup) inherits an ignored SIGINT, and so would every
+# run the tests start: their Ctrl-C tests would hang. Tests send SIGINT as a terminal would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SAMPLE = REPO / "data" / "sample"
 
 # A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
