@@ -69,7 +69,7 @@ def bucketed_batches(work: Path, batch: int, device: str, files: int = 600) -> d
     batching.prepare(work / "len_src", work / "len")
     loaders = batching.variant_loaders(work / "len", batch, 8 * 500)
     result = {"files": files, "padding": batching.padding_table(loaders, batch, 8 * 500)}
-    result["steps"] = batching.step_costs(loaders, work / "len", batch, 5, 3, device)
+    result["steps"] = batching.step_costs(loaders, work / "len", batch, 4, 3, device)
     return result
 
 

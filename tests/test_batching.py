@@ -178,3 +178,51 @@ def test_resume_continues_the_epochs_batch_order(sample_22k, tmp_path, record_ba
     # resumed run trains on the epoch's other 2, then epoch 1 as the uninterrupted run did.
     assert len(resumed) >= 9
     assert resumed == straight[: len(resumed)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and the real loader
+
+
+def _config(dataset: Path | None, *sets: str):
+    from ruslan_glowtts.config import build_config, parse_set_option
+    from ruslan_glowtts.presets import load_preset
+
+    config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
+                             cli_layers=[(parse_set_option(s), "test") for s in sets])
+    return config
+
+
+def test_buckets_are_on_by_default_and_checked():
+    from ruslan_glowtts.errors import UserError
+
+    config = _config(None)
+    assert config.bucket_by_length and config.max_frames_per_batch == 0
+    with pytest.raises(UserError, match="max_frames_per_batch needs bucket_by_length"):
+        _config(None, "bucket_by_length=false", "max_frames_per_batch=4000")
+    with pytest.raises(UserError, match="bucket_pool_batches must be >= 1"):
+        _config(None, "bucket_pool_batches=0")
+
+
+def test_training_loader_buckets_the_filtered_sample_list(prepared_sample):
+    from TTS.tts.datasets import load_tts_samples
+
+    from ruslan_glowtts.data_loader import RuslanGlowTTS
+
+    # A text cap that filters some utterances out: the sampler must index what is left.
+    config = _config(prepared_sample, "batch_size=4", "num_loader_workers=0", "max_text_len=40")
+    samples, _ = load_tts_samples(config, eval_split=False)
+    model = RuslanGlowTTS(config)
+    loader = model.get_data_loader(config, samples=samples, verbose=False)
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, LengthBucketBatchSampler)
+    kept = loader.dataset.samples
+    assert 0 < len(kept) < len(samples)
+    assert sampler.lengths.tolist() == [s["audio_length"] // 256 + 1 for s in kept]
+    names = [name for batch in loader for name in batch["audio_unique_names"]]
+    assert sorted(names) == sorted(s["audio_unique_name"] for s in kept)
+    eval_loader = model.get_data_loader(config, is_eval=True, samples=samples, verbose=False)
+    assert not isinstance(eval_loader.batch_sampler, LengthBucketBatchSampler)  # evaluation stays Coqui's
+    off = _config(prepared_sample, "batch_size=4", "num_loader_workers=0", "bucket_by_length=false")
+    assert not isinstance(model.get_data_loader(off, samples=samples, verbose=False).batch_sampler,
+                          LengthBucketBatchSampler)
