@@ -149,6 +149,12 @@ class KitTrainer(Trainer):
         start = time.time()
         step = self.total_steps_done
         loss = None
+        if (getattr(self.model, "run_data_dep_init", False) and self.num_gpus <= 1
+                and not bool(torch.isfinite(batch["mel_input"]).all())):
+            # GlowTTS re-initialises every ActNorm layer from each data-dependent-init batch: a
+            # batch with NaN features would make them NaN, with no update for the guard to skip.
+            logger.warning(" ! Step %d: data-dependent init skips a batch with non-finite features", step)
+            return None, {}, time.time() - start
         try:
             outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=None)
         except RuntimeError as exc:
