@@ -399,6 +399,11 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
                      f"{s['samples_per_s'] / random_rate:.2f}x | {s['samples_per_s'] / stock_rate:.2f}x | "
                      f"{statistics.median(s['step_times']):.2f} | {s['ruslan_epoch_h']:.2f} |")
     lines += [
+        "", "Reading it: step cost follows padded frames, so buckets and the frame budget should land near "
+        "the stock recipe's sorted order (which pads least of all, never shuffling) and well above random "
+        "batches; against the stock recipe's whole training loop the kit's further gain is its loader "
+        "(feature cache, sections 2-3), not batching. A full-size step here takes tens of seconds of shared "
+        "CPU, so each variant got only a few steps: the blocks' spread shows how far to trust the ratios.",
         "", "### Loss equivalence: what the model learns", "",
         f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
         f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
