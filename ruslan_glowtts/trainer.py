@@ -12,6 +12,9 @@
   happens, saves a checkpoint on Ctrl-C and on a crash (when the weights are still finite, so
   --continue-path works after either), stops cleanly at --max-steps, stops when the guard says
   so, and returns an Outcome instead of exiting.
+- Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/batch_sampler.py)
+  and stores the position in the epoch in every checkpoint, so --continue-path resumes mid-epoch
+  where it stopped (Coqui would restart the epoch from its first batch).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from trainer.io import save_checkpoint
 from trainer.utils.distributed import rank_zero_only
 
 from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler
-
 from ruslan_glowtts.errors import EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK
 from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
 
