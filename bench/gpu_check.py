@@ -9,7 +9,9 @@ of 5-step windows after warm-up), peak GPU memory (nvidia-smi, sampled), that ev
 is finite, and the first steps' losses of the kit's fp32 and bf16 runs side by side. Then two
 measurements inside a step on the GPU: monotonic alignment search (Cython on the CPU: a device-to-
 host copy per forward) and Coqui's RAdam vs torch.optim.RAdam(foreach=True) (time per step, and
-the largest parameter difference after 10 identical steps). Writes DIR/gpu_check.md and .json.
+the largest parameter difference after 10 identical steps). Last, the batching comparison of
+bench/batching.py on the GPU: stock order, kit random, kit buckets, frame budget (samples/s and
+peak allocated memory). Writes DIR/gpu_check.md and .json.
 Without CUDA it still runs, on the CPU, to check itself (numbers then mean nothing).
 """
 
@@ -59,6 +61,18 @@ def losses(run_dir: Path) -> dict[int, float]:
     return dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
 
 
+def bucketed_batches(work: Path, batch: int, device: str, files: int = 600) -> dict[str, Any]:
+    """Stock order vs the kit's random, bucketed and frame-budget batches on the GPU (issue 11)."""
+    import batching
+
+    batching.make_length_corpus(work / "len_src", files, seed=0)
+    batching.prepare(work / "len_src", work / "len")
+    loaders = batching.variant_loaders(work / "len", batch, 8 * 500)
+    result = {"files": files, "padding": batching.padding_table(loaders, batch, 8 * 500)}
+    result["steps"] = batching.step_costs(loaders, work / "len", batch, 4, 3, device)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -99,6 +113,7 @@ def main() -> None:
         print(f"{name}: {run['samples_per_s']:.1f} samples/s, peak GPU {peak[0]} MiB, "
               f"losses finite: {run['losses_finite']}", flush=True)
     results["inside_a_step"] = step_parts(prepared, args.batch, 9, "cuda" if torch.cuda.is_available() else "cpu")
+    results["batching"] = bucketed_batches(work, args.batch, "cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(results["inside_a_step"], indent=1), flush=True)
 
     runs, stock = results["runs"], results["runs"]["stock fp32"]["samples_per_s"]
@@ -122,6 +137,17 @@ def main() -> None:
               f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_s'] * 1000:.2f} ms |",
               f"| after {s['optimizer_steps']} identical steps: largest move / largest difference | "
               f"{s['radam_largest_move']:.1e} / {s['radam_largest_difference']:.1e} |", ""]
+    b = results["batching"]
+    random_rate = b["steps"]["kit random"]["samples_per_s"]
+    lines += ["", f"Length-bucketed batches (bench/batching.py step costs, {b['files']} utterances with RUSLAN's "
+              f"length spread, batch {args.batch}, fp32; peak = the epoch's batch with the most padded frames):", "",
+              "| batching | padded share | samples/s (range) | vs kit random | peak allocated (MiB) |",
+              "|---|---|---|---|---|"]
+    for name, s_ in b["steps"].items():
+        lines.append(f"| {name} | {b['padding'][name]['padded_share']:.1%} | {s_['samples_per_s']:.1f} "
+                     f"({s_['range'][0]:.1f}-{s_['range'][1]:.1f}) | {s_['samples_per_s'] / random_rate:.2f}x | "
+                     f"{s_['peak_mib']:.0f} |")
+    lines.append("")
     (args.out / "gpu_check.md").write_text("\n".join(lines), encoding="utf-8")
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     print("\n".join(lines))

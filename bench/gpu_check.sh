@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check on a lent H100/H200 (docs/GPU.md): stock fp32 vs kit fp32 vs kit bf16, ~5 minutes.
+# GPU check on a lent H100/H200 (docs/GPU.md): stock fp32 vs kit fp32 vs kit bf16, then
+# stock order vs random vs length-bucketed vs frame-budget batches (bench/batching.py), ~7 minutes.
 #
 # Here, once:      bash bench/gpu_wheels.sh        (wheels the GPU image lacks -> .whl/, ~7 MB)
 # With the device tool: run command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 540.

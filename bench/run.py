@@ -2,6 +2,7 @@
 
     python bench/run.py             # ~25 minutes on 2 cores
     python bench/run.py --quick     # a few minutes: checks the harness, numbers are rough
+    python bench/run.py batching    # only section 6: length-bucketed batches (bench/batching.py)
 
 Everything runs here, fp32 on CPU, in this process and its children:
 1. prepare on a generated RUSLAN-format corpus (44.1 kHz, 5 s mean), extrapolated to 22,200 files;
@@ -431,8 +432,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"Log-normal utterance lengths with RUSLAN's mean ({pad['mean_s']:.1f} s, p99 {pad['p99_s']:.1f} s, "
         f"clipped to 0.5-15 s), batches of 8: random batches pad {pad['random']:.0%} of the frames they "
         f"compute, length-sorted batches {pad['sorted']:.1%}. Compute per step grows with the padded length, "
-        "so bucketing by length is the largest remaining CPU/GPU lever; the kit does not bucket yet (it would "
-        "change which utterances share a batch, so it needs its own equivalence study).", "",
+        "so bucketing by length is the largest remaining CPU/GPU lever: section 6 measures the kit's "
+        "length-bucketed batches (`python bench/run.py batching`).", "",
         "## GPU", "", "See docs/GPU.md (bench/gpu_check.sh) for the GPU comparison: stock fp32, kit fp32, kit bf16.", "",
     ]
     return "\n".join(lines)
@@ -440,6 +441,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", nargs="?", choices=["all", "batching"], default="all",
+                   help="batching: only section 6, length-bucketed batches (bench/batching.py, ~20 min), "
+                        "written into the existing file")
     p.add_argument("--quick", action="store_true", help="smaller corpus, fewer steps and repeats")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -448,6 +452,9 @@ def main() -> None:
         (200, 30, 1, 4, 3.5) if args.quick else (1000, 60, 3, 4, 3.5))
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="ruslan_bench_"))
+    if args.part == "batching":
+        batching_only(args, work)
+        return
     results: dict[str, Any] = {"load": [os.getloadavg()[0]]}
 
     print(f"1. prepare: {args.files} files", flush=True)
@@ -501,6 +508,21 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + text.split("## 1.")[0])
     print(f"written to {args.out}; raw results in {work / 'results.json'}")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work)
+
+
+def batching_only(args: argparse.Namespace, work: Path) -> None:
+    import batching
+
+    results = batching.run(work, args.quick)
+    text = batching.section(results, _machine(), args.quick)
+    batching.write_section(args.out, text)
+    (work / "batching.json").write_text(json.dumps(results, indent=2, default=str))
+    print("\n" + text)
+    print(f"section 6 written to {args.out}; raw results in {work / 'batching.json'}")
     if not args.keep:
         import shutil
 

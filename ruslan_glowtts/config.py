@@ -66,6 +66,11 @@ class RuslanGlowTTSConfig(GlowTTSConfig):
     """GlowTTSConfig plus the kit's fields; Coqui's own loaders read it as a plain GlowTTSConfig."""
 
     grad_accum_steps: int = 1  # micro-batches per optimizer step (Coqui's TrainerArgs.grad_accum_steps)
+    # Training batches (ruslan_glowtts/batch_sampler.py): utterances of similar length batched
+    # together, in a new order every epoch; false: Coqui's random batches (config.shuffle).
+    bucket_by_length: bool = False
+    bucket_pool_batches: int = 64  # batches per length-sorted pool: larger pads less, mixes less
+    max_frames_per_batch: int = 0  # > 0: batches of about this many padded mel frames, not batch_size
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
@@ -302,6 +307,10 @@ def validate(config: RuslanGlowTTSConfig) -> None:
         problems.append("batch_size and eval_batch_size must be >= 1")
     if config.grad_accum_steps < 1:
         problems.append("grad_accum_steps must be >= 1")
+    if config.bucket_pool_batches < 1 or config.max_frames_per_batch < 0:
+        problems.append("bucket_pool_batches must be >= 1 and max_frames_per_batch >= 0")
+    if config.max_frames_per_batch and not config.bucket_by_length:
+        problems.append("max_frames_per_batch needs bucket_by_length = true")
     if not config.lr > 0:
         problems.append("lr must be > 0")
     if config.grad_clip < 0:

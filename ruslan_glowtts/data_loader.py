@@ -10,6 +10,8 @@
   with one warning naming the file and loads the next one instead; the batch carries the names
   to the trainer (SKIPPED_KEY), which counts them (Health/skipped_samples, run.json) and stops
   the run when more than 1 % of the data fails (max_unloadable).
+- Training batches: utterances of similar length, drawn anew every epoch
+  (ruslan_glowtts/batch_sampler.py, `bucket_by_length`); evaluation batches stay Coqui's.
 - Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
   numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
 
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader
 from TTS.tts.datasets.dataset import TTSDataset
 from TTS.tts.models.glow_tts import GlowTTS
 
+from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler, frames_of, padded_share
 from ruslan_glowtts.feature_cache import FeatureCache, mel_of
 from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
 
@@ -178,20 +181,39 @@ class RuslanGlowTTS(GlowTTS):
             feature_cache=FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
                                                   meta_file=config.datasets[0].meta_file_train),
         )
-        if dist.is_available() and dist.is_initialized():
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
             dist.barrier()
         dataset.preprocess_samples()
-        sampler = self.get_sampler(config, dataset)
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        common = {"collate_fn": dataset.collate_fn, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
+                  "persistent_workers": workers > 0, "worker_init_fn": _init_worker if workers > 0 else None}
+        if not is_eval and getattr(config, "bucket_by_length", False):
+            batch_sampler = self.length_batch_sampler(config, dataset, distributed=distributed)
+            return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+        sampler = self.get_sampler(config, dataset)
         return DataLoader(
             dataset,
             batch_size=config.eval_batch_size if is_eval else config.batch_size,
             shuffle=config.shuffle if sampler is None else False,
-            collate_fn=dataset.collate_fn,
             drop_last=config.drop_last,
             sampler=sampler,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            worker_init_fn=_init_worker if workers > 0 else None,
+            **common,
         )
+
+    @staticmethod
+    def length_batch_sampler(config: Any, dataset: TTSDataset, *, distributed: bool = False) -> LengthBucketBatchSampler:
+        """Length-bucketed batches over the dataset's final (filtered, re-ordered) sample list;
+        the trainer sets the epoch (KitTrainer) so each epoch, and a resumed one, gets its order."""
+        replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        sampler = LengthBucketBatchSampler(
+            frames_of(dataset.samples, config.audio.hop_length), batch_size=config.batch_size,
+            max_frames=config.max_frames_per_batch, pool_batches=config.bucket_pool_batches,
+            seed=config.training_seed, num_replicas=replicas, rank=rank,
+            multiple_of=getattr(config, "grad_accum_steps", 1),
+        )
+        first = sampler.rank_batches(0)
+        logger.info("Length-bucketed batches: %d per epoch%s, %.1f utterances each on average, %.1f %% padded frames",
+                    len(first), f" on each of {replicas} ranks" if replicas > 1 else "",
+                    sum(map(len, first)) / len(first), 100 * padded_share(first, sampler.lengths))
+        return sampler

@@ -22,6 +22,9 @@
   writes goes to a temp name, is fsynced and renamed into place (trainer.io.save_fsspec).
 - Samples that fail to load (KitTTSDataset skips them) are counted here, logged as
   Health/skipped_samples, and end the run with exit 2 when more than 1 % of the data fails.
+- Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/batch_sampler.py)
+  and stores the position in the epoch in every checkpoint, so --continue-path resumes mid-epoch
+  where it stopped (Coqui would restart the epoch from its first batch).
 """
 
 from __future__ import annotations
@@ -42,14 +45,18 @@ import torch.distributed as dist
 import trainer.io
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
+from trainer.io import save_checkpoint
+from trainer.utils.distributed import rank_zero_only
 
 from ruslan_glowtts.atomic_files import atomic_output
+from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler
 from ruslan_glowtts.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
 from ruslan_glowtts.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                                    EXIT_USAGE)
 from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
 
 logger = logging.getLogger(__name__)
+SAMPLER_STATE = "kit_batch_position"  # checkpoint entry: epoch and batches done in it
 
 _coqui_save_fsspec = trainer.io.save_fsspec
 
@@ -120,6 +127,12 @@ class KitTrainer(Trainer):
         else:
             logger.warning(" ! health.enabled = false: non-finite updates reach the weights, explosions go unseen")
         self.callbacks.callbacks_on_train_step_end.append(self._stop_at_max_steps)
+        # Length-bucketed batches: each epoch's order comes from (seed, epoch); count the batches
+        # done in the epoch first, so every checkpoint (the --max-steps one too) records them.
+        self._epoch_batches = 0
+        self._resume_position = self._sampler_position_to_resume()
+        self.callbacks.callbacks_on_train_epoch_start.insert(0, self._start_sampler_epoch)
+        self.callbacks.callbacks_on_train_step_end.insert(0, self._count_batch)
         self.callbacks.callbacks_on_train_step_end.append(lambda trainer: self._stop_on_signal())
         # The kit's own log lines go into the run's log file next to Coqui's.
         self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
@@ -185,6 +198,53 @@ class KitTrainer(Trainer):
             return None, None
         return super().train_step(batch, batch_n_steps, step, loader_start_time)
 
+    # -- batch order across epochs and resumes ---------------------------------------------------
+    def _count_batch(self, trainer: Trainer) -> None:
+        self._epoch_batches += 1
+
+    def _start_sampler_epoch(self, trainer: Trainer) -> None:
+        self._epoch_batches = 0
+        sampler = getattr(self.train_loader, "batch_sampler", None)
+        if not isinstance(sampler, LengthBucketBatchSampler):
+            return
+        skip = 0
+        if self._resume_position is not None:
+            epoch, done = self._resume_position
+            if epoch == self.epochs_done and 0 < done < len(sampler.rank_batches(epoch)):
+                # Coqui restarts the interrupted epoch from its first batch; skip those already trained on.
+                skip = done
+                logger.info("Resuming epoch %d after its first %d batches", epoch, done)
+            self._resume_position = None
+        sampler.set_epoch(self.epochs_done, skip)
+        self._epoch_batches = skip
+
+    def _sampler_position_to_resume(self) -> tuple[int, int] | None:
+        """(epoch, batches done in it) stored in the checkpoint that --continue-path restored."""
+        if not (self.continue_run and self.args.restore_path):
+            return None
+        try:
+            state = torch.load(self.args.restore_path, map_location="cpu", mmap=True, weights_only=False)
+        except (OSError, RuntimeError, ValueError) as exc:
+            logger.warning(" ! Cannot read the batch position from %s (%s): the epoch restarts from its first batch",
+                           self.args.restore_path, exc)
+            return None
+        position = state.get(SAMPLER_STATE)
+        return (int(position["epoch"]), int(position["batches_done"])) if position else None
+
+    @rank_zero_only
+    def save_checkpoint(self) -> None:
+        """Coqui's save_checkpoint plus the position in the epoch's batch order, so that a resume
+        continues the epoch where it stopped instead of training its first batches twice."""
+        save_checkpoint(
+            self.config, self._get_model(), self.output_path,
+            current_step=self.total_steps_done, epoch=self.epochs_done, optimizer=self.optimizer,
+            scheduler=self.scheduler, scaler=self.scaler if self.use_amp_scaler else None,
+            model_loss={"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
+                        "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)},
+            save_n_checkpoints=self.config.save_n_checkpoints,
+            **{SAMPLER_STATE: {"epoch": self.epochs_done, "batches_done": self._epoch_batches}},
+        )
+
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
             raise StopTraining
@@ -199,6 +259,12 @@ class KitTrainer(Trainer):
         start = time.time()
         step = self.total_steps_done
         loss = None
+        if (getattr(self.model, "run_data_dep_init", False) and self.num_gpus <= 1
+                and not bool(torch.isfinite(batch["mel_input"]).all())):
+            # GlowTTS re-initialises every ActNorm layer from each data-dependent-init batch: a
+            # batch with NaN features would make them NaN, with no update for the guard to skip.
+            logger.warning(" ! Step %d: data-dependent init skips a batch with non-finite features", step)
+            return None, {}, time.time() - start
         try:
             outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=None)
         except RuntimeError as exc:
