@@ -301,9 +301,10 @@ def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch:
 
 
 def run(work: Path, quick: bool) -> dict[str, Any]:
-    # A full-size step at batch 8 takes ~20 s of CPU on this 2-core machine: few, stratified steps.
+    # A full-size step at batch 8 takes 2-8 s on 2 quiet cores (tens of seconds on a busy machine):
+    # 12 stratified steps per variant in 3 interleaved blocks.
     # --quick times the tiny model instead (it checks the harness; its step numbers mean nothing).
-    files, per_block, repeats = (300, 1, 2) if quick else (1200, 2, 2)
+    files, per_block, repeats = (300, 1, 2) if quick else (1200, 4, 3)
     model_sets = tuple(TINY[:7]) if quick else ()
     eq_files, seeds, epochs = (80, [1, 2], 2) if quick else (120, [1, 2, 3], 3)
     batch, max_frames = 8, 8 * 500  # the budget: batch 8 of ~5.8 s (about the 75th percentile)
@@ -355,8 +356,8 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
     lines = [
         "## 6. Length-bucketed batches", "",
         f"`python bench/run.py batching{' --quick' if quick else ''}` (bench/batching.py) writes this section; "
-        f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (the machine was shared "
-        "with other jobs: compare the ratios within this run, not absolute times).", "",
+        f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (compare the ratios "
+        "within this run, not absolute times).", "",
         f"Corpus: {r['files']} generated utterances with RUSLAN's length spread (log-normal, mean {c['mean_s']:.1f} s, "
         f"median {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s, {c['min_s']:.1f}-{c['max_s']:.1f} s): the bundled "
         "sample's utterances strung together and cut to length, text cut in proportion, so text length grows "
@@ -395,7 +396,7 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         f"{r['repeats']} blocks of {r['per_block']} steps, the first variant rotating. Epoch time = batches "
         "per epoch x mean step time; samples/s = utterances per epoch / epoch time; "
         "samples/s from all the variant's steps (every stratum once); in brackets the blocks' own estimates, each "
-        "from its half of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
+        "from its share of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
         "is not timed (workers overlap it; sections 2-3).", "",
         "| batching | samples/s (blocks) | vs kit random | vs stock | median step (s) | RUSLAN epoch, 22,200 "
         "utterances (h) |", "|---|---|---|---|---|---|",
@@ -410,10 +411,10 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         "recipe's sorted order (which pads least of all, never shuffling) and well above random batches (the "
         "goals table gives that prediction next to each measured ratio); against the stock recipe's whole "
         "training loop the kit's further gain is its loader (feature cache, sections 2-3), not batching. "
-        f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s on the shared "
-        "CPU, so each variant got only a few steps, and a measured ratio far from its prediction, or blocks "
-        "that disagree, mean machine noise, not a property of the batching: re-run on a quiet machine (or "
-        "the GPU check) before relying on the step-cost ratios.",
+        f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s and each variant "
+        f"trained on {r['per_block'] * r['repeats']} batches: a measured ratio far from its prediction, or blocks "
+        "that disagree, mean machine noise, not a property of the batching (the load averages above say how "
+        "busy the machine was; the GPU check measures the same on a GPU).",
         "", "### Loss equivalence: what the model learns", "",
         f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
         f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
