@@ -7,53 +7,13 @@ The config is built in a fixed, logged order: configs/ruslan_glowtts.toml < DATA
 < presets/<name>.toml < --set and flags. See README.md.
 """
 
-import signal
 import sys
 
-EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # ruslan_glowtts.errors (not imported yet)
-
-
-class _Terminated(BaseException):
-    """SIGTERM before training started: nothing to save, leave at once without a traceback."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
+from ruslan_glowtts.startup import guarded_main  # first: a signal during the imports below is one line
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Training installs its own handlers (stop at the end of a step, save a checkpoint); until
-    # then a signal only has imports and checks to interrupt.
-    previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        _release_logs(keep=False)
-        print("interrupted (Ctrl-C) during start-up: nothing was trained or saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        _release_logs(keep=False)
-        print("terminated (SIGTERM) during start-up: nothing was trained or saved", file=sys.stderr)
-        return EXIT_TERMINATED
-    except BaseException:
-        _release_logs(keep=True)  # an unexpected error: the held lines are context for it
-        raise
-    finally:
-        _release_logs(keep=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _release_logs(*, keep: bool) -> None:
-    errors = sys.modules.get("ruslan_glowtts.errors")  # absent if the signal came during the imports
-    if errors is not None:
-        errors.release_logs(keep=keep)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return guarded_main(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -154,6 +154,17 @@ def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, c
     assert not (tmp_path / "runs").exists()
 
 
+def test_signal_during_vocoder_start_up_is_one_line(prepared_sample, tmp_path):
+    # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/startup.py).
+    argv = [sys.executable, "-X", "importtime", str(REPO / "train_ruslan_hifigan.py"), "--dataset-path",
+            str(prepared_sample), "--output-path", str(tmp_path / "runs"), "--max-steps", "2"]
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.cli", signal.SIGINT, timeout=120)
+    _no_traceback(text)
+    assert returncode == 130, text[-2000:]
+    assert text.count("interrupted (Ctrl-C) during start-up") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
