@@ -20,7 +20,7 @@ def _main(argv: list[str] | None) -> int:
     import json
 
     from ruslan_glowtts.cli import parse_args, request_from_args, setup_logging
-    from ruslan_glowtts.errors import UserError, hold_logs, release_logs
+    from ruslan_glowtts.errors import EXIT_USAGE, UserError, hold_logs, release_logs
     from ruslan_glowtts.presets import format_preset_table
 
     setup_logging()

@@ -388,7 +388,7 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         "", "The stock recipe pads little because it never shuffles: every epoch is the same length-sorted "
         "order, shortest first (the kit's base config explains why it shuffles). The largest batch sets "
         "the peak activation memory; the frame budget bounds it.", "",
-        f"### Step cost: full-size GlowTTS, fp32 CPU, batch 8", "",
+        "### Step cost: full-size GlowTTS, fp32 CPU, batch 8", "",
         f"Each variant's epoch-0 batches from the real loaders; {r['per_block'] * r['repeats']} of them per "
         "variant, one from each of that many equal-count strata of padded frames (the batch nearest the stratum's "
         "mean: a stratified sample of the epoch, long tail included), trained on "
