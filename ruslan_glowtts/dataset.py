@@ -80,14 +80,18 @@ def load_samples(config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return split_eval(samples, config.eval_split_size, config.eval_split_max_size)
 
 
-def read_audio_lengths(samples: list[dict[str, Any]], config: Any) -> dict[str, int]:
-    """Every file's length in samples (Coqui's get_audio_size: the header's frame count); stop
-    with one line when a header cannot be read (a file replaced or damaged after prepare)."""
+def read_audio_lengths(samples: list[dict[str, Any]], config: Any) -> tuple[dict[str, int], Counter]:
+    """Every file's length in samples (Coqui's get_audio_size: the header's frame count) and the
+    count of files per sample rate, from one read of each header; stop with one line when a header
+    cannot be read (a file replaced or damaged after prepare)."""
     lengths: dict[str, int] = {}
+    rates: Counter = Counter()
     unreadable: list[str] = []
     for sample in samples:
         try:
-            lengths[sample["audio_file"]] = sf.info(sample["audio_file"]).frames
+            info = sf.info(sample["audio_file"])
+            lengths[sample["audio_file"]] = info.frames
+            rates[info.samplerate] += 1
         except (sf.LibsndfileError, RuntimeError, OSError):  # LibsndfileError is a RuntimeError
             unreadable.append(sample["audio_file"])
     if unreadable:
@@ -96,7 +100,7 @@ def read_audio_lengths(samples: list[dict[str, Any]], config: Any) -> dict[str, 
         raise UserError(f"{len(unreadable)} of {len(samples)} audio files cannot be read as audio ({shown}); "
                         f"`{PREPARE_HINT.format(src=root)}` reports and excludes them "
                         "(or replace them from the source corpus)")
-    return lengths
+    return lengths, rates
 
 
 def check_length_caps(train: list[dict[str, Any]], evaluation: list[dict[str, Any]], lengths: dict[str, int],
@@ -124,15 +128,17 @@ def check_length_caps(train: list[dict[str, Any]], evaluation: list[dict[str, An
     )
 
 
-def check_sample_rate(samples: list[dict[str, Any]], config: Any) -> None:
-    """Stop when files are not at the config's rate: Coqui would mis-featurise them silently."""
+def check_sample_rate(samples: list[dict[str, Any]], config: Any, rates: Counter | None = None) -> None:
+    """Stop when files are not at the config's rate: Coqui would mis-featurise them silently.
+    `rates`: files per sample rate when every header was read already; else a sample is read."""
     target = config.audio.sample_rate
     if config.audio.resample:
         logger.warning("audio.resample = true: every file is resampled to %d Hz on every load (slow); "
                        "python -m ruslan_glowtts.prepare resamples once", target)
         return
-    step = max(1, len(samples) // RATE_CHECK_FILES)
-    rates = Counter(sf.info(s["audio_file"]).samplerate for s in samples[::step])
+    if rates is None:
+        step = max(1, len(samples) // RATE_CHECK_FILES)
+        rates = Counter(sf.info(s["audio_file"]).samplerate for s in samples[::step])
     wrong = {rate: n for rate, n in rates.items() if rate != target}
     if wrong:
         root = Path(config.datasets[0].path)

@@ -115,8 +115,8 @@ def train(request: TrainRequest) -> Outcome:
 def _train_run(request: TrainRequest) -> Outcome:
     config = request.config
     train_samples, eval_samples = load_samples(config)
-    lengths = read_audio_lengths(train_samples + eval_samples, config)
-    check_sample_rate(train_samples + eval_samples, config)
+    lengths, rates = read_audio_lengths(train_samples + eval_samples, config)
+    check_sample_rate(train_samples + eval_samples, config, rates)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=request.allow_unknown_chars)
     if request.exclude_samples:
         # The batches just before the alarm (most recent first), at most a tenth of the data.
