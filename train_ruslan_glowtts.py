@@ -9,7 +9,7 @@ The config is built in a fixed, logged order: configs/ruslan_glowtts.toml < DATA
 
 import sys
 
-from ruslan_glowtts.startup import guarded_main  # first: a signal during the imports below is one line
+from ruslan_glowtts.common.startup import guarded_main  # first: a signal during the imports below is one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     import json
 
-    from ruslan_glowtts.cli import parse_args, request_from_args, setup_logging
-    from ruslan_glowtts.errors import EXIT_USAGE, UserError, hold_logs, release_logs
-    from ruslan_glowtts.presets import format_preset_table
+    from ruslan_glowtts.training.cli import parse_args, request_from_args, setup_logging
+    from ruslan_glowtts.common.errors import EXIT_USAGE, UserError, hold_logs, release_logs
+    from ruslan_glowtts.common.presets import format_preset_table
 
     setup_logging()
     try:
@@ -35,7 +35,7 @@ def _main(argv: list[str] | None) -> int:
             release_logs()
             print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False))
             return 0
-        from ruslan_glowtts.train import train  # imports torch and Coqui
+        from ruslan_glowtts.training.train import train  # imports torch and Coqui
 
         outcome = train(request)
     except UserError as exc:

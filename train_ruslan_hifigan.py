@@ -9,7 +9,7 @@ settings (or the GlowTTS base config's) < presets/hifigan/<name>.toml < --set an
 
 import sys
 
-from ruslan_glowtts.startup import guarded_main  # first: a signal during the imports below is one line
+from ruslan_glowtts.common.startup import guarded_main  # first: a signal during the imports below is one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,15 +19,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     import json
 
-    from ruslan_glowtts.cli import setup_logging
-    from ruslan_glowtts.errors import EXIT_USAGE, UserError
-    from ruslan_glowtts.vocoder_cli import build_parser, request_from_args
+    from ruslan_glowtts.training.cli import setup_logging
+    from ruslan_glowtts.common.errors import EXIT_USAGE, UserError
+    from ruslan_glowtts.training.vocoder_cli import build_parser, request_from_args
 
     setup_logging()
     try:
         args = build_parser().parse_args(argv)
         if args.list_presets:
-            from ruslan_glowtts.vocoder import format_vocoder_presets
+            from ruslan_glowtts.training.vocoder import format_vocoder_presets
 
             print(format_vocoder_presets())
             return 0
@@ -35,7 +35,7 @@ def _main(argv: list[str] | None) -> int:
         if args.print_config:
             print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False, default=str))
             return 0
-        from ruslan_glowtts.vocoder import train_vocoder  # imports torch and Coqui
+        from ruslan_glowtts.training.vocoder import train_vocoder  # imports torch and Coqui
 
         outcome = train_vocoder(request)
     except UserError as exc:

@@ -12,7 +12,7 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from ruslan_glowtts.tensorboard_launcher import main
+        from ruslan_glowtts.monitor.tensorboard_launcher import main
     except KeyboardInterrupt:  # Ctrl-C within the first second: still one line, no traceback
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -35,7 +35,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler, padded_share  # noqa: E402
+from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, padded_share  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample"
 META = "metadata_RUSLAN_22200.csv"
@@ -89,9 +89,9 @@ def prepare(src: Path, dst: Path) -> None:
 
 
 def _kit_config(dataset: Path, *sets: str) -> Any:
-    from ruslan_glowtts.config import build_config, parse_set_option
-    from ruslan_glowtts.presets import load_preset
-    from ruslan_glowtts.train import resolve_precision
+    from ruslan_glowtts.training.config import build_config, parse_set_option
+    from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.train import resolve_precision
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
                              cli_layers=[(parse_set_option(s), "bench") for s in sets])
@@ -118,7 +118,7 @@ def variant_loaders(dataset: Path, batch: int, max_frames: int) -> dict[str, tup
     from TTS.tts.datasets import load_tts_samples
     from TTS.tts.models.glow_tts import GlowTTS
 
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
 
     out: dict[str, tuple[Any, list[list[int]]]] = {}
     stock = _stock_config(dataset, batch)
@@ -181,7 +181,7 @@ def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, b
     import torch
     from TTS.utils.radam import RAdam
 
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -270,7 +270,7 @@ TINY = ["hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=
 def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch: int) -> dict[str, Any]:
     import train_ruslan_glowtts
 
-    from ruslan_glowtts.event_reader import read_run
+    from ruslan_glowtts.monitor.events import read_run
 
     results: dict[str, list[dict[str, float]]] = {"random": [], "buckets": []}
     for seed in seeds:

@@ -55,7 +55,7 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    from ruslan_glowtts.event_reader import read_run
+    from ruslan_glowtts.monitor.events import read_run
 
     series = read_run(run_dir).scalars["TrainIterStats/loss"]
     return dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))

@@ -58,8 +58,8 @@ WINDOW = 5
 
 
 def _config(dataset: Path, *sets: str) -> Any:
-    from ruslan_glowtts.config import build_config, parse_set_option
-    from ruslan_glowtts.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
+    from ruslan_glowtts.common.presets import load_preset
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
                              cli_layers=[(parse_set_option(s), "bench") for s in sets])
@@ -150,8 +150,8 @@ def training(prepared: Path, work: Path, steps: int, repeats: int, batch: int) -
 
 def detector_cost(updates: int = 20_000) -> float:
     """Microseconds per update of the explosion detector on a healthy-looking stream."""
-    from ruslan_glowtts.config import HealthConfig
-    from ruslan_glowtts.health import Detector
+    from ruslan_glowtts.training.config import HealthConfig
+    from ruslan_glowtts.monitor.guard import Detector
 
     detector = Detector(HealthConfig())
     norms = np.random.default_rng(0).uniform(1, 50, updates)
@@ -169,10 +169,10 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from trainer import TrainerArgs
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
-    from ruslan_glowtts.health import _save_weights
-    from ruslan_glowtts.train import resolve_precision
-    from ruslan_glowtts.trainer import KitTrainer
+    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.monitor.guard import _save_weights
+    from ruslan_glowtts.training.train import resolve_precision
+    from ruslan_glowtts.training.trainer import KitTrainer
 
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0", "run_eval=false",
                      "data_dep_init_steps=0", f"output_path={json.dumps(str(work / 'guard'))}")
@@ -228,7 +228,7 @@ def step_parts(prepared: Path, batch: int, steps: int, device: str = "cpu") -> d
     from TTS.tts.datasets import load_tts_samples
     from TTS.utils.radam import RAdam as CoquiRAdam
 
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
@@ -478,7 +478,7 @@ def main() -> None:
     print("2. data loader", flush=True)
     from TTS.tts.models.glow_tts import GlowTTS
 
-    from ruslan_glowtts.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
 
     items = 120 if args.quick else 400
     results["loader"] = {

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ruslan_glowtts import diagnose as dg  # noqa: E402
-from ruslan_glowtts.event_reader import read_run  # noqa: E402
-from ruslan_glowtts.explosion_rules import Alarm, DEFAULTS, RuleSettings, replay  # noqa: E402
+from ruslan_glowtts.monitor.events import read_run  # noqa: E402
+from ruslan_glowtts.monitor.explosion_rules import Alarm, DEFAULTS, RuleSettings, replay  # noqa: E402
 
 CORPUS = REPO / "tests" / "data" / "real_runs"
 TABLE = REPO / "docs" / "JUDGMENT.md"
@@ -88,7 +88,7 @@ def render(judged: list[Judged]) -> str:
         "`train_ruslan_glowtts.py` with the guard on, NoamLR warmup as given). *What happened* is the",
         "hand-written label in `labels.json`, read from the curves and the process's exit, not from the",
         "rules. *Guard* is the first explosion alarm when the run's grad_norm and loss are replayed",
-        "through the guard's rules (`ruslan_glowtts/explosion_rules.py`, default settings; Coqui's",
+        "through the guard's rules (`ruslan_glowtts/monitor/explosion_rules.py`, default settings; Coqui's",
         "points are mapped from updates to points, see the module). *Diagnose* is",
         "`python -m ruslan_glowtts.diagnose RUN` and how it says the run ended. `tests/test_real_runs.py`",
         "checks every row against the labels.",

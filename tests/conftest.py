@@ -61,7 +61,7 @@ def sample_22k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample through `prepare` (22.05 kHz, normalised text, feature cache); read-only."""
-    from ruslan_glowtts.prepare import PrepareOptions, prepare
+    from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
 
     base = tmp_path_factory.mktemp("prepared")
     dst = base / "prepared"
@@ -88,7 +88,7 @@ def run_dirs(output: Path) -> list[Path]:
 
 def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
     """Every logged value of a scalar tag, by step (the kit's own reader: no reservoir sampling)."""
-    from ruslan_glowtts.event_reader import read_run
+    from ruslan_glowtts.monitor.events import read_run
 
     series = read_run(run_dir).scalars.get(tag)
     return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))

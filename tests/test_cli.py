@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ruslan_glowtts.cli import parse_args
+from ruslan_glowtts.training.cli import parse_args
 from tests.conftest import SAMPLE
 
 
@@ -83,8 +83,8 @@ def test_distribute_arguments_parse_to_ranks_and_paths(tmp_path):
 
 
 def test_distributed_ranks_name_the_same_run_folder(tmp_path):
-    from ruslan_glowtts.cli import request_from_args
-    from ruslan_glowtts.train import _run_name
+    from ruslan_glowtts.training.cli import request_from_args
+    from ruslan_glowtts.training.train import _run_name
 
     names = set()
     for rank in (0, 1):

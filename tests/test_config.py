@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from ruslan_glowtts.config import build_config, parse_set_option
-from ruslan_glowtts.errors import UserError
-from ruslan_glowtts.presets import load_preset
+from ruslan_glowtts.training.config import build_config, parse_set_option
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.presets import load_preset
 
 
 def test_layers_apply_in_fixed_order(tmp_path, caplog):

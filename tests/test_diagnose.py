@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ruslan_glowtts import diagnose as dg
-from ruslan_glowtts.event_reader import read_run
+from ruslan_glowtts.monitor import diagnose as dg
+from ruslan_glowtts.monitor.events import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_sigmoid_explosion_is_exploding_and_recommends_the_next_tier(tmp_path):
     assert 400 * STEP <= jump["step"] <= 402 * STEP and 4 < jump["factor"] < 6.5  # 100 -> 500
     assert any("jumped" in r for r in d.reasons) and any("above 100" in r for r in d.reasons)
     # The command parses with the kit's own CLI.
-    from ruslan_glowtts.cli import parse_args
+    from ruslan_glowtts.training.cli import parse_args
 
     args = parse_args(shlex.split(d.command)[2:])
     assert args.preset == "safer" and args.sets == ["hidden_channels_enc=32", 'run_name="my run"'] and args.seed == 7

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ruslan_glowtts.explosion_rules import DEFAULTS, RuleSettings, replay
+from ruslan_glowtts.monitor.explosion_rules import DEFAULTS, RuleSettings, replay
 from tests.test_health_detector import healthy_trace, sigmoid_explosion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_a_runs_own_settings_steer_the_rules():
 
 
 def test_health_config_takes_every_rule_default_from_the_rules():
-    from ruslan_glowtts.config import HealthConfig
+    from ruslan_glowtts.training.config import HealthConfig
 
     cfg = HealthConfig()
     shared = [f.name for f in fields(RuleSettings) if hasattr(cfg, f.name)]
@@ -109,7 +109,7 @@ def test_each_threshold_default_is_written_in_exactly_one_place():
         # `name: type = number` (Python) or `name = number` (TOML), dotted health.name too
         pattern = re.compile(rf"(?<![\w.]){f.name}\s*(?::\s*\w+\s*)?=\s*[-+]?[0-9]", re.MULTILINE)
         found = [str(p.relative_to(REPO)) for p in sources for _ in pattern.finditer(p.read_text(encoding="utf-8"))]
-        assert found == ["ruslan_glowtts/explosion_rules.py"], (f.name, found)
+        assert found == ["ruslan_glowtts/monitor/explosion_rules.py"], (f.name, found)
 
 
 def test_the_rules_module_imports_no_torch():

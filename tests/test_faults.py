@@ -147,7 +147,7 @@ def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, c
     # -X importtime reports each finished import on stderr: once the kit's cli is imported, the
     # script is in main(), with seconds of torch/Coqui imports and checks still ahead.
     argv = [sys.executable, "-X", "importtime", *_train_argv(prepared_sample, tmp_path / "runs")[1:]]
-    returncode, text = _start_and_signal(argv, "ruslan_glowtts.cli", signum, timeout=120)
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.training.cli", signum, timeout=120)
     _no_traceback(text)
     assert returncode == code, text[-2000:]
     assert text.count(line) == 1
@@ -155,10 +155,10 @@ def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, c
 
 
 def test_signal_during_vocoder_start_up_is_one_line(prepared_sample, tmp_path):
-    # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/startup.py).
+    # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/common/startup.py).
     argv = [sys.executable, "-X", "importtime", str(REPO / "train_ruslan_hifigan.py"), "--dataset-path",
             str(prepared_sample), "--output-path", str(tmp_path / "runs"), "--max-steps", "2"]
-    returncode, text = _start_and_signal(argv, "ruslan_glowtts.cli", signal.SIGINT, timeout=120)
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.training.cli", signal.SIGINT, timeout=120)
     _no_traceback(text)
     assert returncode == 130, text[-2000:]
     assert text.count("interrupted (Ctrl-C) during start-up") == 1
@@ -201,7 +201,7 @@ def test_continue_with_no_loadable_checkpoint_is_exit_2(base_run, tmp_path):
 def test_checkpoints_are_written_atomically(base_run):
     # No temp file is left, and the save goes through the kit's atomic writer.
     assert not [p for p in base_run.iterdir() if ".tmp-" in p.name]
-    from ruslan_glowtts import trainer as kit_trainer
+    from ruslan_glowtts.training import trainer as kit_trainer
     import trainer.io
 
     assert trainer.io.save_fsspec is kit_trainer._save_atomically
@@ -334,7 +334,7 @@ def test_prepare_ctrl_c_during_start_up_is_one_line(tmp_path):
 
     # -X importtime: the kit's first import inside prepare.py; librosa's and Coqui's follow
     argv = [sys.executable, "-X", "importtime", *_prepare_argv(SAMPLE, tmp_path / "dst")[1:]]
-    returncode, text = _start_and_signal(argv, "ruslan_glowtts.atomic_files", signal.SIGINT, timeout=120)
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.common.atomic_files", signal.SIGINT, timeout=120)
     _no_traceback(text)
     assert returncode == 130, text[-2000:]
     assert text.strip().splitlines()[-1].startswith("interrupted")
@@ -379,7 +379,7 @@ def test_view_tensorboard_bad_port_or_host_is_one_line(base_run, args, fragment)
 
 def test_view_tensorboard_ctrl_c_in_its_first_second(base_run):
     argv = [sys.executable, "-X", "importtime", str(REPO / "view_tensorboard.py"), str(base_run.parent)]
-    returncode, text = _start_and_signal(argv, "ruslan_glowtts.errors", signal.SIGINT, timeout=120)
+    returncode, text = _start_and_signal(argv, "ruslan_glowtts.common.errors", signal.SIGINT, timeout=120)
     _no_traceback(text)
     assert returncode in (0, 130), text[-2000:]  # 0 when the server was up already: "TensorBoard stopped."
     assert text.strip().splitlines()[-1] in ("interrupted", "TensorBoard stopped.")

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ruslan_glowtts.config import HealthConfig
-from ruslan_glowtts.explosion_rules import Detector, RuleSettings
+from ruslan_glowtts.training.config import HealthConfig
+from ruslan_glowtts.monitor.explosion_rules import Detector, RuleSettings
 
 
 def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
@@ -145,7 +145,7 @@ def test_the_guard_alarms_on_a_stock_blow_up_before_step_50(tmp_path):
     through HealthGuard.decide_update as KitTrainer does: the alarm comes inside the grace steps."""
     from types import SimpleNamespace
 
-    from ruslan_glowtts.health import HealthGuard
+    from ruslan_glowtts.monitor.guard import HealthGuard
 
     from tests.test_explosion_rules import BLOW_UP
 

@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from ruslan_glowtts.cli import parse_args, request_from_args
-from ruslan_glowtts.dataset import split_eval
-from ruslan_glowtts.errors import EXIT_EXPLODED
-from ruslan_glowtts.health import KNOWN_GOOD, reduce_flags
-from ruslan_glowtts.train import train
+from ruslan_glowtts.training.cli import parse_args, request_from_args
+from ruslan_glowtts.training.dataset import split_eval
+from ruslan_glowtts.common.errors import EXIT_EXPLODED
+from ruslan_glowtts.monitor.guard import KNOWN_GOOD, reduce_flags
+from ruslan_glowtts.training.train import train
 from tests.conftest import REPO, copy_corpus, read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,7 @@ def test_nan_audio_in_the_data_is_skipped_in_training_and_eval(sample_22k, tmp_p
     outcome = train(_request(corpus, tmp_path / "runs", "--max-steps", "16"))  # > 2 epochs of 6 batches
     assert outcome.status == "max_steps", outcome.message
     (run,) = run_dirs(tmp_path / "runs")
-    # the loader skips the NaN files (ruslan_glowtts/data_loader.py) and the run counts them
+    # the loader skips the NaN files (ruslan_glowtts/training/data_loader.py) and the run counts them
     assert max(read_scalars(run, "Health/skipped_samples").values()) == 2
     assert read_scalars(run, "EvalStats/avg_loss") is not None
     weights = torch.load(run / "checkpoint_16.pth", weights_only=False)["model"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from ruslan_glowtts import diagnose as dg
+from ruslan_glowtts.monitor import diagnose as dg
 from tests.conftest import run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow

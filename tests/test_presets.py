@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ruslan_glowtts.errors import UserError
-from ruslan_glowtts.presets import available_presets, load_preset, tier_chain
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.presets import available_presets, load_preset, tier_chain
 
 # The values each tier promises in README.md and in its own file.
 DOCUMENTED = {

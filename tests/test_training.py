@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ruslan_glowtts.cli import parse_args, request_from_args
-from ruslan_glowtts.train import train
+from ruslan_glowtts.training.cli import parse_args, request_from_args
+from ruslan_glowtts.training.train import train
 from tests.conftest import read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow

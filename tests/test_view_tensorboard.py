@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ruslan_glowtts import tensorboard_launcher as tl
+from ruslan_glowtts.monitor import tensorboard_launcher as tl
 from tests.conftest import REPO
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import train_ruslan_hifigan
-from ruslan_glowtts.config import RuslanGlowTTSConfig
-from ruslan_glowtts.presets import available_presets
-from ruslan_glowtts.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
+from ruslan_glowtts.training.config import RuslanGlowTTSConfig
+from ruslan_glowtts.common.presets import available_presets
+from ruslan_glowtts.training.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
                                     load_vocoder_samples)
 from tests.conftest import SAMPLE, read_scalars, run_dirs, tiny_vocoder_args
 

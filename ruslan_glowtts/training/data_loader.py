@@ -1,7 +1,7 @@
 """The training data loader: Coqui's TTSDataset, fed from the feature cache, robust to broken audio.
 
 - Features: Coqui computes every utterance's mel spectrogram in the loader, every epoch. When
-  `prepare` has cached them for the run's exact audio settings (ruslan_glowtts/feature_cache.py),
+  `prepare` has cached them for the run's exact audio settings (ruslan_glowtts/prep/feature_cache.py),
   the dataset reads the cached mel instead: identical values, no STFT. Otherwise it computes them
   as Coqui does (and says so once).
 - Broken audio: Coqui's loader crashes the run on a file that stopped loading after the startup
@@ -11,7 +11,7 @@
   to the trainer (SKIPPED_KEY), which counts them (Health/skipped_samples, run.json) and stops
   the run when more than 1 % of the data fails (max_unloadable).
 - Training batches: utterances of similar length, drawn anew every epoch
-  (ruslan_glowtts/batch_sampler.py, `bucket_by_length`); evaluation batches stay Coqui's.
+  (ruslan_glowtts/training/batch_sampler.py, `bucket_by_length`); evaluation batches stay Coqui's.
 - Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
   numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
 
@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 from TTS.tts.datasets.dataset import TTSDataset
 from TTS.tts.models.glow_tts import GlowTTS
 
-from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler, frames_of, padded_share
-from ruslan_glowtts.feature_cache import FeatureCache, mel_of
-from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
+from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, frames_of, padded_share
+from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
+from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
 
 logger = logging.getLogger(__name__)
 _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts import KIT_ROOT
-from ruslan_glowtts.atomic_files import write_text
+from ruslan_glowtts.common.atomic_files import write_text
 
 logger = logging.getLogger(__name__)
 
 # Files the kit adds to a Coqui run folder.
 RUN_META = "run.json"
-KNOWN_GOOD = "known_good.pth"  # the last known-good weights (ruslan_glowtts/health.py)
+KNOWN_GOOD = "known_good.pth"  # the last known-good weights (ruslan_glowtts/monitor/guard.py)
 KNOWN_GOOD_META = "known_good.json"
 
 
@@ -105,7 +105,7 @@ def checkpoint_problem(path: Path) -> str | None:
 def loadable_checkpoint(run_dir: Path) -> Path:
     """The newest checkpoint of a run that loads. A kill during Coqui's save used to leave a
     truncated newest checkpoint that --continue-path picked and died on; older ones are fine."""
-    from ruslan_glowtts.errors import UserError
+    from ruslan_glowtts.common.errors import UserError
 
     candidates = resume_candidates(run_dir)
     first_problem = ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.common.errors import UserError
 
 # Settings Coqui's Synthesizer does not convert between a TTS model and a vocoder.
 UNCONVERTED = ("sample_rate", "num_mels", "fft_size", "win_length", "hop_length", "mel_fmin", "mel_fmax",

@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ruslan_glowtts.atomic_files import remove_stale_temp_files
-from ruslan_glowtts.errors import OneLineErrorParser, UserError
-from ruslan_glowtts.presets import DEFAULT_PRESET
+from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
+from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
+from ruslan_glowtts.common.presets import DEFAULT_PRESET
 
 if TYPE_CHECKING:
-    from ruslan_glowtts.train import TrainRequest
+    from ruslan_glowtts.training.train import TrainRequest
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _vocoder(args: argparse.Namespace, config: Any) -> Any:
     """--vocoder: the vocoder for the test audio, refused unless its features match (issue 13)."""
     if getattr(args, "vocoder", None) is None:
         return None
-    from ruslan_glowtts.synthesize import vocoder_for_run
+    from ruslan_glowtts.voice.synthesize import vocoder_for_run
 
     return vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
 
@@ -142,10 +142,10 @@ def _vocoder(args: argparse.Namespace, config: Any) -> Any:
 def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
-    from ruslan_glowtts import runs
-    from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config, parse_set_option, set_key
-    from ruslan_glowtts.presets import load_preset
-    from ruslan_glowtts.train import TrainRequest
+    from ruslan_glowtts.common import runs
+    from ruslan_glowtts.training.config import Override, RuslanGlowTTSConfig, build_config, parse_set_option, set_key
+    from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.train import TrainRequest
 
     if args.continue_path is not None:
         run_dir = args.continue_path

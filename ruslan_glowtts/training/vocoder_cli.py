@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ruslan_glowtts.cli import _positive_int, check_writable
-from ruslan_glowtts.errors import OneLineErrorParser, UserError
+from ruslan_glowtts.training.cli import _positive_int, check_writable
+from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
-    from ruslan_glowtts.config import parse_set_option, set_key
-    from ruslan_glowtts.vocoder import (DEFAULT_VOCODER_PRESET, RuslanHifiganConfig, VocoderRequest,
+    from ruslan_glowtts.training.config import parse_set_option, set_key
+    from ruslan_glowtts.training.vocoder import (DEFAULT_VOCODER_PRESET, RuslanHifiganConfig, VocoderRequest,
                                         build_vocoder_config, load_vocoder_preset)
 
     if args.continue_path is not None:
@@ -57,7 +57,7 @@ def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
         config.load_json(str(run_dir / "config.json"))
         if args.dataset_path is not None:
             config.data_path = str(args.dataset_path.resolve())
-        from ruslan_glowtts import runs
+        from ruslan_glowtts.common import runs
 
         preset = load_vocoder_preset(runs.read_meta(run_dir).get("preset_path") or DEFAULT_VOCODER_PRESET)
         return VocoderRequest(config, preset, max_steps=args.max_steps, continue_path=run_dir)

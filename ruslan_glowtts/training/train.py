@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from trainer import TrainerArgs
 
-from ruslan_glowtts import runs
-from ruslan_glowtts.config import Override, RuslanGlowTTSConfig, build_config, set_key
-from ruslan_glowtts.data_loader import RuslanGlowTTS
-from ruslan_glowtts.dataset import (check_length_caps, check_sample_rate, check_vocabulary, load_samples,
+from ruslan_glowtts.common import runs
+from ruslan_glowtts.training.config import Override, RuslanGlowTTSConfig, build_config, set_key
+from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+from ruslan_glowtts.training.dataset import (check_length_caps, check_sample_rate, check_vocabulary, load_samples,
                                     read_audio_lengths)
-from ruslan_glowtts.errors import UserError, release_logs
-from ruslan_glowtts.next_steps import next_tier_command
-from ruslan_glowtts.next_steps import flat_keys
-from ruslan_glowtts.presets import Preset, load_preset, tier_chain
-from ruslan_glowtts.trainer import KitTrainer, Outcome
+from ruslan_glowtts.common.errors import UserError, release_logs
+from ruslan_glowtts.common.next_steps import next_tier_command
+from ruslan_glowtts.common.next_steps import flat_keys
+from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.training.trainer import KitTrainer, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _train_run(request: TrainRequest) -> Outcome:
     if request.restore_path is not None:
         check_restore_matches(model, request.restore_path, allow_partial=request.allow_partial_restore)
     if request.vocoder is not None:
-        from ruslan_glowtts.vocoder_preview import attach_vocoder
+        from ruslan_glowtts.voice.preview import attach_vocoder
 
         attach_vocoder(model, request.vocoder)
     release_logs()  # the start-up checks passed: print the config's override lines held back until now

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ruslan_glowtts.atomic_files import atomic_output, write_text
-from ruslan_glowtts.process_tuning import one_blas_thread
+from ruslan_glowtts.common.atomic_files import atomic_output, write_text
+from ruslan_glowtts.common.process_tuning import one_blas_thread
 
 logger = logging.getLogger(__name__)
 

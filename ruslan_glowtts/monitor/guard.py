@@ -1,15 +1,15 @@
 """The health guard: non-finite updates never reach the weights, explosions are detected and
 answered by the run's policy, and a known-good checkpoint is always at hand for a rollback.
 
-Three parts, used by KitTrainer (ruslan_glowtts/trainer.py):
+Three parts, used by KitTrainer (ruslan_glowtts/training/trainer.py):
 - Detector (explosion_rules): the rules on the pre-clip norm and loss of every optimizer update.
 - KnownGoodCheckpoints: a rolling checkpoint that is only ever replaced by a healthy state.
 - HealthGuard: the step guard (skip non-finite updates), TensorBoard `Health/*` logging, and the
   policy: warn (banner + TensorBoard text), stop (exit 3 with the next command), or escalate
-  (exit this run; ruslan_glowtts/train.py rolls back and continues on the fallback tier).
+  (exit this run; ruslan_glowtts/training/train.py rolls back and continues on the fallback tier).
 
 The detection rules, their defaults and the statistics behind them live in
-ruslan_glowtts/explosion_rules.py, shared with diagnose: the guard feeds them the pre-clip norm
+ruslan_glowtts/monitor/explosion_rules.py, shared with diagnose: the guard feeds them the pre-clip norm
 and the loss of every optimizer update.
 """
 
@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 from trainer.io import save_model
 
-from ruslan_glowtts.atomic_files import atomic_output, write_text
-from ruslan_glowtts.config import HealthConfig
-from ruslan_glowtts.explosion_rules import Alarm, Detector, RuleSettings
-from ruslan_glowtts.runs import KNOWN_GOOD, KNOWN_GOOD_META
+from ruslan_glowtts.common.atomic_files import atomic_output, write_text
+from ruslan_glowtts.training.config import HealthConfig
+from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
+from ruslan_glowtts.common.runs import KNOWN_GOOD, KNOWN_GOOD_META
 
 if TYPE_CHECKING:
     from trainer import Trainer

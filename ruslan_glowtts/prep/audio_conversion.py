@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ruslan_glowtts.atomic_files import write_bytes
+from ruslan_glowtts.common.atomic_files import write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import soundfile as sf
 from TTS.tts.datasets import load_tts_samples
 from TTS.tts.utils.text.tokenizer import TTSTokenizer
 
-from ruslan_glowtts.errors import UserError
-from ruslan_glowtts.next_steps import PREPARE_HINT
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.next_steps import PREPARE_HINT
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ruslan_glowtts.synthesize import Model
+from ruslan_glowtts.voice.synthesize import Model
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@
   writes goes to a temp name, is fsynced and renamed into place (trainer.io.save_fsspec).
 - Samples that fail to load (KitTTSDataset skips them) are counted here, logged as
   Health/skipped_samples, and end the run with exit 2 when more than 1 % of the data fails.
-- Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/batch_sampler.py)
+- Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/training/batch_sampler.py)
   and stores the position in the epoch in every checkpoint, so --continue-path resumes mid-epoch
   where it stopped (Coqui would restart the epoch from its first batch).
 """
@@ -48,12 +48,12 @@ from trainer import Trainer
 from trainer.io import save_checkpoint
 from trainer.utils.distributed import rank_zero_only
 
-from ruslan_glowtts.atomic_files import atomic_output
-from ruslan_glowtts.batch_sampler import LengthBucketBatchSampler
-from ruslan_glowtts.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
-from ruslan_glowtts.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+from ruslan_glowtts.common.atomic_files import atomic_output
+from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
+from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
+from ruslan_glowtts.common.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                                    EXIT_USAGE)
-from ruslan_glowtts.health import Alarm, HealthGuard, HealthStop
+from ruslan_glowtts.monitor.guard import Alarm, HealthGuard, HealthStop
 
 logger = logging.getLogger(__name__)
 SAMPLER_STATE = "kit_batch_position"  # checkpoint entry: epoch and batches done in it

@@ -2,7 +2,7 @@
 
 A worker reads one source file at a time and returns a small record (no audio), so memory stays
 bounded whatever the corpus size. Workers run with one BLAS thread and glibc keeping freed
-buffers (ruslan_glowtts/process_tuning.py): together ~2x faster per file on the benchmark.
+buffers (ruslan_glowtts/common/process_tuning.py): together ~2x faster per file on the benchmark.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.audio_audit import AudioLimits, edge_silence, problem, read_and_check
-from ruslan_glowtts.audio_conversion import resample, to_pcm16, trim, write_pcm16_wav
-from ruslan_glowtts.feature_cache import compute_features, write_features
-from ruslan_glowtts.process_tuning import keep_freed_memory, limit_blas_threads
+from ruslan_glowtts.prep.audio_audit import AudioLimits, edge_silence, problem, read_and_check
+from ruslan_glowtts.prep.audio_conversion import resample, to_pcm16, trim, write_pcm16_wav
+from ruslan_glowtts.prep.feature_cache import compute_features, write_features
+from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
 
 logger = logging.getLogger(__name__)
 

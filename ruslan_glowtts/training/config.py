@@ -21,9 +21,9 @@ from coqpit import Coqpit
 from TTS.tts.configs.glow_tts_config import GlowTTSConfig
 
 from ruslan_glowtts import KIT_ROOT
-from ruslan_glowtts.errors import UserError
-from ruslan_glowtts.explosion_rules import DEFAULTS as RULES
-from ruslan_glowtts.presets import Preset
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.monitor.explosion_rules import DEFAULTS as RULES
+from ruslan_glowtts.common.presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepar
 
 @dataclass
 class HealthConfig(Coqpit):
-    """Settings of the health guard (ruslan_glowtts/health.py) and of its explosion rules
-    (ruslan_glowtts/explosion_rules.py, which explains each rule and holds the defaults)."""
+    """Settings of the health guard (ruslan_glowtts/monitor/guard.py) and of its explosion rules
+    (ruslan_glowtts/monitor/explosion_rules.py, which explains each rule and holds the defaults)."""
 
     enabled: bool = True  # false: Coqui's own optimizer step, no guard (for comparison and debugging)
     policy: str = "warn"  # what an explosion does: warn | stop | escalate
@@ -66,7 +66,7 @@ class RuslanGlowTTSConfig(GlowTTSConfig):
     """GlowTTSConfig plus the kit's fields; Coqui's own loaders read it as a plain GlowTTSConfig."""
 
     grad_accum_steps: int = 1  # micro-batches per optimizer step (Coqui's TrainerArgs.grad_accum_steps)
-    # Training batches (ruslan_glowtts/batch_sampler.py): utterances of similar length batched
+    # Training batches (ruslan_glowtts/training/batch_sampler.py): utterances of similar length batched
     # together, in a new order every epoch; false: Coqui's random batches (config.shuffle).
     bucket_by_length: bool = False
     bucket_pool_batches: int = 64  # batches per length-sorted pool: larger pads less, mixes less

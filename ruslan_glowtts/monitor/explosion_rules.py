@@ -1,5 +1,5 @@
 """The explosion rules: one set of statistics, rules and defaults for the live health guard
-(ruslan_glowtts/health.py, fed every optimizer update) and for diagnose (ruslan_glowtts/
+(ruslan_glowtts/monitor/guard.py, fed every optimizer update) and for diagnose (ruslan_glowtts/
 diagnose.py, fed the logged points of a finished or running run). Pure Python and numpy: no
 torch, so that diagnose starts fast and the rules can be replayed over any trace.
 

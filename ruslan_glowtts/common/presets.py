@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts import KIT_ROOT
-from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.common.errors import UserError
 
 PRESETS_DIR = KIT_ROOT / "presets"
 DEFAULT_PRESET = "stable"

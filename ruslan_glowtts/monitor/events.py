@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ruslan_glowtts.errors import UserError
+from ruslan_glowtts.common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.atomic_files import write_bytes, write_text
-from ruslan_glowtts.audio_audit import AUDIO_PROBLEMS
-from ruslan_glowtts.length_limits import LENGTH_PROBLEMS, describe
-from ruslan_glowtts.ruslan_metadata import LINE_PROBLEMS
-from ruslan_glowtts.text_normalization import TEXT_CHANGES, TEXT_PROBLEMS
+from ruslan_glowtts.common.atomic_files import write_bytes, write_text
+from ruslan_glowtts.prep.audio_audit import AUDIO_PROBLEMS
+from ruslan_glowtts.prep.length_limits import LENGTH_PROBLEMS, describe
+from ruslan_glowtts.prep.metadata import LINE_PROBLEMS
+from ruslan_glowtts.prep.text_normalization import TEXT_CHANGES, TEXT_PROBLEMS
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
-from ruslan_glowtts.event_reader import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
+from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.monitor.events import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def wait_for_http(url: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
 
 def print_diagnosis(runs: list[Path], show_all: bool) -> None:
     """The verdict of what is on screen: the full report for one run, one line per run for --all."""
-    from ruslan_glowtts.diagnose import diagnose, format_report, one_line
+    from ruslan_glowtts.monitor.diagnose import diagnose, format_report, one_line
 
     for run in runs if show_all else runs[-1:]:
         try:

@@ -7,7 +7,7 @@ the kit's conventions: config layers (configs/ruslan_hifigan.toml < audio settin
 run < presets/hifigan/<name>.toml < --set), run folder kept on crash and Ctrl-C, run.json,
 --max-steps, --continue-path. The audio settings are never chosen here: they are read from a
 GlowTTS run's config.json (--tts-run) or from the GlowTTS base config, and a layer that changes
-them is refused (ruslan_glowtts/audio_compat.py).
+them is refused (ruslan_glowtts/voice/audio_compat.py).
 
 Features: prepare's feature cache holds each utterance's mel exactly as GlowTTS trains on it; the
 vocoder reads those files (Coqui's GANDataset takes (wav, mel.npy) pairs), so it learns to invert
@@ -36,14 +36,16 @@ from typing import Any
 
 from TTS.vocoder.configs import HifiganConfig
 
-from ruslan_glowtts import KIT_ROOT, runs
-from ruslan_glowtts.audio_compat import check_compatible
-from ruslan_glowtts.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
+from ruslan_glowtts import KIT_ROOT
+
+from ruslan_glowtts.common import runs
+from ruslan_glowtts.voice.audio_compat import check_compatible
+from ruslan_glowtts.training.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
                                    apply_layer, read_toml)
-from ruslan_glowtts.dataset import check_sample_rate
-from ruslan_glowtts.errors import UserError
-from ruslan_glowtts.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
-from ruslan_glowtts.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.training.dataset import check_sample_rate
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.prep.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
+from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ def load_vocoder_preset(name_or_path: str) -> Preset:
 
 
 def format_vocoder_presets() -> str:
-    from ruslan_glowtts.presets import available_presets
+    from ruslan_glowtts.common.presets import available_presets
 
     lines = []
     chain = [p.name for p in tier_chain(load_vocoder_preset(DEFAULT_VOCODER_PRESET), VOCODER_PRESETS_DIR)]
@@ -232,8 +234,8 @@ def _make_trainer_class() -> type:
     import torch
     from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-    from ruslan_glowtts.health import reduce_flags
-    from ruslan_glowtts.trainer import KitTrainer
+    from ruslan_glowtts.monitor.guard import reduce_flags
+    from ruslan_glowtts.training.trainer import KitTrainer
 
     class HifiganTrainer(KitTrainer):
         """KitTrainer with a guarded step for each of the GAN's two optimizers (module docstring)."""

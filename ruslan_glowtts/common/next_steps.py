@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.presets import load_preset
+from ruslan_glowtts.common.presets import load_preset
 
 PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
 

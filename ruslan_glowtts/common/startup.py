@@ -27,7 +27,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _release_logs(*, keep: bool) -> None:
-    errors = sys.modules.get("ruslan_glowtts.errors")  # absent if the signal came during the imports
+    errors = sys.modules.get("ruslan_glowtts.common.errors")  # absent if the signal came during the imports
     if errors is not None:
         errors.release_logs(keep=keep)
 

@@ -1,0 +1,574 @@
+"""Turn a downloaded RUSLAN corpus into training-ready data, and say what is wrong with it.
+
+    python -m ruslan_glowtts.prepare --src /data/RUSLAN --dst /data/RUSLAN_prepared
+    python train_ruslan_glowtts.py --dataset-path /data/RUSLAN_prepared
+
+Reads SRC/metadata_RUSLAN_22200.csv and SRC/RUSLAN/<id>.wav (never writes there) and writes
+DST/RUSLAN/<id>.wav (mono 16-bit PCM at the config's training rate), DST/metadata_RUSLAN_22200.csv
+(usable utterances, normalised text), DST/dataset.toml (config layer 2: rate, length caps,
+vocabulary), DST/report.json, DST/duration_histogram.png and DST/features/<key>/ (mel cache).
+
+Every output is written atomically; DST/.prepare/state.sqlite records what is done, so a re-run
+skips unchanged files and a killed run resumes. Exit codes: 0 a usable dataset (problems are in
+the report), 2 bad arguments, 3 fewer than 2 usable utterances, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _interrupted_while_importing(signum: int, frame: object) -> None:
+    print("interrupted during start-up: nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C during the imports below (librosa, Coqui: seconds) is one line too
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing
+import resource
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ruslan_glowtts.common.atomic_files import remove_stale_temp_files, write_text
+from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
+from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.prep.feature_cache import (
+    FEATURES_DIR,
+    METADATA_FILE,
+    WAV_DIR,
+    feature_key,
+    file_digest,
+    invalidate,
+    write_manifest,
+)
+from ruslan_glowtts.prep.length_limits import (
+    LengthBounds,
+    dataset_fragment,
+    length_problems,
+    recommend_caps,
+    speaking_rate_outliers,
+)
+from ruslan_glowtts.prep.report import Utterance, build_report, summary_lines, write_histogram, write_report
+from ruslan_glowtts.prep.state import PrepareState, StateRow
+from ruslan_glowtts.prep.worker import Job, WorkerSettings, init_worker, process, warm_up
+from ruslan_glowtts.common.presets import DEFAULT_PRESET
+from ruslan_glowtts.common.process_tuning import limit_blas_threads
+from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
+from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text, out_of_vocabulary
+
+logger = logging.getLogger(__name__)
+
+EXIT_NOTHING_USABLE = 3
+MIN_USABLE = 2  # the trainer holds one utterance out for evaluation and needs one to train on
+STATE_DIR = ".prepare"
+DATASET_TOML = "dataset.toml"  # the name ruslan_glowtts.config reads as layer 2
+# Bump when the per-file processing changes, so every file is processed again.
+PIPELINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    src: Path
+    dst: Path
+    meta: Path | None = None  # default SRC/metadata_RUSLAN_22200.csv
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    text: TextOptions = TextOptions()
+    bounds: LengthBounds = LengthBounds()
+    limits: AudioLimits = AudioLimits()
+    cap_percentile: float = 99.0
+    trim_silence: bool = False
+    features: bool = True
+    preset: str = DEFAULT_PRESET  # the feature cache is keyed by this preset's resolved audio settings
+
+
+@dataclass
+class PrepareResult:
+    dst: Path
+    report: dict[str, Any]
+
+    @property
+    def usable(self) -> int:
+        return self.report["summary"]["usable"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments and paths
+
+
+def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
+    src, dst = options.src.expanduser(), options.dst.expanduser()
+    if not src.is_dir():
+        raise UserError(f"--src {src}: no such folder")
+    meta = (options.meta or src / METADATA_FILE).expanduser()
+    if not meta.is_file():
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and RUSLAN/; "
+                        "pass --meta FILE for another name)")
+    if not (src / WAV_DIR).is_dir():
+        raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in RUSLAN/<id>.wav)")
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if dst_real == src_real or dst_real.is_relative_to(src_real):
+        raise UserError(f"--dst {dst} is inside --src {src}: choose a folder outside the source corpus, "
+                        "which prepare never writes to")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"--dst {dst} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / STATE_DIR).is_dir():
+        raise UserError(f"--dst {dst} is not empty and was not written by prepare: choose a new or empty folder")
+    try:
+        (dst / STATE_DIR).mkdir(parents=True, exist_ok=True)  # first: it marks dst as prepare's
+        with tempfile.NamedTemporaryFile(dir=dst, prefix=".writable-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--dst {dst} is not writable: {exc.strerror or exc}") from None
+    return src, dst, meta
+
+
+@contextlib.contextmanager
+def _exclusive(dst: Path) -> Iterator[None]:
+    """One prepare per destination: two would race on the same files. A POSIX record lock, not
+    flock: forked workers do not inherit it, so it dies with the parent even if a worker lingers."""
+    with open(dst / STATE_DIR / "lock", "w") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another prepare is running on {dst}") from None
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: the training rate, vocabulary and audio settings come from the kit's config
+
+
+def _resolve_config(preset_name: str, fragment: dict[str, Any]) -> Any:
+    """The config training will resolve for DST: base < this dataset.toml < preset (no CLI)."""
+    from ruslan_glowtts.training.config import BASE_CONFIG, RuslanGlowTTSConfig, apply_layer, read_toml, to_config
+    from ruslan_glowtts.common.presets import load_preset
+
+    preset = load_preset(preset_name)
+    tree = RuslanGlowTTSConfig().to_dict()
+    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), "base", quiet=True)
+    apply_layer(tree, fragment, DATASET_TOML, quiet=True)
+    apply_layer(tree, preset.overrides, f"preset {preset.name}", quiet=True)
+    return to_config(tree)
+
+
+def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:
+    layer: dict[str, Any] = {"audio": {"sample_rate": sample_rate}}
+    if characters is not None:
+        layer["characters"] = {"characters": characters}
+    return layer
+
+
+def _text_cleaner(config: Any) -> Callable[[str], str] | None:
+    if not config.text_cleaner:
+        return None
+    from TTS.tts.utils.text import cleaners
+
+    cleaner = getattr(cleaners, config.text_cleaner, None)
+    if cleaner is None:
+        raise UserError(f"text_cleaner '{config.text_cleaner}' is not one of Coqui's cleaners")
+    return cleaner
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Utterance]:
+    """One Utterance per metadata line, in file order, with line and text problems."""
+    cleaner = _text_cleaner(config)
+    vocabulary = set(config.characters.characters) | set(config.characters.punctuations)
+    utterances = [Utterance(p.line, p.id, "", problems=[{"code": p.code, "action": LINE_PROBLEMS[p.code][0],
+                                                          "detail": p.detail}]) for p in scan.problems]
+    for entry in scan.entries:
+        normalised = normalize_text(entry.text, text_options)
+        utterance = Utterance(entry.line, entry.id, entry.text, normalised.text, normalised.changes)
+        missing = out_of_vocabulary(normalised.text, vocabulary, cleaner)
+        if missing:
+            code = "latin_letters" if any("a" <= c <= "z" for c in missing) else "out_of_vocabulary"
+            utterance.problems.append({"code": code, "action": TEXT_PROBLEMS[code][0],
+                                       "detail": f"{''.join(missing)!r} in {normalised.text[:80]!r}"})
+        elif not any(c.isalpha() for c in normalised.text):
+            utterance.problems.append({"code": "no_letters", "action": "excluded", "detail": repr(normalised.text)})
+        utterances.append(utterance)
+    utterances.sort(key=lambda u: u.line)
+    return utterances
+
+
+def _options_digest(settings: WorkerSettings) -> str:
+    shaping = {"pipeline": PIPELINE_VERSION, "target_rate": settings.target_rate, "trim_silence": settings.trim_silence,
+               "trim_db": settings.trim_db, "frame_length": settings.frame_length, "hop_length": settings.hop_length,
+               "limits": asdict(settings.limits)}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
+              handle: Callable[[dict[str, Any]], None]) -> tuple[float, float]:
+    """Run the jobs, calling `handle` with each result in the parent. Returns the wall and CPU
+    seconds of processing (after the one-time warm-up): the part of a run that grows with the corpus."""
+    if not jobs:
+        return 0.0, 0.0
+    warm_up()
+    started, cpu_started = time.monotonic(), _cpu_seconds()
+    if workers == 1 or len(jobs) == 1:
+        init_worker(settings, in_pool=False)
+        with limit_blas_threads(), _progress(len(jobs)) as progress:
+            for job in jobs:
+                handle(process(job))
+                progress.update()
+        return time.monotonic() - started, _cpu_seconds() - cpu_started
+    # fork: workers start in milliseconds with everything imported. The pool is created before
+    # the progress bar, so no thread (tqdm's monitor) exists when the workers are forked. On
+    # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    chunksize = max(1, min(16, len(jobs) // (workers * 16)))
+    with context.Pool(workers, initializer=init_worker, initargs=(settings,)) as pool, \
+            _progress(len(jobs)) as progress:
+        for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
+            handle(result)
+            progress.update()
+    return time.monotonic() - started, _cpu_seconds() - cpu_started  # the pool's exit joined the workers
+
+
+def _progress(total: int) -> tqdm:
+    return tqdm(total=total, unit="file", desc="prepare", mininterval=0.5, smoothing=0.05)
+
+
+def prepare(options: PrepareOptions, *, on_result: Callable[[dict[str, Any]], None] | None = None) -> PrepareResult:
+    """Prepare options.dst from options.src. `on_result` is called after each file's result is
+    recorded (progress reporting, tests). Raises UserError for bad input."""
+    if options.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {options.jobs}")
+    fresh = _missing_folders(options.dst.expanduser())
+    src, dst, meta = (path.resolve() for path in _check_paths(options))
+    started = time.monotonic()
+    try:
+        with _exclusive(dst):
+            return _prepare(options, src, dst, meta, started, on_result)
+    except UserError:
+        _remove_if_empty(fresh)  # an exit-2 error leaves --dst as it found it
+        raise
+
+
+def _missing_folders(dst: Path) -> list[Path]:
+    """dst's skeleton that does not exist yet (what prepare may create before an error), deepest first."""
+    skeleton = [dst / STATE_DIR / "lock", dst / STATE_DIR, dst / WAV_DIR, dst / FEATURES_DIR, dst]
+    return [path for path in skeleton if not path.exists()]
+
+
+def _remove_if_empty(paths: list[Path]) -> None:
+    """Remove what this run created, deepest first; never a folder with anything in it."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.name == "lock" and path.stat().st_size == 0:
+                path.unlink()
+            elif path.is_dir():
+                for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if child.is_dir():
+                        child.rmdir()  # OSError (kept) when it holds a file
+                path.rmdir()
+
+
+def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started: float,
+             on_result: Callable[[dict[str, Any]], None] | None) -> PrepareResult:
+    base = _resolve_config(options.preset, {})
+    rate = base.audio.sample_rate
+    characters = base.characters.characters
+    stress_characters = None
+    if options.text.stress == "keep":
+        stress_characters = characters if STRESS_MARK in characters else characters + STRESS_MARK
+    # The config training will resolve once dataset.toml is written: its audio settings key the cache.
+    config = _resolve_config(options.preset, _fragment_layer(rate, stress_characters))
+    feature_dir = dst / FEATURES_DIR / feature_key(config.audio)
+    (dst / WAV_DIR).mkdir(exist_ok=True)
+    if options.features:
+        feature_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (dst, dst / WAV_DIR, feature_dir):
+        remove_stale_temp_files(folder)
+
+    scan = read_metadata(meta)
+    utterances = _normalise(scan, config, options.text)
+    settings = WorkerSettings(
+        target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
+        frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
+        audio_config=config.audio if options.features else None)
+    rows, run = _process_files(utterances, settings, options, src, dst, feature_dir, on_result)
+    _merge_audio(utterances, rows, rate, options.bounds)
+
+    usable = [u for u in utterances if u.usable]
+    write_text(dst / METADATA_FILE, "".join(f"{u.id}|{u.text}\n" for u in usable), only_if_changed=True)
+    caps = recommend_caps([u.frames for u in usable], [len(u.text) for u in usable], rate=rate,
+                          percentile=options.cap_percentile, bounds=options.bounds)
+    write_text(dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters),
+               only_if_changed=True)
+    cached = 0
+    if options.features:
+        cached = sum(1 for u in usable if rows[u.id].feature_key == feature_dir.name)
+        write_manifest(feature_dir, config.audio, features=cached, utterances=len(usable),
+                       metadata_sha256=file_digest(dst / METADATA_FILE))
+    histogram = write_histogram(dst, utterances, rate=rate, caps=caps,
+                                digest_file=dst / STATE_DIR / "histogram.sha256")
+    header = {
+        "source": str(src), "destination": str(dst), "metadata_file": str(meta),
+        "options": _jsonable({**asdict(options), "src": str(src), "dst": str(dst), "meta": str(meta)}),
+        "training": {"sample_rate": rate, "characters": stress_characters or characters,
+                     "punctuations": config.characters.punctuations, "text_cleaner": config.text_cleaner},
+        "metadata": {"lines": scan.lines, "bom": scan.bom, "crlf_lines": scan.crlf_lines,
+                     "trailing_whitespace_lines": scan.trailing_whitespace_lines},
+        "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
+                    "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
+                    "features_cached": cached},
+    }
+    run["seconds"] = round(time.monotonic() - started, 2)
+    report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
+    write_report(dst, report)
+    return PrepareResult(dst, report)
+
+
+def _process_files(utterances: list[Utterance], settings: WorkerSettings, options: PrepareOptions, src: Path,
+                   dst: Path, feature_dir: Path, on_result: Callable[[dict[str, Any]], None] | None,
+                   ) -> tuple[dict[str, StateRow], dict[str, Any]]:
+    """Bring every file's outputs up to date; returns the state rows (one per processed id) and run counts."""
+    digest, key = _options_digest(settings), feature_dir.name
+    run: dict[str, Any] = {"processed": 0, "reused": 0, "features_computed": 0, "processing_seconds": 0.0,
+                           "processing_cpu_seconds": 0.0}
+    state = PrepareState(dst / STATE_DIR / "state.sqlite")
+    try:
+        rows = state.load()
+        jobs, signatures, run["reused"] = _plan(utterances, rows, src, dst,
+                                                feature_dir if options.features else None, digest, key)
+        _prune(rows, set(signatures), state, dst, feature_dir)
+        if any(job.convert for job in jobs):
+            invalidate(feature_dir)  # a cache is only trusted again once a run completes it
+
+        def handle(result: dict[str, Any]) -> None:
+            id_ = result["id"]
+            if result["converted"]:
+                row = StateRow(signatures[id_], digest, key if result["features"] else "", result)
+                run["processed"] += 1
+            else:  # features only: the audio and its record are unchanged
+                old = rows[id_]
+                row = StateRow(old.source, old.options, key, old.record)
+            run["features_computed"] += bool(result.get("features"))
+            rows[id_] = row
+            state.put(id_, row)
+            if on_result is not None:
+                on_result(result)
+
+        logger.info("%d utterance(s) to process, %d unchanged since the last run", len(jobs), run["reused"])
+        wall, cpu = _run_jobs(jobs, settings, options.jobs, handle)
+        run.update(processing_seconds=round(wall, 2), processing_cpu_seconds=round(cpu, 2))
+    finally:
+        state.close()  # commits what is done, also on Ctrl-C: the next run resumes from there
+    return rows, run
+
+
+def _line_problem(utterance: Utterance) -> bool:
+    """Lines that are not a (first) valid id: never processed, so a duplicate cannot touch the original's files."""
+    return any(p["code"] in LINE_PROBLEMS for p in utterance.problems)
+
+
+def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst: Path, feature_dir: Path | None,
+          digest: str, key: str) -> tuple[list[Job], dict[str, str], int]:
+    """The jobs this run must do; files whose source, options and outputs are unchanged are skipped."""
+    jobs, signatures, reused = [], {}, 0
+    for u in utterances:
+        if _line_problem(u):
+            continue
+        source = src / WAV_DIR / f"{u.id}.wav"
+        try:
+            info = source.stat()
+        except OSError:
+            u.problems.append(problem("missing_file", str(source)))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            u.problems.append(problem("unreadable", "not a regular file"))
+            continue
+        signatures[u.id] = f"{info.st_size}:{info.st_mtime_ns}"
+        wav = dst / WAV_DIR / f"{u.id}.wav"
+        features = feature_dir / f"{u.id}.npy" if feature_dir is not None else None
+        row = rows.get(u.id)
+        current = (row is not None and row.source == signatures[u.id] and row.options == digest
+                   and (not row.record["usable"] or wav.is_file()))
+        if not current:
+            jobs.append(Job(u.id, str(source), str(wav), str(features) if features else None, convert=True))
+        elif features is not None and row.record["usable"] and (row.feature_key != key or not features.is_file()):
+            jobs.append(Job(u.id, str(source), str(wav), str(features), convert=False))
+        else:
+            reused += 1
+    return jobs, signatures, reused
+
+
+def _prune(rows: dict[str, StateRow], present: set[str], state: PrepareState, dst: Path, feature_dir: Path) -> None:
+    """Forget outputs of utterances that left the metadata or whose source file disappeared."""
+    gone = [id_ for id_ in rows if id_ not in present]
+    for id_ in gone:
+        (dst / WAV_DIR / f"{id_}.wav").unlink(missing_ok=True)
+        (feature_dir / f"{id_}.npy").unlink(missing_ok=True)
+        del rows[id_]
+    if gone:
+        state.delete(gone)
+        state.commit()
+        logger.info("Removed the outputs of %d utterance(s) no longer in the source", len(gone))
+
+
+def _merge_audio(utterances: list[Utterance], rows: dict[str, StateRow], rate: int, bounds: LengthBounds) -> None:
+    """Add each file's audit findings and the length checks to its utterance."""
+    rates = {}
+    for u in utterances:
+        row = rows.get(u.id)
+        if row is None or _line_problem(u) or any(p["code"] == "missing_file" for p in u.problems):
+            continue
+        u.problems.extend(row.record["problems"])
+        u.audio = row.record.get("source", {})
+        if row.record["usable"]:
+            u.frames = row.record["frames"]
+            u.problems.extend(length_problems(u.frames / rate, len(u.text), bounds))
+        if u.usable and u.frames:
+            rates[u.id] = len(u.text) / (u.frames / rate)
+    outliers = speaking_rate_outliers(rates)
+    for u in utterances:
+        if u.id in outliers:
+            u.problems.append({"code": "unusual_speaking_rate", "action": "warning", "detail": outliers[u.id]})
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d_bounds, d_limits = LengthBounds(), AudioLimits()
+    p = OneLineErrorParser(
+        prog="python -m ruslan_glowtts.prepare",
+        description="Check, clean, resample and normalise a RUSLAN corpus into a training-ready folder, "
+                    "with a report of every problem found.",
+        epilog="Exit codes: 0 usable dataset (problems are listed in DST/report.json), 2 bad arguments, "
+               f"3 fewer than {MIN_USABLE} usable utterances, 130 interrupted (run again to resume).",
+    )
+    p.add_argument("--src", type=Path, required=True, metavar="DIR",
+                   help="the RUSLAN folder as downloaded: metadata_RUSLAN_22200.csv and RUSLAN/*.wav (read only)")
+    p.add_argument("--dst", type=Path, required=True, metavar="DIR",
+                   help="the prepared folder to write (new, or an earlier prepare output to update); "
+                        "then train with --dataset-path DIR")
+    p.add_argument("--meta", type=Path, metavar="FILE", help="metadata file (default SRC/metadata_RUSLAN_22200.csv)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="worker processes (default: all %(default)s cores)")
+    text = p.add_argument_group("text")
+    text.add_argument("--stress", choices=("strip", "keep"), default="strip",
+                      help="'+' stress marks: strip them (default), or keep them and add '+' to the vocabulary "
+                           "(inference text then needs stress marks too)")
+    text.add_argument("--yo", choices=("keep", "e"), default="keep",
+                      help="keep ё (default) or write е everywhere (when the corpus marks ё inconsistently)")
+    lengths = p.add_argument_group("lengths")
+    lengths.add_argument("--min-duration", type=float, default=d_bounds.min_seconds, metavar="S",
+                         help="exclude shorter utterances (default %(default)s s)")
+    lengths.add_argument("--max-duration", type=float, default=d_bounds.max_seconds, metavar="S",
+                         help="exclude longer utterances (default %(default)s s)")
+    lengths.add_argument("--min-text-len", type=int, default=d_bounds.min_chars, metavar="N",
+                         help="exclude shorter normalised texts (default %(default)s characters)")
+    lengths.add_argument("--max-text-len", type=int, default=d_bounds.max_chars, metavar="N",
+                         help="exclude longer normalised texts (default %(default)s characters)")
+    lengths.add_argument("--cap-percentile", type=float, default=99.0, metavar="P",
+                         help="training caps max_audio_len/max_text_len in dataset.toml at this percentile of "
+                              "the usable utterances (default %(default)s; 100 keeps all)")
+    audio = p.add_argument_group("audio")
+    audio.add_argument("--trim-silence", action="store_true",
+                       help="cut leading/trailing silence (keeping 0.1 s) in the prepared copy")
+    audio.add_argument("--max-edge-silence", type=float, default=d_limits.max_edge_silence, metavar="S",
+                       help="report leading/trailing silence longer than this (default %(default)s s)")
+    audio.add_argument("--max-clipped-ratio", type=float, default=d_limits.max_clipped_ratio, metavar="R",
+                       help="exclude files with more than this share of full-scale samples (default %(default)s)")
+    audio.add_argument("--silence-peak-db", type=float, default=d_limits.silence_peak_db, metavar="DB",
+                       help="exclude files whose peak is below this, in dBFS (default %(default)s)")
+    features = p.add_argument_group("feature cache")
+    features.add_argument("--no-features", action="store_true",
+                          help="do not build the mel feature cache (training then computes features on the fly)")
+    features.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|PATH",
+                          help="the preset you will train with, if it changes audio settings (default %(default)s)")
+    return p
+
+
+def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
+    args = build_parser().parse_args(argv)
+    bounds = LengthBounds(args.min_duration, args.max_duration, args.min_text_len, args.max_text_len)
+    if not 0 <= bounds.min_seconds < bounds.max_seconds or not 0 <= bounds.min_chars < bounds.max_chars:
+        raise UserError("length bounds: need 0 <= --min-duration < --max-duration "
+                        "and 0 <= --min-text-len < --max-text-len")
+    if not 0 < args.cap_percentile <= 100:
+        raise UserError(f"--cap-percentile must be in (0, 100], got {args.cap_percentile:g}")
+    limits = AudioLimits(max_clipped_ratio=args.max_clipped_ratio, silence_peak_db=args.silence_peak_db,
+                         max_edge_silence=args.max_edge_silence)
+    return PrepareOptions(src=args.src, dst=args.dst, meta=args.meta, jobs=args.jobs,
+                          text=TextOptions(stress=args.stress, yo=args.yo), bounds=bounds, limits=limits,
+                          cap_percentile=args.cap_percentile, trim_silence=args.trim_silence,
+                          features=not args.no_features, preset=args.preset)
+
+
+class _Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C (the pool is terminated, the state committed)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ruslan_glowtts.training.cli import setup_logging
+
+    setup_logging()
+    logging.getLogger("TTS").setLevel(logging.WARNING)  # "Setting up Audio Processor..." once per worker
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C unwinds (pool, state)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        result = prepare(options_from_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print("terminated (SIGTERM): finished files are kept; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("\n".join(summary_lines(result.report, result.dst)))
+    if result.usable < MIN_USABLE:
+        print(f"error: {result.usable} usable utterance(s) remain, training needs at least {MIN_USABLE}; "
+              f"see {result.dst / 'report.json'}", file=sys.stderr)
+        return EXIT_NOTHING_USABLE
+    print(f"Next: python train_ruslan_glowtts.py --dataset-path {result.dst}")
+    return 0
+
+
+def run_as_script() -> None:
+    """`python -m ruslan_glowtts.prepare`."""
+    sys.exit(main())

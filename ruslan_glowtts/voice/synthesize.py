@@ -1,0 +1,218 @@
+"""Speak text with a trained GlowTTS run and, if given, its HiFi-GAN vocoder: one WAV per sentence.
+
+    python -m ruslan_glowtts.synthesize --tts runs/<glowtts run> --vocoder runs/<hifigan run> \\
+        --text "В 1812 году началась Отечественная война." --out out/
+    python -m ruslan_glowtts.synthesize --tts runs/<run>/checkpoint_50000.pth --file sentences.txt --out out/
+
+RUN_OR_CKPT is a run folder (its newest checkpoint_N.pth, else best_model.pth, else known_good.pth,
+with the folder's config.json) or a checkpoint file (with the config.json beside it).
+
+Before loading anything it checks that the vocoder was trained on the same mel features as the
+GlowTTS model (every setting Coqui's Synthesizer does not convert, ruslan_glowtts/voice/audio_compat.py)
+and refuses a mismatch with one line naming the settings. The text goes through prepare's
+normaliser first (numbers, abbreviations: «в 1812 году» is read as words), as the training text did.
+Synthesis is Coqui's own Synthesizer with the vocoder passed by path: `tts --model_path ...
+--vocoder_name ...` ignores the vocoder in coqui-tts 0.28 (README, "Listen").
+
+Exit codes: 0 WAVs written, 2 bad input (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruslan_glowtts.voice.audio_compat import check_compatible
+from ruslan_glowtts.training.cli import setup_logging
+from ruslan_glowtts.common.errors import EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.common.runs import KNOWN_GOOD
+from ruslan_glowtts.prep.text_normalization import normalize_text, out_of_vocabulary
+
+logger = logging.getLogger(__name__)
+
+VOCODER_MODELS = ("hifigan", "gan", "melgan", "multiband_melgan", "fullband_melgan", "parallel_wavegan",
+                  "wavegrad", "wavernn", "univnet")
+
+
+@dataclass(frozen=True)
+class Model:
+    checkpoint: Path
+    config_path: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.checkpoint)
+
+
+def _checkpoint_step(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint_(\d+)\.pth", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def resolve_model(given: Path, flag: str) -> Model:
+    """The checkpoint and config.json a run folder or checkpoint path stands for."""
+    if not given.exists():
+        raise UserError(f"{flag} {given}: no such run folder or checkpoint")
+    if given.is_dir():
+        checkpoints = sorted(given.glob("checkpoint_*.pth"), key=_checkpoint_step)
+        candidates = checkpoints[-1:] + [given / "best_model.pth", given / KNOWN_GOOD]
+        checkpoint = next((c for c in candidates if c.is_file()), None)
+        if checkpoint is None:
+            raise UserError(f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, best_model.pth or "
+                            f"{KNOWN_GOOD}) yet")
+        config_path = given / "config.json"
+    else:
+        checkpoint, config_path = given, given.parent / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{flag} {given}: no config.json beside the checkpoint ({config_path})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{flag} {given}: unreadable config.json: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("audio"), dict):
+        raise UserError(f"{flag} {given}: {config_path} is not a Coqui model config (no audio settings)")
+    return Model(checkpoint, config_path, config)
+
+
+def _is_vocoder(config: dict[str, Any]) -> bool:
+    return "generator_model" in config or str(config.get("model", "")).lower() in VOCODER_MODELS
+
+
+def vocoder_for_run(given: Path, tts_audio: Any, tts_name: str) -> Model:
+    """The vocoder behind `--vocoder` of train_ruslan_glowtts.py, checked against the run's features."""
+    vocoder = resolve_model(given, "--vocoder")
+    if not _is_vocoder(vocoder.config):
+        raise UserError(f"--vocoder {given}: this is a {vocoder.config.get('model')} model, not a vocoder")
+    check_compatible(tts_audio, vocoder.config["audio"], tts_name=tts_name, vocoder_name=vocoder.name)
+    return vocoder
+
+
+def read_sentences(text: str | None, file: Path | None) -> list[str]:
+    if text is not None:
+        lines = [text]
+    else:
+        assert file is not None
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"--file {file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--file {file}: cannot read it as UTF-8 text: {exc}") from None
+    sentences = [line.strip() for line in lines if line.strip()]
+    if not sentences:
+        raise UserError(f"{'--text' if text is not None else f'--file {file}'}: no text to speak")
+    return sentences
+
+
+def _cleaner(config: dict[str, Any]):
+    from TTS.tts.utils.text import cleaners
+
+    return getattr(cleaners, config.get("text_cleaner") or "", None)
+
+
+def _check_vocabulary(sentences: list[str], config: dict[str, Any]) -> None:
+    """Coqui's tokenizer drops characters outside the vocabulary: warn, and refuse a sentence with
+    no letter left (GlowTTS cannot run on an empty input)."""
+    chars = config.get("characters") or {}
+    letters = chars.get("characters")
+    if not letters:
+        return
+    vocabulary = letters + (chars.get("punctuations") or "")
+    cleaner = _cleaner(config)
+    for number, sentence in enumerate(sentences, 1):
+        cleaned = cleaner(sentence) if cleaner is not None else sentence
+        if not any(c in letters for c in cleaned):
+            raise UserError(f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it "
+                            "(Russian text expected; Latin letters are not in the vocabulary)")
+        unknown = out_of_vocabulary(sentence, vocabulary, cleaner)
+        if unknown:
+            logger.warning(" ! %r: characters outside the model's vocabulary are dropped: %s", sentence, " ".join(unknown))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m ruslan_glowtts.synthesize",
+        description="Speak Russian text with a GlowTTS run and (optionally) a matching HiFi-GAN vocoder run.",
+        epilog="Exit codes: 0 WAVs written, 2 bad input.",
+    )
+    p.add_argument("--tts", type=Path, required=True, metavar="RUN_OR_CKPT",
+                   help="GlowTTS run folder (newest checkpoint) or checkpoint file")
+    p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
+                   help="HiFi-GAN run folder or checkpoint (train_ruslan_hifigan.py); without it: Griffin-Lim")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one sentence: one WAV")
+    source.add_argument("--file", type=Path, help="UTF-8 text file: one WAV per non-empty line")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for 001.wav, 002.wav, ...")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
+    return p
+
+
+def synthesize(args: argparse.Namespace) -> list[Path]:
+    tts = resolve_model(args.tts, "--tts")
+    if _is_vocoder(tts.config):
+        raise UserError(f"--tts {args.tts}: this is a vocoder ({tts.config.get('model')}), not a GlowTTS model")
+    vocoder = resolve_model(args.vocoder, "--vocoder") if args.vocoder is not None else None
+    if vocoder is not None:
+        if not _is_vocoder(vocoder.config):
+            raise UserError(f"--vocoder {args.vocoder}: this is a {vocoder.config.get('model')} model, not a vocoder")
+        check_compatible(tts.config["audio"], vocoder.config["audio"], tts_name=tts.name, vocoder_name=vocoder.name)
+    sentences = read_sentences(args.text, args.file)
+    normalized = [normalize_text(s).text for s in sentences]
+    _check_vocabulary(normalized, tts.config)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot create it: {exc.strerror}") from None
+
+    import torch
+    from TTS.utils.synthesizer import Synthesizer
+
+    if vocoder is None:
+        logger.warning(" ! No --vocoder: using Griffin-Lim (metallic sound; judge intelligibility and prosody). "
+                       "Train a vocoder with train_ruslan_hifigan.py for a real voice.")
+    else:
+        logger.info("Vocoder: %s", vocoder.name)
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    synthesizer = Synthesizer(
+        tts_checkpoint=tts.checkpoint, tts_config_path=tts.config_path,
+        vocoder_checkpoint=vocoder.checkpoint if vocoder else None,
+        vocoder_config=vocoder.config_path if vocoder else None, use_cuda=use_cuda,
+    )
+    written = []
+    width = max(3, len(str(len(normalized))))
+    index = []
+    for number, (original, text) in enumerate(zip(sentences, normalized, strict=True), 1):
+        wav = synthesizer.tts(text, split_sentences=False)
+        path = args.out / f"{number:0{width}d}.wav"
+        synthesizer.save_wav(wav, str(path))
+        seconds = len(wav) / synthesizer.output_sample_rate
+        logger.info("%s  %.2f s  %s", path, seconds, text)
+        index.append(f"{path.name}\t{original}\t{text}")
+        written.append(path)
+    (args.out / "index.tsv").write_text("file\ttext\tnormalised text\n" + "\n".join(index) + "\n", encoding="utf-8")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    try:
+        args = build_parser().parse_args(argv)
+        written = synthesize(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    vocoder = "HiFi-GAN" if args.vocoder is not None else "Griffin-Lim (no --vocoder)"
+    print(f"Wrote {len(written)} WAV(s) to {args.out} with {vocoder}; index.tsv lists their text.")
+    return 0
+
+
+def run_as_script() -> None:
+    """`python -m ruslan_glowtts.synthesize`."""
+    sys.exit(main())
