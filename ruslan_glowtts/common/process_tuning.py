@@ -1,6 +1,7 @@
 """Settings for processes that run numpy audio code one file after another, one process per core.
 
-Both were measured on the 2-core benchmark machine (docs/bench_prepare.md):
+Both were measured once on the 2-core development machine while prepare was built (the numbers
+below; docs/BENCHMARKS.md section 1 has prepare's resulting speed):
 - BLAS threads: Coqui's mel projection is a float32 x float64 matrix product; with one process
   per core, numpy's default BLAS threads only contend (~18x slower product, ~4x slower loader).
 - glibc malloc: numpy buffers above 128 KB (every waveform, STFT and mel of a 5 s utterance) are
