@@ -116,7 +116,7 @@ def test_the_rules_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, ruslan_glowtts.explosion_rules, ruslan_glowtts.diagnose; print('torch' in sys.modules)"
+    code = "import sys, ruslan_glowtts.monitor.explosion_rules, ruslan_glowtts.monitor.diagnose; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 

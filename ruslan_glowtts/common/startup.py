@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Callable
 
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # as ruslan_glowtts.errors (kept import-free here)
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # as ruslan_glowtts.common.errors (kept import-free here)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader left
 
 
