@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
+from ruslan_glowtts.common.cli import check_writable
 from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from ruslan_glowtts.training.train import TrainRequest
 
 logger = logging.getLogger(__name__)
-
 
 
 def _positive_int(text: str) -> int:
@@ -109,27 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_writable(folder: Path) -> None:
-    """The output path can be created and written to; nothing is created here (an exit-2 error
-    later must leave no empty folder behind)."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"output path {folder} is not writable: {existing} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise UserError(f"output path {folder} is not writable: {exc.strerror}") from None
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("matplotlib", "numba", "fsspec", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _vocoder(args: argparse.Namespace, config: Any) -> Any:
     """--vocoder: the vocoder for the test audio, refused unless its features match (issue 13)."""
     if getattr(args, "vocoder", None) is None:
@@ -197,7 +175,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     if not args.print_config:
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
-        check_writable(Path(config.output_path))
+        check_writable(Path(config.output_path), "output path")
     return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
                         allow_partial_restore=args.allow_partial_restore, vocoder=_vocoder(args, config),
                         allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
