@@ -39,8 +39,8 @@ def test_smoke_run_writes_config_events_metadata_and_checkpoint(smoke_run):
     assert meta["status"] == "max_steps" and meta["final_step"] == 8 and meta["exit_code"] == 0
     assert meta["preset"] == "stable" and meta["tier_chain"] == ["stable", "safer", "safest"]
     assert meta["precision"] == "fp32"  # bf16 preset on CPU
-    assert {"key": "hidden_channels_enc", "value": 32, "source": "--set"} in meta["overrides"]
-    assert {"key": "lr", "value": 2e-4, "source": "preset stable"} in meta["overrides"]
+    assert {"key": "hidden_channels_enc", "value": 32, "source": "--set", "layer": "command_line"} in meta["overrides"]
+    assert {"key": "lr", "value": 2e-4, "source": "preset stable", "layer": "preset"} in meta["overrides"]
     assert meta["seed"] == 54321 and "coqui-tts" in meta["versions"] and meta["command"]
     assert read_scalars(smoke_run, "TrainIterStats/loss")
 

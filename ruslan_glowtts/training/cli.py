@@ -121,7 +121,8 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts.common import runs
-    from ruslan_glowtts.training.config import Override, RuslanGlowTTSConfig, build_config, parse_set_option, set_key
+    from ruslan_glowtts.training.config import (Layer, Override, RuslanGlowTTSConfig, build_config, parse_set_option,
+                                                set_key)
     from ruslan_glowtts.common.presets import load_preset
     from ruslan_glowtts.training.train import TrainRequest
 
@@ -145,7 +146,8 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
                            "exploding state. The next tier, from the known-good weights, is usually better: %s",
                            meta.get("message", "").split(". Next:")[0], "see run.json 'message'")
         # An escalation from here rebuilds the config from the run's original command-line settings.
-        cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
+        recorded = [Override.from_json(o) for o in meta.get("overrides", [])]  # old runs: no "layer" key
+        cli_overrides = [o for o in recorded if o.layer is Layer.COMMAND_LINE]
         logger.info("Resuming from %s", resume_from.name)
         return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
                             resume_from=resume_from, vocoder=_vocoder(args, config),

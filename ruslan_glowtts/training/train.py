@@ -26,7 +26,7 @@ import torch
 from trainer import TrainerArgs
 
 from ruslan_glowtts.common import runs
-from ruslan_glowtts.training.config import Override, RuslanGlowTTSConfig, build_config, set_key
+from ruslan_glowtts.training.config import Layer, Override, RuslanGlowTTSConfig, build_config, set_key
 from ruslan_glowtts.training.data_loader import RuslanGlowTTS
 from ruslan_glowtts.training.dataset import (check_length_caps, check_sample_rate, check_vocabulary, load_samples,
                                     read_audio_lengths)
@@ -209,7 +209,7 @@ def check_restore_matches(model: torch.nn.Module, path: Path, *, allow_partial: 
 
 
 def _cli_overrides(request: TrainRequest) -> list[dict[str, Any]]:
-    return [asdict(o) for o in request.overrides if o.source.startswith("--")]
+    return [o.to_json() for o in request.overrides if o.layer is Layer.COMMAND_LINE]
 
 
 def _cli_layers_for(preset: Preset, request: TrainRequest) -> list[tuple[dict[str, Any], str]]:
@@ -218,14 +218,14 @@ def _cli_layers_for(preset: Preset, request: TrainRequest) -> list[tuple[dict[st
     tier_keys = flat_keys(preset.overrides)
     layers = []
     for override in request.overrides:
-        if not override.source.startswith("--"):
+        if override.layer is not Layer.COMMAND_LINE:
             continue
         if override.key in tier_keys:
             logger.info("Escalation: dropping %s %s (preset %s sets it)", override.source, override.key, preset.name)
             continue
         layer: dict[str, Any] = {}
         set_key(layer, override.key, override.value)
-        layers.append((layer, override.source))
+        layers.append((layer, override.source.text))  # the flag
     return layers
 
 
@@ -294,7 +294,7 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str) -> N
         preset=request.preset.name,
         preset_path=str(request.preset.path),
         tier_chain=[p.name for p in chain],
-        overrides=[asdict(o) for o in request.overrides if not o.source.startswith("base ")],
+        overrides=[o.to_json() for o in request.overrides if o.layer is not Layer.BASE],
         seed=request.config.training_seed,
         dataset_path=request.config.datasets[0].path,
         restore_path=str(request.restore_path) if request.restore_path else None,
