@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     request = request_from_args(args)
     if args.print_config:
         release_logs()
-        print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(request.job.config.to_dict(), indent=2, ensure_ascii=False))
         return 0
     from ruslan_glowtts.training.train import train  # imports torch and Coqui
 

@@ -90,9 +90,12 @@ def _crash_at(step: int, *, poison_weights: bool):
 def test_crash_keeps_the_run_folder_and_logs(sample_22k, tmp_path, poison_weights):
     args = parse_args(["--dataset-path", str(sample_22k), "--output-path", str(tmp_path / "runs"), *tiny_args()])
     request = request_from_args(args)
-    request.callbacks = {"on_train_step_start": _crash_at(4, poison_weights=poison_weights)}
+    request = request.with_callbacks({"on_train_step_start": _crash_at(4, poison_weights=poison_weights)})
+    config_before = request.job.config.to_dict()
     outcome = train(request)
     assert outcome.status == "crashed" and outcome.exit_code == 1
+    # the run trained a copy: its precision fallback (bf16 -> fp32 on CPU) and run name stay the run's
+    assert request.job.config.to_dict() == config_before
     (run,) = run_dirs(tmp_path / "runs")
     assert read_scalars(run, "TrainIterStats/loss")  # the event file survived
     assert "injected crash" in (run / "trainer_0_log.txt").read_text(encoding="utf-8")

@@ -124,8 +124,9 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     from ruslan_glowtts.training.config import (Layer, Override, RuslanGlowTTSConfig, build_config, parse_set_option,
                                                 set_key)
     from ruslan_glowtts.common.presets import load_preset
-    from ruslan_glowtts.training.train import TrainRequest
+    from ruslan_glowtts.training.train import Launch, TrainJob, TrainRequest
 
+    launch = Launch(rank=args.rank, group_id=args.group_id, use_ddp=args.use_ddp)
     if args.continue_path is not None:
         run_dir = args.continue_path
         if not (run_dir / "config.json").is_file():
@@ -149,11 +150,10 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         recorded = [Override.from_json(o) for o in meta.get("overrides", [])]  # old runs: no "layer" key
         cli_overrides = [o for o in recorded if o.layer is Layer.COMMAND_LINE]
         logger.info("Resuming from %s", resume_from.name)
-        return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
-                            resume_from=resume_from, vocoder=_vocoder(args, config),
-                            allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
-                            group_id=args.group_id, use_ddp=args.use_ddp,
-                            dataset_path=Path(config.datasets[0].path))
+        job = TrainJob(config, preset, tuple(cli_overrides), dataset_path=Path(config.datasets[0].path),
+                       max_steps=args.max_steps, continue_path=run_dir, resume_from=resume_from,
+                       allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+        return TrainRequest(job, launch)
 
     preset = load_preset(args.preset or DEFAULT_PRESET)
     cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
@@ -178,7 +178,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
         check_writable(Path(config.output_path), "output path")
-    return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
-                        allow_partial_restore=args.allow_partial_restore, vocoder=_vocoder(args, config),
-                        allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
-                        use_ddp=args.use_ddp, dataset_path=args.dataset_path)
+    job = TrainJob(config, preset, tuple(overrides), dataset_path=args.dataset_path, max_steps=args.max_steps,
+                   restore_path=args.restore_path, allow_partial_restore=args.allow_partial_restore,
+                   allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+    return TrainRequest(job, launch)
