@@ -22,6 +22,11 @@ argv, ...)` is the same without the decorator. What the wrapper does, for every 
 `run_as_script("pkg.module")` is the `python -m` entry: it imports the tool's module inside the
 same guard, so Ctrl-C during seconds of torch/librosa imports is one line too. This module imports
 nothing heavy (the scripts import it before torch and Coqui).
+
+Moving a tool onto it (diagnose is next): put `@tool(log_level=logging.WARNING)` (its level) on its
+`main(argv)`, delete its own `except UserError` / BrokenPipeError / signal handling and its
+logging.basicConfig, have its `python -m` module call `run_as_script("ruslan_glowtts.monitor.diagnose")`,
+and add the module to WRAPPED_MAINS in tests/test_tool_wrapper.py.
 """
 
 from __future__ import annotations
