@@ -9,38 +9,29 @@ settings (or the GlowTTS base config's) < presets/hifigan/<name>.toml < --set an
 
 import sys
 
-from ruslan_glowtts.common.startup import guarded_main  # first: a signal during the imports below is one line
+# First, and light: from here a signal during the imports below is one line (ruslan_glowtts/common/cli.py).
+from ruslan_glowtts.common.cli import TRAINING_START_UP, tool
 
 
+@tool(**TRAINING_START_UP)  # the Trainer handles signals itself once it runs: these are the start-up's
 def main(argv: list[str] | None = None) -> int:
-    return guarded_main(_main, argv)
-
-
-def _main(argv: list[str] | None) -> int:
     import json
 
-    from ruslan_glowtts.training.cli import setup_logging
-    from ruslan_glowtts.common.errors import EXIT_USAGE, UserError
     from ruslan_glowtts.training.vocoder_cli import build_parser, request_from_args
 
-    setup_logging()
-    try:
-        args = build_parser().parse_args(argv)
-        if args.list_presets:
-            from ruslan_glowtts.training.vocoder import format_vocoder_presets
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        from ruslan_glowtts.training.vocoder import format_vocoder_presets
 
-            print(format_vocoder_presets())
-            return 0
-        request = request_from_args(args)
-        if args.print_config:
-            print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False, default=str))
-            return 0
-        from ruslan_glowtts.training.vocoder import train_vocoder  # imports torch and Coqui
+        print(format_vocoder_presets())
+        return 0
+    request = request_from_args(args)
+    if args.print_config:
+        print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False, default=str))
+        return 0
+    from ruslan_glowtts.training.vocoder import train_vocoder  # imports torch and Coqui
 
-        outcome = train_vocoder(request)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    outcome = train_vocoder(request)
     print(outcome.message)
     return outcome.exit_code
 

@@ -12,8 +12,8 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from ruslan_glowtts.monitor.tensorboard_launcher import main
-    except KeyboardInterrupt:  # Ctrl-C within the first second: still one line, no traceback
+        from ruslan_glowtts.common.cli import run_as_script  # light; from here on the guard has Ctrl-C
+    except KeyboardInterrupt:  # Ctrl-C within the first milliseconds: still one line, no traceback
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(main())
+    run_as_script("ruslan_glowtts.monitor.tensorboard_launcher", interrupted="interrupted")

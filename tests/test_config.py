@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
-from ruslan_glowtts.training.config import build_config, parse_set_option
+from ruslan_glowtts.training.config import Layer, Override, Source, build_config, parse_set_option
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
 
@@ -26,8 +27,9 @@ def test_layers_apply_in_fixed_order(tmp_path, caplog):
     assert config.lr == 2e-4  # preset beats dataset
     assert config.batch_size == 3  # --set beats preset (8) and dataset (2)
     assert config.datasets[0].path == str(dataset.resolve())
-    sources = [o.source for o in overrides if o.key == "batch_size"]
+    sources = [str(o.source) for o in overrides if o.key == "batch_size"]
     assert sources == [f"dataset {dataset / 'dataset.toml'}", "preset stable", "--set"]
+    assert [o.layer for o in overrides if o.key == "batch_size"] == [Layer.DATASET, Layer.PRESET, Layer.COMMAND_LINE]
     messages = [r.getMessage() for r in caplog.records]
     assert "Overriding: lr = 0.0002  (preset stable)" in messages
     assert "Overriding: batch_size = 3  (--set)" in messages
@@ -93,3 +95,46 @@ def test_continue_path_keeps_the_runs_own_config(run_main, tmp_path):
 def test_continue_and_restore_are_exclusive(run_main, tmp_path):
     code, _, err = run_main("--continue-path", str(tmp_path), "--restore-path", str(tmp_path / "x.pth"))
     assert code == 2 and "not both" in err
+
+
+# -- override provenance: the layer as data, recorded in run.json --------------------------------
+
+REAL_RUNS = Path(__file__).parent / "data" / "real_runs"
+
+
+def test_override_round_trips_through_run_json_entries(tmp_path):
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "dataset.toml").write_text("max_text_len = 180\n", encoding="utf-8")
+    _, overrides = build_config(preset=load_preset("stable"), dataset_path=dataset,
+                                cli_layers=[(parse_set_option("lr=3e-4"), "--set"), ({"training_seed": 7}, "--seed")])
+    entries = json.loads(json.dumps([o.to_json() for o in overrides]))  # as written to and read from run.json
+    assert [Override.from_json(e) for e in entries] == overrides
+    assert {o.layer for o in overrides} == set(Layer)
+    assert {"key": "lr", "value": 3e-4, "source": "--set", "layer": "command_line"} in entries
+    assert {"key": "training_seed", "value": 7, "source": "--seed", "layer": "command_line"} in entries
+
+
+@pytest.mark.parametrize("text, layer", [
+    ("--set", Layer.COMMAND_LINE), ("--auto-escalate", Layer.COMMAND_LINE), ("preset stable", Layer.PRESET),
+    ("dataset /data/x/dataset.toml", Layer.DATASET), ("base ruslan_glowtts.toml", Layer.BASE),
+    ("base", Layer.BASE), ("dataset.toml", Layer.DATASET),  # the words prepare passes
+])
+def test_old_run_json_entries_get_their_layer_from_the_source_text(text, layer):
+    override = Override.from_json({"key": "lr", "value": 1e-3, "source": text})
+    assert override.layer is layer and override.source.text == text
+    assert override.to_json() == {"key": "lr", "value": 1e-3, "source": text, "layer": layer.value}
+
+
+def test_an_unknown_source_text_is_refused():
+    with pytest.raises(ValueError, match="unknown override source"):
+        Source.parse("somewhere else")
+
+
+def test_recorded_real_runs_still_read():
+    entries = [e for run in sorted(REAL_RUNS.glob("*/run.json"))
+               for e in json.loads(run.read_text(encoding="utf-8")).get("overrides", [])]
+    assert entries
+    overrides = [Override.from_json(e) for e in entries]
+    assert {o.layer for o in overrides} == {Layer.PRESET, Layer.COMMAND_LINE}
+    assert all(o.to_json()["source"] == e["source"] for o, e in zip(overrides, entries, strict=True))

@@ -155,7 +155,7 @@ def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, c
 
 
 def test_signal_during_vocoder_start_up_is_one_line(prepared_sample, tmp_path):
-    # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/common/startup.py).
+    # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/common/cli.py).
     argv = [sys.executable, "-X", "importtime", str(REPO / "train_ruslan_hifigan.py"), "--dataset-path",
             str(prepared_sample), "--output-path", str(tmp_path / "runs"), "--max-steps", "2"]
     returncode, text = _start_and_signal(argv, "ruslan_glowtts.training.cli", signal.SIGINT, timeout=120)

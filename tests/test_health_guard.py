@@ -89,7 +89,7 @@ def _poison_grad(trainer, value: float) -> None:
 def test_nonfinite_update_is_skipped_and_visible(sample_22k, tmp_path, kind):
     request = _request(sample_22k, tmp_path / "runs", "--max-steps", "9")
     injector = Injector(step=5, kind=kind)
-    request.callbacks = injector.callbacks()
+    request = request.with_callbacks(injector.callbacks())
     outcome = train(request)
     assert outcome.status == "max_steps", outcome.message
     # weights and optimizer state untouched by the poisoned step, finite at the end
@@ -110,7 +110,7 @@ def test_nan_inside_an_accumulation_window_skips_the_whole_update(sample_22k, tm
     # the window's first micro-batch spoils the update made at its second.
     request = _request(sample_22k, tmp_path / "runs", "--max-steps", "8", "--grad-accum", "2")
     injector = Injector(step=2, kind=kind, window=2)
-    request.callbacks = injector.callbacks()
+    request = request.with_callbacks(injector.callbacks())
     outcome = train(request)
     assert outcome.status == "max_steps", outcome.message
     assert all(torch.equal(a, b) for a, b in zip(injector.before, injector.after, strict=True))
@@ -142,8 +142,8 @@ def test_nan_audio_in_the_data_is_skipped_in_training_and_eval(sample_22k, tmp_p
 def test_every_step_nonfinite_stops_instead_of_looping(sample_22k, tmp_path):
     request = _request(sample_22k, tmp_path / "runs", "--max-steps", "200",
                        "--set", "health.max_consecutive_nonfinite=5")
-    request.callbacks = {"on_init_end": lambda t: setattr(
-        t.model, "before_gradient_clipping", lambda: _poison_grad(t, math.nan))}
+    request = request.with_callbacks({"on_init_end": lambda t: setattr(
+        t.model, "before_gradient_clipping", lambda: _poison_grad(t, math.nan))})
     outcome = train(request)
     assert outcome.status == "exploded" and outcome.exit_code == EXIT_EXPLODED
     assert "all non-finite" in outcome.message and outcome.step < 20
@@ -160,7 +160,7 @@ def _blow_up_from(step: int, factor: float = 1e4):
 
 def test_stop_policy_exits_3_with_next_command_and_known_good(sample_22k, tmp_path):
     request = _request(sample_22k, tmp_path / "runs", "--max-steps", "60", "--on-explosion", "stop", *FAST_HEALTH)
-    request.callbacks = {"on_train_step_start": _blow_up_from(20)}
+    request = request.with_callbacks({"on_train_step_start": _blow_up_from(20)})
     outcome = train(request)
     assert outcome.status == "exploded" and outcome.exit_code == EXIT_EXPLODED
     (run,) = run_dirs(tmp_path / "runs")
@@ -176,7 +176,7 @@ def test_stop_policy_exits_3_with_next_command_and_known_good(sample_22k, tmp_pa
     assert state["step"] == good_step and all(torch.isfinite(w).all() for w in state["model"].values())
     from TTS.tts.models.glow_tts import GlowTTS
 
-    GlowTTS(request.config).load_state_dict(state["model"])  # loadable into the same architecture
+    GlowTTS(request.job.config).load_state_dict(state["model"])  # loadable into the same architecture
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "exploded" and meta["exit_code"] == 3 and meta["health"]["alarms"]
     assert read_scalars(run, "Health/alarm")
@@ -184,7 +184,7 @@ def test_stop_policy_exits_3_with_next_command_and_known_good(sample_22k, tmp_pa
 
 def test_warn_policy_keeps_training_and_says_what_to_do(sample_22k, tmp_path, caplog):
     request = _request(sample_22k, tmp_path / "runs", "--max-steps", "30", *FAST_HEALTH)
-    request.callbacks = {"on_train_step_start": _blow_up_from(15)}
+    request = request.with_callbacks({"on_train_step_start": _blow_up_from(15)})
     outcome = train(request)
     assert outcome.status == "max_steps"
     assert "grad_norm EXPLOSION" in caplog.text and "--preset safer" in caplog.text

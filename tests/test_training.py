@@ -39,8 +39,8 @@ def test_smoke_run_writes_config_events_metadata_and_checkpoint(smoke_run):
     assert meta["status"] == "max_steps" and meta["final_step"] == 8 and meta["exit_code"] == 0
     assert meta["preset"] == "stable" and meta["tier_chain"] == ["stable", "safer", "safest"]
     assert meta["precision"] == "fp32"  # bf16 preset on CPU
-    assert {"key": "hidden_channels_enc", "value": 32, "source": "--set"} in meta["overrides"]
-    assert {"key": "lr", "value": 2e-4, "source": "preset stable"} in meta["overrides"]
+    assert {"key": "hidden_channels_enc", "value": 32, "source": "--set", "layer": "command_line"} in meta["overrides"]
+    assert {"key": "lr", "value": 2e-4, "source": "preset stable", "layer": "preset"} in meta["overrides"]
     assert meta["seed"] == 54321 and "coqui-tts" in meta["versions"] and meta["command"]
     assert read_scalars(smoke_run, "TrainIterStats/loss")
 
@@ -90,9 +90,12 @@ def _crash_at(step: int, *, poison_weights: bool):
 def test_crash_keeps_the_run_folder_and_logs(sample_22k, tmp_path, poison_weights):
     args = parse_args(["--dataset-path", str(sample_22k), "--output-path", str(tmp_path / "runs"), *tiny_args()])
     request = request_from_args(args)
-    request.callbacks = {"on_train_step_start": _crash_at(4, poison_weights=poison_weights)}
+    request = request.with_callbacks({"on_train_step_start": _crash_at(4, poison_weights=poison_weights)})
+    config_before = request.job.config.to_dict()
     outcome = train(request)
     assert outcome.status == "crashed" and outcome.exit_code == 1
+    # the run trained a copy: its precision fallback (bf16 -> fp32 on CPU) and run name stay the run's
+    assert request.job.config.to_dict() == config_before
     (run,) = run_dirs(tmp_path / "runs")
     assert read_scalars(run, "TrainIterStats/loss")  # the event file survived
     assert "injected crash" in (run / "trainer_0_log.txt").read_text(encoding="utf-8")

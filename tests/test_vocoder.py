@@ -32,7 +32,8 @@ def test_audio_settings_default_to_the_glowtts_base_config():
     assert (config.lr_gen, config.lr_disc, config.batch_size, config.seq_len) == (1e-4, 1e-4, 32, 8192)
     assert math.prod(config.generator_model_params["upsample_factors"]) == config.audio.hop_length == 256
     assert config.l1_spec_loss_params["n_mels"] == 80 and config.l1_spec_loss_params["mel_fmax"] is None
-    assert {"key": "lr_gen", "value": 1e-4, "source": "preset default"} in [o.__dict__ for o in overrides]
+    assert {"key": "lr_gen", "value": 1e-4, "source": "preset default", "layer": "preset"} in [
+        o.to_json() for o in overrides]
 
 
 def test_audio_settings_come_from_a_glowtts_run(tmp_path):

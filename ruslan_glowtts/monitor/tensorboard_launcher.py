@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import tool
+from ruslan_glowtts.common.errors import EXIT_OK, OneLineErrorParser, UserError
 from ruslan_glowtts.monitor.events import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
 
 logger = logging.getLogger(__name__)
@@ -173,31 +174,20 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@tool(log_level=logging.WARNING, interrupted="interrupted")  # Ctrl-C before the server was up
 def main(argv: list[str] | None = None) -> int:
+    """view_tensorboard.py: find the runs, start TensorBoard, print the diagnosis, serve until Ctrl-C."""
+    args = build_parser().parse_args(argv)
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the server was up (imports, run search, start)
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _main(argv: list[str] | None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        args = build_parser().parse_args(argv)
-        try:
-            import tensorboard  # noqa: F401 - fail before searching for runs
-        except ImportError:
-            raise UserError(TENSORBOARD_MISSING.format(python=sys.executable)) from None
-        logdir = args.logdir.expanduser().absolute()
-        runs = find_runs(logdir)
-        target = logdir if args.all else runs[-1]
-        url, server = start_tensorboard(target, args.host, args.port)
-        if warning := host_warning(args.host):  # after the start: a bad host gets its error line alone
-            print(warning, file=sys.stderr, flush=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        import tensorboard  # noqa: F401 - fail before searching for runs
+    except ImportError:
+        raise UserError(TENSORBOARD_MISSING.format(python=sys.executable)) from None
+    logdir = args.logdir.expanduser().absolute()
+    runs = find_runs(logdir)
+    target = logdir if args.all else runs[-1]
+    url, server = start_tensorboard(target, args.host, args.port)
+    if warning := host_warning(args.host):  # after the start: a bad host gets its error line alone
+        print(warning, file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
@@ -210,9 +200,6 @@ def _main(argv: list[str] | None) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         server.shutdown()
         server.server_close()

@@ -15,19 +15,6 @@ the report), 2 bad arguments, 3 fewer than 2 usable utterances, 130 Ctrl-C, 143 
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-
-
-def _interrupted_while_importing(signum: int, frame: object) -> None:
-    print("interrupted during start-up: nothing was written", file=sys.stderr, flush=True)
-    os._exit(130)
-
-
-if __name__ == "__main__":  # Ctrl-C during the imports below (librosa, Coqui: seconds) is one line too
-    signal.signal(signal.SIGINT, _interrupted_while_importing)
-
 import argparse
 import contextlib
 import fcntl
@@ -35,9 +22,10 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import stat
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,7 +36,8 @@ from tqdm import tqdm
 
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files, write_text
 from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
-from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import check_writable, tool
+from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.prep.feature_cache import (
     FEATURES_DIR,
     METADATA_FILE,
@@ -130,10 +119,9 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
         raise UserError(f"--dst {dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not (dst / STATE_DIR).is_dir():
         raise UserError(f"--dst {dst} is not empty and was not written by prepare: choose a new or empty folder")
+    check_writable(dst, "--dst")
     try:
         (dst / STATE_DIR).mkdir(parents=True, exist_ok=True)  # first: it marks dst as prepare's
-        with tempfile.NamedTemporaryFile(dir=dst, prefix=".writable-"):
-            pass
     except OSError as exc:
         raise UserError(f"--dst {dst} is not writable: {exc.strerror or exc}") from None
     return src, dst, meta
@@ -530,36 +518,12 @@ def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
                           features=not args.no_features, preset=args.preset)
 
 
-class _Terminated(BaseException):
-    """SIGTERM: unwinds like Ctrl-C (the pool is terminated, the state committed)."""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
+@tool(interrupted="interrupted: finished files are kept; run the same command again to resume",
+      terminated="terminated (SIGTERM): finished files are kept; run the same command again to resume")
 def main(argv: list[str] | None = None) -> int:
-    from ruslan_glowtts.training.cli import setup_logging
-
-    setup_logging()
+    """`python -m ruslan_glowtts.prepare` (ruslan_glowtts/prepare.py runs it under common.cli.run_as_script)."""
     logging.getLogger("TTS").setLevel(logging.WARNING)  # "Setting up Audio Processor..." once per worker
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C unwinds (pool, state)
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        result = prepare(options_from_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        print("terminated (SIGTERM): finished files are kept; run the same command again to resume",
-              file=sys.stderr)
-        return EXIT_TERMINATED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = prepare(options_from_args(argv))
     print("\n".join(summary_lines(result.report, result.dst)))
     if result.usable < MIN_USABLE:
         print(f"error: {result.usable} usable utterance(s) remain, training needs at least {MIN_USABLE}; "
@@ -567,8 +531,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOTHING_USABLE
     print(f"Next: python train_ruslan_glowtts.py --dataset-path {result.dst}")
     return 0
-
-
-def run_as_script() -> None:
-    """`python -m ruslan_glowtts.prepare`."""
-    sys.exit(main())

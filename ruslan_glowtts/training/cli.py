@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
+from ruslan_glowtts.common.cli import check_writable
 from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from ruslan_glowtts.training.train import TrainRequest
 
 logger = logging.getLogger(__name__)
-
 
 
 def _positive_int(text: str) -> int:
@@ -109,27 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_writable(folder: Path) -> None:
-    """The output path can be created and written to; nothing is created here (an exit-2 error
-    later must leave no empty folder behind)."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"output path {folder} is not writable: {existing} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise UserError(f"output path {folder} is not writable: {exc.strerror}") from None
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("matplotlib", "numba", "fsspec", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _vocoder(args: argparse.Namespace, config: Any) -> Any:
     """--vocoder: the vocoder for the test audio, refused unless its features match (issue 13)."""
     if getattr(args, "vocoder", None) is None:
@@ -143,10 +121,12 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts.common import runs
-    from ruslan_glowtts.training.config import Override, RuslanGlowTTSConfig, build_config, parse_set_option, set_key
+    from ruslan_glowtts.training.config import (Layer, Override, RuslanGlowTTSConfig, build_config, parse_set_option,
+                                                set_key)
     from ruslan_glowtts.common.presets import load_preset
-    from ruslan_glowtts.training.train import TrainRequest
+    from ruslan_glowtts.training.train import Launch, TrainJob, TrainRequest
 
+    launch = Launch(rank=args.rank, group_id=args.group_id, use_ddp=args.use_ddp)
     if args.continue_path is not None:
         run_dir = args.continue_path
         if not (run_dir / "config.json").is_file():
@@ -167,13 +147,13 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
                            "exploding state. The next tier, from the known-good weights, is usually better: %s",
                            meta.get("message", "").split(". Next:")[0], "see run.json 'message'")
         # An escalation from here rebuilds the config from the run's original command-line settings.
-        cli_overrides = [Override(**o) for o in meta.get("overrides", []) if o["source"].startswith("--")]
+        recorded = [Override.from_json(o) for o in meta.get("overrides", [])]  # old runs: no "layer" key
+        cli_overrides = [o for o in recorded if o.layer is Layer.COMMAND_LINE]
         logger.info("Resuming from %s", resume_from.name)
-        return TrainRequest(config, preset, cli_overrides, max_steps=args.max_steps, continue_path=run_dir,
-                            resume_from=resume_from, vocoder=_vocoder(args, config),
-                            allow_unknown_chars=args.allow_unknown_chars, rank=args.rank,
-                            group_id=args.group_id, use_ddp=args.use_ddp,
-                            dataset_path=Path(config.datasets[0].path))
+        job = TrainJob(config, preset, tuple(cli_overrides), dataset_path=Path(config.datasets[0].path),
+                       max_steps=args.max_steps, continue_path=run_dir, resume_from=resume_from,
+                       allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+        return TrainRequest(job, launch)
 
     preset = load_preset(args.preset or DEFAULT_PRESET)
     cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
@@ -197,8 +177,8 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     if not args.print_config:
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
-        check_writable(Path(config.output_path))
-    return TrainRequest(config, preset, overrides, max_steps=args.max_steps, restore_path=args.restore_path,
-                        allow_partial_restore=args.allow_partial_restore, vocoder=_vocoder(args, config),
-                        allow_unknown_chars=args.allow_unknown_chars, rank=args.rank, group_id=args.group_id,
-                        use_ddp=args.use_ddp, dataset_path=args.dataset_path)
+        check_writable(Path(config.output_path), "output path")
+    job = TrainJob(config, preset, tuple(overrides), dataset_path=args.dataset_path, max_steps=args.max_steps,
+                   restore_path=args.restore_path, allow_partial_restore=args.allow_partial_restore,
+                   allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+    return TrainRequest(job, launch)

@@ -8,6 +8,7 @@ a mistyped value with the field's default and carries on. Every applied override
 
 # No `from __future__ import annotations` here: Coqpit needs real type objects on its fields.
 import difflib
+import enum
 import logging
 import math
 import tomllib
@@ -74,11 +75,74 @@ class RuslanGlowTTSConfig(GlowTTSConfig):
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
+class Layer(enum.Enum):
+    """The config layers, in the order they apply (each overrides the ones before it)."""
+
+    BASE = "base"  # configs/ruslan_glowtts.toml (configs/ruslan_hifigan.toml for the vocoder)
+    DATASET = "dataset"  # DATASET/dataset.toml, written by prepare
+    PRESET = "preset"  # presets/<name>.toml
+    COMMAND_LINE = "command_line"  # --set and the flags that set a key (--seed, --grad-accum, ...)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an override came from: its layer, and the words logged for it ("preset stable",
+    "--set", "dataset /data/x/dataset.toml"); for the command line the words are the flag."""
+
+    layer: Layer
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def base(cls, path: Path) -> "Source":
+        return cls(Layer.BASE, f"base {path.name}")
+
+    @classmethod
+    def dataset(cls, fragment: Path) -> "Source":
+        return cls(Layer.DATASET, f"dataset {fragment}")
+
+    @classmethod
+    def preset(cls, name: str) -> "Source":
+        return cls(Layer.PRESET, f"preset {name}")
+
+    @classmethod
+    def command_line(cls, flag: str) -> "Source":
+        return cls(Layer.COMMAND_LINE, flag)
+
+    @classmethod
+    def parse(cls, text: str) -> "Source":
+        """The layer of a source recorded only as text: run.json of runs from before the layer was
+        recorded, and callers that still pass the words ("base", "dataset.toml", "preset x")."""
+        if text.startswith("--"):
+            return cls(Layer.COMMAND_LINE, text)
+        for layer in (Layer.BASE, Layer.DATASET, Layer.PRESET):
+            if text == layer.value or text.startswith((f"{layer.value} ", f"{layer.value}.")):
+                return cls(layer, text)
+        raise ValueError(f"unknown override source {text!r} (expected base/dataset/preset ... or a --flag)")
+
+
 @dataclass(frozen=True)
 class Override:
     key: str
     value: Any
-    source: str
+    source: Source
+
+    @property
+    def layer(self) -> Layer:
+        return self.source.layer
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded in run.json: key, value and source (the logged words) as before, plus the layer."""
+        return {"key": self.key, "value": self.value, "source": self.source.text, "layer": self.layer.value}
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> "Override":
+        """A run.json entry; entries without "layer" (older runs) get it from their source text."""
+        text = item["source"]
+        source = Source(Layer(item["layer"]), text) if "layer" in item else Source.parse(text)
+        return cls(item["key"], item["value"], source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +317,12 @@ def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: str, *, quiet: bool = False,
+def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: Source | str, *, quiet: bool = False,
                 root: type | None = None) -> list[Override]:
-    """Validate `layer` and merge it into `tree` (a config as a dict); log every override."""
+    """Validate `layer` and merge it into `tree` (a config as a dict); log every override.
+    `source` as plain words is read with Source.parse (prepare still passes them)."""
+    if isinstance(source, str):
+        source = Source.parse(source)
     applied = []
     for key, value in _flatten(layer, root=root):
         value = _check_value(key, value, tree, root)
@@ -339,16 +406,17 @@ def build_config(
     cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
     base_path: Path = BASE_CONFIG,
 ) -> tuple[RuslanGlowTTSConfig, list[Override]]:
-    """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI."""
+    """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI.
+    `cli_layers` are (one-key layer, the flag that gave it: "--set", "--seed", ...)."""
     tree = RuslanGlowTTSConfig().to_dict()
-    overrides = apply_layer(tree, read_toml(base_path, "base config"), f"base {base_path.name}", quiet=True)
+    overrides = apply_layer(tree, read_toml(base_path, "base config"), Source.base(base_path), quiet=True)
     if dataset_path is not None:
         fragment = dataset_path / DATASET_FRAGMENT
         if fragment.is_file():
-            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}")
+            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), Source.dataset(fragment))
         if tree.get("datasets"):
             tree["datasets"][0]["path"] = str(dataset_path.resolve())
-    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}")
-    for layer, source in cli_layers:
-        overrides += apply_layer(tree, layer, source)
+    overrides += apply_layer(tree, preset.overrides, Source.preset(preset.name))
+    for layer, flag in cli_layers:
+        overrides += apply_layer(tree, layer, Source.command_line(flag))
     return to_config(tree), overrides

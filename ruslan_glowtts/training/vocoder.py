@@ -40,8 +40,8 @@ from ruslan_glowtts import KIT_ROOT
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.training.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
-                                   apply_layer, read_toml)
+from ruslan_glowtts.training.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Layer, Override,
+                                            RuslanGlowTTSConfig, Source, apply_layer, read_toml)
 from ruslan_glowtts.training.dataset import check_sample_rate
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.prep.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
@@ -93,11 +93,11 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
             raise UserError(f"--tts-run {tts_run}: unreadable config.json: {exc}") from None
         return config.audio.to_dict(), f"GlowTTS run {config_path}"
     tree = RuslanGlowTTSConfig().to_dict()
-    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), f"base {BASE_CONFIG.name}", quiet=True)
+    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), Source.base(BASE_CONFIG), quiet=True)
     source = f"GlowTTS base config {BASE_CONFIG.name}"
     fragment = dataset_path / DATASET_FRAGMENT if dataset_path is not None else None
     if fragment is not None and fragment.is_file():
-        apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}", quiet=True)
+        apply_layer(tree, read_toml(fragment, "dataset config"), Source.dataset(fragment), quiet=True)
         source += f" + {fragment}"
     return tree["audio"], source
 
@@ -109,14 +109,14 @@ def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: 
     root = RuslanHifiganConfig
     tree = root().to_dict()
     overrides = apply_layer(tree, read_toml(VOCODER_BASE_CONFIG, "base config"),
-                            f"base {VOCODER_BASE_CONFIG.name}", quiet=True, root=root)
+                            Source.base(VOCODER_BASE_CONFIG), quiet=True, root=root)
     audio, source = glowtts_audio(tts_run, dataset_path)
     # Taken whole, not checked key by key: Coqui's own audio config (None in int fields included).
     tree["audio"] = dict(audio)
     logger.info("Audio settings from %s", source)
-    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}", root=root)
-    for layer, where in cli_layers:
-        overrides += apply_layer(tree, layer, where, root=root)
+    overrides += apply_layer(tree, preset.overrides, Source.preset(preset.name), root=root)
+    for layer, flag in cli_layers:
+        overrides += apply_layer(tree, layer, Source.command_line(flag), root=root)
     # A preset or --set may not change the features: the vocoder would no longer fit the TTS model.
     check_compatible(audio, tree["audio"], tts_name=source, vocoder_name="config",
                      advice="the audio settings come from the GlowTTS run; leave audio.* alone")
@@ -358,7 +358,7 @@ def _write_start_meta(run_dir: Path, request: VocoderRequest) -> None:
         preset=request.preset.name,
         preset_path=str(request.preset.path),
         tier_chain=[p.name for p in tier_chain(request.preset, VOCODER_PRESETS_DIR)],
-        overrides=[asdict(o) for o in request.overrides if not o.source.startswith("base ")],
+        overrides=[o.to_json() for o in request.overrides if o.layer is not Layer.BASE],
         audio_source=request.audio_source,
         seed=config.training_seed,
         dataset_path=config.data_path,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ruslan_glowtts.training.cli import _positive_int, check_writable
+from ruslan_glowtts.common.cli import check_writable
+from ruslan_glowtts.training.cli import _positive_int
 from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,6 @@ def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
     if not args.print_config:
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required: the folder `python -m ruslan_glowtts.prepare` wrote")
-        check_writable(Path(config.output_path))
+        check_writable(Path(config.output_path), "output path")
     return VocoderRequest(config, preset, overrides, audio_source=source, max_steps=args.max_steps,
                           restore_path=args.restore_path)

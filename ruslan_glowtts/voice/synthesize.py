@@ -23,14 +23,13 @@ import argparse
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.training.cli import setup_logging
-from ruslan_glowtts.common.errors import EXIT_USAGE, OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import tool
+from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.common.runs import KNOWN_GOOD
 from ruslan_glowtts.prep.text_normalization import normalize_text, out_of_vocabulary
 
@@ -200,19 +199,12 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+@tool(interrupted="interrupted (Ctrl-C): the WAVs written so far are kept",
+      terminated="terminated (SIGTERM): the WAVs written so far are kept")
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    try:
-        args = build_parser().parse_args(argv)
-        written = synthesize(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    """`python -m ruslan_glowtts.synthesize` (ruslan_glowtts/synthesize.py runs it under common.cli.run_as_script)."""
+    args = build_parser().parse_args(argv)
+    written = synthesize(args)
     vocoder = "HiFi-GAN" if args.vocoder is not None else "Griffin-Lim (no --vocoder)"
     print(f"Wrote {len(written)} WAV(s) to {args.out} with {vocoder}; index.tsv lists their text.")
     return 0
-
-
-def run_as_script() -> None:
-    """`python -m ruslan_glowtts.synthesize`."""
-    sys.exit(main())
