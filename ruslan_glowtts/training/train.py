@@ -35,6 +35,7 @@ from ruslan_glowtts.common.next_steps import next_tier_command
 from ruslan_glowtts.common.next_steps import flat_keys
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.training.trainer import KitTrainer, Outcome
+from ruslan_glowtts.training.coqui_compat import require_supported_coqui, set_global_step
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def _device() -> str:
 
 def train(request: TrainRequest) -> Outcome:
     """Train one run, then, under the escalate policy, the runs of its escalation chain."""
+    require_supported_coqui()
     outcome = _train_run(request)
     chain = [(request, outcome)]
     # Under DDP every rank runs this loop: the guard's stop is all-reduced, so all ranks see the
@@ -165,7 +167,7 @@ def _train_run(request: TrainRequest) -> Outcome:
     run_dir = Path(trainer.output_path)
     run_dir_box.append(run_dir)
     if request.start_step:
-        trainer.total_steps_done = request.start_step  # the same step axis as the parent run
+        set_global_step(trainer, request.start_step)  # the same step axis as the parent run
     if request.rank == 0:
         _write_start_meta(run_dir, request, precision)
         if request.parent_run is not None:
