@@ -273,7 +273,9 @@ class KitTrainer(KitTrainerBase):
         optimizer.zero_grad(set_to_none=True)
         if not apply or loss_dict is None:
             return None, {}, time.time() - start  # nothing to average or plot from a skipped update
-        detached = self.losses_to_log(loss_dict, grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0)
+        # scaler: amp_scaler is logged under fp16 as Coqui's optimize does (diagnose reads it)
+        detached = self.losses_to_log(loss_dict, grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0,
+                                      scaler=scaler)
         return outputs, detached, time.time() - start
 
     def _nan_loss_backward(self) -> None:
