@@ -38,8 +38,8 @@ def test_installed_coqui_is_supported_and_its_contract_holds():
 
 
 def test_contract_check_reports_a_changed_nan_message_and_a_changed_method(monkeypatch):
-    from TTS.tts.layers.losses import GlowTTSLoss
     from trainer import Trainer
+    from TTS.tts.layers.losses import GlowTTSLoss
 
     def forward(self, *args):
         raise RuntimeError(" [!] Non-finite loss in loss.")

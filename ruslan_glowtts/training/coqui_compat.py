@@ -21,9 +21,10 @@ import os
 import re
 import tempfile
 import textwrap
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.common.errors import UserError
 
@@ -55,7 +56,7 @@ CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scale
 # Coqui methods the kit copies or wraps: sha256 (first 16 hex) of their dedented source in
 # coqui-tts 0.28.0 / coqui-tts-trainer 0.4.0. A change means: re-read it, port it, update the hash.
 PINNED_SOURCES = {
-    "Trainer.optimize": "0f8b99cdb10d55e8",  # re-implemented by KitTrainer.optimize / step_optimizer
+    "Trainer.optimize": "0f8b99cdb10d55e8",  # re-implemented by KitTrainer.optimize / apply_update
     "Trainer.save_checkpoint": "ce094576727c155e",  # copied by KitTrainerBase.save_checkpoint
     "Trainer.init_training": "73e677cb0c7ab0ba",  # wrapped: picks restore_path on --continue-path
     "Trainer.fit": "10647cc130861c29",  # replaced by KitTrainer.fit around run_training_loop()
@@ -309,7 +310,7 @@ def _build_trainer_base() -> type:
             """Tell Coqui the optimizer stepped (its per-epoch scheduler steps only those)."""
             self._stepped_optimizers.add(optimizer_idx)
 
-        def step_optimizer(self, optimizer: Any, scaler: Any, scheduler: Any, optimizer_idx: int | None = None) -> bool:
+        def apply_update(self, optimizer: Any, scaler: Any, scheduler: Any, optimizer_idx: int | None = None) -> bool:
             """The step part of Coqui's optimize (no accelerate, one optimizer per call): optimizer or
             GradScaler step, then the per-step LR schedule unless the scale dropped. False when
             GradScaler skipped the update (fp16 overflow)."""
@@ -390,8 +391,7 @@ def _bare_signature(obj: Any) -> str:
 
 
 def _coqui_objects() -> dict[str, Any]:
-    import trainer.io as io
-    from trainer import Trainer
+    from trainer import Trainer, io
     from TTS.tts.models.base_tts import BaseTTS
 
     named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "io": io}
@@ -420,7 +420,7 @@ def _nan_loss_problem() -> str | None:
 
 def _checkpoint_problems() -> list[str]:
     import torch
-    import trainer.io as io
+    from trainer import io
 
     problems = []
     model = torch.nn.Linear(1, 1)
@@ -454,8 +454,7 @@ def contract_problems() -> list[str]:
         if obj is not None and (found := _source_hash(obj)) != expected:
             problems.append(f"{name} source changed (hash {found}, pinned {expected}): the kit copies or wraps it; "
                             "re-read it and port the change to ruslan_glowtts/training/coqui_compat.py")
-    import trainer.io as io
-    from trainer import Trainer
+    from trainer import Trainer, io
     from trainer.callbacks import TrainerCallback
 
     source = inspect.getsource(Trainer)

@@ -268,7 +268,7 @@ class KitTrainer(KitTrainerBase):
             if grad_clip > 0 and math.isfinite(grad_norm):
                 clip_grads_with_norm_(params, grad_clip, total_norm)
             # GradScaler keeps its own skip-on-overflow behaviour; the guard counts it
-            if not self.step_optimizer(optimizer, scaler, scheduler):
+            if not self.apply_update(optimizer, scaler, scheduler):
                 self.guard.amp_skipped(self, self.total_steps_done)
         optimizer.zero_grad(set_to_none=True)
         if not apply or loss_dict is None:

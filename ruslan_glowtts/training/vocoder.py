@@ -269,7 +269,7 @@ def _make_trainer_class() -> type:
                 grad_clip = self.grad_clip_for(optimizer_idx)
                 if grad_clip > 0:
                     clip_grads_with_norm_(params, grad_clip, total_norm)
-                self.step_optimizer(optimizer, None, scheduler, optimizer_idx)
+                self.apply_update(optimizer, None, scheduler, optimizer_idx)
             optimizer.zero_grad(set_to_none=True)
             if not apply:
                 return outputs, {}, time.time() - start
