@@ -192,6 +192,14 @@ def record_amp_scale(loss_dict: dict[str, Any], scaler: Any) -> dict[str, Any]:
 
 
 _coqui_save_fsspec: Callable[..., None] | None = None
+_atomic_save: Callable[..., None] | None = None
+
+
+def atomic_checkpoint_writes_installed() -> bool:
+    """Coqui's checkpoint writes currently go through the kit's atomic writer."""
+    import trainer.io
+
+    return _atomic_save is not None and trainer.io.save_fsspec is _atomic_save
 
 
 def install_atomic_checkpoint_writes() -> None:
@@ -199,7 +207,7 @@ def install_atomic_checkpoint_writes() -> None:
     the module global trainer.io.save_fsspec) go to a temp file, fsynced, renamed into place:
     Coqui's torch.save straight to checkpoint_N.pth leaves a truncated newest checkpoint when
     killed mid-save, which --continue-path would then pick. Idempotent."""
-    global _coqui_save_fsspec
+    global _coqui_save_fsspec, _atomic_save
     import torch
     import trainer.io
 
@@ -216,7 +224,7 @@ def install_atomic_checkpoint_writes() -> None:
         with atomic_output(Path(path), durable=True) as temp:
             torch.save(state, temp, **kwargs)
 
-    trainer.io.save_fsspec = save_atomically
+    trainer.io.save_fsspec = _atomic_save = save_atomically
 
 
 def tts_data_loader(model: Any, config: Any, *, is_eval: bool, samples: list[dict] | None, dataset_class: type,
