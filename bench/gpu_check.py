@@ -12,6 +12,8 @@ host copy per forward) and Coqui's RAdam vs torch.optim.RAdam(foreach=True) (tim
 the largest parameter difference after 10 identical steps). Last, the batching comparison of
 bench/batching.py on the GPU: stock order, kit random, kit buckets, frame budget (samples/s and
 peak allocated memory). Writes DIR/gpu_check.md and .json.
+--only-fp16 runs just the fp16 check (~1 min): a short kit run in fp16 must log
+TrainIterStats/amp_scaler as Coqui's own optimize does, so diagnose recognises a guarded fp16 run.
 Without CUDA it still runs, on the CPU, to check itself (numbers then mean nothing).
 """
 
@@ -73,11 +75,34 @@ def bucketed_batches(work: Path, batch: int, device: str, files: int = 600) -> d
     return result
 
 
+def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[str, Any]:
+    """A kit run in fp16 (GradScaler; CUDA only) logs amp_scaler, and diagnose sees an fp16 run."""
+    from ruslan_glowtts.monitor import diagnose
+    from ruslan_glowtts.monitor.events import read_run
+    from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG
+
+    output = work / "kit_fp16"
+    command = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared), "--max-steps",
+               str(steps), "--output-path", str(output), "--set", "precision=fp16", "--set", f"batch_size={batch}",
+               "--set", "plot_step=1", "--set", "run_eval=false", "--set", "test_delay_epochs=100000"]
+    code = subprocess.call(command, cwd=REPO)
+    (run_dir,) = [p for p in output.iterdir() if p.is_dir()]
+    scale = read_run(run_dir).scalars.get(AMP_SCALER_TAG)
+    result = {"exit_code": code, "amp_scaler_points": 0 if scale is None else len(scale.values),
+              "amp_scaler_last": None if scale is None else float(scale.values[-1]),
+              "diagnose_sees_fp16": bool(diagnose.run_context(run_dir)["fp16"] and scale is not None),
+              "verdict": diagnose.diagnose(run_dir).verdict}
+    result["ok"] = code == 0 and result["amp_scaler_points"] > 0 and result["diagnose_sees_fp16"]
+    print(f"fp16 amp_scaler check: {json.dumps(result)}", flush=True)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=80, help="trainer steps per run (10 are data-dependent init)")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--only-fp16", action="store_true", help="only the fp16 amp_scaler check (~1 min)")
     args = p.parse_args()
     import torch
 
@@ -89,6 +114,10 @@ def main() -> None:
     make_corpus(work / "src", 96, seconds=(3.5, 3.5))
     run_prepare(work / "src", work / "prepared", 8)
     prepared = work / "prepared"
+    fp16 = fp16_amp_scaler(prepared, work, 30, args.batch) if torch.cuda.is_available() else {"ok": None}
+    (args.out / "fp16_check.json").write_text(json.dumps(fp16, indent=2), encoding="utf-8")
+    if args.only_fp16:
+        sys.exit(0 if fp16["ok"] else 1)
 
     kit = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared),
            "--max-steps", str(args.steps), "--set", f"batch_size={args.batch}", "--set", "plot_step=1",
@@ -100,7 +129,7 @@ def main() -> None:
         "kit bf16": [*kit, "--output-path"],
     }
     results: dict[str, Any] = {"device": device, "torch": torch.__version__, "bf16_supported": bf16,
-                               "steps": args.steps, "batch": args.batch, "runs": {}}
+                               "steps": args.steps, "batch": args.batch, "fp16_amp_scaler": fp16, "runs": {}}
     for name, command in variants.items():
         output = work / name.replace(" ", "_")
         stop, peak = gpu_memory_sampler()
@@ -120,6 +149,8 @@ def main() -> None:
     lines = [f"## GPU check: {device}", "",
              f"torch {torch.__version__}; full-size GlowTTS, batch {args.batch}, {args.steps} trainer steps per run "
              "(10 of them data-dependent init); samples/s = batch / median 5-step window after 5 warm-up steps.", "",
+             f"fp16 run logs amp_scaler and diagnose sees fp16: {fp16['ok']} ({fp16.get('amp_scaler_points')} points)",
+             "",
              "| run | samples/s | vs stock | first step after (s) | peak GPU memory (MiB) | losses finite |",
              "|---|---|---|---|---|---|"]
     for name, run in runs.items():

@@ -5,6 +5,7 @@
 # Here, once:      bash bench/gpu_wheels.sh        (wheels the GPU image lacks -> .whl/, ~7 MB)
 # With the device tool: run command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 540.
 # Results: $OUT/gpu_check.md and .json (copy the table into docs/GPU.md, naming the card).
+# Only the fp16 amp_scaler check (~2 minutes): command "bash bench/gpu_check.sh --only-fp16", timeout_s 300.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run bash bench/gpu_wheels.sh here first" >&2; exit 2; }

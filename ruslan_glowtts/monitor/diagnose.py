@@ -52,6 +52,7 @@ from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
 from ruslan_glowtts.common.next_steps import PREPARE_HINT, next_tier_command
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.common.runs import KNOWN_GOOD, RUN_META
+from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG, NAN_LOSS_LOG_PATTERN, mentions_nan_loss
 
 logger = logging.getLogger(__name__)
 
@@ -495,7 +496,7 @@ def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: boo
 # ---------------------------------------------------------------------------------------------
 # How the run ended
 
-_NAN_LOSS_RE = re.compile(r"RuntimeError:\s*\[!\]\s*NaN loss with (\w+)")
+_NAN_LOSS_RE = NAN_LOSS_LOG_PATTERN
 _ERROR_RE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)\b.*)$", re.MULTILINE)
 _STEP_RE = re.compile(r"GLOBAL_STEP: (\d+)")
 _LOG_TAIL_BYTES = 256 * 1024  # the ending is at the end; a long run's log is large
@@ -512,7 +513,7 @@ def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     # The kit's message is "what happened. Next: <command>": the command is printed under Next anyway.
     message = str(meta.get("message") or "").split(". Next:")[0].strip()
     if status in ("crashed", "bad_data"):  # bad_data: too many samples failed to load
-        kind = "nan_loss" if "NaN loss" in message else "crashed"
+        kind = "nan_loss" if mentions_nan_loss(message) else "crashed"
         return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
                 "text": f"a crash: {message.splitlines()[0] if message else 'no message'} (run.json)"}
     if status == "exploded":
@@ -678,7 +679,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     health, markers = _health_findings(events)
     ending = run_ending(run_dir, ctx["_meta"])
     verdict, reasons, onset, stats = judge(events, rules, health, ending=ending,
-                                           fp16=ctx["fp16"] and "TrainIterStats/amp_scaler" in events.scalars)
+                                           fp16=ctx["fp16"] and AMP_SCALER_TAG in events.scalars)
     if events.unreadable and verdict not in ("exploding", "diverged"):
         # What could be read shows no trouble, but the unread file may hold it: say so, do not guess.
         verdict = "cannot_judge"

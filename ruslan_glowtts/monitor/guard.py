@@ -32,6 +32,7 @@ from ruslan_glowtts.common.atomic_files import atomic_output, write_text
 from ruslan_glowtts.training.config import HealthConfig
 from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
 from ruslan_glowtts.common.runs import KNOWN_GOOD, KNOWN_GOOD_META
+from ruslan_glowtts.training.coqui_compat import model_of
 
 if TYPE_CHECKING:
     from trainer import Trainer
@@ -91,7 +92,7 @@ class KnownGoodCheckpoints:
 
 def _save_weights(trainer: Trainer, path: Path, step: int) -> None:
     with atomic_output(path) as temp:
-        save_model(trainer.config, trainer._get_model(), temp, current_step=step, epoch=trainer.epochs_done)
+        save_model(trainer.config, model_of(trainer), temp, current_step=step, epoch=trainer.epochs_done)
 
 
 def reduce_flags(flags: list[bool]) -> list[bool]:

@@ -36,6 +36,7 @@ from TTS.tts.datasets.dataset import TTSDataset
 from TTS.tts.models.glow_tts import GlowTTS
 
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, frames_of, padded_share
+from ruslan_glowtts.training.coqui_compat import tts_data_loader
 from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
 from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
 
@@ -160,45 +161,19 @@ def _init_worker(worker_id: int) -> None:
 class RuslanGlowTTS(GlowTTS):
     def get_data_loader(self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None,
                         verbose: bool = True) -> DataLoader:
-        # Coqui's BaseTTS.get_data_loader with the kit's dataset class, for a single-speaker,
-        # grapheme GlowTTS (RUSLAN): no speaker/language mappings, f0, energy or linear specs.
-        dataset = KitTTSDataset(
-            outputs_per_step=1,
-            compute_linear_spec=False,
-            ap=self.ap,
-            samples=samples,
-            tokenizer=self.tokenizer,
-            return_wav=False,
-            batch_group_size=0 if is_eval else config.batch_group_size * config.batch_size,
-            min_text_len=config.min_text_len,
-            max_text_len=config.max_text_len,
-            min_audio_len=config.min_audio_len,
-            max_audio_len=config.max_audio_len,
-            phoneme_cache_path=config.phoneme_cache_path,
-            precompute_num_workers=config.precompute_num_workers,
-            use_noise_augment=False if is_eval else config.use_noise_augment,
-            start_by_longest=config.start_by_longest,
-            feature_cache=FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
-                                                  meta_file=config.datasets[0].meta_file_train),
-        )
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.barrier()
-        dataset.preprocess_samples()
+        # Coqui's BaseTTS.get_data_loader (coqui_compat.tts_data_loader) with the kit's dataset
+        # class, persistent loader workers and, for training, length-bucketed batches.
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
-        common = {"collate_fn": dataset.collate_fn, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-                  "persistent_workers": workers > 0, "worker_init_fn": _init_worker if workers > 0 else None}
-        if not is_eval and getattr(config, "bucket_by_length", False):
-            batch_sampler = self.length_batch_sampler(config, dataset, distributed=distributed)
-            return DataLoader(dataset, batch_sampler=batch_sampler, **common)
-        sampler = self.get_sampler(config, dataset)
-        return DataLoader(
-            dataset,
-            batch_size=config.eval_batch_size if is_eval else config.batch_size,
-            shuffle=config.shuffle if sampler is None else False,
-            drop_last=config.drop_last,
-            sampler=sampler,
-            **common,
+        bucketed = not is_eval and getattr(config, "bucket_by_length", False)
+        return tts_data_loader(
+            self, config, is_eval=is_eval, samples=samples, dataset_class=KitTTSDataset,
+            dataset_kwargs={"feature_cache": FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
+                                                                     meta_file=config.datasets[0].meta_file_train)},
+            loader_kwargs={"num_workers": workers, "pin_memory": torch.cuda.is_available(),
+                           "persistent_workers": workers > 0, "worker_init_fn": _init_worker if workers > 0 else None},
+            batch_sampler=(lambda dataset, distributed: self.length_batch_sampler(config, dataset,
+                                                                                  distributed=distributed))
+            if bucketed else None,
         )
 
     @staticmethod

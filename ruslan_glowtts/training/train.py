@@ -37,6 +37,7 @@ from ruslan_glowtts.common.next_steps import next_tier_command
 from ruslan_glowtts.common.next_steps import flat_keys
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
 from ruslan_glowtts.training.trainer import KitTrainer, Outcome
+from ruslan_glowtts.training.coqui_compat import require_supported_coqui, set_global_step
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def _device() -> str:
 
 def train(request: TrainRequest) -> Outcome:
     """Train one run, then, under the escalate policy, the runs of its escalation chain."""
+    require_supported_coqui()
     outcome = _train_run(request)
     chain = [(request, outcome)]
     # Under DDP every rank runs this loop: the guard's stop is all-reduced, so all ranks see the
@@ -217,7 +219,7 @@ def _train_run(request: TrainRequest) -> Outcome:
     )
     run_dir = next_tier.run_dir = Path(trainer.output_path)
     if lineage.start_step:
-        trainer.total_steps_done = lineage.start_step  # the same step axis as the parent run
+        set_global_step(trainer, lineage.start_step)  # the same step axis as the parent run
     if launch.rank == 0:
         _write_start_meta(run_dir, request, precision, skipped)
         if lineage.parent_run is not None:

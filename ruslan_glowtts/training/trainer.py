@@ -19,7 +19,8 @@
   exits at once. Under DDP the flag is all-reduced, so every rank stops at the same step.
 - Checkpoints: Coqui's torch.save writes straight to checkpoint_N.pth, so a kill during the save
   leaves a truncated newest checkpoint that --continue-path then picks. Every checkpoint Coqui
-  writes goes to a temp name, is fsynced and renamed into place (trainer.io.save_fsspec).
+  writes goes to a temp name, is fsynced and renamed into place
+  (coqui_compat.install_atomic_checkpoint_writes).
 - Samples that fail to load (KitTTSDataset skips them) are counted here, logged as
   Health/skipped_samples, and end the run with exit 2 when more than 1 % of the data fails.
 - Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/training/batch_sampler.py)
@@ -42,13 +43,11 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import trainer.io
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
-from trainer.io import save_checkpoint
-from trainer.utils.distributed import rank_zero_only
 
-from ruslan_glowtts.common.atomic_files import atomic_output
+from ruslan_glowtts.training import coqui_compat
+from ruslan_glowtts.training.coqui_compat import KitTrainerBase, add_callback, is_nan_loss_error
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
 from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
 from ruslan_glowtts.common.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
@@ -58,20 +57,7 @@ from ruslan_glowtts.monitor.guard import Alarm, HealthGuard, HealthStop
 logger = logging.getLogger(__name__)
 SAMPLER_STATE = "kit_batch_position"  # checkpoint entry: epoch and batches done in it
 
-_coqui_save_fsspec = trainer.io.save_fsspec
-
-
-def _save_atomically(state: Any, path: Any, **kwargs: Any) -> None:
-    """trainer.io.save_fsspec for local paths: temp file, fsync, rename (never a half-written .pth)."""
-    if "://" in str(path):  # a remote fsspec target: Coqui's own write
-        _coqui_save_fsspec(state, path, **kwargs)
-        return
-    with atomic_output(Path(path), durable=True) as temp:
-        torch.save(state, temp, **kwargs)
-
-
-# save_model, save_checkpoint and save_best_model all write through this module global.
-trainer.io.save_fsspec = _save_atomically
+coqui_compat.install_atomic_checkpoint_writes()
 
 
 class StopTraining(Exception):
@@ -105,15 +91,10 @@ def weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _is_nan_loss_error(exc: RuntimeError) -> bool:
-    return "NaN loss" in str(exc)  # GlowTTSLoss: RuntimeError(" [!] NaN loss with {key}.")
-
-
-class KitTrainer(Trainer):
+class KitTrainer(KitTrainerBase):
     def __init__(self, *args: Any, max_steps: int = 0, next_command: Callable[[], str] = lambda: "",
                  resume_from: Path | None = None, num_samples: int = 0, **kwargs: Any) -> None:
-        self._resume_from = resume_from  # read by init_training, called from Coqui's __init__
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, resume_from=resume_from, **kwargs)
         self.max_steps = max_steps
         self._signal: int = 0  # the first SIGTERM/SIGINT received, 0 if none
         self.unloadable: dict[str, str] = {}  # sample file -> why it could not be loaded
@@ -123,30 +104,21 @@ class KitTrainer(Trainer):
                                  next_command=next_command)
         # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
         if self.config.health.enabled:
-            self.callbacks.callbacks_on_train_step_end[:0] = [lambda trainer: self.guard.end_of_step(trainer)]
+            add_callback(self, "on_train_step_end", lambda trainer: self.guard.end_of_step(trainer), first=True)
         else:
             logger.warning(" ! health.enabled = false: non-finite updates reach the weights, explosions go unseen")
-        self.callbacks.callbacks_on_train_step_end.append(self._stop_at_max_steps)
+        add_callback(self, "on_train_step_end", self._stop_at_max_steps)
         # Length-bucketed batches: each epoch's order comes from (seed, epoch); count the batches
         # done in the epoch first, so every checkpoint (the --max-steps one too) records them.
         self._epoch_batches = 0
         self._resume_position = self._sampler_position_to_resume()
-        self.callbacks.callbacks_on_train_epoch_start.insert(0, self._start_sampler_epoch)
-        self.callbacks.callbacks_on_train_step_end.insert(0, self._count_batch)
-        self.callbacks.callbacks_on_train_step_end.append(lambda trainer: self._stop_on_signal())
+        add_callback(self, "on_train_epoch_start", self._start_sampler_epoch, first=True)
+        add_callback(self, "on_train_step_end", self._count_batch, first=True)
+        add_callback(self, "on_train_step_end", lambda trainer: self._stop_on_signal())
         # The kit's own log lines go into the run's log file next to Coqui's.
         self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
         self._kit_log_handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("ruslan_glowtts").addHandler(self._kit_log_handler)
-
-    def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
-        config, new_fields = super().init_training(args, coqpit_overrides, config)
-        if args.continue_path and self._resume_from is not None:
-            # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
-            args.restore_path = str(self._resume_from)
-            if args.rank == 0:
-                new_fields["restore_path"] = args.restore_path
-        return config, new_fields
 
     # -- signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -220,30 +192,22 @@ class KitTrainer(Trainer):
 
     def _sampler_position_to_resume(self) -> tuple[int, int] | None:
         """(epoch, batches done in it) stored in the checkpoint that --continue-path restored."""
-        if not (self.continue_run and self.args.restore_path):
+        restored = self.restored_checkpoint()
+        if restored is None:
             return None
         try:
-            state = torch.load(self.args.restore_path, map_location="cpu", mmap=True, weights_only=False)
+            state = torch.load(restored, map_location="cpu", mmap=True, weights_only=False)
         except (OSError, RuntimeError, ValueError) as exc:
             logger.warning(" ! Cannot read the batch position from %s (%s): the epoch restarts from its first batch",
-                           self.args.restore_path, exc)
+                           restored, exc)
             return None
         position = state.get(SAMPLER_STATE)
         return (int(position["epoch"]), int(position["batches_done"])) if position else None
 
-    @rank_zero_only
-    def save_checkpoint(self) -> None:
-        """Coqui's save_checkpoint plus the position in the epoch's batch order, so that a resume
-        continues the epoch where it stopped instead of training its first batches twice."""
-        save_checkpoint(
-            self.config, self._get_model(), self.output_path,
-            current_step=self.total_steps_done, epoch=self.epochs_done, optimizer=self.optimizer,
-            scheduler=self.scheduler, scaler=self.scaler if self.use_amp_scaler else None,
-            model_loss={"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
-                        "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)},
-            save_n_checkpoints=self.config.save_n_checkpoints,
-            **{SAMPLER_STATE: {"epoch": self.epochs_done, "batches_done": self._epoch_batches}},
-        )
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """The position in the epoch's batch order, in every checkpoint: a resume continues the epoch
+        where it stopped instead of training its first batches twice."""
+        return {SAMPLER_STATE: {"epoch": self.epochs_done, "batches_done": self._epoch_batches}}
 
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
@@ -266,9 +230,9 @@ class KitTrainer(Trainer):
             logger.warning(" ! Step %d: data-dependent init skips a batch with non-finite features", step)
             return None, {}, time.time() - start
         try:
-            outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=None)
+            outputs, loss_dict = self.compute_loss(batch, criterion)
         except RuntimeError as exc:
-            if not _is_nan_loss_error(exc):
+            if not is_nan_loss_error(exc):
                 raise
             # GlowTTS's loss raised on NaN: this micro-batch spoils its whole update (as NaN
             # gradients would), which is skipped at the window's last micro-batch below.
@@ -300,31 +264,19 @@ class KitTrainer(Trainer):
             loss_value, self._window_nonfinite = math.nan, False
         apply = self.guard.decide_update(self, step, grad_norm, loss_value, amp=scaler is not None)
         if apply:
-            grad_clip = self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=None)
+            grad_clip = self.grad_clip_for(None)
             if grad_clip > 0 and math.isfinite(grad_norm):
                 clip_grads_with_norm_(params, grad_clip, total_norm)
-            self._step(optimizer, scaler, scheduler)
+            # GradScaler keeps its own skip-on-overflow behaviour; the guard counts it
+            if not self.apply_update(optimizer, scaler, scheduler):
+                self.guard.amp_skipped(self, self.total_steps_done)
         optimizer.zero_grad(set_to_none=True)
         if not apply or loss_dict is None:
             return None, {}, time.time() - start  # nothing to average or plot from a skipped update
-        detached = self.detach_loss_dict(loss_dict, step_optimizer=True,
-                                         grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0)
+        # scaler: amp_scaler is logged under fp16 as Coqui's optimize does (diagnose reads it)
+        detached = self.losses_to_log(loss_dict, grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0,
+                                      scaler=scaler)
         return outputs, detached, time.time() - start
-
-    def _step(self, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any) -> None:
-        update_lr = True
-        if scaler is not None:  # GradScaler keeps its own skip-on-overflow behaviour; we count it
-            scale_before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            update_lr = scaler.get_scale() >= scale_before
-            if not update_lr:
-                self.guard.amp_skipped(self, self.total_steps_done)
-        else:
-            optimizer.step()
-        self._stepped_optimizers.add(None)
-        if scheduler is not None and update_lr and not self.config.scheduler_after_epoch:
-            scheduler.step()
 
     def _nan_loss_backward(self) -> None:
         """Under DDP every rank must run backward (gradient all-reduce is collective): send NaN
@@ -342,7 +294,7 @@ class KitTrainer(Trainer):
         try:
             return super().eval_step(batch, step)
         except RuntimeError as exc:
-            if not _is_nan_loss_error(exc):
+            if not is_nan_loss_error(exc):
                 raise
             logger.warning(" ! Eval batch %d skipped: %s", step, str(exc).strip(" [!]."))
             return None, None
@@ -359,7 +311,7 @@ class KitTrainer(Trainer):
     def fit(self) -> Outcome:  # type: ignore[override]
         previous_handlers = self._install_signal_handlers()
         try:
-            self._fit()
+            self.run_training_loop()
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
         except HealthStop as stop:
             outcome = Outcome("exploded", EXIT_EXPLODED, self.total_steps_done,
@@ -399,12 +351,4 @@ class KitTrainer(Trainer):
             self.dashboard_logger.finish()
         if self.num_gpus > 1 and dist.is_initialized():
             dist.destroy_process_group()
-        # Coqui adds a file handler per Trainer and never removes it; in one process (tests,
-        # escalation chains) later runs would log into earlier runs' files.
-        run_dir = str(Path(self.output_path).resolve())
-        for name in ("trainer", "ruslan_glowtts"):
-            log = logging.getLogger(name)
-            for handler in list(log.handlers):
-                if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(run_dir):
-                    log.removeHandler(handler)
-                    handler.close()
+        coqui_compat.remove_run_log_handlers(Path(self.output_path), "ruslan_glowtts")

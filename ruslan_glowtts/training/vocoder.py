@@ -252,7 +252,7 @@ def _make_trainer_class() -> type:
                                         step_optimizer=step_optimizer, num_optimizers=num_optimizers)
             start = time.time()
             step = self.total_steps_done
-            outputs, loss_dict = self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=optimizer_idx)
+            outputs, loss_dict = self.compute_loss(batch, criterion, optimizer_idx)
             if not loss_dict:  # the discriminator before steps_to_start_discriminator
                 return outputs, {}, time.time() - start
             loss = loss_dict["loss"]
@@ -266,28 +266,24 @@ def _make_trainer_class() -> type:
             else:
                 apply = self._decide_discriminator(step, grad_norm, loss_value)
             if apply:
-                grad_clip = self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=optimizer_idx)
+                grad_clip = self.grad_clip_for(optimizer_idx)
                 if grad_clip > 0:
                     clip_grads_with_norm_(params, grad_clip, total_norm)
-                optimizer.step()
-                self._stepped_optimizers.add(optimizer_idx)
-                if scheduler is not None and not self.config.scheduler_after_epoch:
-                    scheduler.step()
+                self.apply_update(optimizer, None, scheduler, optimizer_idx)
             optimizer.zero_grad(set_to_none=True)
             if not apply:
                 return outputs, {}, time.time() - start
-            detached = self.detach_loss_dict(loss_dict, step_optimizer=True, optimizer_idx=optimizer_idx,
-                                             grad_norm=grad_norm)
+            detached = self.losses_to_log(loss_dict, grad_norm=grad_norm, optimizer_idx=optimizer_idx)
             return outputs, detached, time.time() - start
 
-        def _pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
+        def pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
             # Coqui's target loss is the discriminator's (loss_0) and it raises when that is missing,
             # which it is before steps_to_start_discriminator or when every D update so far was
             # skipped: the checkpoint is still saved, without a train loss.
             values = keep_avg_target.avg_values if keep_avg_target is not None else {}
             if values and f"avg_{self.config.target_loss}" not in values:
                 return None
-            return super()._pick_target_avg_loss(keep_avg_target)
+            return super().pick_target_avg_loss(keep_avg_target)
 
         def _decide_discriminator(self, step: int, grad_norm: float, loss: float) -> bool:
             (nonfinite,) = reduce_flags([not (math.isfinite(grad_norm) and math.isfinite(loss))])
@@ -306,6 +302,9 @@ def _make_trainer_class() -> type:
 
 def train_vocoder(request: VocoderRequest) -> Any:
     """Train one HiFi-GAN run; returns the KitTrainer Outcome (status, exit code, message)."""
+    from ruslan_glowtts.training.coqui_compat import require_supported_coqui
+
+    require_supported_coqui()
     import numpy as np
     import torch
     from trainer import TrainerArgs

@@ -1,0 +1,484 @@
+"""The kit's one boundary with Coqui's internals, and the checks that it still holds.
+
+The kit overrides parts of coqui-tts-trainer's Trainer (optimize, save_checkpoint, init_training,
+fit's loop) and coqui-tts's BaseTTS.get_data_loader, calls private Trainer helpers, and recognises
+GlowTTS's NaN error by its text. None of that is Coqui's public API, so it lives here, named, and
+contract_problems() checks it against the installed packages (tests/test_coqui_contract.py): an
+upgrade then fails a test, not a run hours in. Written for coqui-tts 0.28.x and
+coqui-tts-trainer 0.4.x; require_supported_coqui() refuses other versions (RUSLAN_KIT_ALLOW_COQUI=1
+overrides, and lists the contract problems found).
+
+Importing this module is cheap (no torch, TTS or trainer): diagnose uses its text constants. The
+Trainer base class, KitTrainerBase, is built on first access (module __getattr__).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import re
+import tempfile
+import textwrap
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ruslan_glowtts.common.errors import UserError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+logger = logging.getLogger(__name__)
+
+# -- versions --------------------------------------------------------------------------------------
+# (package, lowest supported, first unsupported): the kit was written and tested on 0.28.0 / 0.4.0.
+SUPPORTED = {"coqui-tts": ((0, 28), (0, 29)), "coqui-tts-trainer": ((0, 4), (0, 5))}
+ALLOW_ENV = "RUSLAN_KIT_ALLOW_COQUI"
+
+# -- text Coqui writes, which the kit matches ------------------------------------------------------
+NAN_LOSS_TEXT = "NaN loss"  # GlowTTSLoss: RuntimeError(" [!] NaN loss with {key}.")
+NAN_LOSS_LOG_PATTERN = re.compile(r"RuntimeError:\s*\[!\]\s*NaN loss with (\w+)")  # in trainer_0_log.txt
+AMP_SCALER_KEY = "amp_scaler"  # Trainer.optimize adds GradScaler's scale to the loss dict under fp16
+AMP_SCALER_TAG = f"TrainIterStats/{AMP_SCALER_KEY}"
+COQUI_LOGGER = "trainer"  # Trainer._setup_logger_config adds a FileHandler per run to this logger
+
+# Coqui's event tags the kit reads (diagnose, the tests); TrainIterStats every plot_step.
+TRAIN_TAGS = ("TrainIterStats/loss", "TrainIterStats/grad_norm", "TrainIterStats/current_lr",
+              "TrainIterStats/log_mle", "TrainIterStats/loss_dur")
+EVAL_TAGS = ("EvalStats/avg_loss", "EvalStats/avg_log_mle", "EvalStats/avg_loss_dur")
+
+# Keys trainer.io.save_checkpoint writes and Trainer.restore_model / the kit read back.
+CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scaler", "step", "epoch", "model_loss"})
+
+# Coqui methods the kit copies or wraps: sha256 (first 16 hex) of their dedented source in
+# coqui-tts 0.28.0 / coqui-tts-trainer 0.4.0. A change means: re-read it, port it, update the hash.
+PINNED_SOURCES = {
+    "Trainer.optimize": "0f8b99cdb10d55e8",  # re-implemented by KitTrainer.optimize / apply_update
+    "Trainer.save_checkpoint": "ce094576727c155e",  # copied by KitTrainerBase.save_checkpoint
+    "Trainer.init_training": "73e677cb0c7ab0ba",  # wrapped: picks restore_path on --continue-path
+    "Trainer.fit": "10647cc130861c29",  # replaced by KitTrainer.fit around run_training_loop()
+    "Trainer.restore_model": "0849fbefe48c4fcf",  # reads the checkpoint keys above
+    "Trainer._pick_target_avg_loss": "c1102c4f0ff25a47",  # wrapped by pick_target_avg_loss
+    "BaseTTS.get_data_loader": "efd987cdf9b7b4c9",  # copied by tts_data_loader
+}
+
+# Signatures (names, kinds, defaults; no annotations) of what the kit overrides or calls.
+PINNED_SIGNATURES = {
+    "Trainer.optimize": "(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None, "
+                        "step_optimizer=True, num_optimizers=1)",
+    "Trainer._compute_loss": "(self, batch, criterion, optimizer_idx)",
+    "Trainer._set_grad_clip_per_optimizer": "(config, optimizer_idx)",
+    "Trainer._fit": "(self)",
+    "Trainer._get_model": "(self)",
+    "Trainer._pick_target_avg_loss": "(self, keep_avg_target)",
+    "Trainer.detach_loss_dict": "(self, loss_dict, *, step_optimizer, optimizer_idx=None, grad_norm=None)",
+    "Trainer.init_training": "(args, coqpit_overrides, config=None)",
+    "Trainer.save_checkpoint": "(self)",
+    "Trainer.format_batch": "(self, batch)",
+    "Trainer.train_step": "(self, batch, batch_n_steps, step, loader_start_time)",
+    "Trainer.eval_step": "(self, batch, step)",
+    "BaseTTS.get_data_loader": "(self, config, *, is_eval=False, samples=None, verbose=True)",
+    "io.save_fsspec": "(state, path, **kwargs)",
+    "io.save_checkpoint": "(config, model, output_folder, *, current_step, epoch, optimizer=None, scheduler=None, "
+                          "scaler=None, save_n_checkpoints=None, **kwargs)",
+}
+CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the kit inserts into
+
+
+# ---------------------------------------------------------------------------------------------------
+# Torch-free helpers
+
+
+def is_nan_loss_error(exc: BaseException) -> bool:
+    """GlowTTS's loss raised on a NaN value (RuntimeError " [!] NaN loss with {key}.")."""
+    return isinstance(exc, RuntimeError) and NAN_LOSS_TEXT in str(exc)
+
+
+def mentions_nan_loss(text: str) -> bool:
+    """A message (run.json, a log line) reports GlowTTS's NaN-loss error."""
+    return NAN_LOSS_TEXT in text
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def version_problems(installed: dict[str, str | None] | None = None) -> list[str]:
+    """One sentence per Coqui package missing or outside the range the kit was written for."""
+    problems = []
+    for package, (low, high) in SUPPORTED.items():
+        if installed is not None:
+            version = installed.get(package)
+        else:
+            try:
+                version = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                version = None
+        wanted = f"{package} {low[0]}.{low[1]}.x"
+        if version is None:
+            problems.append(f"{package} is not installed; this kit was written for {wanted}")
+        elif not (low <= _version_tuple(version)[:2] < high):
+            problems.append(f"{package} {version} is installed; this kit was written for {wanted}")
+    return problems
+
+
+_checked = False
+
+
+def require_supported_coqui() -> None:
+    """Refuse (UserError, one line) Coqui versions the kit was not written for; called first by the
+    training entry points (train(), train_vocoder()), not at import, so --help stays fast and
+    diagnose never depends on Coqui. RUSLAN_KIT_ALLOW_COQUI=1 turns the refusal into warnings,
+    with the contract problems found in the installed packages."""
+    global _checked
+    if _checked:
+        return
+    problems = version_problems()
+    if problems and os.environ.get(ALLOW_ENV) != "1":
+        raise UserError(f"{'; '.join(problems)}: pip install -r requirements.txt, or set {ALLOW_ENV}=1 to try anyway")
+    _checked = True
+    if problems:
+        logger.warning(" ! %s=1: %s; trying anyway", ALLOW_ENV, "; ".join(problems))
+        for problem in contract_problems():
+            logger.warning(" ! Coqui contract: %s", problem)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calls on a Coqui Trainer (any Trainer, not only the kit's)
+
+
+def model_of(trainer: Any) -> Any:
+    """The model as Coqui saves it (the DDP/accelerate wrapper when there is one)."""
+    return trainer._get_model()
+
+
+def set_global_step(trainer: Any, step: int) -> None:
+    """Start the step axis at `step` (an escalated run continues its parent's axis)."""
+    trainer.total_steps_done = step
+
+
+def add_callback(trainer: Any, event: str, callback: Callable[[Any], None], *, first: bool = False) -> None:
+    """Add a callback(trainer) to Coqui's list for `event` (e.g. "on_train_step_end"), first or last.
+    Coqui's public route (Trainer(callbacks=...)) only appends and takes one callable per event."""
+    callbacks = getattr(trainer.callbacks, f"callbacks_{event}")
+    if first:
+        callbacks.insert(0, callback)
+    else:
+        callbacks.append(callback)
+
+
+def remove_run_log_handlers(run_dir: Path, *logger_names: str) -> None:
+    """Close the file handlers writing into run_dir: Coqui adds one to its logger per Trainer and
+    never removes it, so in one process (tests, escalation chains) later runs would log into it."""
+    root = str(Path(run_dir).resolve())
+    for name in (COQUI_LOGGER, *logger_names):
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(root):
+                log.removeHandler(handler)
+                handler.close()
+
+
+def record_amp_scale(loss_dict: dict[str, Any], scaler: Any) -> dict[str, Any]:
+    """Add GradScaler's current scale under "amp_scaler", as Coqui's optimize does after
+    scaler.update() under fp16: it is logged as TrainIterStats/amp_scaler, the tag by which
+    diagnose recognises an fp16 run (whose first overflows calibrate the scale)."""
+    if scaler is not None:
+        loss_dict[AMP_SCALER_KEY] = scaler.get_scale()
+    return loss_dict
+
+
+_coqui_save_fsspec: Callable[..., None] | None = None
+_atomic_save: Callable[..., None] | None = None
+
+
+def atomic_checkpoint_writes_installed() -> bool:
+    """Coqui's checkpoint writes currently go through the kit's atomic writer."""
+    import trainer.io
+
+    return _atomic_save is not None and trainer.io.save_fsspec is _atomic_save
+
+
+def install_atomic_checkpoint_writes() -> None:
+    """Make every checkpoint Coqui writes (save_model, save_checkpoint, save_best_model, all through
+    the module global trainer.io.save_fsspec) go to a temp file, fsynced, renamed into place:
+    Coqui's torch.save straight to checkpoint_N.pth leaves a truncated newest checkpoint when
+    killed mid-save, which --continue-path would then pick. Idempotent."""
+    global _coqui_save_fsspec, _atomic_save
+    import torch
+    import trainer.io
+
+    from ruslan_glowtts.common.atomic_files import atomic_output
+
+    if _coqui_save_fsspec is not None:
+        return
+    _coqui_save_fsspec = original = trainer.io.save_fsspec
+
+    def save_atomically(state: Any, path: Any, **kwargs: Any) -> None:
+        if "://" in str(path):  # a remote fsspec target: Coqui's own write
+            original(state, path, **kwargs)
+            return
+        with atomic_output(Path(path), durable=True) as temp:
+            torch.save(state, temp, **kwargs)
+
+    trainer.io.save_fsspec = _atomic_save = save_atomically
+
+
+def tts_data_loader(model: Any, config: Any, *, is_eval: bool, samples: list[dict] | None, dataset_class: type,
+                    dataset_kwargs: dict[str, Any], loader_kwargs: dict[str, Any],
+                    batch_sampler: Callable[[Any, bool], Any] | None = None) -> DataLoader:
+    """BaseTTS.get_data_loader (coqui-tts 0.28) for a single-speaker grapheme model (no speaker or
+    language mappings, f0, energy or linear specs), with the kit's dataset class and worker
+    settings; batch_sampler(dataset, distributed), when given, makes the training batches."""
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    dataset = dataset_class(
+        outputs_per_step=1,
+        compute_linear_spec=False,
+        ap=model.ap,
+        samples=samples,
+        tokenizer=model.tokenizer,
+        return_wav=False,
+        batch_group_size=0 if is_eval else config.batch_group_size * config.batch_size,
+        min_text_len=config.min_text_len,
+        max_text_len=config.max_text_len,
+        min_audio_len=config.min_audio_len,
+        max_audio_len=config.max_audio_len,
+        phoneme_cache_path=config.phoneme_cache_path,
+        precompute_num_workers=config.precompute_num_workers,
+        use_noise_augment=False if is_eval else config.use_noise_augment,
+        start_by_longest=config.start_by_longest,
+        **dataset_kwargs,
+    )
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.barrier()
+    dataset.preprocess_samples()
+    common = {"collate_fn": dataset.collate_fn, **loader_kwargs}
+    if not is_eval and batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, distributed), **common)
+    sampler = model.get_sampler(config, dataset)
+    return DataLoader(
+        dataset,
+        batch_size=config.eval_batch_size if is_eval else config.batch_size,
+        shuffle=config.shuffle if sampler is None else False,
+        drop_last=config.drop_last,
+        sampler=sampler,
+        **common,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Trainer base class (built on first access: it needs torch and trainer)
+
+
+def _build_trainer_base() -> type:
+    from trainer import Trainer
+    from trainer.io import save_checkpoint
+    from trainer.utils.distributed import rank_zero_only
+
+    class KitTrainerBase(Trainer):
+        """Coqui's Trainer with its private parts behind named methods, for KitTrainer."""
+
+        def __init__(self, *args: Any, resume_from: Path | None = None, **kwargs: Any) -> None:
+            self.resume_checkpoint = resume_from  # read by init_training, which Coqui's __init__ calls
+            super().__init__(*args, **kwargs)
+
+        def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
+            config, new_fields = super().init_training(args, coqpit_overrides, config)
+            if args.continue_path and self.resume_checkpoint is not None:
+                # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
+                args.restore_path = str(self.resume_checkpoint)
+                if args.rank == 0:
+                    new_fields["restore_path"] = args.restore_path
+            return config, new_fields
+
+        def restored_checkpoint(self) -> str | None:
+            """The checkpoint --continue-path restored (Coqui's restore_model read it), else None."""
+            return self.args.restore_path if self.continue_run and self.args.restore_path else None
+
+        # -- the training loop's pieces ---------------------------------------------------------------
+        def run_training_loop(self) -> None:
+            """Coqui's fit() without its exception handling (which deletes the run folder and exits)."""
+            self._fit()
+
+        def compute_loss(self, batch: dict[str, Any], criterion: Any, optimizer_idx: int | None = None
+                         ) -> tuple[Any, dict[str, Any] | None]:
+            """Forward pass and loss under Coqui's autocast settings."""
+            return self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=optimizer_idx)
+
+        def grad_clip_for(self, optimizer_idx: int | None = None) -> float:
+            return self._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=optimizer_idx)
+
+        def mark_stepped(self, optimizer_idx: int | None = None) -> None:
+            """Tell Coqui the optimizer stepped (its per-epoch scheduler steps only those)."""
+            self._stepped_optimizers.add(optimizer_idx)
+
+        def apply_update(self, optimizer: Any, scaler: Any, scheduler: Any, optimizer_idx: int | None = None) -> bool:
+            """The step part of Coqui's optimize (no accelerate, one optimizer per call): optimizer or
+            GradScaler step, then the per-step LR schedule unless the scale dropped. False when
+            GradScaler skipped the update (fp16 overflow)."""
+            update_lr = True
+            if scaler is not None:
+                scale_before = scaler.get_scale()
+                scaler.step(optimizer)
+                scaler.update()
+                update_lr = scaler.get_scale() >= scale_before
+            else:
+                optimizer.step()
+            self.mark_stepped(optimizer_idx)
+            if scheduler is not None and update_lr and not self.config.scheduler_after_epoch:
+                scheduler.step()
+            return update_lr
+
+        def losses_to_log(self, loss_dict: dict[str, Any], *, grad_norm: float, scaler: Any = None,
+                          optimizer_idx: int | None = None) -> dict[str, Any]:
+            """The detached loss dict of an applied update, with amp_scaler under fp16 (as Coqui's)."""
+            return self.detach_loss_dict(record_amp_scale(loss_dict, scaler), step_optimizer=True,
+                                         optimizer_idx=optimizer_idx, grad_norm=grad_norm)
+
+        # -- checkpoints ------------------------------------------------------------------------------
+        def model_to_save(self) -> Any:
+            return model_of(self)
+
+        def checkpoint_extras(self) -> dict[str, Any]:
+            """Extra entries for every checkpoint save_checkpoint writes (override)."""
+            return {}
+
+        def pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
+            """The loss Coqui stores in checkpoints and compares for best_model (override to change)."""
+            return Trainer._pick_target_avg_loss(self, keep_avg_target)
+
+        def _pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
+            return self.pick_target_avg_loss(keep_avg_target)
+
+        @rank_zero_only
+        def save_checkpoint(self) -> None:
+            """Coqui's save_checkpoint plus checkpoint_extras()."""
+            save_checkpoint(
+                self.config, self.model_to_save(), self.output_path,
+                current_step=self.total_steps_done, epoch=self.epochs_done, optimizer=self.optimizer,
+                scheduler=self.scheduler, scaler=self.scaler if self.use_amp_scaler else None,
+                model_loss={"train_loss": self.pick_target_avg_loss(self.keep_avg_train),
+                            "eval_loss": self.pick_target_avg_loss(self.keep_avg_eval)},
+                save_n_checkpoints=self.config.save_n_checkpoints,
+                **self.checkpoint_extras(),
+            )
+
+    KitTrainerBase.__qualname__ = "KitTrainerBase"
+    return KitTrainerBase
+
+
+_lazy: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KitTrainerBase":
+        if name not in _lazy:
+            _lazy[name] = _build_trainer_base()
+        return _lazy[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The contract
+
+
+def _source_hash(obj: Any) -> str:
+    return hashlib.sha256(textwrap.dedent(inspect.getsource(obj)).encode()).hexdigest()[:16]
+
+
+def _bare_signature(obj: Any) -> str:
+    sig = inspect.signature(obj)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def _coqui_objects() -> dict[str, Any]:
+    from trainer import Trainer, io
+    from TTS.tts.models.base_tts import BaseTTS
+
+    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "io": io}
+    objects = {}
+    for name in {*PINNED_SOURCES, *PINNED_SIGNATURES}:
+        owner, attr = name.split(".")
+        objects[name] = getattr(named[owner], attr, None)
+    return objects
+
+
+def _nan_loss_problem() -> str | None:
+    import torch
+    from TTS.tts.layers.losses import GlowTTSLoss
+
+    z = torch.full((1, 2, 3), float("nan"))
+    zeros = torch.zeros(1, 2, 3)
+    try:
+        GlowTTSLoss()(z, zeros, zeros, torch.zeros(1), torch.tensor([3]), torch.zeros(1, 1, 2), torch.zeros(1, 1, 2),
+                      torch.tensor([2]))
+    except RuntimeError as exc:
+        if not is_nan_loss_error(exc) or not NAN_LOSS_LOG_PATTERN.search(f"RuntimeError: {exc}"):
+            return f"GlowTTSLoss's NaN error reads {str(exc)!r}: is_nan_loss_error/NAN_LOSS_LOG_PATTERN miss it"
+        return None
+    return "GlowTTSLoss no longer raises on a NaN loss (KitTrainer skips that step by catching it)"
+
+
+def _checkpoint_problems() -> list[str]:
+    import torch
+    from trainer import io
+
+    problems = []
+    model = torch.nn.Linear(1, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        io.save_checkpoint({"model": "probe"}, model, folder, current_step=1, epoch=0,
+                           optimizer=[torch.optim.SGD(model.parameters(), lr=0.1)], model_loss={}, kit_probe=1)
+        path = Path(folder) / "checkpoint_1.pth"
+        if not path.is_file():
+            return [f"trainer.io.save_checkpoint no longer writes checkpoint_<step>.pth (found {os.listdir(folder)})"]
+        keys = set(torch.load(path, map_location="cpu", weights_only=False))
+    if missing := sorted(CHECKPOINT_KEYS - keys):
+        problems.append(f"checkpoints lack {missing} (Trainer.restore_model and the kit read them)")
+    if "kit_probe" not in keys:
+        problems.append("save_checkpoint no longer stores extra keyword entries (the kit's batch position)")
+    return problems
+
+
+def contract_problems() -> list[str]:
+    """What the kit relies on in the installed Coqui packages and no longer holds; [] when all holds.
+    Imports torch, TTS and trainer (a few seconds); writes one tiny checkpoint to a temp folder."""
+    problems = []
+    objects = _coqui_objects()
+    for name, expected in PINNED_SIGNATURES.items():
+        obj = objects[name]
+        if obj is None:
+            problems.append(f"{name} is gone")
+        elif (found := _bare_signature(obj)) != expected:
+            problems.append(f"{name} signature changed: {found} (the kit was written for {expected})")
+    for name, expected in PINNED_SOURCES.items():
+        obj = objects[name]
+        if obj is not None and (found := _source_hash(obj)) != expected:
+            problems.append(f"{name} source changed (hash {found}, pinned {expected}): the kit copies or wraps it; "
+                            "re-read it and port the change to ruslan_glowtts/training/coqui_compat.py")
+    from trainer import Trainer, io
+    from trainer.callbacks import TrainerCallback
+
+    source = inspect.getsource(Trainer)
+    for attr in ("self._stepped_optimizers", "self.total_steps_done", "self.use_amp_scaler", "self.continue_run",
+                 'loss_dict["amp_scaler"]'):
+        if attr not in source:
+            problems.append(f"Trainer no longer uses {attr}")
+    if f'logging.getLogger("{COQUI_LOGGER}")' not in source:
+        problems.append(f"Trainer no longer logs to the {COQUI_LOGGER!r} logger (remove_run_log_handlers)")
+    callbacks = TrainerCallback()
+    for event in CALLBACK_EVENTS:
+        if not isinstance(getattr(callbacks, f"callbacks_{event}", None), list):
+            problems.append(f"TrainerCallback.callbacks_{event} is no longer a list (add_callback)")
+    if "save_fsspec(" not in inspect.getsource(io.save_model):
+        problems.append("trainer.io.save_model no longer writes through save_fsspec (atomic checkpoint writes)")
+    if (nan := _nan_loss_problem()) is not None:
+        problems.append(nan)
+    problems += _checkpoint_problems()
+    return problems
