@@ -49,15 +49,16 @@ from tqdm import tqdm
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files, write_text
 from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
 from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OneLineErrorParser, UserError
-from ruslan_glowtts.prep.feature_cache import (
+from ruslan_glowtts.common.corpus_layout import (
+    DATASET_TOML,
     FEATURES_DIR,
     METADATA_FILE,
+    REPORT,
+    STATE_DIR,
     WAV_DIR,
-    feature_key,
-    file_digest,
-    invalidate,
-    write_manifest,
+    wav_path,
 )
+from ruslan_glowtts.prep.feature_cache import feature_key, file_digest, invalidate, write_manifest
 from ruslan_glowtts.prep.length_limits import (
     LengthBounds,
     dataset_fragment,
@@ -77,8 +78,6 @@ logger = logging.getLogger(__name__)
 
 EXIT_NOTHING_USABLE = 3
 MIN_USABLE = 2  # the trainer holds one utterance out for evaluation and needs one to train on
-STATE_DIR = ".prepare"
-DATASET_TOML = "dataset.toml"  # the name ruslan_glowtts.config reads as layer 2
 # Bump when the per-file processing changes, so every file is processed again.
 PIPELINE_VERSION = 1
 
@@ -87,7 +86,7 @@ PIPELINE_VERSION = 1
 class PrepareOptions:
     src: Path
     dst: Path
-    meta: Path | None = None  # default SRC/metadata_RUSLAN_22200.csv
+    meta: Path | None = None  # default SRC/METADATA_FILE
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     text: TextOptions = TextOptions()
     bounds: LengthBounds = LengthBounds()
@@ -118,10 +117,10 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
         raise UserError(f"--src {src}: no such folder")
     meta = (options.meta or src / METADATA_FILE).expanduser()
     if not meta.is_file():
-        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and RUSLAN/; "
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/; "
                         "pass --meta FILE for another name)")
     if not (src / WAV_DIR).is_dir():
-        raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in RUSLAN/<id>.wav)")
+        raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in {WAV_DIR}/<id>.wav)")
     src_real, dst_real = src.resolve(), dst.resolve()
     if dst_real == src_real or dst_real.is_relative_to(src_real):
         raise UserError(f"--dst {dst} is inside --src {src}: choose a folder outside the source corpus, "
@@ -397,7 +396,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
     for u in utterances:
         if _line_problem(u):
             continue
-        source = src / WAV_DIR / f"{u.id}.wav"
+        source = wav_path(src, u.id)
         try:
             info = source.stat()
         except OSError:
@@ -407,7 +406,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
             u.problems.append(problem("unreadable", "not a regular file"))
             continue
         signatures[u.id] = f"{info.st_size}:{info.st_mtime_ns}"
-        wav = dst / WAV_DIR / f"{u.id}.wav"
+        wav = wav_path(dst, u.id)
         features = feature_dir / f"{u.id}.npy" if feature_dir is not None else None
         row = rows.get(u.id)
         current = (row is not None and row.source == signatures[u.id] and row.options == digest
@@ -425,7 +424,7 @@ def _prune(rows: dict[str, StateRow], present: set[str], state: PrepareState, ds
     """Forget outputs of utterances that left the metadata or whose source file disappeared."""
     gone = [id_ for id_ in rows if id_ not in present]
     for id_ in gone:
-        (dst / WAV_DIR / f"{id_}.wav").unlink(missing_ok=True)
+        wav_path(dst, id_).unlink(missing_ok=True)
         (feature_dir / f"{id_}.npy").unlink(missing_ok=True)
         del rows[id_]
     if gone:
@@ -472,11 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                f"3 fewer than {MIN_USABLE} usable utterances, 130 interrupted (run again to resume).",
     )
     p.add_argument("--src", type=Path, required=True, metavar="DIR",
-                   help="the RUSLAN folder as downloaded: metadata_RUSLAN_22200.csv and RUSLAN/*.wav (read only)")
+                   help=f"the RUSLAN folder as downloaded: {METADATA_FILE} and {WAV_DIR}/*.wav (read only)")
     p.add_argument("--dst", type=Path, required=True, metavar="DIR",
                    help="the prepared folder to write (new, or an earlier prepare output to update); "
                         "then train with --dataset-path DIR")
-    p.add_argument("--meta", type=Path, metavar="FILE", help="metadata file (default SRC/metadata_RUSLAN_22200.csv)")
+    p.add_argument("--meta", type=Path, metavar="FILE", help=f"metadata file (default SRC/{METADATA_FILE})")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes (default: all %(default)s cores)")
     text = p.add_argument_group("text")
@@ -563,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary_lines(result.report, result.dst)))
     if result.usable < MIN_USABLE:
         print(f"error: {result.usable} usable utterance(s) remain, training needs at least {MIN_USABLE}; "
-              f"see {result.dst / 'report.json'}", file=sys.stderr)
+              f"see {result.dst / REPORT}", file=sys.stderr)
         return EXIT_NOTHING_USABLE
     print(f"Next: python train_ruslan_glowtts.py --dataset-path {result.dst}")
     return 0

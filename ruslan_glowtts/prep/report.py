@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts.common.atomic_files import write_bytes, write_text
+from ruslan_glowtts.common.corpus_layout import DATASET_TOML, HISTOGRAM, REPORT
 from ruslan_glowtts.prep.audio_audit import AUDIO_PROBLEMS
 from ruslan_glowtts.prep.length_limits import LENGTH_PROBLEMS, describe
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS
@@ -25,8 +26,6 @@ from ruslan_glowtts.prep.text_normalization import TEXT_CHANGES, TEXT_PROBLEMS
 
 logger = logging.getLogger(__name__)
 
-REPORT = "report.json"
-HISTOGRAM = "duration_histogram.png"
 # Text changes that are pure typography: counted, but not listed per file.
 ROUTINE_TEXT_CHANGES = {"unicode", "whitespace", "quotes", "dashes", "punctuation"}
 MEANINGS: dict[str, str] = {code: meaning for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS)
@@ -156,7 +155,7 @@ def summary_lines(report: dict[str, Any], dst: Path) -> list[str]:
         lines.append(f"  Text normalised: {', '.join(listed)}")
     caps = report["recommended"]
     if caps:
-        lines.append(f"  Training caps (in dataset.toml): max_audio_len = {caps['max_audio_len']} "
+        lines.append(f"  Training caps (in {DATASET_TOML}): max_audio_len = {caps['max_audio_len']} "
                      f"({caps['max_audio_seconds']:g} s), max_text_len = {caps['max_text_len']}; "
                      f"{caps['dropped_at_training']} longer utterance(s) will be skipped")
     run = report["run"]

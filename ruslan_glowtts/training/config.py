@@ -21,6 +21,7 @@ from coqpit import Coqpit
 from TTS.tts.configs.glow_tts_config import GlowTTSConfig
 
 from ruslan_glowtts import KIT_ROOT
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.monitor.explosion_rules import DEFAULTS as RULES
 from ruslan_glowtts.common.presets import Preset
@@ -28,7 +29,6 @@ from ruslan_glowtts.common.presets import Preset
 logger = logging.getLogger(__name__)
 
 BASE_CONFIG = KIT_ROOT / "configs" / "ruslan_glowtts.toml"
-DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepare`
 
 
 @dataclass
@@ -343,7 +343,7 @@ def build_config(
     tree = RuslanGlowTTSConfig().to_dict()
     overrides = apply_layer(tree, read_toml(base_path, "base config"), f"base {base_path.name}", quiet=True)
     if dataset_path is not None:
-        fragment = dataset_path / DATASET_FRAGMENT
+        fragment = dataset_toml_path(dataset_path)
         if fragment.is_file():
             overrides += apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}")
         if tree.get("datasets"):
@@ -351,4 +351,6 @@ def build_config(
     overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}")
     for layer, source in cli_layers:
         overrides += apply_layer(tree, layer, source)
+    for dataset in tree.get("datasets") or []:
+        dataset["meta_file_train"] = dataset.get("meta_file_train") or METADATA_FILE  # the corpus layout's name
     return to_config(tree), overrides

@@ -17,6 +17,7 @@ import soundfile as sf
 from TTS.tts.datasets import load_tts_samples
 from TTS.tts.utils.text.tokenizer import TTSTokenizer
 
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, WAV_DIR
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.next_steps import PREPARE_HINT
 
@@ -31,7 +32,7 @@ def check_metadata(root: Path, meta_file: str) -> Path:
         raise UserError(f"dataset folder not found: {root}")
     meta = root / meta_file
     if not meta.is_file():
-        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds metadata_RUSLAN_22200.csv and RUSLAN/)")
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/)")
     try:
         lines = meta.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:

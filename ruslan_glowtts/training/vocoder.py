@@ -40,11 +40,12 @@ from ruslan_glowtts import KIT_ROOT
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.training.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Override, RuslanGlowTTSConfig,
-                                   apply_layer, read_toml)
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path, metadata_path, wav_path
+from ruslan_glowtts.training.config import (BASE_CONFIG, HealthConfig, Override, RuslanGlowTTSConfig, apply_layer,
+                                            read_toml)
 from ruslan_glowtts.training.dataset import check_sample_rate
 from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.prep.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
+from ruslan_glowtts.prep.feature_cache import FeatureCache
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
     tree = RuslanGlowTTSConfig().to_dict()
     apply_layer(tree, read_toml(BASE_CONFIG, "base config"), f"base {BASE_CONFIG.name}", quiet=True)
     source = f"GlowTTS base config {BASE_CONFIG.name}"
-    fragment = dataset_path / DATASET_FRAGMENT if dataset_path is not None else None
+    fragment = dataset_toml_path(dataset_path) if dataset_path is not None else None
     if fragment is not None and fragment.is_file():
         apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}", quiet=True)
         source += f" + {fragment}"
@@ -198,12 +199,12 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
     """(eval, train) items of the prepared folder's usable utterances: (wav, cached mel) pairs when
     prepare's feature cache matches the audio settings, else wav paths (mels computed on the fly)."""
     root = Path(config.data_path)
-    meta = root / METADATA_FILE
+    meta = metadata_path(root)
     if not meta.is_file():
         raise UserError(f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
                         f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}")
     ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-    wavs = [root / WAV_DIR / f"{id_}.wav" for id_ in ids]
+    wavs = [wav_path(root, id_) for id_ in ids]
     missing = [w for w in wavs if not w.is_file()]
     if missing:
         raise UserError(f"{len(missing)} audio files of {meta} are missing, e.g. {missing[0]}")
