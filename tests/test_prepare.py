@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ruslan_glowtts.common.presets import DEFAULT_PRESET, load_preset
 from ruslan_glowtts.prep import prepare as prepare_module
+from ruslan_glowtts.prep.feature_cache import feature_key
+from ruslan_glowtts.training.config import build_config
 from ruslan_glowtts.training.dataset import check_metadata
 from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
 from tests.conftest import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
@@ -86,6 +89,19 @@ def read_report(dst: Path) -> dict:
     return json.loads((dst / "report.json").read_text(encoding="utf-8"))
 
 
+def assert_training_resolves_what_prepare_used(dst: Path) -> None:
+    """Training's config builder, reading the dataset.toml prepare wrote, resolves the audio settings
+    and vocabulary prepare resampled, featurised and checked the text with."""
+    report = read_report(dst)
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dst)
+    assert report["outputs"]["features"] == f"features/{feature_key(config.audio)}"
+    manifest = json.loads((dst / report["outputs"]["features"] / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["audio"] == json.loads(json.dumps(config.audio.to_dict(), default=str))
+    assert report["training"]["sample_rate"] == config.audio.sample_rate
+    assert report["training"]["characters"] == config.characters.characters
+    assert report["training"]["punctuations"] == config.characters.punctuations
+
+
 def run_prepare(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -149,6 +165,7 @@ def test_every_defect_is_reported_and_handled(defective):
 def test_prepared_folder_is_ready_for_training(defective):
     src, dst, _, report = defective
     check_metadata(dst, META)  # the trainer's own metadata check
+    assert_training_resolves_what_prepare_used(dst)
     lines = (dst / META).read_text(encoding="utf-8").splitlines()
     assert {line.split("|")[0] for line in lines} == EXPECTED_USABLE
     assert "В тысяча восемьсот двенадцатом году было двадцать пять процентов и три целых пять десятых дня." in (
@@ -214,6 +231,7 @@ def test_changed_source_and_options_redo_only_what_they_affect(tmp_path, capsys)
     assert "000000_RUSLAN|Мор+оз и солнце; день чудесный!" in (dst / META).read_text(encoding="utf-8")
     assert 'characters.characters = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя+"' in (dst / "dataset.toml").read_text(
         encoding="utf-8")
+    assert_training_resolves_what_prepare_used(dst)  # the kept '+' included
 
 
 def test_trim_silence_fixes_long_edges(tmp_path, capsys):

@@ -155,16 +155,13 @@ def _exclusive(dst: Path) -> Iterator[None]:
 
 
 def _resolve_config(preset_name: str, fragment: dict[str, Any]) -> Any:
-    """The config training will resolve for DST: base < this dataset.toml < preset (no CLI)."""
-    from ruslan_glowtts.training.config import BASE_CONFIG, RuslanGlowTTSConfig, apply_layer, read_toml, to_config
+    """The config training will resolve for DST (base < this dataset.toml < preset, no CLI), by
+    training's own builder: prepare's audio settings and the cache key cannot drift from training's."""
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config
 
-    preset = load_preset(preset_name)
-    tree = RuslanGlowTTSConfig().to_dict()
-    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), "base", quiet=True)
-    apply_layer(tree, fragment, DATASET_TOML, quiet=True)
-    apply_layer(tree, preset.overrides, f"preset {preset.name}", quiet=True)
-    return to_config(tree)
+    config, _ = build_config(preset=load_preset(preset_name), dataset_layer=fragment, quiet=True)
+    return config
 
 
 def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:

@@ -338,19 +338,27 @@ def build_config(
     dataset_path: Path | None = None,
     cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
     base_path: Path = BASE_CONFIG,
+    dataset_layer: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> tuple[RuslanGlowTTSConfig, list[Override]]:
-    """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI."""
+    """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI.
+
+    `dataset_layer` stands in for DATASET/dataset.toml: prepare resolves, with this same function,
+    the config training will build once the fragment it is about to write exists. `quiet` logs the
+    overrides at debug level."""
     tree = RuslanGlowTTSConfig().to_dict()
     overrides = apply_layer(tree, read_toml(base_path, "base config"), f"base {base_path.name}", quiet=True)
-    if dataset_path is not None:
+    if dataset_layer is not None:
+        overrides += apply_layer(tree, dataset_layer, "dataset (being prepared)", quiet=quiet)
+    elif dataset_path is not None:
         fragment = dataset_toml_path(dataset_path)
         if fragment.is_file():
-            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}")
-        if tree.get("datasets"):
-            tree["datasets"][0]["path"] = str(dataset_path.resolve())
-    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}")
+            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}", quiet=quiet)
+    if dataset_path is not None and tree.get("datasets"):
+        tree["datasets"][0]["path"] = str(dataset_path.resolve())
+    overrides += apply_layer(tree, preset.overrides, f"preset {preset.name}", quiet=quiet)
     for layer, source in cli_layers:
-        overrides += apply_layer(tree, layer, source)
+        overrides += apply_layer(tree, layer, source, quiet=quiet)
     for dataset in tree.get("datasets") or []:
         dataset["meta_file_train"] = dataset.get("meta_file_train") or METADATA_FILE  # the corpus layout's name
     return to_config(tree), overrides
