@@ -43,7 +43,7 @@ from ruslan_glowtts.voice.audio_compat import check_compatible
 from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path, metadata_path, wav_path
 from ruslan_glowtts.training.config import (BASE_CONFIG, HealthConfig, Override, RuslanGlowTTSConfig, apply_layer,
                                             read_toml)
-from ruslan_glowtts.training.dataset import check_sample_rate
+from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.prep.feature_cache import FeatureCache
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
@@ -203,8 +203,7 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
     if not meta.is_file():
         raise UserError(f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
                         f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}")
-    ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-    wavs = [wav_path(root, id_) for id_ in ids]
+    wavs = [wav_path(root, entry.id) for entry in check_metadata(root, METADATA_FILE).entries]
     missing = [w for w in wavs if not w.is_file()]
     if missing:
         raise UserError(f"{len(missing)} audio files of {meta} are missing, e.g. {missing[0]}")
