@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET, load_preset
 from ruslan_glowtts.prep import prepare as prepare_module
 from ruslan_glowtts.prep.feature_cache import feature_key
 from ruslan_glowtts.training.config import build_config
-from ruslan_glowtts.training.dataset import check_metadata
+from ruslan_glowtts.prep.text_normalization import normalize_text
+from ruslan_glowtts.training.dataset import check_metadata, check_vocabulary, load_samples
 from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
 from tests.conftest import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
 
@@ -187,6 +189,24 @@ def test_prepared_folder_is_ready_for_training(defective):
     assert caps["max_audio_len"] % 11025 == 0 and caps["max_text_len"] % 10 == 0
     fragment = (dst / "dataset.toml").read_text(encoding="utf-8")
     assert f"max_audio_len = {caps['max_audio_len']}" in fragment and "audio.sample_rate = 22050" in fragment
+
+
+def test_prepare_and_training_give_the_same_vocabulary_verdict(defective):
+    src, dst, _, report = defective
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dst)
+    train, evals = load_samples(config)
+    assert not check_vocabulary(train + evals, config)  # every line prepare keeps, training accepts
+    sources = dict(line.split("|", 1) for line in (src / META).read_text(encoding="utf-8-sig").splitlines()
+                   if line.count("|") == 1)
+    refused = [(e["id"], p["detail"]) for e in report["files"] for p in e["problems"]
+               if p["code"] in ("latin_letters", "out_of_vocabulary")]
+    assert [id_ for id_, _ in refused] == ["000009_RUSLAN"]
+    for id_, detail in refused:  # ... and a line prepare excludes, training refuses for the same characters
+        sample = {"text": normalize_text(sources[id_]).text + "\n", "audio_file": f"{id_}.wav", "language": "ru"}
+        with pytest.raises(UserError, match="not in the vocabulary"):
+            check_vocabulary([sample], config)
+        dropped = check_vocabulary([sample], config, allow_unknown=True)
+        assert detail.startswith(repr("".join(sorted(dropped)))), (dropped, detail)
 
 
 def test_source_is_untouched_and_escaping_ids_are_not_followed(defective):

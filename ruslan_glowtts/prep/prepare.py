@@ -72,7 +72,8 @@ from ruslan_glowtts.prep.worker import Job, WorkerSettings, init_worker, process
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
-from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text, out_of_vocabulary
+from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text
+from ruslan_glowtts.common.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -171,31 +172,19 @@ def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:
     return layer
 
 
-def _text_cleaner(config: Any) -> Callable[[str], str] | None:
-    if not config.text_cleaner:
-        return None
-    from TTS.tts.utils.text import cleaners
-
-    cleaner = getattr(cleaners, config.text_cleaner, None)
-    if cleaner is None:
-        raise UserError(f"text_cleaner '{config.text_cleaner}' is not one of Coqui's cleaners")
-    return cleaner
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 
 
 def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Utterance]:
     """One Utterance per metadata line, in file order, with line and text problems."""
-    cleaner = _text_cleaner(config)
-    vocabulary = set(config.characters.characters) | set(config.characters.punctuations)
+    vocabulary = Vocabulary.from_config(config)  # training's check_vocabulary asks the same
     utterances = [Utterance(p.line, p.id, "", problems=[{"code": p.code, "action": LINE_PROBLEMS[p.code][0],
                                                           "detail": p.detail}]) for p in scan.problems]
     for entry in scan.entries:
         normalised = normalize_text(entry.text, text_options)
         utterance = Utterance(entry.line, entry.id, entry.text, normalised.text, normalised.changes)
-        missing = out_of_vocabulary(normalised.text, vocabulary, cleaner)
+        missing = sorted(set(vocabulary.unknown(normalised.text)))
         if missing:
             code = "latin_letters" if any("a" <= c <= "z" for c in missing) else "out_of_vocabulary"
             utterance.problems.append({"code": code, "action": TEXT_PROBLEMS[code][0],

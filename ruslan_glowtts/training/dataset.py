@@ -15,11 +15,11 @@ from typing import Any
 
 import soundfile as sf
 from TTS.tts.datasets import load_tts_samples
-from TTS.tts.utils.text.tokenizer import TTSTokenizer
 
 from ruslan_glowtts.common.corpus_layout import METADATA_FILE, WAV_DIR, wav_path
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.next_steps import PREPARE_HINT
+from ruslan_glowtts.common.vocabulary import Vocabulary
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, MetadataScan, read_metadata
 
 logger = logging.getLogger(__name__)
@@ -167,18 +167,13 @@ def check_vocabulary(samples: list[dict[str, Any]], config: Any, *, allow_unknow
     Coqui's tokenizer would drop them with one warning; the kit refuses to start unless
     `allow_unknown` (--allow-unknown-chars), and then logs what will be dropped.
     """
-    tokenizer, _ = TTSTokenizer.init_from_config(config)
-    vocab = set(tokenizer.characters.vocab)
+    vocabulary = Vocabulary.from_config(config)  # prepare excludes lines by the same verdict
     unknown: Counter = Counter()
     example: dict[str, str] = {}
     for sample in samples:
-        text = sample["text"]
-        if tokenizer.text_cleaner is not None:
-            text = tokenizer.text_cleaner(text, lang=sample.get("language"))
-        for char in text:
-            if char not in vocab:
-                unknown[char] += 1
-                example.setdefault(char, Path(sample["audio_file"]).stem)
+        for char in vocabulary.unknown(sample["text"], sample.get("language")):
+            unknown[char] += 1
+            example.setdefault(char, Path(sample["audio_file"]).stem)
     if unknown:
         listed = ", ".join(f"{c!r} x{n} (e.g. {example[c]})" for c, n in unknown.most_common(12))
         more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
