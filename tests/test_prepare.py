@@ -143,6 +143,11 @@ def test_every_defect_is_reported_and_handled(defective):
     # The digits' audio says another sentence: far more characters per second than the rest.
     assert "unusual_speaking_rate" in by_id["000008_RUSLAN"]
     assert report["problems"]["long_leading_silence"]["action"] == "warning"
+    # report.json's problem entries keep their shape (users and tools read them)
+    written = read_report(dst)["files"]
+    assert written == report["files"] and all(
+        list(p) == ["code", "action", "detail"] and p["action"] in ("excluded", "fixed", "warning")
+        for entry in written for p in entry["problems"])
 
     line_problems = {(e["line"], p["code"]) for e in report["files"] for p in e["problems"]}
     assert (26, "no_separator") in line_problems and (27, "duplicate_id") in line_problems

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from ruslan_glowtts.prep.problems import Legend, Problem
+
 logger = logging.getLogger(__name__)
 
 # code -> (action, what it means); the report's legend for length problems.
-LENGTH_PROBLEMS: dict[str, tuple[str, str]] = {
+LENGTH_PROBLEMS: Legend = {
     "too_short": ("excluded", "audio shorter than --min-duration"),
     "too_long": ("excluded", "audio longer than --max-duration (very long utterances destabilise training)"),
     "text_too_short": ("excluded", "normalised text shorter than --min-text-len characters"),
@@ -47,7 +49,7 @@ class LengthBounds:
     max_chars: int = 300
 
 
-def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[dict[str, str]]:
+def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[Problem]:
     found = []
     if seconds < bounds.min_seconds:
         found.append(("too_short", f"{seconds:.2f} s < {bounds.min_seconds:g} s"))
@@ -57,7 +59,7 @@ def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[di
         found.append(("text_too_short", f"{chars} < {bounds.min_chars} characters"))
     if chars > bounds.max_chars:
         found.append(("text_too_long", f"{chars} > {bounds.max_chars} characters"))
-    return [{"code": code, "action": LENGTH_PROBLEMS[code][0], "detail": detail} for code, detail in found]
+    return [Problem.of(LENGTH_PROBLEMS, code, detail) for code, detail in found]
 
 
 def speaking_rate_outliers(rates: dict[str, float]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.prep.problems import Legend, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ BOM = "\ufeff"
 SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 # code -> (action, what it means); the report's legend for line problems.
-LINE_PROBLEMS: dict[str, tuple[str, str]] = {
+LINE_PROBLEMS: Legend = {
     "not_utf8": ("excluded", "the line is not valid UTF-8"),
     "no_separator": ("excluded", "the line has no '|' between id and text"),
     "extra_columns": ("excluded", "the line has more than one '|' (expected exactly id|text)"),
@@ -47,6 +48,10 @@ class LineProblem:
     code: str
     detail: str
     id: str = ""
+
+    @property
+    def problem(self) -> Problem:
+        return Problem.of(LINE_PROBLEMS, self.code, self.detail)
 
 
 @dataclass

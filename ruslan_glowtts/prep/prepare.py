@@ -60,12 +60,14 @@ from ruslan_glowtts.common.corpus_layout import (
 )
 from ruslan_glowtts.prep.feature_cache import feature_key, file_digest, invalidate, write_manifest
 from ruslan_glowtts.prep.length_limits import (
+    LENGTH_PROBLEMS,
     LengthBounds,
     dataset_fragment,
     length_problems,
     recommend_caps,
     speaking_rate_outliers,
 )
+from ruslan_glowtts.prep.problems import Problem
 from ruslan_glowtts.prep.report import Utterance, build_report, summary_lines, write_histogram, write_report
 from ruslan_glowtts.prep.state import PrepareState, StateRow
 from ruslan_glowtts.prep.worker import Job, WorkerSettings, init_worker, process, warm_up
@@ -179,18 +181,17 @@ def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:
 def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Utterance]:
     """One Utterance per metadata line, in file order, with line and text problems."""
     vocabulary = Vocabulary.from_config(config)  # training's check_vocabulary asks the same
-    utterances = [Utterance(p.line, p.id, "", problems=[{"code": p.code, "action": LINE_PROBLEMS[p.code][0],
-                                                          "detail": p.detail}]) for p in scan.problems]
+    utterances = [Utterance(p.line, p.id, "", problems=[p.problem]) for p in scan.problems]
     for entry in scan.entries:
         normalised = normalize_text(entry.text, text_options)
         utterance = Utterance(entry.line, entry.id, entry.text, normalised.text, normalised.changes)
         missing = sorted(set(vocabulary.unknown(normalised.text)))
         if missing:
             code = "latin_letters" if any("a" <= c <= "z" for c in missing) else "out_of_vocabulary"
-            utterance.problems.append({"code": code, "action": TEXT_PROBLEMS[code][0],
-                                       "detail": f"{''.join(missing)!r} in {normalised.text[:80]!r}"})
+            utterance.problems.append(Problem.of(TEXT_PROBLEMS, code,
+                                                 f"{''.join(missing)!r} in {normalised.text[:80]!r}"))
         elif not any(c.isalpha() for c in normalised.text):
-            utterance.problems.append({"code": "no_letters", "action": "excluded", "detail": repr(normalised.text)})
+            utterance.problems.append(Problem.of(TEXT_PROBLEMS, "no_letters", repr(normalised.text)))
         utterances.append(utterance)
     utterances.sort(key=lambda u: u.line)
     return utterances
@@ -372,7 +373,7 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
 
 def _line_problem(utterance: Utterance) -> bool:
     """Lines that are not a (first) valid id: never processed, so a duplicate cannot touch the original's files."""
-    return any(p["code"] in LINE_PROBLEMS for p in utterance.problems)
+    return any(p.code in LINE_PROBLEMS for p in utterance.problems)
 
 
 def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst: Path, feature_dir: Path | None,
@@ -424,9 +425,9 @@ def _merge_audio(utterances: list[Utterance], rows: dict[str, StateRow], rate: i
     rates = {}
     for u in utterances:
         row = rows.get(u.id)
-        if row is None or _line_problem(u) or any(p["code"] == "missing_file" for p in u.problems):
+        if row is None or _line_problem(u) or any(p.code == "missing_file" for p in u.problems):
             continue
-        u.problems.extend(row.record["problems"])
+        u.problems.extend(Problem.from_json(p) for p in row.record["problems"])
         u.audio = row.record.get("source", {})
         if row.record["usable"]:
             u.frames = row.record["frames"]
@@ -436,7 +437,7 @@ def _merge_audio(utterances: list[Utterance], rows: dict[str, StateRow], rate: i
     outliers = speaking_rate_outliers(rates)
     for u in utterances:
         if u.id in outliers:
-            u.problems.append({"code": "unusual_speaking_rate", "action": "warning", "detail": outliers[u.id]})
+            u.problems.append(Problem.of(LENGTH_PROBLEMS, "unusual_speaking_rate", outliers[u.id]))
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from num2words import num2words
 from num2words.lang_RU import Num2Word_RU
 
+from ruslan_glowtts.prep.problems import Legend
+
 logger = logging.getLogger(__name__)
 
 STRESS_MARK = "+"
@@ -44,7 +46,7 @@ TEXT_CHANGES: dict[str, str] = {
 }
 
 # code -> (action, what it means): what is still wrong after normalisation.
-TEXT_PROBLEMS: dict[str, tuple[str, str]] = {
+TEXT_PROBLEMS: Legend = {
     "latin_letters": ("excluded", "Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
                       "transliterate the line in the source metadata to keep it"),
     "out_of_vocabulary": ("excluded", "characters outside the config's characters/punctuations remain "
