@@ -42,11 +42,11 @@ from ruslan_glowtts.common import runs
 from ruslan_glowtts.voice.audio_compat import check_compatible
 from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path, metadata_path, wav_path
 from ruslan_glowtts.training.config import (BASE_CONFIG, HealthConfig, Override, RuslanGlowTTSConfig, apply_layer,
-                                            read_toml)
+                                            build_config, read_toml)
 from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.prep.feature_cache import FeatureCache
-from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.common.presets import DEFAULT_PRESET, Preset, load_preset, tier_chain
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +93,13 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--tts-run {tts_run}: unreadable config.json: {exc}") from None
         return config.audio.to_dict(), f"GlowTTS run {config_path}"
-    tree = RuslanGlowTTSConfig().to_dict()
-    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), f"base {BASE_CONFIG.name}", quiet=True)
+    # GlowTTS's own config builder (what training and prepare resolve); no preset changes audio.*
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dataset_path, quiet=True)
     source = f"GlowTTS base config {BASE_CONFIG.name}"
     fragment = dataset_toml_path(dataset_path) if dataset_path is not None else None
     if fragment is not None and fragment.is_file():
-        apply_layer(tree, read_toml(fragment, "dataset config"), f"dataset {fragment}", quiet=True)
         source += f" + {fragment}"
-    return tree["audio"], source
+    return config.audio.to_dict(), source
 
 
 def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: Path | None = None,
