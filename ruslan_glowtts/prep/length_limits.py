@@ -10,7 +10,8 @@ Two levels, on purpose:
   layer 2), so `--set max_audio_len=...` or a preset still wins, without preparing again.
 
 Coqui counts audio length in samples of the file (before its load-time trim) and text length
-as len(text) of the metadata column, which in the ruslan formatter still ends with "\n" (+1).
+as len(text) of the metadata column, which in the ruslan formatter (Coqui's, and the kit's in
+training/dataset.py) still ends with "\n" (+1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Reading RUSLAN's `id|text` metadata file without trusting it.
+"""Reading RUSLAN's `id|text` metadata file without trusting it: the one reader, for prepare
+(which excludes and reports bad lines) and training (which refuses to start on them).
 
 The file is read as bytes and split on newlines, so CRLF endings, a BOM and a line that is not
 UTF-8 are each reported and handled instead of crashing the run (or, in Coqui's formatter,
