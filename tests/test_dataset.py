@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ruslan_glowtts.training.config import build_config, parse_set_option
 from ruslan_glowtts.training.dataset import check_vocabulary, load_samples, split_eval
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
+from ruslan_glowtts.prep.metadata import read_metadata
 from tests.conftest import SAMPLE, copy_corpus
 
 
@@ -54,6 +57,31 @@ def test_malformed_metadata_line_is_reported_with_its_number(tmp_path, sample_22
     corpus = copy_corpus(sample_22k, tmp_path / "corpus")
     meta = corpus / "metadata_RUSLAN_22200.csv"
     meta.write_text(meta.read_text(encoding="utf-8") + "000099_RUSLAN no pipe here\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"metadata_RUSLAN_22200.csv:25: not an 'id\|text' line"):
+        load_samples(_config(corpus))
+
+
+def test_bom_and_crlf_are_read_as_prepare_reads_them(tmp_path, sample_22k):
+    corpus = copy_corpus(sample_22k, tmp_path / "corpus")
+    meta = corpus / "metadata_RUSLAN_22200.csv"
+    meta.write_bytes(("\ufeff" + meta.read_text(encoding="utf-8").replace("\n", "\r\n")).encode("utf-8"))
+    scan = read_metadata(meta)  # prepare's reader: the BOM is stripped and reported, no line is lost
+    assert scan.bom and scan.crlf_lines == 24 and not scan.problems and len(scan.entries) == 24
+    train, evals = load_samples(_config(corpus))  # training accepts the same file, with the same ids and texts
+    samples = {Path(s["audio_file"]).name: s["text"] for s in train + evals}
+    assert samples == {f"{e.id}.wav": e.text + "\n" for e in scan.entries}  # + Coqui's newline
+    assert "000000_RUSLAN.wav" in samples  # the first id, without the BOM
+
+
+@pytest.mark.parametrize("bad_line, code", [
+    ("000003_RUSLAN|Повтор.", "duplicate_id"), ("../RUSLAN/000003_RUSLAN|Побег.", "unsafe_id"),
+    ("000030_RUSLAN|Текст|ещё", "extra_columns"), ("000031_RUSLAN|   ", "empty_text"),
+])
+def test_training_refuses_the_lines_prepare_excludes(tmp_path, sample_22k, bad_line, code):
+    corpus = copy_corpus(sample_22k, tmp_path / "corpus")
+    meta = corpus / "metadata_RUSLAN_22200.csv"
+    meta.write_text(meta.read_text(encoding="utf-8") + bad_line + "\n", encoding="utf-8")
+    assert [(p.line, p.code) for p in read_metadata(meta).problems] == [(25, code)]  # prepare excludes it
     with pytest.raises(UserError, match=r"metadata_RUSLAN_22200.csv:25: not an 'id\|text' line"):
         load_samples(_config(corpus))
 

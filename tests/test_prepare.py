@@ -17,8 +17,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.presets import DEFAULT_PRESET, load_preset
 from ruslan_glowtts.prep import prepare as prepare_module
-from ruslan_glowtts.training.dataset import check_metadata
+from ruslan_glowtts.prep.feature_cache import feature_key
+from ruslan_glowtts.training.config import build_config
+from ruslan_glowtts.prep.text_normalization import normalize_text
+from ruslan_glowtts.training.dataset import check_metadata, check_vocabulary, load_samples
 from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
 from tests.conftest import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
 
@@ -86,6 +91,19 @@ def read_report(dst: Path) -> dict:
     return json.loads((dst / "report.json").read_text(encoding="utf-8"))
 
 
+def assert_training_resolves_what_prepare_used(dst: Path) -> None:
+    """Training's config builder, reading the dataset.toml prepare wrote, resolves the audio settings
+    and vocabulary prepare resampled, featurised and checked the text with."""
+    report = read_report(dst)
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dst)
+    assert report["outputs"]["features"] == f"features/{feature_key(config.audio)}"
+    manifest = json.loads((dst / report["outputs"]["features"] / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["audio"] == json.loads(json.dumps(config.audio.to_dict(), default=str))
+    assert report["training"]["sample_rate"] == config.audio.sample_rate
+    assert report["training"]["characters"] == config.characters.characters
+    assert report["training"]["punctuations"] == config.characters.punctuations
+
+
 def run_prepare(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -125,6 +143,11 @@ def test_every_defect_is_reported_and_handled(defective):
     # The digits' audio says another sentence: far more characters per second than the rest.
     assert "unusual_speaking_rate" in by_id["000008_RUSLAN"]
     assert report["problems"]["long_leading_silence"]["action"] == "warning"
+    # report.json's problem entries keep their shape (users and tools read them)
+    written = read_report(dst)["files"]
+    assert written == report["files"] and all(
+        list(p) == ["code", "action", "detail"] and p["action"] in ("excluded", "fixed", "warning")
+        for entry in written for p in entry["problems"])
 
     line_problems = {(e["line"], p["code"]) for e in report["files"] for p in e["problems"]}
     assert (26, "no_separator") in line_problems and (27, "duplicate_id") in line_problems
@@ -149,6 +172,7 @@ def test_every_defect_is_reported_and_handled(defective):
 def test_prepared_folder_is_ready_for_training(defective):
     src, dst, _, report = defective
     check_metadata(dst, META)  # the trainer's own metadata check
+    assert_training_resolves_what_prepare_used(dst)
     lines = (dst / META).read_text(encoding="utf-8").splitlines()
     assert {line.split("|")[0] for line in lines} == EXPECTED_USABLE
     assert "В тысяча восемьсот двенадцатом году было двадцать пять процентов и три целых пять десятых дня." in (
@@ -170,6 +194,24 @@ def test_prepared_folder_is_ready_for_training(defective):
     assert caps["max_audio_len"] % 11025 == 0 and caps["max_text_len"] % 10 == 0
     fragment = (dst / "dataset.toml").read_text(encoding="utf-8")
     assert f"max_audio_len = {caps['max_audio_len']}" in fragment and "audio.sample_rate = 22050" in fragment
+
+
+def test_prepare_and_training_give_the_same_vocabulary_verdict(defective):
+    src, dst, _, report = defective
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dst)
+    train, evals = load_samples(config)
+    assert not check_vocabulary(train + evals, config)  # every line prepare keeps, training accepts
+    sources = dict(line.split("|", 1) for line in (src / META).read_text(encoding="utf-8-sig").splitlines()
+                   if line.count("|") == 1)
+    refused = [(e["id"], p["detail"]) for e in report["files"] for p in e["problems"]
+               if p["code"] in ("latin_letters", "out_of_vocabulary")]
+    assert [id_ for id_, _ in refused] == ["000009_RUSLAN"]
+    for id_, detail in refused:  # ... and a line prepare excludes, training refuses for the same characters
+        sample = {"text": normalize_text(sources[id_]).text + "\n", "audio_file": f"{id_}.wav", "language": "ru"}
+        with pytest.raises(UserError, match="not in the vocabulary"):
+            check_vocabulary([sample], config)
+        dropped = check_vocabulary([sample], config, allow_unknown=True)
+        assert detail.startswith(repr("".join(sorted(dropped)))), (dropped, detail)
 
 
 def test_source_is_untouched_and_escaping_ids_are_not_followed(defective):
@@ -214,6 +256,7 @@ def test_changed_source_and_options_redo_only_what_they_affect(tmp_path, capsys)
     assert "000000_RUSLAN|Мор+оз и солнце; день чудесный!" in (dst / META).read_text(encoding="utf-8")
     assert 'characters.characters = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя+"' in (dst / "dataset.toml").read_text(
         encoding="utf-8")
+    assert_training_resolves_what_prepare_used(dst)  # the kept '+' included
 
 
 def test_trim_silence_fixes_long_edges(tmp_path, capsys):

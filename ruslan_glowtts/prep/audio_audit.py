@@ -19,10 +19,12 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from ruslan_glowtts.prep.problems import Action, Legend, Problem
+
 logger = logging.getLogger(__name__)
 
 # code -> (action, what it means); the report's legend for audio problems.
-AUDIO_PROBLEMS: dict[str, tuple[str, str]] = {
+AUDIO_PROBLEMS: Legend = {
     "missing_file": ("excluded", "RUSLAN/<id>.wav does not exist"),
     "unreadable": ("excluded", "the file cannot be decoded as audio (corrupt, truncated header, not a WAV)"),
     "empty_audio": ("excluded", "the file decodes to zero samples"),
@@ -44,8 +46,8 @@ AUDIO_PROBLEMS: dict[str, tuple[str, str]] = {
 FULL_SCALE = 0.999  # |sample| at or above this counts as clipped (int16 peaks are 32767/32768)
 
 
-def problem(code: str, detail: str = "", action: str | None = None) -> dict[str, str]:
-    return {"code": code, "action": action or AUDIO_PROBLEMS[code][0], "detail": detail}
+def problem(code: str, detail: str = "", action: Action | None = None) -> Problem:
+    return Problem.of(AUDIO_PROBLEMS, code, detail, action)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class SourceAudio:
 
     audio: np.ndarray | None
     rate: int = 0
-    problems: list[dict[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,7 +148,7 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
     del data
 
     result.problems.extend(_level_checks(audio, limits, result.info))
-    if any(p["action"] == "excluded" for p in result.problems):
+    if any(p.excluded for p in result.problems):
         return result
     if info.samplerate < target_rate:
         result.problems.append(problem("low_sample_rate", f"{info.samplerate} Hz < {target_rate} Hz"))
@@ -154,7 +156,7 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
     return result
 
 
-def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) -> list[dict[str, str]]:
+def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) -> list[Problem]:
     found = []
     magnitude = np.abs(audio)
     peak = float(magnitude.max())
@@ -179,8 +181,8 @@ def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) 
     return found
 
 
-def _apply_fixes(audio: np.ndarray, problems: list[dict[str, str]], info: dict[str, Any]) -> np.ndarray:
-    codes = {p["code"] for p in problems}
+def _apply_fixes(audio: np.ndarray, problems: list[Problem], info: dict[str, Any]) -> np.ndarray:
+    codes = {p.code for p in problems}
     if "dc_offset" in codes:
         audio = audio - info["dc_offset"]
     peak = float(np.abs(audio).max())

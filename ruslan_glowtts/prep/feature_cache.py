@@ -23,14 +23,12 @@ from typing import Any
 import numpy as np
 
 from ruslan_glowtts.common.atomic_files import atomic_output, write_text
+from ruslan_glowtts.common.corpus_layout import FEATURES_DIR, METADATA_FILE, WAV_DIR
 from ruslan_glowtts.common.process_tuning import one_blas_thread
 
 logger = logging.getLogger(__name__)
 
-FEATURES_DIR = "features"
 MANIFEST = "manifest.json"
-METADATA_FILE = "metadata_RUSLAN_22200.csv"
-WAV_DIR = "RUSLAN"
 # A cache that covers fewer utterances than this is not used: features for a large part of the
 # corpus would silently come from a different code path.
 MIN_COVERAGE = 0.95

@@ -10,7 +10,8 @@ Two levels, on purpose:
   layer 2), so `--set max_audio_len=...` or a preset still wins, without preparing again.
 
 Coqui counts audio length in samples of the file (before its load-time trim) and text length
-as len(text) of the metadata column, which in the ruslan formatter still ends with "\n" (+1).
+as len(text) of the metadata column, which in the ruslan formatter (Coqui's, and the kit's in
+training/dataset.py) still ends with "\n" (+1).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from ruslan_glowtts.prep.problems import Legend, Problem
+
 logger = logging.getLogger(__name__)
 
 # code -> (action, what it means); the report's legend for length problems.
-LENGTH_PROBLEMS: dict[str, tuple[str, str]] = {
+LENGTH_PROBLEMS: Legend = {
     "too_short": ("excluded", "audio shorter than --min-duration"),
     "too_long": ("excluded", "audio longer than --max-duration (very long utterances destabilise training)"),
     "text_too_short": ("excluded", "normalised text shorter than --min-text-len characters"),
@@ -47,7 +50,7 @@ class LengthBounds:
     max_chars: int = 300
 
 
-def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[dict[str, str]]:
+def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[Problem]:
     found = []
     if seconds < bounds.min_seconds:
         found.append(("too_short", f"{seconds:.2f} s < {bounds.min_seconds:g} s"))
@@ -57,7 +60,7 @@ def length_problems(seconds: float, chars: int, bounds: LengthBounds) -> list[di
         found.append(("text_too_short", f"{chars} < {bounds.min_chars} characters"))
     if chars > bounds.max_chars:
         found.append(("text_too_long", f"{chars} > {bounds.max_chars} characters"))
-    return [{"code": code, "action": LENGTH_PROBLEMS[code][0], "detail": detail} for code, detail in found]
+    return [Problem.of(LENGTH_PROBLEMS, code, detail) for code, detail in found]
 
 
 def speaking_rate_outliers(rates: dict[str, float]) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Reading RUSLAN's `id|text` metadata file without trusting it.
+"""Reading RUSLAN's `id|text` metadata file without trusting it: the one reader, for prepare
+(which excludes and reports bad lines) and training (which refuses to start on them).
 
 The file is read as bytes and split on newlines, so CRLF endings, a BOM and a line that is not
 UTF-8 are each reported and handled instead of crashing the run (or, in Coqui's formatter,
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.prep.problems import Legend, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ BOM = "\ufeff"
 SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 # code -> (action, what it means); the report's legend for line problems.
-LINE_PROBLEMS: dict[str, tuple[str, str]] = {
+LINE_PROBLEMS: Legend = {
     "not_utf8": ("excluded", "the line is not valid UTF-8"),
     "no_separator": ("excluded", "the line has no '|' between id and text"),
     "extra_columns": ("excluded", "the line has more than one '|' (expected exactly id|text)"),
@@ -47,6 +49,10 @@ class LineProblem:
     code: str
     detail: str
     id: str = ""
+
+    @property
+    def problem(self) -> Problem:
+        return Problem.of(LINE_PROBLEMS, self.code, self.detail)
 
 
 @dataclass

@@ -38,36 +38,38 @@ from ruslan_glowtts.common.atomic_files import remove_stale_temp_files, write_te
 from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
 from ruslan_glowtts.common.cli import check_writable, tool
 from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
-from ruslan_glowtts.prep.feature_cache import (
+from ruslan_glowtts.common.corpus_layout import (
+    DATASET_TOML,
     FEATURES_DIR,
     METADATA_FILE,
+    REPORT,
+    STATE_DIR,
     WAV_DIR,
-    feature_key,
-    file_digest,
-    invalidate,
-    write_manifest,
+    wav_path,
 )
+from ruslan_glowtts.prep.feature_cache import feature_key, file_digest, invalidate, write_manifest
 from ruslan_glowtts.prep.length_limits import (
+    LENGTH_PROBLEMS,
     LengthBounds,
     dataset_fragment,
     length_problems,
     recommend_caps,
     speaking_rate_outliers,
 )
+from ruslan_glowtts.prep.problems import Problem
 from ruslan_glowtts.prep.report import Utterance, build_report, summary_lines, write_histogram, write_report
 from ruslan_glowtts.prep.state import PrepareState, StateRow
 from ruslan_glowtts.prep.worker import Job, WorkerSettings, init_worker, process, warm_up
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
-from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text, out_of_vocabulary
+from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text
+from ruslan_glowtts.common.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 EXIT_NOTHING_USABLE = 3
 MIN_USABLE = 2  # the trainer holds one utterance out for evaluation and needs one to train on
-STATE_DIR = ".prepare"
-DATASET_TOML = "dataset.toml"  # the name ruslan_glowtts.config reads as layer 2
 # Bump when the per-file processing changes, so every file is processed again.
 PIPELINE_VERSION = 1
 
@@ -76,7 +78,7 @@ PIPELINE_VERSION = 1
 class PrepareOptions:
     src: Path
     dst: Path
-    meta: Path | None = None  # default SRC/metadata_RUSLAN_22200.csv
+    meta: Path | None = None  # default SRC/METADATA_FILE
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     text: TextOptions = TextOptions()
     bounds: LengthBounds = LengthBounds()
@@ -107,10 +109,10 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
         raise UserError(f"--src {src}: no such folder")
     meta = (options.meta or src / METADATA_FILE).expanduser()
     if not meta.is_file():
-        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and RUSLAN/; "
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/; "
                         "pass --meta FILE for another name)")
     if not (src / WAV_DIR).is_dir():
-        raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in RUSLAN/<id>.wav)")
+        raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in {WAV_DIR}/<id>.wav)")
     src_real, dst_real = src.resolve(), dst.resolve()
     if dst_real == src_real or dst_real.is_relative_to(src_real):
         raise UserError(f"--dst {dst} is inside --src {src}: choose a folder outside the source corpus, "
@@ -144,16 +146,13 @@ def _exclusive(dst: Path) -> Iterator[None]:
 
 
 def _resolve_config(preset_name: str, fragment: dict[str, Any]) -> Any:
-    """The config training will resolve for DST: base < this dataset.toml < preset (no CLI)."""
-    from ruslan_glowtts.training.config import BASE_CONFIG, RuslanGlowTTSConfig, apply_layer, read_toml, to_config
+    """The config training will resolve for DST (base < this dataset.toml < preset, no CLI), by
+    training's own builder: prepare's audio settings and the cache key cannot drift from training's."""
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config
 
-    preset = load_preset(preset_name)
-    tree = RuslanGlowTTSConfig().to_dict()
-    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), "base", quiet=True)
-    apply_layer(tree, fragment, DATASET_TOML, quiet=True)
-    apply_layer(tree, preset.overrides, f"preset {preset.name}", quiet=True)
-    return to_config(tree)
+    config, _ = build_config(preset=load_preset(preset_name), dataset_layer=fragment, quiet=True)
+    return config
 
 
 def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:
@@ -163,37 +162,24 @@ def _fragment_layer(sample_rate: int, characters: str | None) -> dict[str, Any]:
     return layer
 
 
-def _text_cleaner(config: Any) -> Callable[[str], str] | None:
-    if not config.text_cleaner:
-        return None
-    from TTS.tts.utils.text import cleaners
-
-    cleaner = getattr(cleaners, config.text_cleaner, None)
-    if cleaner is None:
-        raise UserError(f"text_cleaner '{config.text_cleaner}' is not one of Coqui's cleaners")
-    return cleaner
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 
 
 def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Utterance]:
     """One Utterance per metadata line, in file order, with line and text problems."""
-    cleaner = _text_cleaner(config)
-    vocabulary = set(config.characters.characters) | set(config.characters.punctuations)
-    utterances = [Utterance(p.line, p.id, "", problems=[{"code": p.code, "action": LINE_PROBLEMS[p.code][0],
-                                                          "detail": p.detail}]) for p in scan.problems]
+    vocabulary = Vocabulary.from_config(config)  # training's check_vocabulary asks the same
+    utterances = [Utterance(p.line, p.id, "", problems=[p.problem]) for p in scan.problems]
     for entry in scan.entries:
         normalised = normalize_text(entry.text, text_options)
         utterance = Utterance(entry.line, entry.id, entry.text, normalised.text, normalised.changes)
-        missing = out_of_vocabulary(normalised.text, vocabulary, cleaner)
+        missing = sorted(set(vocabulary.unknown(normalised.text)))
         if missing:
             code = "latin_letters" if any("a" <= c <= "z" for c in missing) else "out_of_vocabulary"
-            utterance.problems.append({"code": code, "action": TEXT_PROBLEMS[code][0],
-                                       "detail": f"{''.join(missing)!r} in {normalised.text[:80]!r}"})
+            utterance.problems.append(Problem.of(TEXT_PROBLEMS, code,
+                                                 f"{''.join(missing)!r} in {normalised.text[:80]!r}"))
         elif not any(c.isalpha() for c in normalised.text):
-            utterance.problems.append({"code": "no_letters", "action": "excluded", "detail": repr(normalised.text)})
+            utterance.problems.append(Problem.of(TEXT_PROBLEMS, "no_letters", repr(normalised.text)))
         utterances.append(utterance)
     utterances.sort(key=lambda u: u.line)
     return utterances
@@ -375,7 +361,7 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
 
 def _line_problem(utterance: Utterance) -> bool:
     """Lines that are not a (first) valid id: never processed, so a duplicate cannot touch the original's files."""
-    return any(p["code"] in LINE_PROBLEMS for p in utterance.problems)
+    return any(p.code in LINE_PROBLEMS for p in utterance.problems)
 
 
 def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst: Path, feature_dir: Path | None,
@@ -385,7 +371,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
     for u in utterances:
         if _line_problem(u):
             continue
-        source = src / WAV_DIR / f"{u.id}.wav"
+        source = wav_path(src, u.id)
         try:
             info = source.stat()
         except OSError:
@@ -395,7 +381,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
             u.problems.append(problem("unreadable", "not a regular file"))
             continue
         signatures[u.id] = f"{info.st_size}:{info.st_mtime_ns}"
-        wav = dst / WAV_DIR / f"{u.id}.wav"
+        wav = wav_path(dst, u.id)
         features = feature_dir / f"{u.id}.npy" if feature_dir is not None else None
         row = rows.get(u.id)
         current = (row is not None and row.source == signatures[u.id] and row.options == digest
@@ -413,7 +399,7 @@ def _prune(rows: dict[str, StateRow], present: set[str], state: PrepareState, ds
     """Forget outputs of utterances that left the metadata or whose source file disappeared."""
     gone = [id_ for id_ in rows if id_ not in present]
     for id_ in gone:
-        (dst / WAV_DIR / f"{id_}.wav").unlink(missing_ok=True)
+        wav_path(dst, id_).unlink(missing_ok=True)
         (feature_dir / f"{id_}.npy").unlink(missing_ok=True)
         del rows[id_]
     if gone:
@@ -427,9 +413,9 @@ def _merge_audio(utterances: list[Utterance], rows: dict[str, StateRow], rate: i
     rates = {}
     for u in utterances:
         row = rows.get(u.id)
-        if row is None or _line_problem(u) or any(p["code"] == "missing_file" for p in u.problems):
+        if row is None or _line_problem(u) or any(p.code == "missing_file" for p in u.problems):
             continue
-        u.problems.extend(row.record["problems"])
+        u.problems.extend(Problem.from_json(p) for p in row.record["problems"])
         u.audio = row.record.get("source", {})
         if row.record["usable"]:
             u.frames = row.record["frames"]
@@ -439,7 +425,7 @@ def _merge_audio(utterances: list[Utterance], rows: dict[str, StateRow], rate: i
     outliers = speaking_rate_outliers(rates)
     for u in utterances:
         if u.id in outliers:
-            u.problems.append({"code": "unusual_speaking_rate", "action": "warning", "detail": outliers[u.id]})
+            u.problems.append(Problem.of(LENGTH_PROBLEMS, "unusual_speaking_rate", outliers[u.id]))
 
 
 def _jsonable(value: Any) -> Any:
@@ -460,11 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
                f"3 fewer than {MIN_USABLE} usable utterances, 130 interrupted (run again to resume).",
     )
     p.add_argument("--src", type=Path, required=True, metavar="DIR",
-                   help="the RUSLAN folder as downloaded: metadata_RUSLAN_22200.csv and RUSLAN/*.wav (read only)")
+                   help=f"the RUSLAN folder as downloaded: {METADATA_FILE} and {WAV_DIR}/*.wav (read only)")
     p.add_argument("--dst", type=Path, required=True, metavar="DIR",
                    help="the prepared folder to write (new, or an earlier prepare output to update); "
                         "then train with --dataset-path DIR")
-    p.add_argument("--meta", type=Path, metavar="FILE", help="metadata file (default SRC/metadata_RUSLAN_22200.csv)")
+    p.add_argument("--meta", type=Path, metavar="FILE", help=f"metadata file (default SRC/{METADATA_FILE})")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes (default: all %(default)s cores)")
     text = p.add_argument_group("text")
@@ -527,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary_lines(result.report, result.dst)))
     if result.usable < MIN_USABLE:
         print(f"error: {result.usable} usable utterance(s) remain, training needs at least {MIN_USABLE}; "
-              f"see {result.dst / 'report.json'}", file=sys.stderr)
+              f"see {result.dst / REPORT}", file=sys.stderr)
         return EXIT_NOTHING_USABLE
     print(f"Next: python train_ruslan_glowtts.py --dataset-path {result.dst}")
     return 0

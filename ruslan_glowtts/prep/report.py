@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts.common.atomic_files import write_bytes, write_text
+from ruslan_glowtts.common.corpus_layout import DATASET_TOML, HISTOGRAM, REPORT
 from ruslan_glowtts.prep.audio_audit import AUDIO_PROBLEMS
 from ruslan_glowtts.prep.length_limits import LENGTH_PROBLEMS, describe
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS
+from ruslan_glowtts.prep.problems import Problem
 from ruslan_glowtts.prep.text_normalization import TEXT_CHANGES, TEXT_PROBLEMS
 
 logger = logging.getLogger(__name__)
 
-REPORT = "report.json"
-HISTOGRAM = "duration_histogram.png"
 # Text changes that are pure typography: counted, but not listed per file.
 ROUTINE_TEXT_CHANGES = {"unicode", "whitespace", "quotes", "dashes", "punctuation"}
 MEANINGS: dict[str, str] = {code: meaning for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS)
@@ -42,19 +42,20 @@ class Utterance:
     source_text: str
     text: str = ""
     text_changes: tuple[str, ...] = ()
-    problems: list[dict[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     frames: int = 0  # samples of the prepared WAV at the training rate
     audio: dict[str, Any] = field(default_factory=dict)  # what the audit measured
 
     @property
     def usable(self) -> bool:
-        return not any(p["action"] == "excluded" for p in self.problems)
+        return not any(p.excluded for p in self.problems)
 
     def file_entry(self) -> dict[str, Any] | None:
         listed_changes = [c for c in self.text_changes if c not in ROUTINE_TEXT_CHANGES]
         if not self.problems and not listed_changes:
             return None
-        entry: dict[str, Any] = {"line": self.line, "id": self.id, "usable": self.usable, "problems": self.problems}
+        entry: dict[str, Any] = {"line": self.line, "id": self.id, "usable": self.usable,
+                                 "problems": [p.to_json() for p in self.problems]}
         if self.text_changes:
             entry["text"] = {"source": self.source_text, "normalised": self.text, "changes": list(self.text_changes)}
         return entry
@@ -67,8 +68,8 @@ def build_report(utterances: list[Utterance], *, header: dict[str, Any], caps: d
     actions: dict[str, Counter] = {}
     for u in utterances:
         for p in u.problems:
-            counts[p["code"]] += 1
-            actions.setdefault(p["code"], Counter())[p["action"]] += 1
+            counts[p.code] += 1
+            actions.setdefault(p.code, Counter())[p.action] += 1
     changes = Counter(c for u in utterances for c in u.text_changes)
     seconds = [u.frames / rate for u in usable]
     return {
@@ -156,7 +157,7 @@ def summary_lines(report: dict[str, Any], dst: Path) -> list[str]:
         lines.append(f"  Text normalised: {', '.join(listed)}")
     caps = report["recommended"]
     if caps:
-        lines.append(f"  Training caps (in dataset.toml): max_audio_len = {caps['max_audio_len']} "
+        lines.append(f"  Training caps (in {DATASET_TOML}): max_audio_len = {caps['max_audio_len']} "
                      f"({caps['max_audio_seconds']:g} s), max_text_len = {caps['max_text_len']}; "
                      f"{caps['dropped_at_training']} longer utterance(s) will be skipped")
     run = report["run"]

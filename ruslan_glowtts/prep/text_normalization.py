@@ -5,7 +5,7 @@ some redistributions, `+` stress marks. Coqui's tokenizer drops every character 
 vocabulary with one warning, so the model would silently learn that "1812" is silence. Each step
 below rewrites one kind of thing and records a change code, so the report can say what was done
 to which line. Characters that no step can handle (Latin letters, rare symbols) are left alone
-and reported by `out_of_vocabulary`; lines with them are excluded, not guessed at.
+and reported by ruslan_glowtts/common/vocabulary.py; lines with them are excluded, not guessed at.
 
 Limits: numbers get the case only where the next word or a suffix tells it ("в 1812 году",
 "5-го", "25%"); otherwise the nominative cardinal is used. Roman numerals are not expanded.
@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from num2words import num2words
 from num2words.lang_RU import Num2Word_RU
+
+from ruslan_glowtts.prep.problems import Legend
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ TEXT_CHANGES: dict[str, str] = {
 }
 
 # code -> (action, what it means): what is still wrong after normalisation.
-TEXT_PROBLEMS: dict[str, tuple[str, str]] = {
+TEXT_PROBLEMS: Legend = {
     "latin_letters": ("excluded", "Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
                       "transliterate the line in the source metadata to keep it"),
     "out_of_vocabulary": ("excluded", "characters outside the config's characters/punctuations remain "
@@ -340,10 +342,3 @@ def normalize_text(text: str, options: TextOptions = TextOptions()) -> Normalize
             changes.append(code)
         text = new
     return NormalizedText(text, tuple(changes))
-
-
-def out_of_vocabulary(text: str, vocabulary: Iterable[str], cleaner: Callable[[str], str] | None = None) -> list[str]:
-    """Characters of the cleaned text (what the tokenizer sees) that the vocabulary lacks, sorted."""
-    allowed = set(vocabulary)
-    cleaned = cleaner(text) if cleaner is not None else text
-    return sorted({char for char in cleaned if char not in allowed})

@@ -103,7 +103,7 @@ def process(job: Job) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop 22,000 others
         logger.debug("processing %s failed", job.source, exc_info=True)
         return {"id": job.id, "converted": job.convert, "usable": False, "frames": 0, "features": False,
-                "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}")], "source": {}}
+                "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}").to_json()], "source": {}}
 
 
 def _process(job: Job) -> dict[str, Any]:
@@ -120,8 +120,10 @@ def _process(job: Job) -> dict[str, Any]:
     if features is not None:
         features.unlink(missing_ok=True)
     source = read_and_check(Path(job.source), settings.target_rate, settings.limits)
+    # The record is stored as JSON in prepare's state database: problems in their JSON form.
     record: dict[str, Any] = {"id": job.id, "converted": True, "usable": source.usable, "frames": 0,
-                              "features": False, "problems": source.problems, "source": source.info}
+                              "features": False, "problems": [p.to_json() for p in source.problems],
+                              "source": source.info}
     if not source.usable:
         wav.unlink(missing_ok=True)  # an earlier run's copy of a file that is now excluded
         return record
@@ -134,7 +136,7 @@ def _process(job: Job) -> dict[str, Any]:
     action = "fixed" if settings.trim_silence else None
     for code, seconds in (("long_leading_silence", lead), ("long_trailing_silence", trail)):
         if seconds > settings.limits.max_edge_silence:
-            record["problems"].append(problem(code, f"{seconds:.2f} s", action))
+            record["problems"].append(problem(code, f"{seconds:.2f} s", action).to_json())
     if settings.trim_silence:
         audio = trim(audio, settings.target_rate, start, end)
 

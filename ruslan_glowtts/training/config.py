@@ -22,6 +22,7 @@ from coqpit import Coqpit
 from TTS.tts.configs.glow_tts_config import GlowTTSConfig
 
 from ruslan_glowtts import KIT_ROOT
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.monitor.explosion_rules import DEFAULTS as RULES
 from ruslan_glowtts.common.presets import Preset
@@ -29,7 +30,6 @@ from ruslan_glowtts.common.presets import Preset
 logger = logging.getLogger(__name__)
 
 BASE_CONFIG = KIT_ROOT / "configs" / "ruslan_glowtts.toml"
-DATASET_FRAGMENT = "dataset.toml"  # written by `python -m ruslan_glowtts.prepare`
 
 
 @dataclass
@@ -405,18 +405,29 @@ def build_config(
     dataset_path: Path | None = None,
     cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
     base_path: Path = BASE_CONFIG,
+    dataset_layer: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> tuple[RuslanGlowTTSConfig, list[Override]]:
     """Resolve the config from its layers, in the fixed order base < dataset < preset < CLI.
-    `cli_layers` are (one-key layer, the flag that gave it: "--set", "--seed", ...)."""
+
+    `cli_layers` are (one-key layer, the flag that gave it: "--set", "--seed", ...). `dataset_layer`
+    stands in for DATASET/dataset.toml: prepare resolves, with this same function, the config
+    training will build once the fragment it is about to write exists. `quiet` logs the overrides
+    at debug level."""
     tree = RuslanGlowTTSConfig().to_dict()
     overrides = apply_layer(tree, read_toml(base_path, "base config"), Source.base(base_path), quiet=True)
-    if dataset_path is not None:
-        fragment = dataset_path / DATASET_FRAGMENT
+    if dataset_layer is not None:
+        target = dataset_toml_path(dataset_path) if dataset_path is not None else Path("dataset.toml")
+        overrides += apply_layer(tree, dataset_layer, Source.dataset(target), quiet=quiet)
+    elif dataset_path is not None:
+        fragment = dataset_toml_path(dataset_path)
         if fragment.is_file():
-            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), Source.dataset(fragment))
-        if tree.get("datasets"):
-            tree["datasets"][0]["path"] = str(dataset_path.resolve())
-    overrides += apply_layer(tree, preset.overrides, Source.preset(preset.name))
+            overrides += apply_layer(tree, read_toml(fragment, "dataset config"), Source.dataset(fragment), quiet=quiet)
+    if dataset_path is not None and tree.get("datasets"):
+        tree["datasets"][0]["path"] = str(dataset_path.resolve())
+    overrides += apply_layer(tree, preset.overrides, Source.preset(preset.name), quiet=quiet)
     for layer, flag in cli_layers:
-        overrides += apply_layer(tree, layer, Source.command_line(flag))
+        overrides += apply_layer(tree, layer, Source.command_line(flag), quiet=quiet)
+    for dataset in tree.get("datasets") or []:
+        dataset["meta_file_train"] = dataset.get("meta_file_train") or METADATA_FILE  # the corpus layout's name
     return to_config(tree), overrides

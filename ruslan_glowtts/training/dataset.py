@@ -15,37 +15,49 @@ from typing import Any
 
 import soundfile as sf
 from TTS.tts.datasets import load_tts_samples
-from TTS.tts.utils.text.tokenizer import TTSTokenizer
 
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, WAV_DIR, wav_path
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.next_steps import PREPARE_HINT
+from ruslan_glowtts.common.vocabulary import Vocabulary
+from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, MetadataScan, read_metadata
 
 logger = logging.getLogger(__name__)
 
 RATE_CHECK_FILES = 64  # files whose header is read at startup (spread over the corpus)
 
 
-def check_metadata(root: Path, meta_file: str) -> Path:
-    """The metadata file exists and every line is `id|text`; Coqui's formatter crashes otherwise."""
+def check_metadata(root: Path, meta_file: str) -> MetadataScan:
+    """The metadata file, parsed by prepare's own reader (ruslan_glowtts/prep/metadata.py): training
+    accepts exactly the lines prepare keeps, and stops at the first line prepare would exclude.
+    A byte-order mark is stripped, as prepare does (its report records it)."""
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
     meta = root / meta_file
     if not meta.is_file():
-        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds metadata_RUSLAN_22200.csv and RUSLAN/)")
-    try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{meta} is not UTF-8 text; {PREPARE_HINT.format(src=root)} reads and cleans it") from None
-    for number, line in enumerate(lines, 1):
-        cols = line.split("|")
-        if line.startswith("\ufeff") or len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-            raise UserError(
-                f"{meta}:{number}: not an 'id|text' line: {line[:60]!r}; {PREPARE_HINT.format(src=root)} "
-                "reports and excludes such lines"
-            )
-    if not lines:
+        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/)")
+    scan = read_metadata(meta)
+    if scan.problems:
+        first = scan.problems[0]
+        raise UserError(
+            f"{meta}:{first.line}: not an 'id|text' line: {LINE_PROBLEMS[first.code][1]}"
+            f"{f' ({first.detail})' if first.detail else ''}; {PREPARE_HINT.format(src=root)} "
+            "reports and excludes such lines"
+        )
+    if not scan.entries:
         raise UserError(f"{meta} is empty")
-    return meta
+    if scan.bom:
+        logger.info("%s starts with a byte-order mark: ignored", meta)
+    return scan
+
+
+def ruslan_formatter(root_path: str, meta_file: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """Coqui's `ruslan` formatter's samples, from the kit's metadata reader (Coqui's would keep a
+    byte-order mark in the first id and crash on a line without '|'). Each text keeps the line's
+    newline as Coqui's does: the length caps count it (ruslan_glowtts/prep/length_limits.py)."""
+    scan = check_metadata(Path(root_path), meta_file)
+    return [{"text": entry.text + "\n", "audio_file": str(wav_path(Path(root_path), entry.id)),
+             "speaker_name": "ruslan", "root_path": root_path} for entry in scan.entries]
 
 
 def split_eval(samples: list[dict[str, Any]], size: float, max_size: int | None) -> tuple[list, list]:
@@ -69,8 +81,7 @@ def load_samples(config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     """Train and eval samples of the configured corpus, after the metadata and file checks."""
     dataset = config.datasets[0]
     root = Path(dataset.path)
-    check_metadata(root, dataset.meta_file_train)
-    samples, _ = load_tts_samples(config, eval_split=False)
+    samples, _ = load_tts_samples(config, eval_split=False, formatter=ruslan_formatter)
     missing = [s["audio_file"] for s in samples if not Path(s["audio_file"]).is_file()]
     if missing:
         raise UserError(
@@ -156,18 +167,13 @@ def check_vocabulary(samples: list[dict[str, Any]], config: Any, *, allow_unknow
     Coqui's tokenizer would drop them with one warning; the kit refuses to start unless
     `allow_unknown` (--allow-unknown-chars), and then logs what will be dropped.
     """
-    tokenizer, _ = TTSTokenizer.init_from_config(config)
-    vocab = set(tokenizer.characters.vocab)
+    vocabulary = Vocabulary.from_config(config)  # prepare excludes lines by the same verdict
     unknown: Counter = Counter()
     example: dict[str, str] = {}
     for sample in samples:
-        text = sample["text"]
-        if tokenizer.text_cleaner is not None:
-            text = tokenizer.text_cleaner(text, lang=sample.get("language"))
-        for char in text:
-            if char not in vocab:
-                unknown[char] += 1
-                example.setdefault(char, Path(sample["audio_file"]).stem)
+        for char in vocabulary.unknown(sample["text"], sample.get("language")):
+            unknown[char] += 1
+            example.setdefault(char, Path(sample["audio_file"]).stem)
     if unknown:
         listed = ", ".join(f"{c!r} x{n} (e.g. {example[c]})" for c, n in unknown.most_common(12))
         more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""

@@ -40,12 +40,13 @@ from ruslan_glowtts import KIT_ROOT
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.training.config import (BASE_CONFIG, DATASET_FRAGMENT, HealthConfig, Layer, Override,
-                                            RuslanGlowTTSConfig, Source, apply_layer, read_toml)
-from ruslan_glowtts.training.dataset import check_sample_rate
+from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path, metadata_path, wav_path
+from ruslan_glowtts.training.config import (BASE_CONFIG, HealthConfig, Layer, Override, RuslanGlowTTSConfig, Source,
+                                            apply_layer, build_config, read_toml)
+from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
 from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.prep.feature_cache import METADATA_FILE, WAV_DIR, FeatureCache
-from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.prep.feature_cache import FeatureCache
+from ruslan_glowtts.common.presets import DEFAULT_PRESET, Preset, load_preset, tier_chain
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,13 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--tts-run {tts_run}: unreadable config.json: {exc}") from None
         return config.audio.to_dict(), f"GlowTTS run {config_path}"
-    tree = RuslanGlowTTSConfig().to_dict()
-    apply_layer(tree, read_toml(BASE_CONFIG, "base config"), Source.base(BASE_CONFIG), quiet=True)
+    # GlowTTS's own config builder (what training and prepare resolve); no preset changes audio.*
+    config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dataset_path, quiet=True)
     source = f"GlowTTS base config {BASE_CONFIG.name}"
-    fragment = dataset_path / DATASET_FRAGMENT if dataset_path is not None else None
+    fragment = dataset_toml_path(dataset_path) if dataset_path is not None else None
     if fragment is not None and fragment.is_file():
-        apply_layer(tree, read_toml(fragment, "dataset config"), Source.dataset(fragment), quiet=True)
         source += f" + {fragment}"
-    return tree["audio"], source
+    return config.audio.to_dict(), source
 
 
 def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: Path | None = None,
@@ -198,12 +198,11 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
     """(eval, train) items of the prepared folder's usable utterances: (wav, cached mel) pairs when
     prepare's feature cache matches the audio settings, else wav paths (mels computed on the fly)."""
     root = Path(config.data_path)
-    meta = root / METADATA_FILE
+    meta = metadata_path(root)
     if not meta.is_file():
         raise UserError(f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
                         f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}")
-    ids = [line.split("|", 1)[0].strip() for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-    wavs = [root / WAV_DIR / f"{id_}.wav" for id_ in ids]
+    wavs = [wav_path(root, entry.id) for entry in check_metadata(root, METADATA_FILE).entries]
     missing = [w for w in wavs if not w.is_file()]
     if missing:
         raise UserError(f"{len(missing)} audio files of {meta} are missing, e.g. {missing[0]}")

@@ -31,7 +31,8 @@ from ruslan_glowtts.voice.audio_compat import check_compatible
 from ruslan_glowtts.common.cli import tool
 from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
 from ruslan_glowtts.common.runs import KNOWN_GOOD
-from ruslan_glowtts.prep.text_normalization import normalize_text, out_of_vocabulary
+from ruslan_glowtts.common.vocabulary import out_of_vocabulary
+from ruslan_glowtts.prep.text_normalization import normalize_text
 
 logger = logging.getLogger(__name__)
 
