@@ -39,7 +39,7 @@ def test_unknown_characters_are_listed_and_refused(tmp_path, sample_22k):
     for char in "182napoleo":
         assert repr(char) in message  # lowercased by the cleaner, then checked
     assert "'1' x2 (e.g. 000000_RUSLAN)" in message
-    assert "--allow-unknown-chars" in message and "ruslan_glowtts.prep.prepare" in message
+    assert "--allow-unknown-chars" in message and "ruslan_glowtts.prepare" in message
     dropped = check_vocabulary(train + evals, config, allow_unknown=True)
     assert dropped["1"] == 2 and dropped["n"] == 2 and "N" not in dropped
 
