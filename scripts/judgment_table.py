@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ruslan_glowtts import diagnose as dg  # noqa: E402
+from ruslan_glowtts.monitor import diagnose as dg  # noqa: E402
 from ruslan_glowtts.monitor.events import read_run  # noqa: E402
 from ruslan_glowtts.monitor.explosion_rules import Alarm, DEFAULTS, RuleSettings, replay  # noqa: E402
 
