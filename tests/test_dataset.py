@@ -8,7 +8,7 @@ from ruslan_glowtts.training.config import build_config, parse_set_option
 from ruslan_glowtts.training.dataset import check_vocabulary, load_samples, split_eval
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
-from tests.conftest import SAMPLE, copy_corpus
+from tests.helpers import SAMPLE, copy_corpus
 
 
 def _config(dataset, *sets):

@@ -22,7 +22,7 @@ from ruslan_glowtts.training.dataset import split_eval
 from ruslan_glowtts.common.errors import EXIT_EXPLODED
 from ruslan_glowtts.monitor.guard import KNOWN_GOOD, reduce_flags
 from ruslan_glowtts.training.train import train
-from tests.conftest import REPO, copy_corpus, read_scalars, run_dirs, tiny_args
+from tests.helpers import REPO, copy_corpus, read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from ruslan_glowtts.monitor import diagnose as dg
-from tests.conftest import run_dirs, tiny_args
+from tests.helpers import run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 

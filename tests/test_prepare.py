@@ -20,7 +20,7 @@ import soundfile as sf
 from ruslan_glowtts.prep import prepare as prepare_module
 from ruslan_glowtts.training.dataset import check_metadata
 from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
-from tests.conftest import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
+from tests.helpers import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
 
 META = "metadata_RUSLAN_22200.csv"
 

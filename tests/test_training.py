@@ -11,7 +11,7 @@ import torch
 
 from ruslan_glowtts.training.cli import parse_args, request_from_args
 from ruslan_glowtts.training.train import train
-from tests.conftest import read_scalars, run_dirs, tiny_args
+from tests.helpers import read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 
