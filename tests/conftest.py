@@ -1,5 +1,5 @@
-"""Shared fixtures: the bundled sample at the training rate, a tiny GlowTTS, in-process runs.
-Plain helpers and constants are in tests/helpers.py."""
+"""Shared fixtures: the bundled sample at the training rate, the suite's one tiny GlowTTS smoke
+run, in-process runs. Plain helpers and constants are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SAMPLE, copy_corpus, run_dirs, tiny_args, tiny_vocoder_args
+from tests.helpers import SAMPLE, SMOKE_STEPS, copy_corpus, run_dirs, tiny_args, tiny_vocoder_args
 
 # A suite started in the background (`cmd &`, nohup) inherits an ignored SIGINT, and so would every
 # run the tests start: their Ctrl-C tests would hang. Tests send SIGINT as a terminal would.
@@ -48,12 +48,15 @@ def run_main(capsys: pytest.CaptureFixture):
 
 @pytest.fixture(scope="session")
 def tiny_glowtts_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-step tiny GlowTTS run on the prepared sample (read-only for tests)."""
+    """The suite's one smoke run: SMOKE_STEPS steps of the tiny GlowTTS, stable preset, on the
+    prepared sample, ending with checkpoint_<SMOKE_STEPS>.pth (read-only for tests: copy it to
+    change it). test_training reads its folder, test_listening speaks and diagnoses it,
+    test_synthesize and test_vocoder build on it."""
     import train_ruslan_glowtts
 
     output = tmp_path_factory.mktemp("glowtts") / "runs"
-    code = train_ruslan_glowtts.main(["--dataset-path", str(prepared_sample), "--output-path", str(output),
-                                      "--max-steps", "4", *tiny_args()])
+    code = train_ruslan_glowtts.main(["--preset", "stable", "--dataset-path", str(prepared_sample),
+                                      "--output-path", str(output), "--max-steps", str(SMOKE_STEPS), *tiny_args()])
     assert code == 0
     (run,) = run_dirs(output)
     return run

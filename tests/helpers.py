@@ -25,6 +25,11 @@ TINY_MODEL = [
 ]
 
 
+# The length of the suite's one smoke run (conftest.tiny_glowtts_run): enough optimizer updates after
+# data-dependent init for the Noam warmup to show its rise.
+SMOKE_STEPS = 8
+
+
 def tiny_args(*extra: str) -> list[str]:
     args: list[str] = []
     for option in TINY_MODEL:
