@@ -1,55 +1,19 @@
-"""Shared fixtures: the bundled sample at the training rate, a tiny GlowTTS, in-process runs."""
+"""Shared fixtures: the bundled sample at the training rate, the suite's one tiny GlowTTS smoke
+run, in-process runs. Plain helpers and constants are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-import soxr
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import SAMPLE, SMOKE_STEPS, copy_corpus, run_dirs, tiny_args, tiny_vocoder_args
 
 # A suite started in the background (`cmd &`, nohup) inherits an ignored SIGINT, and so would every
 # run the tests start: their Ctrl-C tests would hang. Tests send SIGINT as a terminal would.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-SAMPLE = REPO / "data" / "sample"
-
-# A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
-# the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic.
-TINY_MODEL = [
-    "hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=32",
-    "num_flow_blocks_dec=2", "num_block_layers=2",
-    "encoder_params.num_layers=1", "encoder_params.hidden_channels_ffn=64",
-    "data_dep_init_steps=2", "batch_size=4", "eval_batch_size=4",
-    "num_loader_workers=0", "num_eval_loader_workers=0",
-    "test_delay_epochs=1000", "plot_step=1", "print_step=50",
-]
-
-
-def tiny_args(*extra: str) -> list[str]:
-    args: list[str] = []
-    for option in TINY_MODEL:
-        args += ["--set", option]
-    return args + list(extra)
-
-
-def copy_corpus(src: Path, dst: Path, rate: int | None = None) -> Path:
-    """Copy a RUSLAN-layout corpus, optionally resampled (tests must never touch data/sample)."""
-    (dst / "RUSLAN").mkdir(parents=True, exist_ok=True)
-    shutil.copy(src / "metadata_RUSLAN_22200.csv", dst / "metadata_RUSLAN_22200.csv")
-    for wav in sorted((src / "RUSLAN").glob("*.wav")):
-        if rate is None:
-            shutil.copy(wav, dst / "RUSLAN" / wav.name)
-            continue
-        audio, src_rate = sf.read(wav, dtype="float32")
-        audio = soxr.resample(audio, src_rate, rate)
-        sf.write(dst / "RUSLAN" / wav.name, np.clip(audio, -1, 1), rate, subtype="PCM_16")
-    return dst
 
 
 @pytest.fixture(scope="session")
@@ -82,46 +46,17 @@ def run_main(capsys: pytest.CaptureFixture):
     return _run
 
 
-def run_dirs(output: Path) -> list[Path]:
-    return sorted(p for p in output.iterdir() if p.is_dir()) if output.exists() else []
-
-
-def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """Every logged value of a scalar tag, by step (the kit's own reader: no reservoir sampling)."""
-    from ruslan_glowtts.monitor.events import read_run
-
-    series = read_run(run_dir).scalars.get(tag)
-    return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
-
-
-# A HiFi-GAN small enough for CPU tests: a tiny generator (16 initial channels, one resblock kernel;
-# upsampling 8 x 8 x 4 = hop 256) with Coqui's full discriminator, which only trains from step 2
-# (it is 70 M parameters: ~8 s per step on 2 cores). 1024-sample segments (the mel-L1 loss needs
-# more than n_fft / 2), no loader workers, no eval within the few steps.
-TINY_VOCODER = [
-    "generator_model_params.upsample_factors=[8, 8, 4]", "generator_model_params.upsample_kernel_sizes=[16, 16, 8]",
-    "generator_model_params.upsample_initial_channel=16", "generator_model_params.resblock_kernel_sizes=[3]",
-    "generator_model_params.resblock_dilation_sizes=[[1, 3, 5]]", "steps_to_start_discriminator=2",
-    "batch_size=2", "eval_batch_size=1", "seq_len=1024", "pad_short=0", "eval_split_size=2",
-    "num_loader_workers=0", "num_eval_loader_workers=0", "print_step=1", "plot_step=1",
-]
-
-
-def tiny_vocoder_args(*extra: str) -> list[str]:
-    args: list[str] = []
-    for option in TINY_VOCODER:
-        args += ["--set", option]
-    return args + list(extra)
-
-
 @pytest.fixture(scope="session")
 def tiny_glowtts_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-step tiny GlowTTS run on the prepared sample (read-only for tests)."""
+    """The suite's one smoke run: SMOKE_STEPS steps of the tiny GlowTTS, stable preset, on the
+    prepared sample, ending with checkpoint_<SMOKE_STEPS>.pth (read-only for tests: copy it to
+    change it). test_training reads its folder, test_listening speaks and diagnoses it,
+    test_synthesize and test_vocoder build on it."""
     import train_ruslan_glowtts
 
     output = tmp_path_factory.mktemp("glowtts") / "runs"
-    code = train_ruslan_glowtts.main(["--dataset-path", str(prepared_sample), "--output-path", str(output),
-                                      "--max-steps", "4", *tiny_args()])
+    code = train_ruslan_glowtts.main(["--preset", "stable", "--dataset-path", str(prepared_sample),
+                                      "--output-path", str(output), "--max-steps", str(SMOKE_STEPS), *tiny_args()])
     assert code == 0
     (run,) = run_dirs(output)
     return run

@@ -14,7 +14,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, padded_share
-from tests.conftest import run_dirs, tiny_args
+from tests.helpers import run_dirs, tiny_args
 
 
 def ruslan_like_frames(count: int = 22_200, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ruslan_glowtts.training.cli import parse_args
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 def _assert_one_line_error(code: int, out: str, err: str, message: str) -> None:

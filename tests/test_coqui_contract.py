@@ -15,7 +15,7 @@ import torch
 
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.training import coqui_compat as cc
-from tests.conftest import REPO, read_scalars, run_dirs, tiny_args
+from tests.helpers import REPO, read_scalars, run_dirs, tiny_args
 
 PACKAGE = REPO / "ruslan_glowtts"
 ATTRIBUTE = re.compile(r"(\w+(?:\(\))?)\.(_[a-z]\w*)\b")  # obj._name / super()._name

@@ -11,7 +11,7 @@ from ruslan_glowtts.training.dataset import check_vocabulary, load_samples, spli
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
 from ruslan_glowtts.prep.metadata import read_metadata
-from tests.conftest import SAMPLE, copy_corpus
+from tests.helpers import SAMPLE, copy_corpus
 
 
 def _config(dataset, *sets):

@@ -6,23 +6,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ruslan_glowtts.monitor.explosion_rules import DEFAULTS, RuleSettings, replay
-from tests.test_health_detector import healthy_trace, sigmoid_explosion
-
-REPO = Path(__file__).resolve().parents[1]
-
-# The blow-up issue 10 describes: a stock run at constant lr 0.3 without clipping, NaN loss at step 28.
-BLOW_UP = [4, 5, 6, 4, 5, 8, 6, 5, 7, 6, 9, 8, 11, 10, 12, 15, 14, 20, 25, 40, 77, 133, 304, 8_304, 3.8e7, 4.2e9]
-
-
-def explosions(alarms):
-    return [a for a in alarms if a.is_explosion]
-
+from tests.helpers import REPO
+from tests.traces import BLOW_UP, explosions, healthy_trace, sigmoid_explosion
 
 def test_catastrophic_blow_up_fires_inside_the_grace_period():
     alarms, _ = replay(BLOW_UP)
@@ -116,7 +106,8 @@ def test_the_rules_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, ruslan_glowtts.monitor.explosion_rules, ruslan_glowtts.monitor.diagnose; print('torch' in sys.modules)"
+    code = ("import sys, ruslan_glowtts.monitor.explosion_rules, ruslan_glowtts.monitor.diagnose; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO, copy_corpus, run_dirs, tiny_args
+from tests.helpers import REPO, SAMPLE, copy_corpus, read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 SCRIPT = str(REPO / "train_ruslan_glowtts.py")
@@ -269,7 +269,6 @@ def test_nan_wav_with_resample_is_skipped_and_counted(sample_22k, tmp_path):
     assert text.count(f"Skipping {victim}") == 1
     (run,) = run_dirs(tmp_path / "runs")
     assert list(_meta(run)["unloadable_samples"]) == [str(victim)]
-    from conftest import read_scalars
 
     assert read_scalars(run, "Health/skipped_samples")
 
@@ -293,7 +292,6 @@ def test_too_many_unloadable_samples_stop_with_exit_2(sample_22k, tmp_path):
 
 def _big_corpus(dst: Path, copies: int) -> Path:
     """The sample repeated under new ids: enough files for prepare to be caught mid-run."""
-    from conftest import SAMPLE
 
     (dst / "RUSLAN").mkdir(parents=True)
     lines = []
@@ -330,7 +328,6 @@ def test_prepare_killed_mid_run_prints_no_worker_traceback_and_resumes(tmp_path,
 
 
 def test_prepare_ctrl_c_during_start_up_is_one_line(tmp_path):
-    from conftest import SAMPLE
 
     # -X importtime: the kit's first import inside prepare.py; librosa's and Coqui's follow
     argv = [sys.executable, "-X", "importtime", *_prepare_argv(SAMPLE, tmp_path / "dst")[1:]]
@@ -342,7 +339,6 @@ def test_prepare_ctrl_c_during_start_up_is_one_line(tmp_path):
 
 
 def test_prepare_reports_a_wav_cut_short_as_truncated(tmp_path):
-    from conftest import SAMPLE
 
     src = copy_corpus(SAMPLE, tmp_path / "src")
     victim = sorted((src / "RUSLAN").glob("*.wav"))[5]
@@ -357,7 +353,6 @@ def test_prepare_reports_a_wav_cut_short_as_truncated(tmp_path):
 
 
 def test_prepare_exit_2_leaves_no_trace_in_dst(tmp_path):
-    from conftest import SAMPLE
 
     src = copy_corpus(SAMPLE, tmp_path / "src")
     result = _run(_prepare_argv(src, tmp_path / "dst", "--preset", "no-such-tier"))

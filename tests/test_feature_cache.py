@@ -19,7 +19,7 @@ from ruslan_glowtts.training.data_loader import KitTTSDataset
 from ruslan_glowtts.prep.feature_cache import FeatureCache, feature_key
 from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
 from ruslan_glowtts.common.presets import load_preset
-from tests.conftest import SAMPLE, copy_corpus
+from tests.helpers import SAMPLE, copy_corpus
 
 
 @pytest.fixture(scope="module")

@@ -10,35 +10,7 @@ import pytest
 
 from ruslan_glowtts.training.config import HealthConfig
 from ruslan_glowtts.monitor.explosion_rules import Detector, RuleSettings
-
-
-def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
-    """Noisy grad norms in 1-50 like GlowTTS's: big swings in the first few hundred steps after
-    data-dependent init, then a slowly wandering level with log-normal noise, plus rare isolated
-    spikes (real healthy runs have them; one spike is not an explosion)."""
-    rng = np.random.default_rng(seed)
-    early = np.concatenate([rng.uniform(lo, hi, size=int(rng.integers(20, 60)))
-                            for lo, hi in [(30, 50), (5, 12), (25, 50), (3, 8), (15, 45), (8, 20)] * 2])
-    level = np.exp(np.cumsum(rng.normal(0, 0.01, n)) * 0.5 + math.log(12))
-    trace = np.clip(level * np.exp(rng.normal(0, 0.35, n)), 1, 50)
-    trace[: len(early)] = early[:n]
-    spikes = rng.choice(np.arange(min(400, n // 2), n), size=n // 200, replace=False)
-    trace[spikes] = rng.uniform(80, 150, size=len(spikes))
-    return trace
-
-
-def sigmoid_explosion(rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """GlowTTS's typical explosion, a sigmoid on a log axis: after healthy training, a smooth rise
-    to ~100, a jump to ~500, a smooth rise to ~600. Returns the trace and the step where the rise
-    leaves the healthy band."""
-    healthy = healthy_trace(2000, seed=1)
-    rise = 25 + 75 / (1 + np.exp(-np.linspace(-6, 6, 600)))  # sigmoid 25 -> 100
-    jump = np.linspace(100, 500, 10)
-    climb = np.linspace(500, 600, 500)
-    smooth = np.concatenate([rise, jump, climb])
-    trace = np.concatenate([healthy, smooth * np.exp(rng.normal(0, 0.1, len(smooth)))])
-    onset = len(healthy) + int(np.argmax(rise > 50))
-    return trace, onset
+from tests.traces import BLOW_UP, explosions, healthy_trace, sigmoid_explosion
 
 
 def replay(trace, cfg: HealthConfig | None = None):
@@ -47,10 +19,6 @@ def replay(trace, cfg: HealthConfig | None = None):
     for step, value in enumerate(trace):
         alarms += detector.observe(step, float(value))
     return alarms, detector
-
-
-def explosions(alarms):
-    return [a for a in alarms if a.is_explosion]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -146,8 +114,6 @@ def test_the_guard_alarms_on_a_stock_blow_up_before_step_50(tmp_path):
     from types import SimpleNamespace
 
     from ruslan_glowtts.monitor.guard import HealthGuard
-
-    from tests.test_explosion_rules import BLOW_UP
 
     guard = HealthGuard(HealthConfig(policy="stop"), tmp_path, next_command=lambda: "python train_ruslan_glowtts.py")
     trainer = SimpleNamespace(dashboard_logger=_Dashboard())

@@ -1,6 +1,6 @@
 """One smoke-trained tiny GlowTTS on the sample, then: hear it with Coqui's own `tts` CLI (a
 Russian sentence to a 22,050 Hz wav from the run's checkpoint and config.json), and diagnose it
-(verdict, JSON, PNG). Both need a real run, so they share this module's one training."""
+(verdict, JSON, PNG). Both need a real run: the suite's one smoke run (conftest.tiny_glowtts_run)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,16 @@ import pytest
 import soundfile as sf
 
 from ruslan_glowtts.monitor import diagnose as dg
-from tests.conftest import run_dirs, tiny_args
+from tests.helpers import SMOKE_STEPS
 
 pytestmark = pytest.mark.slow
 
 SENTENCE = "Съешь же ещё этих мягких французских булок, да выпей чаю."
 
 
-@pytest.fixture(scope="module")
-def smoke_run(sample_22k, tmp_path_factory) -> Path:
-    # run_main is function-scoped (it reads capsys), so a module-scoped run calls main() directly.
-    import train_ruslan_glowtts
-
-    output = tmp_path_factory.mktemp("listen") / "runs"
-    code = train_ruslan_glowtts.main(["--dataset-path", str(sample_22k), "--output-path", str(output),
-                                      "--max-steps", "6", *tiny_args()])
-    assert code == 0
-    (run,) = run_dirs(output)
-    return run
+@pytest.fixture
+def smoke_run(tiny_glowtts_run) -> Path:
+    return tiny_glowtts_run
 
 
 def test_tts_cli_speaks_russian_from_the_checkpoint(smoke_run, tmp_path):
@@ -38,7 +30,7 @@ def test_tts_cli_speaks_russian_from_the_checkpoint(smoke_run, tmp_path):
     assert tts.is_file(), f"Coqui's tts CLI not found at {tts}"
     wav = tmp_path / "out.wav"
     result = subprocess.run(
-        [str(tts), "--text", SENTENCE, "--model_path", str(smoke_run / "checkpoint_6.pth"),
+        [str(tts), "--text", SENTENCE, "--model_path", str(smoke_run / f"checkpoint_{SMOKE_STEPS}.pth"),
          "--config_path", str(smoke_run / "config.json"), "--out_path", str(wav)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -49,7 +41,7 @@ def test_tts_cli_speaks_russian_from_the_checkpoint(smoke_run, tmp_path):
 def test_diagnose_a_real_run_gives_verdict_json_and_png(smoke_run, tmp_path, capsys):
     code = dg.main([str(smoke_run)])
     text = capsys.readouterr().out
-    assert code == 0 and "Verdict:  TOO_EARLY" in text and "Preset:   stable" in text  # 6 steps say little
+    assert code == 0 and "Verdict:  TOO_EARLY" in text and "Preset:   stable" in text  # a few steps say little
 
     png = tmp_path / "curves.png"
     assert dg.main([str(smoke_run), "--json", "--plot", str(png)]) == 0
@@ -62,5 +54,5 @@ def test_diagnose_a_real_run_gives_verdict_json_and_png(smoke_run, tmp_path, cap
     dataset = json.loads((smoke_run / "run.json").read_text(encoding="utf-8"))["dataset_path"]
     assert report["next_tier_command"].startswith(
         f"python train_ruslan_glowtts.py --preset safer --dataset-path {dataset} "
-        f"--restore-path {smoke_run / 'checkpoint_6.pth'} --set hidden_channels_enc=32")
+        f"--restore-path {smoke_run / f'checkpoint_{SMOKE_STEPS}.pth'} --set hidden_channels_enc=32")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,7 @@ from ruslan_glowtts.training.config import build_config
 from ruslan_glowtts.prep.text_normalization import normalize_text
 from ruslan_glowtts.training.dataset import check_metadata, check_vocabulary, load_samples
 from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
-from tests.conftest import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
+from tests.helpers import REPO, SAMPLE, copy_corpus, run_dirs, tiny_args
 
 META = "metadata_RUSLAN_22200.csv"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_scalars, run_dirs, tiny_args
+from tests.helpers import read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import soundfile as sf
 from ruslan_glowtts.voice import synthesize
 from ruslan_glowtts.voice.audio_compat import differences, feature_settings
 from ruslan_glowtts.training.config import RuslanGlowTTSConfig
+from tests.helpers import SMOKE_STEPS
 
 KIT_AUDIO = RuslanGlowTTSConfig().audio.to_dict()
 # en/ljspeech/hifigan_v2's features (its config.json): 0-8000 Hz and the natural log with gain 1
@@ -114,8 +115,8 @@ def test_one_wav_per_sentence_with_the_vocoder(tiny_glowtts_run, tiny_vocoder_ru
 @pytest.mark.slow
 def test_without_a_vocoder_griffin_lim_and_it_says_so(tiny_glowtts_run, tmp_path, capsys, caplog):
     out = tmp_path / "gl"
-    code, stdout, _ = _main(capsys, "--tts", tiny_glowtts_run / "checkpoint_4.pth", "--text", "Всё смешалось.",
-                            "--out", out)
+    checkpoint = tiny_glowtts_run / f"checkpoint_{SMOKE_STEPS}.pth"
+    code, stdout, _ = _main(capsys, "--tts", checkpoint, "--text", "Всё смешалось.", "--out", out)
     assert code == 0 and "Griffin-Lim (no --vocoder)" in stdout
     assert any("using Griffin-Lim" in r.getMessage() for r in caplog.records)
     _check_wav(out / "001.wav")
@@ -127,7 +128,8 @@ def test_coqui_tts_ignores_vocoder_name_with_a_model_path(tiny_glowtts_run):
     drops vocoder_name (nothing is downloaded) and would speak with Griffin-Lim."""
     from TTS.api import TTS
 
-    api = TTS(model_path=str(tiny_glowtts_run / "checkpoint_4.pth"), config_path=str(tiny_glowtts_run / "config.json"),
+    checkpoint = tiny_glowtts_run / f"checkpoint_{SMOKE_STEPS}.pth"
+    api = TTS(model_path=str(checkpoint), config_path=str(tiny_glowtts_run / "config.json"),
               vocoder_name="vocoder_models/en/ljspeech/hifigan_v2", progress_bar=False)
     assert api.synthesizer is not None and api.synthesizer.vocoder_model is None
 
@@ -141,7 +143,7 @@ def test_glowtts_test_audio_goes_through_the_vocoder(tiny_glowtts_run, tiny_voco
 
     config = load_config(str(tiny_glowtts_run / "config.json"))
     model = RuslanGlowTTS(config)
-    model.load_checkpoint(config, str(tiny_glowtts_run / "checkpoint_4.pth"), eval=True)
+    model.load_checkpoint(config, str(tiny_glowtts_run / f"checkpoint_{SMOKE_STEPS}.pth"), eval=True)
     frames = []
     vocode = VocoderPreview.vocode
 

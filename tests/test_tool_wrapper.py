@@ -100,7 +100,8 @@ def test_decorator_keeps_main_callable_in_process(capsys):
 # -- every command goes through the wrapper ------------------------------------------------------
 
 WRAPPED_MAINS = ["train_ruslan_glowtts", "train_ruslan_hifigan", "ruslan_glowtts.prep.prepare",
-                 "ruslan_glowtts.voice.synthesize", "ruslan_glowtts.monitor.tensorboard_launcher"]
+                 "ruslan_glowtts.voice.synthesize", "ruslan_glowtts.monitor.tensorboard_launcher",
+                 "ruslan_glowtts.monitor.diagnose"]
 
 
 @pytest.mark.parametrize("module", WRAPPED_MAINS)

@@ -15,7 +15,7 @@ from ruslan_glowtts.common.presets import load_preset
 from ruslan_glowtts.training.config import Layer, build_config
 from ruslan_glowtts.training.train import Launch, Lineage, TrainRequest, _escalation, next_command
 from ruslan_glowtts.training.trainer import Outcome
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 def _request(tmp_path: Path, *extra: str) -> TrainRequest:

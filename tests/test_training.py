@@ -11,32 +11,26 @@ import torch
 
 from ruslan_glowtts.training.cli import parse_args, request_from_args
 from ruslan_glowtts.training.train import train
-from tests.conftest import read_scalars, run_dirs, tiny_args
+from tests.helpers import SMOKE_STEPS, read_scalars, run_dirs, tiny_args
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_run(sample_22k, tmp_path_factory):
-    """One 8-step run shared by the tests below (each test copies what it changes)."""
-    import train_ruslan_glowtts
-
-    output = tmp_path_factory.mktemp("smoke") / "runs"
-    code = train_ruslan_glowtts.main(["--preset", "stable", "--dataset-path", str(sample_22k),
-                                      "--output-path", str(output), "--max-steps", "8", *tiny_args()])
-    assert code == 0
-    (run,) = run_dirs(output)
-    return run
+@pytest.fixture
+def smoke_run(tiny_glowtts_run):
+    """The suite's one smoke run (conftest.tiny_glowtts_run: SMOKE_STEPS steps, stable preset, the
+    prepared sample), shared with test_listening, test_synthesize and test_vocoder; read-only."""
+    return tiny_glowtts_run
 
 
 def test_smoke_run_writes_config_events_metadata_and_checkpoint(smoke_run):
     files = {p.name for p in smoke_run.iterdir()}
-    assert "config.json" in files and "run.json" in files and "checkpoint_8.pth" in files
+    assert "config.json" in files and "run.json" in files and f"checkpoint_{SMOKE_STEPS}.pth" in files
     assert any(name.startswith("events.out.tfevents.") for name in files)
     config = json.loads((smoke_run / "config.json").read_text(encoding="utf-8"))
     assert config["lr"] == 2e-4 and config["scheduler_after_epoch"] is False
     meta = json.loads((smoke_run / "run.json").read_text(encoding="utf-8"))
-    assert meta["status"] == "max_steps" and meta["final_step"] == 8 and meta["exit_code"] == 0
+    assert meta["status"] == "max_steps" and meta["final_step"] == SMOKE_STEPS and meta["exit_code"] == 0
     assert meta["preset"] == "stable" and meta["tier_chain"] == ["stable", "safer", "safest"]
     assert meta["precision"] == "fp32"  # bf16 preset on CPU
     assert {"key": "hidden_channels_enc", "value": 32, "source": "--set", "layer": "command_line"} in meta["overrides"]
@@ -58,19 +52,20 @@ def test_noam_warmup_counts_optimizer_steps(smoke_run):
     assert lrs[max(lrs)] > 4 * lrs[first]  # rising within the first epoch (6 steps)
 
 
-def test_resume_continues_the_step_count(smoke_run, tmp_path, sample_22k):
+def test_resume_continues_the_step_count(smoke_run, tmp_path, prepared_sample):
     import shutil
 
     import train_ruslan_glowtts
 
     run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))
-    code = train_ruslan_glowtts.main(["--continue-path", str(run), "--dataset-path", str(sample_22k),
-                                      "--max-steps", "12"])
+    end = SMOKE_STEPS + 4
+    code = train_ruslan_glowtts.main(["--continue-path", str(run), "--dataset-path", str(prepared_sample),
+                                      "--max-steps", str(end)])
     assert code == 0
-    assert (run / "checkpoint_12.pth").is_file()
+    assert (run / f"checkpoint_{end}.pth").is_file()
     steps = read_scalars(run, "TrainIterStats/loss")
-    assert max(steps) == 11 and min(s for s in steps if s > 8) == 9  # logged before the +1
-    assert torch.load(run / "checkpoint_12.pth", weights_only=False)["step"] == 12
+    assert max(steps) == end - 1 and min(s for s in steps if s > SMOKE_STEPS) == SMOKE_STEPS + 1  # logged before the +1
+    assert torch.load(run / f"checkpoint_{end}.pth", weights_only=False)["step"] == end
     meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert meta["status"] == "max_steps" and len(meta["resumes"]) == 1
 

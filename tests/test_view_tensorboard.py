@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from ruslan_glowtts.monitor import tensorboard_launcher as tl
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write_run(run_dir: Path, n: int = 30) -> Path:

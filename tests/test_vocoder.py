@@ -15,7 +15,7 @@ from ruslan_glowtts.training.config import RuslanGlowTTSConfig
 from ruslan_glowtts.common.presets import available_presets
 from ruslan_glowtts.training.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
                                     load_vocoder_samples)
-from tests.conftest import SAMPLE, read_scalars, run_dirs, tiny_vocoder_args
+from tests.helpers import SAMPLE, read_scalars, run_dirs, tiny_vocoder_args
 
 
 def _main(capsys, *argv: str) -> tuple[int, str, str]:

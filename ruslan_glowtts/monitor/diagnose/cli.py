@@ -1,0 +1,48 @@
+"""`python -m ruslan_glowtts.diagnose RUN_DIR [--json] [--plot FILE.png]`: parse, diagnose, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ruslan_glowtts.common.cli import tool
+from ruslan_glowtts.common.errors import OneLineErrorParser
+from ruslan_glowtts.monitor.diagnose.diagnosis import diagnose
+from ruslan_glowtts.monitor.diagnose.plotting import plot
+from ruslan_glowtts.monitor.diagnose.report import format_report
+from ruslan_glowtts.monitor.events import read_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m ruslan_glowtts.diagnose",
+        description="Read a run's TensorBoard logs and say whether it is healthy, with the command to run next.",
+        epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input or an unreadable event file, "
+               "3 exploding or diverged.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run folder (the one holding events.out.tfevents.*)")
+    parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "
+                        "recommended_preset, command, stats) instead of text")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also draw grad_norm, loss and learning rate into this PNG")
+    return parser
+
+
+@tool(log_level=logging.WARNING)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run_dir = args.run_dir.expanduser().absolute()
+    events = read_run(run_dir)
+    diagnosis = diagnose(run_dir, events)
+    if args.plot:
+        plot(diagnosis, events, args.plot)
+    if args.json:
+        print(json.dumps(diagnosis.to_json(), indent=2, ensure_ascii=False, allow_nan=False))
+    else:
+        print(format_report(diagnosis))
+        if args.plot:
+            print(f"Plot:     {args.plot}")
+    return diagnosis.exit_code

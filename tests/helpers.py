@@ -1,0 +1,84 @@
+"""Plain helpers and constants the test modules share: paths, the tiny model's settings, corpus
+copies, run folders and logged scalars. No pytest fixtures here (those are in conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+# A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
+# the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic.
+TINY_MODEL = [
+    "hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=32",
+    "num_flow_blocks_dec=2", "num_block_layers=2",
+    "encoder_params.num_layers=1", "encoder_params.hidden_channels_ffn=64",
+    "data_dep_init_steps=2", "batch_size=4", "eval_batch_size=4",
+    "num_loader_workers=0", "num_eval_loader_workers=0",
+    "test_delay_epochs=1000", "plot_step=1", "print_step=50",
+]
+
+
+# The length of the suite's one smoke run (conftest.tiny_glowtts_run): enough optimizer updates after
+# data-dependent init for the Noam warmup to show its rise.
+SMOKE_STEPS = 8
+
+
+def tiny_args(*extra: str) -> list[str]:
+    args: list[str] = []
+    for option in TINY_MODEL:
+        args += ["--set", option]
+    return args + list(extra)
+
+
+# A HiFi-GAN small enough for CPU tests: a tiny generator (16 initial channels, one resblock kernel;
+# upsampling 8 x 8 x 4 = hop 256) with Coqui's full discriminator, which only trains from step 2
+# (it is 70 M parameters: ~8 s per step on 2 cores). 1024-sample segments (the mel-L1 loss needs
+# more than n_fft / 2), no loader workers, no eval within the few steps.
+TINY_VOCODER = [
+    "generator_model_params.upsample_factors=[8, 8, 4]", "generator_model_params.upsample_kernel_sizes=[16, 16, 8]",
+    "generator_model_params.upsample_initial_channel=16", "generator_model_params.resblock_kernel_sizes=[3]",
+    "generator_model_params.resblock_dilation_sizes=[[1, 3, 5]]", "steps_to_start_discriminator=2",
+    "batch_size=2", "eval_batch_size=1", "seq_len=1024", "pad_short=0", "eval_split_size=2",
+    "num_loader_workers=0", "num_eval_loader_workers=0", "print_step=1", "plot_step=1",
+]
+
+
+def tiny_vocoder_args(*extra: str) -> list[str]:
+    args: list[str] = []
+    for option in TINY_VOCODER:
+        args += ["--set", option]
+    return args + list(extra)
+
+
+def copy_corpus(src: Path, dst: Path, rate: int | None = None) -> Path:
+    """Copy a RUSLAN-layout corpus, optionally resampled (tests must never touch data/sample)."""
+    (dst / "RUSLAN").mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "metadata_RUSLAN_22200.csv", dst / "metadata_RUSLAN_22200.csv")
+    for wav in sorted((src / "RUSLAN").glob("*.wav")):
+        if rate is None:
+            shutil.copy(wav, dst / "RUSLAN" / wav.name)
+            continue
+        audio, src_rate = sf.read(wav, dtype="float32")
+        audio = soxr.resample(audio, src_rate, rate)
+        sf.write(dst / "RUSLAN" / wav.name, np.clip(audio, -1, 1), rate, subtype="PCM_16")
+    return dst
+
+
+def run_dirs(output: Path) -> list[Path]:
+    return sorted(p for p in output.iterdir() if p.is_dir()) if output.exists() else []
+
+
+def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """Every logged value of a scalar tag, by step (the kit's own reader: no reservoir sampling);
+    {} when the tag was never logged."""
+    from ruslan_glowtts.monitor.events import read_run
+
+    series = read_run(run_dir).scalars.get(tag)
+    return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
