@@ -26,7 +26,6 @@ CHECKPOINT_RE = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pth$")
 # ---------------------------------------------------------------------------------------------
 # How the run ended
 
-_NAN_LOSS_RE = NAN_LOSS_LOG_PATTERN
 _ERROR_RE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)\b.*)$", re.MULTILINE)
 _STEP_RE = re.compile(r"GLOBAL_STEP: (\d+)")
 _LOG_TAIL_BYTES = 256 * 1024  # the ending is at the end; a long run's log is large
@@ -66,7 +65,7 @@ def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "unknown", "source": None, "step": None, "text": f"unknown ({log.name} unreadable)"}
     steps = _STEP_RE.findall(tail)
     step = int(steps[-1]) if steps else None
-    if match := _NAN_LOSS_RE.search(tail):
+    if match := NAN_LOSS_LOG_PATTERN.search(tail):
         return {"kind": "nan_loss", "source": log.name, "step": step,
                 "text": f"Coqui's `NaN loss with {match.group(1)}` error ({log.name})"}
     if "Traceback (most recent call last)" in tail:
