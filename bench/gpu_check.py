@@ -77,7 +77,8 @@ def bucketed_batches(work: Path, batch: int, device: str, files: int = 600) -> d
 
 def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[str, Any]:
     """A kit run in fp16 (GradScaler; CUDA only) logs amp_scaler, and diagnose sees an fp16 run."""
-    from ruslan_glowtts.monitor import diagnose
+    from ruslan_glowtts.monitor.diagnose import diagnose
+    from ruslan_glowtts.monitor.diagnose.run_context import run_context
     from ruslan_glowtts.monitor.events import read_run
     from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG
 
@@ -86,12 +87,16 @@ def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[
                str(steps), "--output-path", str(output), "--set", "precision=fp16", "--set", f"batch_size={batch}",
                "--set", "plot_step=1", "--set", "run_eval=false", "--set", "test_delay_epochs=100000"]
     code = subprocess.call(command, cwd=REPO)
-    (run_dir,) = [p for p in output.iterdir() if p.is_dir()]
+    run_dirs = [p for p in output.iterdir() if p.is_dir()] if output.is_dir() else []
+    if len(run_dirs) != 1:  # report it and go on to the other measurements
+        print(f"fp16 amp_scaler check: exit {code}, run folders {run_dirs}", flush=True)
+        return {"exit_code": code, "ok": False, "run_dirs": [str(p) for p in run_dirs]}
+    (run_dir,) = run_dirs
     scale = read_run(run_dir).scalars.get(AMP_SCALER_TAG)
     result = {"exit_code": code, "amp_scaler_points": 0 if scale is None else len(scale.values),
               "amp_scaler_last": None if scale is None else float(scale.values[-1]),
-              "diagnose_sees_fp16": bool(diagnose.run_context(run_dir)["fp16"] and scale is not None),
-              "verdict": diagnose.diagnose(run_dir).verdict}
+              "diagnose_sees_fp16": bool(run_context(run_dir)["fp16"] and scale is not None),
+              "verdict": diagnose(run_dir).verdict}
     result["ok"] = code == 0 and result["amp_scaler_points"] > 0 and result["diagnose_sees_fp16"]
     print(f"fp16 amp_scaler check: {json.dumps(result)}", flush=True)
     return result
