@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
 import stat
 import sys
 import time
@@ -59,7 +60,7 @@ from ruslan_glowtts.prep.length_limits import (
 from ruslan_glowtts.prep.problems import Problem
 from ruslan_glowtts.prep.report import Utterance, build_report, summary_lines, write_histogram, write_report
 from ruslan_glowtts.prep.state import PrepareState, StateRow
-from ruslan_glowtts.prep.worker import Job, WorkerSettings, init_worker, process, warm_up
+from ruslan_glowtts.prep.worker import POOL_SIGNALS, Job, WorkerSettings, init_worker, process, warm_up
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
@@ -218,8 +219,15 @@ def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
     # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     chunksize = max(1, min(16, len(jobs) // (workers * 16)))
-    with context.Pool(workers, initializer=init_worker, initargs=(settings,)) as pool, \
-            _progress(len(jobs)) as progress:
+    with contextlib.ExitStack() as stack:
+        # Forked with SIGINT/SIGTERM blocked: a worker unblocks them once its own handlers are set
+        # (a signal during its set-up would run this process's handler inside the worker).
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, POOL_SIGNALS)
+        try:
+            pool = stack.enter_context(context.Pool(workers, initializer=init_worker, initargs=(settings,)))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        progress = stack.enter_context(_progress(len(jobs)))
         for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
             handle(result)
             progress.update()

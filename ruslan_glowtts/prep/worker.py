@@ -60,14 +60,13 @@ def warm_up() -> None:
     resample(noise, 44100, 22050)
 
 
+# Blocked in prepare while it forks the pool, unblocked by each worker once its own handlers are in
+# place: a signal in between would otherwise run the parent's handler, copied into the worker.
+POOL_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def init_worker(settings: WorkerSettings, *, in_pool: bool = True) -> None:
     global _settings, _ap, _blas_limit
-    _settings = settings
-    if settings.audio_config is not None:
-        from TTS.utils.audio import AudioProcessor
-
-        _ap = AudioProcessor(settings.audio_config)
-    keep_freed_memory()
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
         # The parent terminates the pool on Ctrl-C/SIGTERM; a worker leaves at once and quietly
@@ -75,6 +74,14 @@ def init_worker(settings: WorkerSettings, *, in_pool: bool = True) -> None:
         # BrokenPipeError of a result it can no longer send.
         signal.signal(signal.SIGTERM, _exit_quietly)
         _die_with_parent()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, POOL_SIGNALS)
+    _settings = settings
+    if settings.audio_config is not None:
+        from TTS.utils.audio import AudioProcessor
+
+        _ap = AudioProcessor(settings.audio_config)
+    keep_freed_memory()
+    if in_pool:
         _blas_limit = limit_blas_threads()  # kept referenced: the limit lasts as long as the worker
 
 
