@@ -118,7 +118,7 @@ def variant_loaders(dataset: Path, batch: int, max_frames: int) -> dict[str, tup
     from TTS.tts.datasets import load_tts_samples
     from TTS.tts.models.glow_tts import GlowTTS
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     out: dict[str, tuple[Any, list[list[int]]]] = {}
     stock = _stock_config(dataset, batch)
@@ -181,7 +181,7 @@ def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, b
     import torch
     from TTS.utils.radam import RAdam
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

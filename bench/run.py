@@ -169,7 +169,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from trainer import TrainerArgs
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.monitor.guard import _save_weights
     from ruslan_glowtts.training.train import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
@@ -228,7 +228,7 @@ def step_parts(prepared: Path, batch: int, steps: int, device: str = "cpu") -> d
     from TTS.tts.datasets import load_tts_samples
     from TTS.utils.radam import RAdam as CoquiRAdam
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
@@ -478,7 +478,7 @@ def main() -> None:
     print("2. data loader", flush=True)
     from TTS.tts.models.glow_tts import GlowTTS
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     items = 120 if args.quick else 400
     results["loader"] = {

@@ -1,6 +1,8 @@
 """`python -m ruslan_glowtts.diagnose`: diagnose a run. The documented command; the code is ruslan_glowtts/monitor/diagnose/."""
 
 if __name__ == "__main__":
-    from ruslan_glowtts.common.cli import run_as_script  # light: Ctrl-C during the tool's imports is one line
+    from ruslan_glowtts.common.cli import (
+        run_as_script,  # light: Ctrl-C during the tool's imports is one line
+    )
 
     run_as_script("ruslan_glowtts.monitor.diagnose")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SAMPLE, SMOKE_STEPS, copy_corpus, run_dirs, tiny_args, tiny_vocoder_args
+from tests.helpers import (
+    SAMPLE,
+    SMOKE_STEPS,
+    copy_corpus,
+    run_dirs,
+    tiny_args,
+    tiny_vocoder_args,
+)
 
 # A suite started in the background (`cmd &`, nohup) inherits an ignored SIGINT, and so would every
 # run the tests start: their Ctrl-C tests would hang. Tests send SIGINT as a terminal would.
@@ -69,8 +76,9 @@ NAN_AT = {0: 2, 1: 3}  # optimizer index (0 discriminator, 1 generator) -> step 
 def tiny_vocoder_run(prepared_sample: Path, tiny_glowtts_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-step tiny HiFi-GAN run matched to tiny_glowtts_run, with one NaN discriminator loss
     (step 2) and one NaN generator loss (step 3) injected, which the guard must skip."""
-    import train_ruslan_hifigan
     from TTS.vocoder.models.gan import GAN
+
+    import train_ruslan_hifigan
 
     original = GAN.train_step
     calls = {0: 0, 1: 0}

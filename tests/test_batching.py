@@ -108,9 +108,9 @@ def _ddp_worker(rank: int, world: int, port: int, dataset: str, out: str) -> Non
     import torch.distributed as dist
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.training.config import build_config, parse_set_option
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -185,8 +185,8 @@ def test_resume_continues_the_epochs_batch_order(sample_22k, tmp_path, record_ba
 
 
 def _config(dataset: Path | None, *sets: str):
-    from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
                              cli_layers=[(parse_set_option(s), "test") for s in sets])
@@ -207,7 +207,7 @@ def test_buckets_are_on_by_default_and_checked():
 def test_training_loader_buckets_the_filtered_sample_list(prepared_sample):
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
 
     # A text cap that filters some utterances out: the sampler must index what is left.
     config = _config(prepared_sample, "batch_size=4", "num_loader_workers=0", "max_text_len=40")

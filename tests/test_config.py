@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ruslan_glowtts.training.config import Layer, Override, Source, build_config, parse_set_option
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
+from ruslan_glowtts.training.config import (
+    Layer,
+    Override,
+    Source,
+    build_config,
+    parse_set_option,
+)
 
 
 def test_layers_apply_in_fixed_order(tmp_path, caplog):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ruslan_glowtts.training.config import build_config, parse_set_option
-from ruslan_glowtts.training.dataset import check_vocabulary, load_samples, split_eval
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import load_preset
 from ruslan_glowtts.prep.metadata import read_metadata
+from ruslan_glowtts.training.config import build_config, parse_set_option
+from ruslan_glowtts.training.dataset import check_vocabulary, load_samples, split_eval
 from tests.helpers import SAMPLE, copy_corpus
 
 

@@ -14,6 +14,7 @@ from ruslan_glowtts.monitor.explosion_rules import DEFAULTS, RuleSettings, repla
 from tests.helpers import REPO
 from tests.traces import BLOW_UP, explosions, healthy_trace, sigmoid_explosion
 
+
 def test_catastrophic_blow_up_fires_inside_the_grace_period():
     alarms, _ = replay(BLOW_UP)
     first = explosions(alarms)[0]

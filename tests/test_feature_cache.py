@@ -14,11 +14,11 @@ from TTS.tts.datasets.dataset import TTSDataset
 from TTS.tts.utils.text.tokenizer import TTSTokenizer
 from TTS.utils.audio import AudioProcessor
 
-from ruslan_glowtts.training.config import build_config, parse_set_option
-from ruslan_glowtts.training.data_loader import KitTTSDataset
+from ruslan_glowtts.common.presets import load_preset
 from ruslan_glowtts.prep.feature_cache import FeatureCache, feature_key
 from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
-from ruslan_glowtts.common.presets import load_preset
+from ruslan_glowtts.training.config import build_config, parse_set_option
+from ruslan_glowtts.training.data_loader import KitTTSDataset
 from tests.helpers import SAMPLE, copy_corpus
 
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ruslan_glowtts.training.config import HealthConfig
 from ruslan_glowtts.monitor.explosion_rules import Detector, RuleSettings
+from ruslan_glowtts.training.config import HealthConfig
 from tests.traces import BLOW_UP, explosions, healthy_trace, sigmoid_explosion
 
 

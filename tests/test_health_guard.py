@@ -17,10 +17,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from ruslan_glowtts.training.cli import parse_args, request_from_args
-from ruslan_glowtts.training.dataset import split_eval
 from ruslan_glowtts.common.errors import EXIT_EXPLODED
 from ruslan_glowtts.monitor.guard import KNOWN_GOOD, reduce_flags
+from ruslan_glowtts.training.cli import parse_args, request_from_args
+from ruslan_glowtts.training.dataset import split_eval
 from ruslan_glowtts.training.train import train
 from tests.helpers import REPO, copy_corpus, read_scalars, run_dirs, tiny_args
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ruslan_glowtts.prep.audio_audit import AUDIO_PROBLEMS, problem
-from ruslan_glowtts.prep.length_limits import LENGTH_PROBLEMS, LengthBounds, length_problems
+from ruslan_glowtts.prep.length_limits import (
+    LENGTH_PROBLEMS,
+    LengthBounds,
+    length_problems,
+)
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS
 from ruslan_glowtts.prep.problems import ACTIONS, Problem
 from ruslan_glowtts.prep.text_normalization import TEXT_PROBLEMS

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ruslan_glowtts.training.config import RuslanGlowTTSConfig
 from ruslan_glowtts.voice import synthesize
 from ruslan_glowtts.voice.audio_compat import differences, feature_settings
-from ruslan_glowtts.training.config import RuslanGlowTTSConfig
 from tests.helpers import SMOKE_STEPS
 
 KIT_AUDIO = RuslanGlowTTSConfig().audio.to_dict()
@@ -138,7 +138,7 @@ def test_coqui_tts_ignores_vocoder_name_with_a_model_path(tiny_glowtts_run):
 def test_glowtts_test_audio_goes_through_the_vocoder(tiny_glowtts_run, tiny_vocoder_run, monkeypatch):
     from TTS.config import load_config
 
-    from ruslan_glowtts.training.data_loader import RuslanGlowTTS
+    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.voice.preview import VocoderPreview, attach_vocoder
 
     config = load_config(str(tiny_glowtts_run / "config.json"))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from TTS.tts.utils.text.cleaners import basic_cleaners
 
-from ruslan_glowtts.training.config import build_config
 from ruslan_glowtts.common.presets import load_preset
 from ruslan_glowtts.common.vocabulary import out_of_vocabulary
 from ruslan_glowtts.prep.text_normalization import TextOptions, normalize_text
+from ruslan_glowtts.training.config import build_config
 
 
 @pytest.fixture(scope="module")

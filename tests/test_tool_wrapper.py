@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ruslan_glowtts.common import cli
-from ruslan_glowtts.common.errors import OneLineErrorParser, UserError, hold_logs
+from ruslan_glowtts.common.cli import OneLineErrorParser
+from ruslan_glowtts.common.errors import UserError, hold_logs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 
 from ruslan_glowtts.common import runs
-from ruslan_glowtts.training.cli import parse_args, request_from_args
 from ruslan_glowtts.common.presets import load_preset
+from ruslan_glowtts.training.cli import parse_args, request_from_args
 from ruslan_glowtts.training.config import Layer, build_config
-from ruslan_glowtts.training.train import Launch, Lineage, TrainRequest, _escalation, next_command
+from ruslan_glowtts.training.train import (
+    Launch,
+    Lineage,
+    TrainRequest,
+    _escalation,
+    next_command,
+)
 from ruslan_glowtts.training.trainer import Outcome
 from tests.helpers import SAMPLE
 

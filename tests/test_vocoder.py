@@ -11,10 +11,14 @@ import pytest
 import torch
 
 import train_ruslan_hifigan
-from ruslan_glowtts.training.config import RuslanGlowTTSConfig
 from ruslan_glowtts.common.presets import available_presets
-from ruslan_glowtts.training.vocoder import (VOCODER_PRESETS_DIR, build_vocoder_config, load_vocoder_preset,
-                                    load_vocoder_samples)
+from ruslan_glowtts.training.config import RuslanGlowTTSConfig
+from ruslan_glowtts.training.vocoder import (
+    VOCODER_PRESETS_DIR,
+    build_vocoder_config,
+    load_vocoder_preset,
+    load_vocoder_samples,
+)
 from tests.helpers import SAMPLE, read_scalars, run_dirs, tiny_vocoder_args
 
 

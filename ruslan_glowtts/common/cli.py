@@ -31,6 +31,7 @@ and add the module to WRAPPED_MAINS in tests/test_tool_wrapper.py.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib
@@ -43,7 +44,13 @@ import threading
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from ruslan_glowtts.common.errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, UserError, release_logs)
+from ruslan_glowtts.common.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    UserError,
+    release_logs,
+)
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout left (`--list-presets | head`)
 
@@ -66,6 +73,13 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

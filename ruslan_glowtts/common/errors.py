@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import logging.handlers
 
@@ -17,13 +16,6 @@ EXIT_TERMINATED = 143  # SIGTERM (kill, docker stop, preemption): the same as Ct
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2, never a traceback."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
 
 
 # While the config is resolved and the data checked, dozens of `Overriding:` lines are logged;

@@ -29,9 +29,9 @@ import torch.distributed as dist
 from trainer.io import save_model
 
 from ruslan_glowtts.common.atomic_files import atomic_output, write_text
-from ruslan_glowtts.training.config import HealthConfig
-from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
 from ruslan_glowtts.common.runs import KNOWN_GOOD, KNOWN_GOOD_META
+from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
+from ruslan_glowtts.training.config import HealthConfig
 from ruslan_glowtts.training.coqui_compat import model_of
 
 if TYPE_CHECKING:

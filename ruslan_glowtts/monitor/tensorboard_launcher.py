@@ -22,9 +22,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.common.cli import tool
-from ruslan_glowtts.common.errors import EXIT_OK, OneLineErrorParser, UserError
-from ruslan_glowtts.monitor.events import EVENT_GLOB, TENSORBOARD_MISSING, folders_with_events
+from ruslan_glowtts.common.cli import OneLineErrorParser, tool
+from ruslan_glowtts.common.errors import EXIT_OK, UserError
+from ruslan_glowtts.monitor.events import (
+    EVENT_GLOB,
+    TENSORBOARD_MISSING,
+    folders_with_events,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files, write_text
-from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
-from ruslan_glowtts.common.cli import check_writable, tool
-from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import OneLineErrorParser, check_writable, tool
 from ruslan_glowtts.common.corpus_layout import (
     DATASET_TOML,
     FEATURES_DIR,
@@ -48,7 +46,17 @@ from ruslan_glowtts.common.corpus_layout import (
     WAV_DIR,
     wav_path,
 )
-from ruslan_glowtts.prep.feature_cache import feature_key, file_digest, invalidate, write_manifest
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.presets import DEFAULT_PRESET
+from ruslan_glowtts.common.process_tuning import limit_blas_threads
+from ruslan_glowtts.common.vocabulary import Vocabulary
+from ruslan_glowtts.prep.audio_audit import AudioLimits, problem
+from ruslan_glowtts.prep.feature_cache import (
+    feature_key,
+    file_digest,
+    invalidate,
+    write_manifest,
+)
 from ruslan_glowtts.prep.length_limits import (
     LENGTH_PROBLEMS,
     LengthBounds,
@@ -57,15 +65,30 @@ from ruslan_glowtts.prep.length_limits import (
     recommend_caps,
     speaking_rate_outliers,
 )
-from ruslan_glowtts.prep.problems import Problem
-from ruslan_glowtts.prep.report import Utterance, build_report, summary_lines, write_histogram, write_report
-from ruslan_glowtts.prep.state import PrepareState, StateRow
-from ruslan_glowtts.prep.worker import POOL_SIGNALS, Job, WorkerSettings, init_worker, process, warm_up
-from ruslan_glowtts.common.presets import DEFAULT_PRESET
-from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
-from ruslan_glowtts.prep.text_normalization import STRESS_MARK, TEXT_PROBLEMS, TextOptions, normalize_text
-from ruslan_glowtts.common.vocabulary import Vocabulary
+from ruslan_glowtts.prep.problems import Problem
+from ruslan_glowtts.prep.report import (
+    Utterance,
+    build_report,
+    summary_lines,
+    write_histogram,
+    write_report,
+)
+from ruslan_glowtts.prep.state import PrepareState, StateRow
+from ruslan_glowtts.prep.text_normalization import (
+    STRESS_MARK,
+    TEXT_PROBLEMS,
+    TextOptions,
+    normalize_text,
+)
+from ruslan_glowtts.prep.worker import (
+    POOL_SIGNALS,
+    Job,
+    WorkerSettings,
+    init_worker,
+    process,
+    warm_up,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.prep.audio_audit import AudioLimits, edge_silence, problem, read_and_check
-from ruslan_glowtts.prep.audio_conversion import resample, to_pcm16, trim, write_pcm16_wav
-from ruslan_glowtts.prep.feature_cache import compute_features, write_features
 from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
+from ruslan_glowtts.prep.audio_audit import (
+    AudioLimits,
+    edge_silence,
+    problem,
+    read_and_check,
+)
+from ruslan_glowtts.prep.audio_conversion import (
+    resample,
+    to_pcm16,
+    trim,
+    write_pcm16_wav,
+)
+from ruslan_glowtts.prep.feature_cache import compute_features, write_features
 
 logger = logging.getLogger(__name__)
 

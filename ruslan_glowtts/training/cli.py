@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
-from ruslan_glowtts.common.cli import check_writable
-from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import OneLineErrorParser, check_writable
+from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 
 if TYPE_CHECKING:
@@ -121,9 +121,15 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts.common import runs
-    from ruslan_glowtts.training.config import (Layer, Override, RuslanGlowTTSConfig, build_config, parse_set_option,
-                                                set_key)
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import (
+        Layer,
+        Override,
+        RuslanGlowTTSConfig,
+        build_config,
+        parse_set_option,
+        set_key,
+    )
     from ruslan_glowtts.training.train import Launch, TrainJob, TrainRequest
 
     launch = Launch(rank=args.rank, group_id=args.group_id, use_ddp=args.use_ddp)

@@ -24,8 +24,8 @@ from TTS.tts.configs.glow_tts_config import GlowTTSConfig
 from ruslan_glowtts import KIT_ROOT
 from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path
 from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.monitor.explosion_rules import DEFAULTS as RULES
 from ruslan_glowtts.common.presets import Preset
+from ruslan_glowtts.monitor.explosion_rules import DEFAULTS as RULES
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@
 - Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
   numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
 
-RuslanGlowTTS is Coqui's GlowTTS with this loader; its checkpoints and config.json are plain
+RuslanGlowTTS (training/model.py) is Coqui's GlowTTS with this loader; its checkpoints and config.json are plain
 GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
 """
 
@@ -24,21 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
 from TTS.tts.datasets.dataset import TTSDataset
-from TTS.tts.models.glow_tts import GlowTTS
 
-from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, frames_of, padded_share
-from ruslan_glowtts.training.coqui_compat import tts_data_loader
-from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
 from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
+from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
 
 logger = logging.getLogger(__name__)
 _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
@@ -149,46 +142,10 @@ def _why_unusable(filename: str) -> str:
     return "nothing left after the silence trim"
 
 
-def _init_worker(worker_id: int) -> None:
+def init_loader_worker(worker_id: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the main process stops the run at
     # the end of the step and shuts the workers down; a worker's own KeyboardInterrupt would only
     # print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_limits.append(limit_blas_threads())
     keep_freed_memory()
-
-
-class RuslanGlowTTS(GlowTTS):
-    def get_data_loader(self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None,
-                        verbose: bool = True) -> DataLoader:
-        # Coqui's BaseTTS.get_data_loader (coqui_compat.tts_data_loader) with the kit's dataset
-        # class, persistent loader workers and, for training, length-bucketed batches.
-        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
-        bucketed = not is_eval and getattr(config, "bucket_by_length", False)
-        return tts_data_loader(
-            self, config, is_eval=is_eval, samples=samples, dataset_class=KitTTSDataset,
-            dataset_kwargs={"feature_cache": FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
-                                                                     meta_file=config.datasets[0].meta_file_train)},
-            loader_kwargs={"num_workers": workers, "pin_memory": torch.cuda.is_available(),
-                           "persistent_workers": workers > 0, "worker_init_fn": _init_worker if workers > 0 else None},
-            batch_sampler=(lambda dataset, distributed: self.length_batch_sampler(config, dataset,
-                                                                                  distributed=distributed))
-            if bucketed else None,
-        )
-
-    @staticmethod
-    def length_batch_sampler(config: Any, dataset: TTSDataset, *, distributed: bool = False) -> LengthBucketBatchSampler:
-        """Length-bucketed batches over the dataset's final (filtered, re-ordered) sample list;
-        the trainer sets the epoch (KitTrainer) so each epoch, and a resumed one, gets its order."""
-        replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-        sampler = LengthBucketBatchSampler(
-            frames_of(dataset.samples, config.audio.hop_length), batch_size=config.batch_size,
-            max_frames=config.max_frames_per_batch, pool_batches=config.bucket_pool_batches,
-            seed=config.training_seed, num_replicas=replicas, rank=rank,
-            multiple_of=getattr(config, "grad_accum_steps", 1),
-        )
-        first = sampler.rank_batches(0)
-        logger.info("Length-bucketed batches: %d per epoch%s, %.1f utterances each on average, %.1f %% padded frames",
-                    len(first), f" on each of {replicas} ranks" if replicas > 1 else "",
-                    sum(map(len, first)) / len(first), 100 * padded_share(first, sampler.lengths))
-        return sampler

@@ -28,16 +28,29 @@ import torch
 from trainer import TrainerArgs
 
 from ruslan_glowtts.common import runs
-from ruslan_glowtts.training.config import Layer, Override, RuslanGlowTTSConfig, build_config, set_key
-from ruslan_glowtts.training.data_loader import RuslanGlowTTS
-from ruslan_glowtts.training.dataset import (check_length_caps, check_sample_rate, check_vocabulary, load_samples,
-                                    read_audio_lengths)
 from ruslan_glowtts.common.errors import UserError, release_logs
-from ruslan_glowtts.common.next_steps import next_tier_command
-from ruslan_glowtts.common.next_steps import flat_keys
+from ruslan_glowtts.common.next_steps import flat_keys, next_tier_command
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.training.config import (
+    Layer,
+    Override,
+    RuslanGlowTTSConfig,
+    build_config,
+    set_key,
+)
+from ruslan_glowtts.training.coqui_compat import (
+    require_supported_coqui,
+    set_global_step,
+)
+from ruslan_glowtts.training.dataset import (
+    check_length_caps,
+    check_sample_rate,
+    check_vocabulary,
+    load_samples,
+    read_audio_lengths,
+)
+from ruslan_glowtts.training.model import RuslanGlowTTS
 from ruslan_glowtts.training.trainer import KitTrainer, Outcome
-from ruslan_glowtts.training.coqui_compat import require_supported_coqui, set_global_step
 
 logger = logging.getLogger(__name__)
 

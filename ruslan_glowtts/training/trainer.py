@@ -46,13 +46,23 @@ import torch.distributed as dist
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
 
-from ruslan_glowtts.training import coqui_compat
-from ruslan_glowtts.training.coqui_compat import KitTrainerBase, add_callback, is_nan_loss_error
-from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
-from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
-from ruslan_glowtts.common.errors import (EXIT_CRASH, EXIT_EXPLODED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
-                                   EXIT_USAGE)
+from ruslan_glowtts.common.errors import (
+    EXIT_CRASH,
+    EXIT_EXPLODED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 from ruslan_glowtts.monitor.guard import Alarm, HealthGuard, HealthStop
+from ruslan_glowtts.training import coqui_compat
+from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
+from ruslan_glowtts.training.coqui_compat import (
+    KitTrainerBase,
+    add_callback,
+    is_nan_loss_error,
+)
+from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
 
 logger = logging.getLogger(__name__)
 SAMPLER_STATE = "kit_batch_position"  # checkpoint entry: epoch and batches done in it

@@ -37,16 +37,34 @@ from typing import Any
 from TTS.vocoder.configs import HifiganConfig
 
 from ruslan_glowtts import KIT_ROOT
-
 from ruslan_glowtts.common import runs
-from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.common.corpus_layout import METADATA_FILE, dataset_toml_path, metadata_path, wav_path
-from ruslan_glowtts.training.config import (BASE_CONFIG, HealthConfig, Layer, Override, RuslanGlowTTSConfig, Source,
-                                            apply_layer, build_config, read_toml)
-from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
+from ruslan_glowtts.common.corpus_layout import (
+    METADATA_FILE,
+    dataset_toml_path,
+    metadata_path,
+    wav_path,
+)
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.presets import (
+    DEFAULT_PRESET,
+    Preset,
+    load_preset,
+    tier_chain,
+)
 from ruslan_glowtts.prep.feature_cache import FeatureCache
-from ruslan_glowtts.common.presets import DEFAULT_PRESET, Preset, load_preset, tier_chain
+from ruslan_glowtts.training.config import (
+    BASE_CONFIG,
+    HealthConfig,
+    Layer,
+    Override,
+    RuslanGlowTTSConfig,
+    Source,
+    apply_layer,
+    build_config,
+    read_toml,
+)
+from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
+from ruslan_glowtts.voice.audio_compat import check_compatible
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ruslan_glowtts.common.cli import check_writable
+from ruslan_glowtts.common.cli import OneLineErrorParser, check_writable
+from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.training.cli import _positive_int
-from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
@@ -39,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
     from ruslan_glowtts.training.config import parse_set_option, set_key
-    from ruslan_glowtts.training.vocoder import (DEFAULT_VOCODER_PRESET, RuslanHifiganConfig, VocoderRequest,
-                                        build_vocoder_config, load_vocoder_preset)
+    from ruslan_glowtts.training.vocoder import (
+        DEFAULT_VOCODER_PRESET,
+        RuslanHifiganConfig,
+        VocoderRequest,
+        build_vocoder_config,
+        load_vocoder_preset,
+    )
 
     if args.continue_path is not None:
         given = [f for f, v in (("--preset", args.preset), ("--set", args.sets), ("--seed", args.seed),

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.voice.audio_compat import check_compatible
-from ruslan_glowtts.common.cli import tool
-from ruslan_glowtts.common.errors import OneLineErrorParser, UserError
+from ruslan_glowtts.common.cli import OneLineErrorParser, tool
+from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.runs import KNOWN_GOOD
 from ruslan_glowtts.common.vocabulary import out_of_vocabulary
 from ruslan_glowtts.prep.text_normalization import normalize_text
+from ruslan_glowtts.voice.audio_compat import check_compatible
 
 logger = logging.getLogger(__name__)
 

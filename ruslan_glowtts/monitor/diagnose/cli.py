@@ -7,8 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from ruslan_glowtts.common.cli import tool
-from ruslan_glowtts.common.errors import OneLineErrorParser
+from ruslan_glowtts.common.cli import OneLineErrorParser, tool
 from ruslan_glowtts.monitor.diagnose.diagnosis import diagnose
 from ruslan_glowtts.monitor.diagnose.plotting import plot
 from ruslan_glowtts.monitor.diagnose.report import format_report

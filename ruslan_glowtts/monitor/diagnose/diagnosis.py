@@ -11,7 +11,12 @@ from typing import Any
 from ruslan_glowtts.common.errors import EXIT_EXPLODED, EXIT_USAGE
 from ruslan_glowtts.common.next_steps import PREPARE_HINT
 from ruslan_glowtts.monitor.diagnose.findings import health_findings
-from ruslan_glowtts.monitor.diagnose.run_context import next_command, pick_checkpoint, run_context, run_ending
+from ruslan_glowtts.monitor.diagnose.run_context import (
+    next_command,
+    pick_checkpoint,
+    run_context,
+    run_ending,
+)
 from ruslan_glowtts.monitor.diagnose.verdict import judge
 from ruslan_glowtts.monitor.events import RunEvents, read_run
 from ruslan_glowtts.monitor.explosion_rules import RuleSettings

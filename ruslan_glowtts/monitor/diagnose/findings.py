@@ -15,7 +15,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ruslan_glowtts.monitor.events import RunEvents, Series
-from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings, quarter_growth
+from ruslan_glowtts.monitor.explosion_rules import (
+    Alarm,
+    Detector,
+    RuleSettings,
+    quarter_growth,
+)
 
 GRAD_TAGS = ("Health/grad_norm", "TrainIterStats/grad_norm")  # the guard's pre-clip norm first
 LOSS_TAG = "TrainIterStats/loss"

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.monitor.diagnose.findings import EVAL_TAG, GRAD_TAGS, LOSS_TAG, LR_TAG
+from ruslan_glowtts.monitor.diagnose.findings import (
+    EVAL_TAG,
+    GRAD_TAGS,
+    LOSS_TAG,
+    LR_TAG,
+)
 from ruslan_glowtts.monitor.events import RunEvents
 
 if TYPE_CHECKING:
