@@ -36,7 +36,7 @@ LOG_TAIL_LINES = 60
 MEMORY_LIMIT = 8 * 2**30
 RUN_TIMEOUT_S = 300
 
-# The tests' tiny GlowTTS (tests/conftest.py TINY_MODEL), as config fields.
+# The tests' tiny GlowTTS (tests/helpers.py TINY_MODEL), as config fields.
 TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_dp": 32, "num_flow_blocks_dec": 2,
         "num_block_layers": 2, "data_dep_init_steps": 2, "batch_size": 4, "eval_batch_size": 4}
 TINY_ENCODER = {"num_layers": 1, "hidden_channels_ffn": 64}

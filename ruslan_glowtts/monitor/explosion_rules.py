@@ -1,7 +1,7 @@
 """The explosion rules: one set of statistics, rules and defaults for the live health guard
-(ruslan_glowtts/monitor/guard.py, fed every optimizer update) and for diagnose (ruslan_glowtts/
-diagnose.py, fed the logged points of a finished or running run). Pure Python and numpy: no
-torch, so that diagnose starts fast and the rules can be replayed over any trace.
+(monitor/guard.py, fed every optimizer update) and for diagnose (monitor/diagnose/, fed the
+logged points of a finished or running run). Pure Python and numpy: no torch, so that diagnose
+starts fast and the rules can be replayed over any trace.
 
 Gradient norms grow multiplicatively and a healthy GlowTTS run keeps its norm in a band of 1-50
 that it never leaves for 100, so the rules compare medians and ratios of log(norm), never means:
