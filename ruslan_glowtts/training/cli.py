@@ -121,7 +121,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts.common import runs
-    from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.common.presets import load_preset, load_recorded_preset
     from ruslan_glowtts.training.config import (
         Layer,
         Override,
@@ -146,7 +146,7 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         if args.dataset_path is not None:
             config.datasets[0].path = str(args.dataset_path.resolve())
         meta = runs.read_meta(run_dir)
-        preset = load_preset(meta.get("preset_path") or meta.get("preset") or DEFAULT_PRESET)
+        preset = load_recorded_preset(meta)
         logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
         if meta.get("status") in ("exploded", "escalated"):
             logger.warning(" ! This run was stopped by the health guard (%s); its last checkpoint may hold the "

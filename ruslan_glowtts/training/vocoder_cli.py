@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
+    from ruslan_glowtts.common.presets import load_recorded_preset
     from ruslan_glowtts.training.config import parse_set_option, set_key
     from ruslan_glowtts.training.vocoder import (
         DEFAULT_VOCODER_PRESET,
+        VOCODER_PRESETS_DIR,
         RuslanHifiganConfig,
         VocoderRequest,
         build_vocoder_config,
@@ -66,7 +68,7 @@ def request_from_args(args: argparse.Namespace):  # -> VocoderRequest
             config.data_path = str(args.dataset_path.resolve())
         from ruslan_glowtts.common import runs
 
-        preset = load_vocoder_preset(runs.read_meta(run_dir).get("preset_path") or DEFAULT_VOCODER_PRESET)
+        preset = load_recorded_preset(runs.read_meta(run_dir), VOCODER_PRESETS_DIR, DEFAULT_VOCODER_PRESET)
         return VocoderRequest(config, preset, max_steps=args.max_steps, continue_path=run_dir)
 
     preset = load_vocoder_preset(args.preset or DEFAULT_VOCODER_PRESET)

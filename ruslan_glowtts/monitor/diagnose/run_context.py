@@ -14,7 +14,12 @@ from typing import Any
 
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.next_steps import next_tier_command
-from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.common.presets import (
+    Preset,
+    load_preset,
+    load_recorded_preset,
+    tier_chain,
+)
 from ruslan_glowtts.common.runs import KNOWN_GOOD, RUN_META
 from ruslan_glowtts.training.coqui_compat import NAN_LOSS_LOG_PATTERN, mentions_nan_loss
 
@@ -182,7 +187,7 @@ def run_context(run_dir: Path) -> dict[str, Any]:
     chain = meta.get("tier_chain")
     if meta.get("preset") and not (isinstance(chain, list) and chain):
         try:
-            chain = [preset.name for preset in tier_chain(load_preset(meta.get("preset_path") or meta["preset"]))]
+            chain = [preset.name for preset in tier_chain(load_recorded_preset(meta))]
         except UserError:
             chain = None
     if meta.get("preset") and isinstance(chain, list) and chain:
