@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "data" / "real_runs"
+KIT_PLACEHOLDER = "<kit>"
 SAMPLE = REPO / "data" / "sample"
 LOG_TAIL_LINES = 60
 # A diverged GlowTTS predicts absurd durations and Coqui's train_log then asks for tens of GB
@@ -172,12 +173,15 @@ def keep_small(run_dir: Path, dst: Path, process: dict) -> None:
         if path.name.startswith("events.out.tfevents."):
             scalars_only(path, dst / path.name)
         elif path.name in ("config.json", "run.json"):
-            shutil.copy(path, dst / path.name)
+            # The checkout's path is this machine's, not part of the run: written as <kit>.
+            text = path.read_text(encoding="utf-8").replace(str(REPO), KIT_PLACEHOLDER)
+            (dst / path.name).write_text(text, encoding="utf-8")
     log = run_dir / "trainer_0_log.txt"
     if log.is_file():
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         (dst / log.name).write_text("\n".join(lines[-LOG_TAIL_LINES:]) + "\n", encoding="utf-8")
-    (dst / "process.json").write_text(json.dumps(process, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    process_text = json.dumps(process, indent=2, ensure_ascii=False).replace(str(REPO), KIT_PLACEHOLDER)
+    (dst / "process.json").write_text(process_text + "\n", encoding="utf-8")
 
 
 def make(name: str, data: Path, work: Path) -> None:
