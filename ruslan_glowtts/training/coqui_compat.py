@@ -191,8 +191,7 @@ def record_amp_scale(loss_dict: dict[str, Any], scaler: Any) -> dict[str, Any]:
     return loss_dict
 
 
-_coqui_save_fsspec: Callable[..., None] | None = None
-_atomic_save: Callable[..., None] | None = None
+_atomic_save: Callable[..., None] | None = None  # the writer installed in place of trainer.io.save_fsspec
 
 
 def atomic_checkpoint_writes_installed() -> bool:
@@ -207,15 +206,15 @@ def install_atomic_checkpoint_writes() -> None:
     the module global trainer.io.save_fsspec) go to a temp file, fsynced, renamed into place:
     Coqui's torch.save straight to checkpoint_N.pth leaves a truncated newest checkpoint when
     killed mid-save, which --continue-path would then pick. Idempotent."""
-    global _coqui_save_fsspec, _atomic_save
+    global _atomic_save
     import torch
     import trainer.io
 
     from ruslan_glowtts.common.atomic_files import atomic_output
 
-    if _coqui_save_fsspec is not None:
+    if _atomic_save is not None:
         return
-    _coqui_save_fsspec = original = trainer.io.save_fsspec
+    original = trainer.io.save_fsspec
 
     def save_atomically(state: Any, path: Any, **kwargs: Any) -> None:
         if "://" in str(path):  # a remote fsspec target: Coqui's own write
