@@ -82,3 +82,23 @@ def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
     series = read_run(run_dir).scalars.get(tag)
     return {} if series is None else dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
+
+
+def tiny_config(*extra: str):
+    """The tiny GlowTTS's resolved config (stable preset, no dataset) for tests that build a model."""
+    from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
+
+    config, _ = build_config(preset=load_preset("stable"), dataset_path=None,
+                             cli_layers=[(parse_set_option(s), "test") for s in [*TINY_MODEL, *extra]])
+    return config
+
+
+def tiny_model(*extra: str):
+    """A tiny RuslanGlowTTS in training mode, past data-dependent init (call torch.manual_seed first)."""
+    from ruslan_glowtts.training.model import RuslanGlowTTS
+
+    model = RuslanGlowTTS(tiny_config(*extra))
+    model.train()
+    model.run_data_dep_init = False
+    return model
