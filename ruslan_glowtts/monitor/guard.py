@@ -132,20 +132,29 @@ class HealthGuard:
 
     # -- during optimize() ----------------------------------------------------------------------
     def decide_update(self, trainer: Trainer, step: int, grad_norm: float, loss: float, *, amp: bool = False) -> bool:
-        """True when the update may be applied: the loss and every gradient are finite.
-        Under fp16 GradScaler (`amp`) the scaler skips overflowing updates itself (early overflows
-        calibrate its scale, so they are not an explosion); amp_skipped() counts them."""
+        """True when the update may be applied: the loss and every gradient are finite (decided on
+        the host, before the update: the vocoder's two optimizers and the fp16 GradScaler path; the
+        GlowTTS step decides on the device and reports with observe_update)."""
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
         (nonfinite,) = reduce_flags([not finite])
+        if nonfinite and amp and math.isfinite(loss):
+            self._log(trainer, "Health/grad_norm", grad_norm, step)
+            return True  # overflowing gradients: GradScaler's own skip (a NaN loss it cannot see: ours)
+        self.observe_update(trainer, step, grad_norm, loss, applied=not nonfinite)
+        return not nonfinite
+
+    def observe_update(self, trainer: Trainer, step: int, grad_norm: float, loss: float, *, applied: bool) -> None:
+        """One optimizer update's pre-clip norm and loss, and whether it was applied: logged,
+        counted when skipped, fed to the explosion rules. The GlowTTS step reports here when its
+        values reach the host, a step or two after the update (the skip itself happened on the
+        device, at the update: training/guarded_step.py)."""
         # A NaN loss leaves no gradient (its norm reads 0, which would look healthy): show NaN.
         self._log(trainer, "Health/grad_norm", grad_norm if math.isfinite(loss) else math.nan, step)
-        if nonfinite and amp and math.isfinite(loss):
-            return True  # overflowing gradients: GradScaler's own skip (a NaN loss it cannot see: ours)
-        if nonfinite:
+        if not applied:
             self._skipped(trainer, step, f"loss {loss:.4g}, pre-clip grad_norm {grad_norm:.4g}")
             grad_norm = math.nan
+        finite = math.isfinite(grad_norm) and math.isfinite(loss)
         self._handle(trainer, self.detector.observe(step, grad_norm, loss if finite else None))
-        return not nonfinite
 
     def amp_skipped(self, trainer: Trainer, step: int) -> None:
         """GradScaler skipped the update (fp16 overflow): counted, not treated as an explosion,

@@ -39,6 +39,19 @@ def frames_of(samples: Sequence[dict], hop_length: int) -> np.ndarray:
     return np.array([int(s["audio_length"]) // hop_length + 1 for s in samples], dtype=np.int64)
 
 
+def bucket_length(length: int, *, minimum: int = 32, per_octave: int = 8) -> int:
+    """The smallest length >= `length` on a fixed grid: `minimum`, then `per_octave` steps per
+    doubling (64, 72, 80, ... 128, 144, ... 1024, 1152, ...). Padding each batch up to it keeps the
+    number of distinct shapes small (~35 for RUSLAN's 0.5-15 s), so CUDA graphs and cudnn.benchmark
+    see repeated shapes, for at most 1/per_octave more frames (about half that on average).
+    Every grid value above `minimum` is a multiple of 8 (GlowTTS squeezes frames in pairs)."""
+    if length <= minimum:
+        return minimum
+    shift = max(0, (length - 1).bit_length() - 1 - (per_octave.bit_length() - 1))
+    step = 1 << shift
+    return -(-length // step) * step
+
+
 def padded_share(batches: Sequence[Sequence[int]], lengths: np.ndarray) -> float:
     """Share of the computed frames (batch size x longest in the batch) that are padding."""
     computed = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))

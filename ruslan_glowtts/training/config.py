@@ -72,6 +72,14 @@ class RuslanGlowTTSConfig(GlowTTSConfig):
     bucket_by_length: bool = False
     bucket_pool_batches: int = 64  # batches per length-sorted pool: larger pads less, mixes less
     max_frames_per_batch: int = 0  # > 0: batches of about this many padded mel frames, not batch_size
+    # GPU speed (docs/GPU.md). radam_impl: "flat" = the kit's FlatRAdam (Coqui's RAdam maths, the
+    # whole model in one step, skips decided on the device), "coqui" = TTS.utils.radam.RAdam.
+    radam_impl: str = "flat"
+    # compile_model: torch.compile GlowTTS's decoder (CUDA graphs on a GPU): auto = on with CUDA.
+    compile_model: str = "auto"
+    # pad_lengths: pad each batch's mel/text lengths up to a fixed grid, so shapes repeat (CUDA
+    # graphs and cudnn.benchmark are per shape); auto = when the decoder is compiled.
+    pad_lengths: str = "auto"
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
@@ -386,6 +394,11 @@ def validate(config: RuslanGlowTTSConfig) -> None:
         problems.append("precision must be 'bf16' or 'fp16' (mixed_precision = false means fp32)")
     if config.health.policy not in ("warn", "stop", "escalate"):
         problems.append("health.policy must be warn, stop or escalate")
+    if config.radam_impl not in ("flat", "coqui"):
+        problems.append("radam_impl must be 'flat' (the kit's FlatRAdam) or 'coqui' (Coqui's RAdam)")
+    for key in ("compile_model", "pad_lengths"):
+        if getattr(config, key) not in ("auto", "on", "off"):
+            problems.append(f"{key} must be auto, on or off")
     if config.audio.sample_rate <= 0:
         problems.append("audio.sample_rate must be > 0")
     if config.min_audio_len > config.max_audio_len:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import os
 import re
 import tempfile
@@ -63,6 +64,11 @@ PINNED_SOURCES = {
     "Trainer.restore_model": "0849fbefe48c4fcf",  # reads the checkpoint keys above
     "Trainer._pick_target_avg_loss": "c1102c4f0ff25a47",  # wrapped by pick_target_avg_loss
     "BaseTTS.get_data_loader": "efd987cdf9b7b4c9",  # copied by tts_data_loader
+    "Trainer.train_step": "f5290d545a6d96fd",  # copied (one optimizer) by KitTrainerBase.train_step, logging deferred
+    "GlowTTS.forward": "bd7f361f400a47aa",  # copied by glowtts_forward: compiled decoder, fp32 alignment on the GPU
+    "GlowTTSLoss.forward": "b7d43a489268bae1",  # copied by the kit's loss (no per-step NaN check in training)
+    "wavenet.WN.forward": "68d7ff2d012524e8",  # calls fused_add_tanh_sigmoid_multiply, which patch_wavenet replaces
+    "wavenet.fused_add_tanh_sigmoid_multiply": "ddee27c7808d1691",  # replaced (same maths, no graph break)
 }
 
 # Signatures (names, kinds, defaults; no annotations) of what the kit overrides or calls.
@@ -272,6 +278,110 @@ def tts_data_loader(model: Any, config: Any, *, is_eval: bool, samples: list[dic
 
 
 # ---------------------------------------------------------------------------------------------------
+# GlowTTS as the kit trains it: its forward pass, its loss, WaveNet's gate
+
+
+def nan_loss_error(key: str) -> RuntimeError:
+    """The error GlowTTSLoss raises for a NaN loss, word for word (is_nan_loss_error and diagnose match it)."""
+    return RuntimeError(f" [!] {NAN_LOSS_TEXT} with {key}.")
+
+
+_original_gate: Callable[..., Any] | None = None  # Coqui's fused_add_tanh_sigmoid_multiply, once replaced
+
+
+def fused_add_tanh_sigmoid_multiply(input_a: Any, input_b: Any, n_channels: Any) -> Any:
+    """WaveNet's gate with Coqui's maths. Coqui slices at n_channels[0], a CPU IntTensor that WN
+    passes (its hidden_channels); a tensor as a slice bound is a graph break for torch.compile (14
+    of them in GlowTTS's decoder) and a tensor-to-int conversion per layer in eager mode. WN's
+    input has 2 x hidden_channels channels, so half the channels is the same bound, as a plain int."""
+    import torch
+
+    in_act = input_a + input_b
+    half = in_act.shape[1] // 2
+    return torch.tanh(in_act[:, :half, :]) * torch.sigmoid(in_act[:, half:, :])
+
+
+def patch_wavenet() -> None:
+    """Replace the module global WN.forward calls (TTS.tts.layers.generic.wavenet): the same
+    numbers, no graph break (tests/test_compile.py checks both). Idempotent."""
+    global _original_gate
+    from TTS.tts.layers.generic import wavenet
+
+    if _original_gate is None:
+        _original_gate = wavenet.fused_add_tanh_sigmoid_multiply
+        wavenet.fused_add_tanh_sigmoid_multiply = fused_add_tanh_sigmoid_multiply
+
+
+def glowtts_forward(model: Any, x: Any, x_lengths: Any, y: Any, y_lengths: Any = None,
+                    aux_input: dict[str, Any] | None = None, *, decoder: Callable[..., Any] | None = None,
+                    ) -> dict[str, Any]:
+    """GlowTTS.forward (coqui-tts 0.28) with two changes. `decoder` may be a compiled copy of
+    model.decoder (training/compile.py). The log-likelihood matrix, the alignment search it feeds
+    and compute_outputs run in float32 outside autocast: under bf16 autocast Coqui computes them in
+    bf16, which changes the alignment itself, and the search runs on the GPU (training/alignment.py)
+    instead of in Cython on the host. In fp32 the numbers are Coqui's."""
+    import torch
+    from TTS.tts.utils.helpers import sequence_mask
+
+    from ruslan_glowtts.training.alignment import maximum_path
+
+    if aux_input is None:
+        aux_input = {"d_vectors": None, "speaker_ids": None}
+    y = y.transpose(1, 2)  # [B, T, C] -> [B, C, T]
+    y_max_length = y.size(2)
+    g = model._get_speaker_conditioning(aux_input, "emb_g")
+    o_mean, o_log_scale, o_dur_log, x_mask = model.encoder(x, x_lengths, g=g)
+    y, y_lengths, y_max_length, attn = model.preprocess(y, y_lengths, y_max_length, None)
+    y_mask = torch.unsqueeze(sequence_mask(y_lengths, y_max_length), 1).to(x_mask.dtype)
+    attn_mask = torch.unsqueeze(x_mask, -1) * torch.unsqueeze(y_mask, 2)  # [B, 1, T_en, T_de]
+    z, logdet = (decoder or model.decoder)(y, y_mask, g=g, reverse=False)
+    with torch.autocast(z.device.type, enabled=False):
+        o_mean, o_log_scale, z32 = o_mean.float(), o_log_scale.float(), z.float()
+        with torch.no_grad():
+            o_scale = torch.exp(-2 * o_log_scale)
+            logp1 = torch.sum(-0.5 * math.log(2 * math.pi) - o_log_scale, [1]).unsqueeze(-1)  # [b, t, 1]
+            logp2 = torch.matmul(o_scale.transpose(1, 2), -0.5 * (z32**2))  # [b, t, t']
+            logp3 = torch.matmul((o_mean * o_scale).transpose(1, 2), z32)  # [b, t, t']
+            logp4 = torch.sum(-0.5 * (o_mean**2) * o_scale, [1]).unsqueeze(-1)  # [b, t, 1]
+            logp = logp1 + logp2 + logp3 + logp4  # [b, t, t']
+            attn = maximum_path(logp, attn_mask.squeeze(1)).unsqueeze(1).detach()
+        y_mean, y_log_scale, o_attn_dur = model.compute_outputs(attn, o_mean, o_log_scale, x_mask)
+    attn = attn.squeeze(1).permute(0, 2, 1)
+    return {
+        "z": z.transpose(1, 2),
+        "logdet": logdet,
+        "y_mean": y_mean.transpose(1, 2),
+        "y_log_scale": y_log_scale.transpose(1, 2),
+        "alignments": attn,
+        "durations_log": o_dur_log.transpose(1, 2),
+        "total_durations_log": o_attn_dur.transpose(1, 2),
+    }
+
+
+def glowtts_loss() -> Any:
+    """GlowTTSLoss with Coqui's maths, without its three `torch.isnan(loss)` reads (each a
+    host-device sync) in training: there a NaN loss is caught on the device by the guarded update,
+    which skips it, and reported when the step's values are read back. Under no_grad (evaluation)
+    it raises Coqui's own error, as GlowTTSLoss does, and KitTrainer skips that eval batch."""
+    import torch
+    from TTS.tts.layers.losses import GlowTTSLoss
+
+    class KitGlowTTSLoss(GlowTTSLoss):
+        def forward(self, z, means, scales, log_det, y_lengths, o_dur_log, o_attn_dur, x_lengths):  # type: ignore[override]
+            pz = torch.sum(scales) + 0.5 * torch.sum(torch.exp(-2 * scales) * (z - means) ** 2)
+            log_mle = self.constant_factor + (pz - torch.sum(log_det)) / (torch.sum(y_lengths) * z.shape[2])
+            loss_dur = torch.sum((o_dur_log - o_attn_dur) ** 2) / torch.sum(x_lengths)
+            losses = {"loss": log_mle + loss_dur, "log_mle": log_mle, "loss_dur": loss_dur}
+            if not torch.is_grad_enabled():
+                for key, loss in losses.items():
+                    if torch.isnan(loss):
+                        raise nan_loss_error(key)
+            return losses
+
+    return KitGlowTTSLoss()
+
+
+# ---------------------------------------------------------------------------------------------------
 # The Trainer base class (built on first access: it needs torch and trainer)
 
 
@@ -280,12 +390,76 @@ def _build_trainer_base() -> type:
     from trainer.io import save_checkpoint
     from trainer.utils.distributed import rank_zero_only
 
+    import time
+
+    from trainer.model import TrainerModel
+
+    from ruslan_glowtts.training.step_values import ReadValues, StepValueQueue
+
     class KitTrainerBase(Trainer):
         """Coqui's Trainer with its private parts behind named methods, for KitTrainer."""
 
         def __init__(self, *args: Any, resume_from: Path | None = None, **kwargs: Any) -> None:
             self.resume_checkpoint = resume_from  # read by init_training, which Coqui's __init__ calls
+            self.step_values = StepValueQueue()
             super().__init__(*args, **kwargs)
+
+        # -- the training step ------------------------------------------------------------------------
+        def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> tuple[Any, Any]:
+            """Coqui's Trainer.train_step for a model with one optimizer and no optimize() of its own
+            (GlowTTS), with its logging deferred: optimize() returns the step's losses and gradient
+            norm as device tensors, queued in self.step_values and logged, averaged, printed and
+            judged (on_step_values) when they reach the host (training/step_values.py). Coqui reads
+            each with .item() at once, a host-device sync per loss per step. Models with several
+            optimizers (the vocoder) get Coqui's own train_step."""
+            if len(self.optimizer) != 1 or type(self._get_model()).optimize is not TrainerModel.optimize:
+                return Trainer.train_step(self, batch, batch_n_steps, step, loader_start_time)
+            self.callbacks.on_train_step_start(self)
+            batch = self.format_batch(batch)
+            loader_time = time.time() - loader_start_time
+            current_lr = self.optimizer[0].param_groups[0]["lr"]  # before optimize() updates it
+            step_optimizer = (step + 1) % self.grad_accum_steps == 0 or step + 1 == batch_n_steps
+            outputs, values, step_time = self.optimize(batch, self.optimizer[0], self.scaler, self.criterion[0],
+                                                       self.scheduler[0], step_optimizer=step_optimizer,
+                                                       num_optimizers=1)
+            self.step_values.put(self.total_steps_done, values,
+                                 (current_lr, step_time, loader_time, step, batch_n_steps))
+            self.log_step_values()
+            if self.args.rank == 0:
+                if (self.total_steps_done % self.config.save_step == 0 and self.total_steps_done != 0
+                        and self.config.save_checkpoints):
+                    self.save_checkpoint()
+                if self.total_steps_done % self.log_model_step == 0:
+                    self.update_training_dashboard_logger(batch=batch, outputs=outputs)
+            self.total_steps_done += 1
+            self.callbacks.on_train_step_end(self)
+            return outputs, {}
+
+        def log_step_values(self, *, wait: bool = False) -> None:
+            """Log the queued steps whose values have reached the host (all of them with wait=True)
+            as Coqui's train_step logs a step: running averages, the console line every print_step,
+            TrainIterStats every plot_step."""
+            for read in self.step_values.ready(wait=wait):
+                self.log_read_step(read)
+
+        def on_step_values(self, read: ReadValues) -> dict[str, float]:
+            """A step's values have reached the host: return the losses to log (override to judge them)."""
+            return read.values
+
+        def log_read_step(self, read: ReadValues) -> None:
+            current_lr, step_time, loader_time, epoch_step, batch_n_steps = read.context
+            loss_dict = {"current_lr": current_lr, **self.on_step_values(read)}
+            if self.keep_avg_train is not None:
+                self.keep_avg_train.update_values({"avg_loader_time": loader_time, "avg_step_time": step_time})
+                self.keep_avg_train.update_values({f"avg_{k}": v for k, v in loss_dict.items()})
+            if read.step % self.config.print_step == 0:
+                loss_dict.update({"step_time": round(step_time, 4), "loader_time": round(loader_time, 4)})
+                self.c_logger.print_train_step(batch_n_steps, epoch_step, read.step, loss_dict,
+                                               self.keep_avg_train.avg_values if self.keep_avg_train is not None else {})
+            if self.args.rank == 0:
+                if read.step % self.config.plot_step == 0:
+                    self.dashboard_logger.train_step_stats(read.step, loss_dict)
+                self.dashboard_logger.flush()
 
         def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
             config, new_fields = super().init_training(args, coqpit_overrides, config)
@@ -399,13 +573,22 @@ def _bare_signature(obj: Any) -> str:
 
 def _coqui_objects() -> dict[str, Any]:
     from trainer import Trainer, io
+    from TTS.tts.layers.generic import wavenet
+    from TTS.tts.layers.losses import GlowTTSLoss
     from TTS.tts.models.base_tts import BaseTTS
+    from TTS.tts.models.glow_tts import GlowTTS
 
-    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "io": io}
+    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "io": io, "GlowTTS": GlowTTS, "GlowTTSLoss": GlowTTSLoss,
+             "wavenet": wavenet}
     objects = {}
     for name in {*PINNED_SOURCES, *PINNED_SIGNATURES}:
-        owner, attr = name.split(".")
-        objects[name] = getattr(named[owner], attr, None)
+        owner, *path = name.split(".")
+        obj: Any = named[owner]
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        objects[name] = obj
+    if _original_gate is not None:  # patch_wavenet replaced it: pin Coqui's own
+        objects["wavenet.fused_add_tanh_sigmoid_multiply"] = _original_gate
     return objects
 
 

@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 from TTS.tts.datasets.dataset import TTSDataset
 
 from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
 from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
+from ruslan_glowtts.training.batch_sampler import bucket_length
 
 logger = logging.getLogger(__name__)
 _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
@@ -73,10 +75,12 @@ class MelFeatures:
 class KitTTSDataset(TTSDataset):
     _reported: set[str] = set()  # files already named in a warning (per process)
 
-    def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, pad_lengths: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ap = MelFeatures(self.ap)
         self.feature_cache = feature_cache
+        self.pad_lengths = pad_lengths
 
     def preprocess_samples(self) -> None:
         super().preprocess_samples()  # length filtering on the files' true sizes
@@ -127,9 +131,25 @@ class KitTTSDataset(TTSDataset):
         skipped = [entry for item in batch for entry in item.pop(SKIPPED_KEY, [])]
         loaded = [item for item in batch if not item.get(EMPTY_KEY)]
         collated = super().collate_fn(loaded) if loaded else {EMPTY_KEY: True}
+        if self.pad_lengths and loaded:
+            pad_to_buckets(collated)
         if skipped:
             collated[SKIPPED_KEY] = skipped
         return collated
+
+
+def pad_to_buckets(batch: dict[str, Any]) -> None:
+    """Pad a collated batch's text and mel frames up to the bucket grid (batch_sampler.bucket_length),
+    in place: the lengths stay the true ones, so every mask, loss and alignment is unchanged."""
+    mel, tokens = batch["mel"], batch["token_id"]
+    frames, chars = bucket_length(mel.shape[1], minimum=32), bucket_length(tokens.shape[1], minimum=16)
+    if frames > mel.shape[1]:
+        batch["mel"] = torch.nn.functional.pad(mel, (0, 0, 0, frames - mel.shape[1]))
+        stop = batch.get("stop_targets")
+        if torch.is_tensor(stop) and stop.dim() == 2:  # [B, T], padded with 1 as Coqui pads it
+            batch["stop_targets"] = torch.nn.functional.pad(stop, (0, frames - stop.shape[1]), value=1.0)
+    if chars > tokens.shape[1]:
+        batch["token_id"] = torch.nn.functional.pad(tokens, (0, chars - tokens.shape[1]))
 
 
 def _why_unusable(filename: str) -> str:

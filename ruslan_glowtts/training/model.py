@@ -1,8 +1,15 @@
-"""RuslanGlowTTS: Coqui's GlowTTS, unchanged as a network, with the kit's training data loader.
+"""RuslanGlowTTS: Coqui's GlowTTS, unchanged as a network, trained faster and fed by the kit's loader.
 
-The loader is the only difference (training/data_loader.py: cached features, unloadable files
-skipped, persistent workers; training/batch_sampler.py: length-bucketed batches), so checkpoints
-load into Coqui's own GlowTTS and `tts`/Synthesizer read them as usual.
+The network and its parameters are Coqui's, so checkpoints load into Coqui's own GlowTTS and
+`tts`/Synthesizer read them as usual. What differs is how a training step runs:
+- the loader (training/data_loader.py: cached features, unloadable files skipped, persistent
+  workers; training/batch_sampler.py: length-bucketed batches, padded to repeating shapes);
+- the forward pass (coqui_compat.glowtts_forward): the alignment search on the GPU
+  (training/alignment.py) with its inputs in float32, the decoder compiled on a GPU
+  (training/compilation.py);
+- the loss: Coqui's maths without a host-device sync per step (coqui_compat.glowtts_loss);
+- the optimizer: FlatRAdam (training/optimizer.py), Coqui's RAdam maths in one step for the whole
+  model, or Coqui's own with radam_impl = "coqui".
 """
 
 from __future__ import annotations
@@ -23,13 +30,39 @@ from ruslan_glowtts.training.batch_sampler import (
     frames_of,
     padded_share,
 )
-from ruslan_glowtts.training.coqui_compat import tts_data_loader
+from ruslan_glowtts.training.compilation import compiled_decoder
+from ruslan_glowtts.training.coqui_compat import glowtts_forward, glowtts_loss, patch_wavenet, tts_data_loader
 from ruslan_glowtts.training.data_loader import KitTTSDataset, init_loader_worker
+from ruslan_glowtts.training.optimizer import make_radam
 
 logger = logging.getLogger(__name__)
 
 
+patch_wavenet()  # the same maths without a CPU tensor as a slice bound (eager and compiled alike)
+
+
 class RuslanGlowTTS(GlowTTS):
+    def forward(self, x: torch.Tensor, x_lengths: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None = None,
+                aux_input: dict[str, Any] | None = None) -> dict[str, Any]:
+        compiled = compiled_decoder(self)
+        use_compiled = (compiled is not None and self.training and torch.is_grad_enabled()
+                        and not getattr(self, "run_data_dep_init", False))
+        return glowtts_forward(self, x, x_lengths, y, y_lengths, aux_input, decoder=compiled if use_compiled else None)
+
+    def pads_lengths(self) -> bool:
+        """Training batches padded to the length grid: pad_lengths = on, or auto with a compiled decoder."""
+        setting = getattr(self.config, "pad_lengths", "off")
+        return setting == "on" or (setting == "auto" and compiled_decoder(self) is not None)
+
+    def get_criterion(self) -> torch.nn.Module:
+        return glowtts_loss()
+
+    def get_optimizer(self) -> torch.optim.Optimizer:
+        if str(self.config.optimizer).lower() != "radam":
+            raise NotImplementedError  # another optimizer named in the config: Coqui builds it
+        return make_radam(self.parameters(), impl=getattr(self.config, "radam_impl", "flat"), lr=self.config.lr,
+                          optimizer_params=dict(self.config.optimizer_params or {}))
+
     def get_data_loader(self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None,
                         verbose: bool = True) -> DataLoader:
         # Coqui's BaseTTS.get_data_loader (coqui_compat.tts_data_loader) with the kit's dataset
@@ -39,7 +72,8 @@ class RuslanGlowTTS(GlowTTS):
         return tts_data_loader(
             self, config, is_eval=is_eval, samples=samples, dataset_class=KitTTSDataset,
             dataset_kwargs={"feature_cache": FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
-                                                                     meta_file=config.datasets[0].meta_file_train)},
+                                                                     meta_file=config.datasets[0].meta_file_train),
+                            "pad_lengths": not is_eval and self.pads_lengths()},
             loader_kwargs={"num_workers": workers, "pin_memory": torch.cuda.is_available(),
                            "persistent_workers": workers > 0, "worker_init_fn": init_loader_worker if workers > 0 else None},
             batch_sampler=(lambda dataset, distributed: self.length_batch_sampler(config, dataset,

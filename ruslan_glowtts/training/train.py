@@ -31,6 +31,7 @@ from ruslan_glowtts.common import runs
 from ruslan_glowtts.common.errors import UserError, release_logs
 from ruslan_glowtts.common.next_steps import flat_keys, next_tier_command
 from ruslan_glowtts.common.presets import Preset, load_preset, tier_chain
+from ruslan_glowtts.training import compilation
 from ruslan_glowtts.training.config import (
     Layer,
     Override,
@@ -209,6 +210,9 @@ def _train_run(request: TrainRequest) -> Outcome:
     np.random.seed(config.training_seed)
     torch.manual_seed(config.training_seed)
     model = RuslanGlowTTS(config)
+    if compilation.attach(model, config.compile_model) is not None:
+        logger.info("torch.compile: GlowTTS's decoder (%s)%s", "CUDA graphs" if torch.cuda.is_available() else "CPU",
+                    "; batches padded to a length grid" if model.pads_lengths() else "")
     if job.restore_path is not None:
         check_restore_matches(model, job.restore_path, allow_partial=job.allow_partial_restore)
     if job.vocoder is not None:
@@ -231,6 +235,8 @@ def _train_run(request: TrainRequest) -> Outcome:
         resume_from=job.resume_from, num_samples=len(train_samples) + len(eval_samples), next_command=next_tier,
     )
     run_dir = next_tier.run_dir = Path(trainer.output_path)
+    if model.pads_lengths() and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # shapes repeat: each is tuned once, then reused
     if lineage.start_step:
         set_global_step(trainer, lineage.start_step)  # the same step axis as the parent run
     if launch.rank == 0:

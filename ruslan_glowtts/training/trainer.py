@@ -43,7 +43,6 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer import Trainer
 
 from ruslan_glowtts.common.errors import (
@@ -57,12 +56,17 @@ from ruslan_glowtts.common.errors import (
 from ruslan_glowtts.monitor.guard import Alarm, HealthGuard, HealthStop
 from ruslan_glowtts.training import coqui_compat
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
+from ruslan_glowtts.training.compilation import step_begin
 from ruslan_glowtts.training.coqui_compat import (
     KitTrainerBase,
     add_callback,
     is_nan_loss_error,
+    model_of,
+    record_amp_scale,
 )
 from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
+from ruslan_glowtts.training.guarded_step import JUDGED, UPDATE_APPLIED, guarded_update, rewind_scheduler
+from ruslan_glowtts.training.step_values import ReadValues
 
 logger = logging.getLogger(__name__)
 SAMPLER_STATE = "kit_batch_position"  # checkpoint entry: epoch and batches done in it
@@ -109,7 +113,8 @@ class KitTrainer(KitTrainerBase):
         self._signal: int = 0  # the first SIGTERM/SIGINT received, 0 if none
         self.unloadable: dict[str, str] = {}  # sample file -> why it could not be loaded
         self._max_unloadable = max_unloadable(num_samples)
-        self._window_nonfinite = False  # a NaN loss within the current accumulation window
+        self._window_finite: torch.Tensor | None = None  # device flag: every loss of the window finite so far
+        self._window_poisoned = False  # the loss raised on NaN within the current accumulation window
         self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
                                  next_command=next_command)
         # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
@@ -232,24 +237,27 @@ class KitTrainer(KitTrainerBase):
                                     step_optimizer=step_optimizer, num_optimizers=num_optimizers)
         start = time.time()
         step = self.total_steps_done
-        loss = None
-        if (getattr(self.model, "run_data_dep_init", False) and self.num_gpus <= 1
-                and not bool(torch.isfinite(batch["mel_input"]).all())):
-            # GlowTTS re-initialises every ActNorm layer from each data-dependent-init batch: a
-            # batch with NaN features would make them NaN, with no update for the guard to skip.
-            logger.warning(" ! Step %d: data-dependent init skips a batch with non-finite features", step)
-            return None, {}, time.time() - start
+        model = model_of(self)
+        if getattr(model, "run_data_dep_init", False):
+            if self.num_gpus <= 1 and not bool(torch.isfinite(batch["mel_input"]).all()):
+                # GlowTTS re-initialises every ActNorm layer from each data-dependent-init batch: a
+                # batch with NaN features would make them NaN, with no update for the guard to skip.
+                logger.warning(" ! Step %d: data-dependent init skips a batch with non-finite features", step)
+                return None, {}, time.time() - start
+        else:
+            step_begin(model)
+        values: dict[str, Any] = {}
         try:
             outputs, loss_dict = self.compute_loss(batch, criterion)
         except RuntimeError as exc:
             if not is_nan_loss_error(exc):
                 raise
-            # GlowTTS's loss raised on NaN: this micro-batch spoils its whole update (as NaN
-            # gradients would), which is skipped at the window's last micro-batch below.
+            # A loss that raises on NaN (Coqui's GlowTTSLoss; the kit's raises only in eval): this
+            # micro-batch spoils its whole update, which is skipped at the window's last micro-batch.
             logger.warning(" ! Step %d: %s", step, str(exc).strip(" [!]."))
             self._nan_loss_backward()
-            self._window_nonfinite = True
-            outputs, loss_dict = None, None
+            self._window_poisoned = True
+            outputs, loss = None, None
         else:
             if not loss_dict:  # data-dependent init batches
                 return outputs, {}, time.time() - start
@@ -257,36 +265,35 @@ class KitTrainer(KitTrainerBase):
             self.callbacks.before_backward_pass(self, loss_dict)
             loss = loss_dict["loss"] / float(self.grad_accum_steps)
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            # Kept on the device: read back with the step's other values (StepValueQueue).
+            values = {key: value.detach() for key, value in loss_dict.items() if torch.is_tensor(value)}
+            finite = torch.isfinite(values["loss"])
+            self._window_finite = finite if self._window_finite is None else self._window_finite & finite
         if not step_optimizer:  # accumulating micro-batches
-            if loss_dict is None:
-                return None, {}, time.time() - start
-            return outputs, self.detach_loss_dict(loss_dict, step_optimizer=False), time.time() - start
-
+            return outputs, values, time.time() - start
+        update = guarded_update(self, optimizer, scaler, scheduler, loss=loss, window_finite=self._window_finite,
+                                poisoned=self._window_poisoned)
+        self._window_finite, self._window_poisoned = None, False
+        values.update(update.values, **{JUDGED: float(update.judged)})
         if scaler is not None:
-            scaler.unscale_(optimizer)
-        self.callbacks.before_gradient_clipping(self)
-        params = list(self.master_params(optimizer))
-        total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_now = loss.detach().float() if loss is not None else torch.full((), math.nan)
-        # One sync for both values; Coqui reads the norm after the step anyway (its NaN check).
-        grad_norm, loss_value = torch.stack([total_norm.float(), loss_now.to(total_norm.device)]).tolist()
-        if self._window_nonfinite:
-            loss_value, self._window_nonfinite = math.nan, False
-        apply = self.guard.decide_update(self, step, grad_norm, loss_value, amp=scaler is not None)
-        if apply:
-            grad_clip = self.grad_clip_for(None)
-            if grad_clip > 0 and math.isfinite(grad_norm):
-                clip_grads_with_norm_(params, grad_clip, total_norm)
-            # GradScaler keeps its own skip-on-overflow behaviour; the guard counts it
-            if not self.apply_update(optimizer, scaler, scheduler):
-                self.guard.amp_skipped(self, self.total_steps_done)
-        optimizer.zero_grad(set_to_none=True)
-        if not apply or loss_dict is None:
-            return None, {}, time.time() - start  # nothing to average or plot from a skipped update
-        # scaler: amp_scaler is logged under fp16 as Coqui's optimize does (diagnose reads it)
-        detached = self.losses_to_log(loss_dict, grad_norm=grad_norm if math.isfinite(grad_norm) else 0.0,
-                                      scaler=scaler)
-        return outputs, detached, time.time() - start
+            values = record_amp_scale(values, scaler)
+        return outputs, values, time.time() - start
+
+    def on_step_values(self, read: ReadValues) -> dict[str, float]:
+        """A step's values reached the host: the guard judges an update decided on the device (it
+        was skipped there already when not finite), and only an applied update's losses are logged
+        (a skipped one would poison the averages and plot a fake grad_norm)."""
+        values = dict(read.values)
+        applied = values.pop(UPDATE_APPLIED, None)
+        judged = values.pop(JUDGED, 1.0)
+        if applied is None:  # data-dependent init, or a micro-batch of an accumulation window
+            return values
+        if not judged:
+            self.guard.observe_update(self, read.step, values["grad_norm"], values.get("loss", math.nan),
+                                      applied=bool(applied))
+            if not applied:
+                rewind_scheduler(self.optimizer[0], self.scheduler[0])
+        return values if applied else {}
 
     def _nan_loss_backward(self) -> None:
         """Under DDP every rank must run backward (gradient all-reduce is collective): send NaN
