@@ -226,3 +226,44 @@ def test_training_loader_buckets_the_filtered_sample_list(prepared_sample):
     off = _config(prepared_sample, "batch_size=4", "num_loader_workers=0", "bucket_by_length=false")
     assert not isinstance(model.get_data_loader(off, samples=samples, verbose=False).batch_sampler,
                           LengthBucketBatchSampler)
+
+
+def test_bucket_length_grid():
+    from ruslan_glowtts.training.batch_sampler import bucket_length
+
+    grid = sorted({bucket_length(n) for n in range(1, 1400)})
+    assert grid[:3] == [32, 36, 40] and 1024 in grid and 1152 in grid
+    assert len(grid) <= 45  # a small fixed set of shapes for RUSLAN's 0.5-15 s (~43-1300 frames)
+    for n in range(1, 1400):
+        padded = bucket_length(n)
+        assert padded >= n and (padded <= 32 or padded - n < n / 8 + 1)  # under 1/8 extra frames
+        assert padded % 2 == 0  # GlowTTS squeezes frame pairs
+    assert bucket_length(20, minimum=16) == 20 and bucket_length(5, minimum=16) == 16
+
+
+def test_padding_to_the_grid_changes_no_loss():
+    import torch
+
+    from ruslan_glowtts.training.data_loader import pad_to_buckets
+    from tests.helpers import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.eval()  # no dropout: the same numbers with and without the padding
+    g = torch.Generator().manual_seed(0)
+    batch = {"token_id": torch.randint(1, 30, (3, 21), generator=g), "mel": torch.randn(3, 75, 80, generator=g),
+             "stop_targets": torch.zeros(3, 75)}
+    x_lengths, y_lengths = torch.tensor([21, 17, 9]), torch.tensor([75, 60, 40])
+    padded = dict(batch)
+    pad_to_buckets(padded)
+    assert padded["mel"].shape == (3, 80, 80) and padded["token_id"].shape == (3, 22)
+    assert padded["stop_targets"].shape == (3, 80)
+    criterion = model.get_criterion()
+    losses = []
+    with torch.no_grad():
+        for b in (batch, padded):
+            out = model(b["token_id"], x_lengths, b["mel"], y_lengths)
+            losses.append(criterion(out["z"], out["y_mean"], out["y_log_scale"], out["logdet"], y_lengths,
+                                    out["durations_log"], out["total_durations_log"], x_lengths))
+    for key in ("loss", "log_mle", "loss_dur"):
+        assert torch.allclose(losses[0][key], losses[1][key], rtol=1e-5), key

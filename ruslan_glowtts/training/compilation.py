@@ -16,6 +16,10 @@ graph: one launch instead of thousands.
 - Coqui's WaveNet slices with a CPU tensor, a graph break per layer: patched in the boundary
   (coqui_compat.patch_wavenet). Each weight-normed layer is a class of its own
   (torch.nn.utils.parametrize), so Dynamo's recompile limit is raised.
+- Inductor's channels-last layout choice for convolutions fails on the invertible 1x1
+  convolution's 4-D view with a dynamic length (torch 2.11: "cannot determine truth value of
+  Relational" while ordering symbolic strides), so it is switched off; that convolution has 4
+  channels, where the layout gains nothing.
 - Failure: if compiling fails (Dynamo or Inductor raise, in the forward or in the first backward),
   the run says so in one line and continues eagerly; an update whose backward failed is dropped.
 
@@ -67,9 +71,14 @@ class CompiledDecoder:
         from ruslan_glowtts.training.coqui_compat import patch_wavenet
 
         patch_wavenet()
+        import torch._inductor.config as inductor_config
+
         for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
+        inductor_config.layout_optimization = False  # see the module docstring
+        # One CUDA graph per (batch, frames) shape is the plan (the length grid bounds them): no warning per 8.
+        inductor_config.triton.cudagraph_dynamic_shape_warn_limit = None
         self.eager = decoder
         self.mode = mode
         self.cuda_graphs = mode == "reduce-overhead"
