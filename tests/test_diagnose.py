@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from ruslan_glowtts.monitor import diagnose as dg
-from ruslan_glowtts.monitor.events import read_run
+from ruslan_glowtts.monitor.diagnose import verdict as v
+from ruslan_glowtts.monitor.events import RunEvents, Series, read_run
+from ruslan_glowtts.monitor.explosion_rules import RuleSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -470,3 +472,41 @@ def test_signal_and_bad_data_endings_are_read_from_run_json(tmp_path, status, ki
     assert d.run["ending"]["kind"] == kind and status in d.run["ending"]["text"]
     if kind == "crashed":
         assert "keep training" not in d.recommendation
+
+
+# --- the verdict functions, one per verdict
+
+
+def _judged_evidence(grad: np.ndarray) -> v.Evidence:
+    steps = np.arange(len(grad), dtype=np.int64) * STEP
+    run = RunEvents(Path("run"), [], {GRAD: Series(steps, grad),
+                                      LOSS: Series(steps, falling_loss(steps, np.random.default_rng(0)))})
+    return v.gather_evidence(run, RuleSettings(), {}, False, {"kind": "unknown"})
+
+
+def test_each_verdict_function_answers_only_for_its_own_verdict():
+    functions = {v.Verdict.DIVERGED: v.diverged, v.Verdict.EXPLODING: v.exploding, v.Verdict.TOO_EARLY: v.too_early,
+                 v.Verdict.WARNING: v.warning}
+    rng = np.random.default_rng(26)
+    spike = 10 * np.exp(rng.normal(0, 0.25, 400))
+    spike[300] = 700.0
+    zeros_at_end = healthy_grad(300, rng)
+    zeros_at_end[-3:] = 0.0
+    cases = {v.Verdict.DIVERGED: zeros_at_end, v.Verdict.EXPLODING: sigmoid_explosion(np.random.default_rng(2)),
+             v.Verdict.TOO_EARLY: healthy_grad(20, rng), v.Verdict.WARNING: spike}
+    for expected, grad in cases.items():
+        evidence = _judged_evidence(grad)
+        judgement = functions[expected](evidence)
+        assert isinstance(judgement, v.Judgement) and judgement.verdict is expected and judgement.reasons
+        # the verdicts before it in the order do not apply
+        for earlier in list(functions)[:list(functions).index(expected)]:
+            assert functions[earlier](evidence) is None, (expected, earlier)
+    evidence = _judged_evidence(healthy_grad(600, np.random.default_rng(1)))
+    assert all(function(evidence) is None for function in functions.values())
+    assert v.healthy(evidence).verdict is v.Verdict.HEALTHY
+
+
+def test_the_typed_verdict_reads_as_its_word():
+    assert set(dg.Verdict) == set(dg.EXIT_CODES)
+    assert dg.Verdict.TOO_EARLY == "too_early" and json.dumps(dg.Verdict.TOO_EARLY) == '"too_early"'
+    assert f"{dg.Verdict.CANNOT_JUDGE}".upper() == "CANNOT_JUDGE"
