@@ -20,8 +20,9 @@ import soundfile as sf
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET, load_preset
 from ruslan_glowtts.prep import prepare as prepare_module
+from ruslan_glowtts.prep.cli import main
 from ruslan_glowtts.prep.feature_cache import feature_key
-from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
+from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
 from ruslan_glowtts.prep.text_normalization import normalize_text
 from ruslan_glowtts.training.config import build_config
 from ruslan_glowtts.training.dataset import (

@@ -100,7 +100,7 @@ def test_decorator_keeps_main_callable_in_process(capsys):
 
 # -- every command goes through the wrapper ------------------------------------------------------
 
-WRAPPED_MAINS = ["train_ruslan_glowtts", "train_ruslan_hifigan", "ruslan_glowtts.prep.prepare",
+WRAPPED_MAINS = ["train_ruslan_glowtts", "train_ruslan_hifigan", "ruslan_glowtts.prep.cli",
                  "ruslan_glowtts.voice.synthesize", "ruslan_glowtts.monitor.tensorboard_launcher",
                  "ruslan_glowtts.monitor.diagnose"]
 
@@ -120,7 +120,7 @@ def _run_as_script_target(path: Path) -> str:
 
 
 @pytest.mark.parametrize(("script", "module"), [
-    ("ruslan_glowtts/prepare.py", "ruslan_glowtts.prep.prepare"),
+    ("ruslan_glowtts/prepare.py", "ruslan_glowtts.prep.cli"),
     ("ruslan_glowtts/synthesize.py", "ruslan_glowtts.voice.synthesize"),
     ("view_tensorboard.py", "ruslan_glowtts.monitor.tensorboard_launcher"),
 ])
