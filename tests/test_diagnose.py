@@ -92,7 +92,7 @@ def test_healthy_noisy_run(tmp_path):
     assert d.verdict == "healthy", d.reasons
     assert d.exit_code == 0 and d.command is None and d.recommended_preset is None
     g = d.stats["grad_norm"]
-    assert 1 <= g["median"] <= 50 and g["max"] <= 50 and g["share_above_100"] == 0
+    assert 1 <= g["median"] <= 50 and g["max"] <= 50 and g["share_above_limit"] == 0
     assert g["jumps"] == [] and g["nonfinite"] == 0 and 0.5 < g["trend_growth"] < 2
     assert d.stats["loss"]["end"] < d.stats["loss"]["start"]
 
@@ -159,7 +159,7 @@ def test_constant_rise_to_1000_is_exploding(tmp_path):
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "exploding", d.reasons
     assert "trend" in d.stats["rules"] and d.stats["grad_norm"]["jumps"] == []
-    assert d.stats["rules"]["trend"]["first_step"] < d.stats["grad_norm"]["first_above_100_step"]
+    assert d.stats["rules"]["trend"]["first_step"] < d.stats["grad_norm"]["first_above_limit_step"]
 
 
 def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
@@ -461,6 +461,9 @@ def test_the_runs_own_health_settings_steer_the_rules(tmp_path):
     config = {"lr": 2e-4, "grad_clip": 1.0, "health": {"grad_norm_limit": 60.0}}
     own = dg.diagnose(make_run(tmp_path / "own", grad, meta=kit_meta(), config=config))
     assert "level" not in default.stats["rules"] and "level" in own.stats["rules"]
+    # the shares are counted against the run's own thresholds, whatever their values
+    assert default.stats["grad_norm"]["share_above_limit"] == 0 < own.stats["grad_norm"]["share_above_limit"]
+    assert own.stats["grad_norm"]["points_above_limit"] >= 100
     assert own.verdict == "exploding" and own.run["thresholds"]["grad_norm_limit"] == 60.0
 
 

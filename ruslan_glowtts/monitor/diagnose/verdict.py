@@ -244,9 +244,9 @@ def exploding(ev: Evidence) -> Judgement | None:
     if recent is not None:
         reasons.append(f"grad_norm's median over the last {rules.for_points(ev.every).level_window} points is "
                        f"{format_number(recent)}, outside the healthy band 1-{rules.healthy_max:g}")
-    if grad_stats.get("first_above_100_step") is not None:
-        reasons.append(f"{grad_stats['share_above_100']:.0%} of points are above {rules.grad_norm_limit:g}, first at "
-                       f"step {grad_stats['first_above_100_step']}; max {format_number(grad_stats['max'])} at step "
+    if grad_stats.get("first_above_limit_step") is not None:
+        reasons.append(f"{grad_stats['share_above_limit']:.0%} of points are above {rules.grad_norm_limit:g}, first at "
+                       f"step {grad_stats['first_above_limit_step']}; max {format_number(grad_stats['max'])} at step "
                        f"{grad_stats['max_step']}")
     start = min(alarm.step for alarm in ev.explosions)
     return Judgement(Verdict.EXPLODING, reasons, ev.onset if ev.onset is not None else start, ev.stats)
@@ -293,12 +293,13 @@ def warning(ev: Evidence) -> Judgement | None:
         warn.append(f"step {first.step}: {first.kind} rule: {first.message}; grad_norm came back into the band "
                     f"(recent median {format_number(recent)})")
     if grad_stats.get("max", 0) > limit:
-        warn.append(f"grad_norm went above {limit:g} at {grad_stats['points_above_100']} point(s) "
+        warn.append(f"grad_norm went above {limit:g} at {grad_stats['points_above_limit']} point(s) "
                     f"(max {format_number(grad_stats['max'])} at step {grad_stats['max_step']}), but its recent "
                     f"median is back at {format_number(recent)}")
     elif grad_stats["p95"] > rules.healthy_max:
-        warn.append(f"grad_norm's p95 is {format_number(grad_stats['p95'])}: {grad_stats['share_above_50']:.0%} of "
-                    f"points are above the healthy band 1-{rules.healthy_max:g}")
+        warn.append(f"grad_norm's p95 is {format_number(grad_stats['p95'])}: "
+                    f"{grad_stats['share_above_healthy_max']:.0%} of points are above the healthy band "
+                    f"1-{rules.healthy_max:g}")
     if recent > rules.healthy_max:
         warn.append(f"grad_norm's recent median {format_number(recent)} is above the healthy band "
                     f"1-{rules.healthy_max:g}")
