@@ -119,7 +119,6 @@ _POINT_FLOORS = {
 }
 
 DEFAULTS = RuleSettings()
-EXPLOSION_RULES = ("catastrophic", "level", "jump", "trend", "nonfinite", "diverged")
 
 
 @dataclass

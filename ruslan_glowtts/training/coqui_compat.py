@@ -45,10 +45,9 @@ AMP_SCALER_KEY = "amp_scaler"  # Trainer.optimize adds GradScaler's scale to the
 AMP_SCALER_TAG = f"TrainIterStats/{AMP_SCALER_KEY}"
 COQUI_LOGGER = "trainer"  # Trainer._setup_logger_config adds a FileHandler per run to this logger
 
-# Coqui's event tags the kit reads (diagnose, the tests); TrainIterStats every plot_step.
+# Coqui's TrainIterStats tags (every plot_step): a GlowTTS run must write them (test_coqui_contract.py).
 TRAIN_TAGS = ("TrainIterStats/loss", "TrainIterStats/grad_norm", "TrainIterStats/current_lr",
               "TrainIterStats/log_mle", "TrainIterStats/loss_dur")
-EVAL_TAGS = ("EvalStats/avg_loss", "EvalStats/avg_log_mle", "EvalStats/avg_loss_dur")
 
 # Keys trainer.io.save_checkpoint writes and Trainer.restore_model / the kit read back.
 CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scaler", "step", "epoch", "model_loss"})
