@@ -169,8 +169,9 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from trainer import TrainerArgs
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.monitor.guard import _save_weights
+    from ruslan_glowtts.training import coqui_compat
+    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.training.train import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
 
@@ -182,7 +183,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=RuslanGlowTTS(config),
                          train_samples=samples, eval_samples=samples[:1], parse_command_line_args=False)
     data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
-    trainer.total_steps_done = 1  # optimize() does not advance it; stay off the checkpoint boundary
+    coqui_compat.set_global_step(trainer, 1)  # optimize() does not advance it; stay off the checkpoint boundary
     guard_s = [0.0]
     for name in ("decide_update", "record_batch"):
         method = getattr(trainer.guard, name)
@@ -210,7 +211,9 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     _save_weights(trainer, work / "known_good_probe.pth", 0)
     save_s = time.perf_counter() - started
     step = statistics.median(on)
-    trainer._close()
+    # What KitTrainer.fit() does on its way out, for a trainer whose fit() never ran.
+    trainer.dashboard_logger.finish()
+    coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
     ratios = sorted((a - b) / b for a, b in zip(on, off, strict=True))
     return {"paired": statistics.median(ratios), "paired_q1": ratios[len(ratios) // 4],
             "paired_q3": ratios[(3 * len(ratios)) // 4],

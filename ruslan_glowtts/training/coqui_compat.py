@@ -86,6 +86,18 @@ PINNED_SIGNATURES = {
 }
 CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the kit inserts into
 
+# Public Trainer attributes the kit (the package, bench/, scripts/) reads or sets, besides the methods
+# pinned above: each must be a member of the class or set on self in Trainer's code. Public names,
+# but nothing in Coqui promises them; tests/test_coqui_contract.py checks that every one the kit
+# uses is listed.
+TRAINER_ATTRIBUTES = (
+    "args", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
+    "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "master_params", "model",
+    "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done", "train_loader",
+    "use_accelerate", "use_amp_scaler",
+)
+_SELF_ASSIGNMENT = re.compile(r"\bself\.([A-Za-z]\w*)\s*(?::[^=\n]+)?=(?!=)")  # self.x = / self.x: T =
+
 
 # ---------------------------------------------------------------------------------------------------
 # Torch-free helpers
@@ -444,6 +456,22 @@ def _checkpoint_problems() -> list[str]:
     return problems
 
 
+def trainer_attributes(trainer_class: type) -> set[str]:
+    """Public names a Trainer instance has: the class's members and what its code sets on self."""
+    source = "".join(inspect.getsource(cls) for cls in trainer_class.__mro__ if cls is not object)
+    members = {name for name in dir(trainer_class) if not name.startswith("_")}
+    return members | set(_SELF_ASSIGNMENT.findall(source))
+
+
+def trainer_attribute_problems(trainer_class: type | None = None, names: tuple[str, ...] | None = None) -> list[str]:
+    """One sentence per name of TRAINER_ATTRIBUTES (or `names`) that Coqui's Trainer no longer has."""
+    if trainer_class is None:
+        from trainer import Trainer as trainer_class
+    found = trainer_attributes(trainer_class)
+    return [f"Trainer no longer has {name} (neither a member nor set on self); the kit uses trainer.{name}"
+            for name in (TRAINER_ATTRIBUTES if names is None else names) if name not in found]
+
+
 def contract_problems() -> list[str]:
     """What the kit relies on in the installed Coqui packages and no longer holds; [] when all holds.
     Imports torch, TTS and trainer (a few seconds); writes one tiny checkpoint to a temp folder."""
@@ -464,10 +492,10 @@ def contract_problems() -> list[str]:
     from trainer.callbacks import TrainerCallback
 
     source = inspect.getsource(Trainer)
-    for attr in ("self._stepped_optimizers", "self.total_steps_done", "self.use_amp_scaler", "self.continue_run",
-                 'loss_dict["amp_scaler"]'):
+    for attr in ("self._stepped_optimizers", 'loss_dict["amp_scaler"]'):
         if attr not in source:
             problems.append(f"Trainer no longer uses {attr}")
+    problems += trainer_attribute_problems(Trainer)
     if f'logging.getLogger("{COQUI_LOGGER}")' not in source:
         problems.append(f"Trainer no longer logs to the {COQUI_LOGGER!r} logger (remove_run_log_handlers)")
     callbacks = TrainerCallback()
