@@ -41,8 +41,9 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from ruslan_glowtts.common.errors import (
     EXIT_INTERRUPTED,

@@ -117,7 +117,7 @@ def process(job: Job) -> dict[str, Any]:
     """Do one job; any unexpected error becomes a problem entry for that file, not a crash."""
     try:
         return _process(job)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop 22,000 others
+    except Exception as exc:  # one bad file must not stop 22,000 others (logged with its traceback)
         logger.debug("processing %s failed", job.source, exc_info=True)
         return {"id": job.id, "converted": job.convert, "usable": False, "frames": 0, "features": False,
                 "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}").to_json()], "source": {}}
@@ -159,7 +159,7 @@ def _process(job: Job) -> dict[str, Any]:
 
     pcm = to_pcm16(audio)
     write_pcm16_wav(wav, pcm, settings.target_rate)
-    record["frames"] = int(len(pcm))
+    record["frames"] = len(pcm)
     if features is not None:
         write_features(features, compute_features(_ap, wav))
         record["features"] = True

@@ -259,8 +259,8 @@ def too_early(ev: Evidence) -> Judgement | None:
         return Judgement(Verdict.TOO_EARLY, ["no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")"], None,
                          ev.stats)
     if not ev.measured:
-        return Judgement(Verdict.TOO_EARLY, ["grad_norm is 0 at every logged step: Coqui computes it only when "
-                                             "grad_clip > 0"], None, ev.stats)
+        return Judgement(Verdict.TOO_EARLY, [("grad_norm is 0 at every logged step: Coqui computes it only when "
+                                              "grad_clip > 0")], None, ev.stats)
     if ev.explosions or (grad_stats["judged_points"] >= rules.min_points and "median" in grad_stats):
         return None
     reasons = []
@@ -330,9 +330,9 @@ def warning(ev: Evidence) -> Judgement | None:
 def healthy(ev: Evidence) -> Judgement:
     """grad_norm in the band, never above the limit, no rising trend or loss: what is left."""
     rules, grad_stats = ev.rules, ev.grad_stats
-    reasons = [f"grad_norm stays in the healthy band: median {format_number(grad_stats['median'])}, p95 "
-               f"{format_number(grad_stats['p95'])}, max {format_number(grad_stats['max'])} "
-               f"(band 1-{rules.healthy_max:g}, never above {rules.grad_norm_limit:g})"]
+    reasons = [(f"grad_norm stays in the healthy band: median {format_number(grad_stats['median'])}, p95 "
+                f"{format_number(grad_stats['p95'])}, max {format_number(grad_stats['max'])} "
+                f"(band 1-{rules.healthy_max:g}, never above {rules.grad_norm_limit:g})")]
     growth = grad_stats["trend_growth"]
     if growth is not None:
         reasons.append(f"grad_norm trend over {ev.trend_window_text}: x{growth:.2g}" + (
