@@ -186,7 +186,7 @@ class Detector:
         # them (the level a catastrophic rise is measured from)
         self.recent: deque[float] = deque(maxlen=settings.catastrophic_points)
         self.history: deque[float] = deque(maxlen=settings.baseline_window)
-        self.recent_loss = deque(maxlen=settings.catastrophic_points)
+        self.recent_loss: deque[float] = deque(maxlen=settings.catastrophic_points)
         self.loss_floor = math.inf  # lowest median of catastrophic_points losses in a row
         self._above: deque[bool] = deque(maxlen=max(settings.level_window, settings.jump_window))  # norm > healthy_max
         self._above_count = 0

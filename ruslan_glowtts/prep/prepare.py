@@ -415,7 +415,8 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
                    and (not row.record["usable"] or wav.is_file()))
         if not current:
             jobs.append(Job(u.id, str(source), str(wav), str(features) if features else None, convert=True))
-        elif features is not None and row.record["usable"] and (row.feature_key != key or not features.is_file()):
+        elif (row is not None and features is not None and row.record["usable"]
+              and (row.feature_key != key or not features.is_file())):
             jobs.append(Job(u.id, str(source), str(wav), str(features), convert=False))
         else:
             reused += 1

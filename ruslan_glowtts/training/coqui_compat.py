@@ -298,7 +298,10 @@ def _build_trainer_base() -> type:
             self.resume_checkpoint = resume_from  # read by init_training, which Coqui's __init__ calls
             super().__init__(*args, **kwargs)
 
-        def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
+        # Coqui's is a staticmethod that its __init__ calls as self.init_training(...): the override
+        # needs self (resume_checkpoint), which Python allows and mypy does not.
+        def init_training(self, args: Any, coqpit_overrides: list[str],  # type: ignore[override]
+                          config: Any = None) -> tuple[Any, dict]:
             config, new_fields = super().init_training(args, coqpit_overrides, config)
             if args.continue_path and self.resume_checkpoint is not None:
                 # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
@@ -441,7 +444,7 @@ def _checkpoint_problems() -> list[str]:
     from trainer import io
 
     problems = []
-    model = torch.nn.Linear(1, 1)
+    model: Any = torch.nn.Linear(1, 1)  # any module will do for a probe (Coqui types it as its TrainerModel)
     with tempfile.TemporaryDirectory() as folder:
         io.save_checkpoint({"model": "probe"}, model, folder, current_step=1, epoch=0,
                            optimizer=[torch.optim.SGD(model.parameters(), lr=0.1)], model_loss={}, kit_probe=1)
@@ -466,7 +469,9 @@ def trainer_attributes(trainer_class: type) -> set[str]:
 def trainer_attribute_problems(trainer_class: type | None = None, names: tuple[str, ...] | None = None) -> list[str]:
     """One sentence per name of TRAINER_ATTRIBUTES (or `names`) that Coqui's Trainer no longer has."""
     if trainer_class is None:
-        from trainer import Trainer as trainer_class
+        from trainer import Trainer
+
+        trainer_class = Trainer
     found = trainer_attributes(trainer_class)
     return [f"Trainer no longer has {name} (neither a member nor set on self); the kit uses trainer.{name}"
             for name in (TRAINER_ATTRIBUTES if names is None else names) if name not in found]

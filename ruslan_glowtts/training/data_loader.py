@@ -72,6 +72,7 @@ class MelFeatures:
 
 class KitTTSDataset(TTSDataset):
     _reported: ClassVar[set[str]] = set()  # files already named in a warning (per process, shared on purpose)
+    ap: MelFeatures  # Coqui's AudioProcessor, wrapped in __init__
 
     def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -167,7 +167,7 @@ def gather_evidence(run: RunEvents, rules: RuleSettings, health: dict[str, Any],
         stats["learning_rate"] = {"first": float(lrs[0]), "last": float(lrs[-1]), "max": float(np.nanmax(lrs))}
     if health:
         stats["health"] = health
-    guarded = bool(grad_found) and grad_found[0].startswith("Health/")
+    guarded = grad_found is not None and grad_found[0].startswith("Health/")
     return Evidence(rules, health, ending, fp16, grad, loss, alarms, guarded, stats)
 
 
@@ -214,7 +214,7 @@ def diverged(ev: Evidence) -> Judgement | None:
     if catastrophic is not None:
         reasons.append(f"step {catastrophic.step}: {catastrophic.message}")
         first = catastrophic.step if first is None else min(first, catastrophic.step)
-    if ends_huge:
+    if ends_huge and last_norm is not None:
         reasons.append(f"the last logged grad_norm is {format_number(last_norm)}, {last_norm / limit:.0f}x the "
                        f"limit {limit:g}: the weights have diverged")
     if grad is not None and bad_grad.any() and (burst or grad_ends_nonfinite):
@@ -286,7 +286,7 @@ def too_early(ev: Evidence) -> Judgement | None:
 def warning(ev: Evidence) -> Judgement | None:
     """Anything outside "healthy" that is not an explosion yet (module docstring)."""
     rules, grad_stats, limit = ev.rules, ev.grad_stats, ev.rules.grad_norm_limit
-    recent = grad_stats.get("recent_median")
+    recent: float = grad_stats["recent_median"]  # set with every median: without one, an earlier verdict applied
     warn = []
     if ev.explosions:
         first = ev.explosions[0]
