@@ -1,6 +1,7 @@
 # The README's two commands, each creating the environment first if it is missing:
 #   make sample   prepare the bundled sample corpus and train on it for a short CPU run
 #   make test     run the test suite
+#   make lint     ruff over the code and mypy over the package (not yet part of `make test`)
 # `make venv` only creates the environment (.venv, ~5.5 GB: torch's CUDA build runs on CPU too).
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SAMPLE_DATA := runs/sample_prepared
 
-.PHONY: venv sample test clean-sample
+.PHONY: venv sample test lint clean-sample
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,12 @@ sample: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+LINTED := ruslan_glowtts tests bench scripts *.py
+
+lint: venv
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy
 
 clean-sample:
 	rm -rf $(SAMPLE_DATA)

@@ -89,8 +89,8 @@ def prepare(src: Path, dst: Path) -> None:
 
 
 def _kit_config(dataset: Path, *sets: str) -> Any:
-    from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.training.train import resolve_precision
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
@@ -101,10 +101,9 @@ def _kit_config(dataset: Path, *sets: str) -> Any:
 
 def _stock_config(dataset: Path, batch: int) -> Any:
     """bench/stock_recipe.py's config: Coqui's GlowTTS defaults (sorted, unshuffled batches)."""
+    from stock_recipe import russian_characters
     from TTS.tts.configs.glow_tts_config import GlowTTSConfig
     from TTS.tts.configs.shared_configs import BaseDatasetConfig
-
-    from stock_recipe import russian_characters
 
     config = GlowTTSConfig(batch_size=batch, num_loader_workers=0, text_cleaner="basic_cleaners", use_phonemes=False,
                            characters=russian_characters(), mixed_precision=False,
@@ -269,12 +268,11 @@ TINY = ["hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=
 
 def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch: int) -> dict[str, Any]:
     import train_ruslan_glowtts
-
     from ruslan_glowtts.monitor.events import read_run
 
     results: dict[str, list[dict[str, float]]] = {"random": [], "buckets": []}
     for seed in seeds:
-        for name in results:
+        for name, runs in results.items():
             output = work / f"eq_{name}_{seed}"
             sets = [*TINY, f"epochs={epochs}", f"batch_size={batch}", f"bucket_by_length={str(name == 'buckets').lower()}"]
             argv = ["--preset", "stable", "--dataset-path", str(dataset), "--output-path", str(output),
@@ -291,12 +289,12 @@ def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch:
             evals = scalars["EvalStats/avg_loss"]
             steps_per_epoch = len(train.values) / epochs
             last_epoch = train.values[-int(steps_per_epoch):]
-            results[name].append({"seed": seed, "first_loss": float(np.mean(train.values[:int(steps_per_epoch)])),
+            runs.append({"seed": seed, "first_loss": float(np.mean(train.values[:int(steps_per_epoch)])),
                                   "last_epoch_loss": float(np.mean(last_epoch)),
                                   "eval_loss": float(evals.values[-1]), "eval_losses": evals.values.tolist(),
                                   "steps": len(train.values)})
-            print(f"   {name} seed {seed}: eval loss {results[name][-1]['eval_loss']:.4f}, "
-                  f"last-epoch train loss {results[name][-1]['last_epoch_loss']:.4f}", flush=True)
+            print(f"   {name} seed {seed}: eval loss {runs[-1]['eval_loss']:.4f}, "
+                  f"last-epoch train loss {runs[-1]['last_epoch_loss']:.4f}", flush=True)
     return results
 
 
@@ -355,51 +353,51 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
     goal_eq = gap <= spread
     lines = [
         "## 6. Length-bucketed batches", "",
-        f"`python bench/run.py batching{' --quick' if quick else ''}` (bench/batching.py) writes this section; "
-        f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (compare the ratios "
-        "within this run, not absolute times).", "",
-        f"Corpus: {r['files']} generated utterances with RUSLAN's length spread (log-normal, mean {c['mean_s']:.1f} s, "
-        f"median {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s, {c['min_s']:.1f}-{c['max_s']:.1f} s): the bundled "
-        "sample's utterances strung together and cut to length, text cut in proportion, so text length grows "
-        "with duration as in RUSLAN; prepared with `prepare` (feature cache). Batch 8; frame budget "
-        f"`max_frames_per_batch = {r['max_frames']}` (8 utterances of ~5.8 s).", "",
+        (f"`python bench/run.py batching{' --quick' if quick else ''}` (bench/batching.py) writes this section; "
+         f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (compare the ratios "
+         "within this run, not absolute times)."), "",
+        (f"Corpus: {r['files']} generated utterances with RUSLAN's length spread (log-normal, mean {c['mean_s']:.1f} s, "
+         f"median {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s, {c['min_s']:.1f}-{c['max_s']:.1f} s): the bundled "
+         "sample's utterances strung together and cut to length, text cut in proportion, so text length grows "
+         "with duration as in RUSLAN; prepared with `prepare` (feature cache). Batch 8; frame budget "
+         f"`max_frames_per_batch = {r['max_frames']}` (8 utterances of ~5.8 s)."), "",
         "### Goals", "",
         "| goal | measured | |", "|---|---|---|",
-        f"| padded share with buckets <= 10 % (random: 43 %) | {pad['kit buckets']['padded_share']:.1%} "
-        f"(random {pad['kit random']['padded_share']:.1%}) | {'met' if goal_pad else 'missed'} |",
-        f"| samples/s per CPU step >= 1.3x the kit's random batches | {bucket['samples_per_s'] / random_rate:.2f}x "
-        f"(padded frames per utterance predict {per_utt['kit random'] / per_utt['kit buckets']:.2f}x) | "
-        f"{'met' if goal_random else 'missed'}{noisy} |",
-        f"| samples/s per CPU step >= 1.2x the stock recipe | {bucket['samples_per_s'] / stock_rate:.2f}x "
-        f"(padded frames per utterance predict {per_utt['stock recipe'] / per_utt['kit buckets']:.2f}x) | "
-        f"{'met' if goal_stock else 'missed'}{noisy} |",
-        f"| loss after the same samples within the seed-to-seed spread of random batches | eval loss: buckets "
-        f"{statistics.mean(bkt_eval):.4f} vs random {statistics.mean(rnd_eval):.4f} (difference {gap:.4f}; random "
-        f"seeds span {spread:.4f}) | {'met' if goal_eq else 'missed'} |", "",
+        (f"| padded share with buckets <= 10 % (random: 43 %) | {pad['kit buckets']['padded_share']:.1%} "
+         f"(random {pad['kit random']['padded_share']:.1%}) | {'met' if goal_pad else 'missed'} |"),
+        (f"| samples/s per CPU step >= 1.3x the kit's random batches | {bucket['samples_per_s'] / random_rate:.2f}x "
+         f"(padded frames per utterance predict {per_utt['kit random'] / per_utt['kit buckets']:.2f}x) | "
+         f"{'met' if goal_random else 'missed'}{noisy} |"),
+        (f"| samples/s per CPU step >= 1.2x the stock recipe | {bucket['samples_per_s'] / stock_rate:.2f}x "
+         f"(padded frames per utterance predict {per_utt['stock recipe'] / per_utt['kit buckets']:.2f}x) | "
+         f"{'met' if goal_stock else 'missed'}{noisy} |"),
+        (f"| loss after the same samples within the seed-to-seed spread of random batches | eval loss: buckets "
+         f"{statistics.mean(bkt_eval):.4f} vs random {statistics.mean(rnd_eval):.4f} (difference {gap:.4f}; random "
+         f"seeds span {spread:.4f}) | {'met' if goal_eq else 'missed'} |"), "",
         "### Padding: share of computed frames (batch size x longest in the batch) that are padding", "",
-        f"| batching | generated corpus ({r['files']}) | 22,200 simulated RUSLAN lengths | batches per epoch | "
-        "utterances per batch | padded frames per batch: mean / largest |", "|---|---|---|---|---|---|",
+        (f"| batching | generated corpus ({r['files']}) | 22,200 simulated RUSLAN lengths | batches per epoch | "
+         "utterances per batch | padded frames per batch: mean / largest |"), "|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         p = pad[name]
         lines.append(f"| {name} | {p['padded_share']:.1%} | {p['simulated_padded_share']:.1%} | {p['batches']} | "
                      f"{p['mean_batch']:.1f} | {p['mean_batch_frames']:.0f} / {p['largest_batch_frames']} |")
     lines += [
-        "", "The stock recipe pads little because it never shuffles: every epoch is the same length-sorted "
-        "order, shortest first (the kit's base config explains why it shuffles). The largest batch sets "
-        "the peak activation memory; the frame budget bounds it.", "",
+        "", ("The stock recipe pads little because it never shuffles: every epoch is the same length-sorted "
+         "order, shortest first (the kit's base config explains why it shuffles). The largest batch sets "
+         "the peak activation memory; the frame budget bounds it."), "",
         "### Step cost: full-size GlowTTS, fp32 CPU, batch 8", "",
-        f"Each variant's epoch-0 batches from the real loaders; {r['per_block'] * r['repeats']} of them per "
-        "variant, one from each of that many equal-count strata of padded frames (the batch nearest the stratum's "
-        "mean: a stratified sample of the epoch, long tail included), trained on "
-        "with one model and Coqui's RAdam (forward, backward, clip, optimizer step); variants interleaved in "
-        f"{r['repeats']} blocks of {r['per_block']} steps, the first variant rotating. Epoch time = batches "
-        "per epoch x mean step time; samples/s = utterances per epoch / epoch time; "
-        "samples/s from all the variant's steps (every stratum once); in brackets the blocks' own estimates, each "
-        "from its share of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
-        "is not timed (workers overlap it; sections 2-3).", "",
-        "| batching | samples/s (blocks) | vs kit random | vs stock | median step (s) | RUSLAN epoch, 22,200 "
-        "utterances (h) |", "|---|---|---|---|---|---|",
+        (f"Each variant's epoch-0 batches from the real loaders; {r['per_block'] * r['repeats']} of them per "
+         "variant, one from each of that many equal-count strata of padded frames (the batch nearest the stratum's "
+         "mean: a stratified sample of the epoch, long tail included), trained on "
+         "with one model and Coqui's RAdam (forward, backward, clip, optimizer step); variants interleaved in "
+         f"{r['repeats']} blocks of {r['per_block']} steps, the first variant rotating. Epoch time = batches "
+         "per epoch x mean step time; samples/s = utterances per epoch / epoch time; "
+         "samples/s from all the variant's steps (every stratum once); in brackets the blocks' own estimates, each "
+         "from its share of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
+         "is not timed (workers overlap it; sections 2-3)."), "",
+        ("| batching | samples/s (blocks) | vs kit random | vs stock | median step (s) | RUSLAN epoch, 22,200 "
+         "utterances (h) |"), "|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         s = steps[name]
@@ -407,21 +405,21 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
                      f"{s['samples_per_s'] / random_rate:.2f}x | {s['samples_per_s'] / stock_rate:.2f}x | "
                      f"{statistics.median(s['step_times']):.2f} | {s['ruslan_epoch_h']:.2f} |")
     lines += [
-        "", "Reading it: if step cost follows padded frames, buckets and the frame budget land near the stock "
-        "recipe's sorted order (which pads least of all, never shuffling) and well above random batches (the "
-        "goals table gives that prediction next to each measured ratio); against the stock recipe's whole "
-        "training loop the kit's further gain is its loader (feature cache, sections 2-3), not batching. "
-        f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s and each variant "
-        f"trained on {r['per_block'] * r['repeats']} batches: a measured ratio far from its prediction, or blocks "
-        "that disagree, mean machine noise, not a property of the batching (the load averages above say how "
-        "busy the machine was; the GPU check measures the same on a GPU).",
+        "", ("Reading it: if step cost follows padded frames, buckets and the frame budget land near the stock "
+         "recipe's sorted order (which pads least of all, never shuffling) and well above random batches (the "
+         "goals table gives that prediction next to each measured ratio); against the stock recipe's whole "
+         "training loop the kit's further gain is its loader (feature cache, sections 2-3), not batching. "
+         f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s and each variant "
+         f"trained on {r['per_block'] * r['repeats']} batches: a measured ratio far from its prediction, or blocks "
+         "that disagree, mean machine noise, not a property of the batching (the load averages above say how "
+         "busy the machine was; the GPU check measures the same on a GPU)."),
         "", "### Loss equivalence: what the model learns", "",
-        f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
-        f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
-        f"for eval), batch 8, {r['epochs']} epochs: every run sees the same utterances the same number of "
-        "times. Loss = GlowTTS's loss per step (it is normalised per frame); train = mean over the last "
-        "epoch's steps; eval = EvalStats/avg_loss after the last epoch. The audio is espeak-ng speech with "
-        "its own text, so there is something to learn (the loss falls from the first epoch's mean).", "",
+        (f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
+         f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
+         f"for eval), batch 8, {r['epochs']} epochs: every run sees the same utterances the same number of "
+         "times. Loss = GlowTTS's loss per step (it is normalised per frame); train = mean over the last "
+         "epoch's steps; eval = EvalStats/avg_loss after the last epoch. The audio is espeak-ng speech with "
+         "its own text, so there is something to learn (the loss falls from the first epoch's mean)."), "",
         "| seed | random: first epoch / last epoch / eval | buckets: first epoch / last epoch / eval |",
         "|---|---|---|",
     ]
@@ -429,16 +427,16 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         lines.append(f"| {a['seed']} | {a['first_loss']:.4f} / {a['last_epoch_loss']:.4f} / {a['eval_loss']:.4f} | "
                      f"{b['first_loss']:.4f} / {b['last_epoch_loss']:.4f} / {b['eval_loss']:.4f} |")
     lines += [
-        f"| spread over seeds | last epoch {_spread(rnd_train)}, eval {_spread(rnd_eval)} | last epoch "
-        f"{_spread(bkt_train)}, eval {_spread(bkt_eval)} |", "",
+        (f"| spread over seeds | last epoch {_spread(rnd_train)}, eval {_spread(rnd_eval)} | last epoch "
+         f"{_spread(bkt_train)}, eval {_spread(bkt_eval)} |"), "",
         "### When to use the frame budget", "",
-        "`--set max_frames_per_batch=N` makes batches of about N padded mel frames (22,050 Hz / 256 hop: "
-        "86 frames per second) instead of `batch_size` utterances: many short utterances or a few long "
-        "ones. Use it when a GPU runs out of memory on the longest batches, or when a step should cost "
-        "about the same whatever the lengths. Samples per step then vary (the table above: mean utterances "
-        "per batch), and so does the gradient's noise; Coqui's loss is a per-frame mean, so each step "
-        "weighs its frames equally and the lr needs no per-batch scaling, but pick N so that the mean "
-        "batch is close to the batch size the preset's lr was tuned for (8 x ~5 s ~ 3,500-4,000 frames).", "",
+        ("`--set max_frames_per_batch=N` makes batches of about N padded mel frames (22,050 Hz / 256 hop: "
+         "86 frames per second) instead of `batch_size` utterances: many short utterances or a few long "
+         "ones. Use it when a GPU runs out of memory on the longest batches, or when a step should cost "
+         "about the same whatever the lengths. Samples per step then vary (the table above: mean utterances "
+         "per batch), and so does the gradient's noise; Coqui's loss is a per-frame mean, so each step "
+         "weighs its frames equally and the lr needs no per-batch scaling, but pick N so that the mean "
+         "batch is close to the batch size the preset's lr was tuned for (8 x ~5 s ~ 3,500-4,000 frames)."), "",
     ]
     return "\n".join(lines)
 

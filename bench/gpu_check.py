@@ -46,7 +46,7 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
         while not stop.is_set():
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                                     capture_output=True, text=True, timeout=5, check=False).stdout
                 peak[0] = max(peak[0], max(int(v) for v in out.split()))
             except (OSError, ValueError, subprocess.SubprocessError):
                 return
@@ -152,8 +152,8 @@ def main() -> None:
 
     runs, stock = results["runs"], results["runs"]["stock fp32"]["samples_per_s"]
     lines = [f"## GPU check: {device}", "",
-             f"torch {torch.__version__}; full-size GlowTTS, batch {args.batch}, {args.steps} trainer steps per run "
-             "(10 of them data-dependent init); samples/s = batch / median 5-step window after 5 warm-up steps.", "",
+             (f"torch {torch.__version__}; full-size GlowTTS, batch {args.batch}, {args.steps} trainer steps per run "
+              "(10 of them data-dependent init); samples/s = batch / median 5-step window after 5 warm-up steps."), "",
              f"fp16 run logs amp_scaler and diagnose sees fp16: {fp16['ok']} ({fp16.get('amp_scaler_points')} points)",
              "",
              "| run | samples/s | vs stock | first step after (s) | peak GPU memory (MiB) | losses finite |",
@@ -171,12 +171,12 @@ def main() -> None:
               f"| monotonic alignment search (CPU Cython + copies) | {s['mas_s'] * 1000:.1f} ms |",
               f"| Coqui RAdam step ({s['parameter_tensors']} tensors) | {s['coqui_radam_s'] * 1000:.2f} ms |",
               f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_s'] * 1000:.2f} ms |",
-              f"| after {s['optimizer_steps']} identical steps: largest move / largest difference | "
-              f"{s['radam_largest_move']:.1e} / {s['radam_largest_difference']:.1e} |", ""]
+              (f"| after {s['optimizer_steps']} identical steps: largest move / largest difference | "
+               f"{s['radam_largest_move']:.1e} / {s['radam_largest_difference']:.1e} |"), ""]
     b = results["batching"]
     random_rate = b["steps"]["kit random"]["samples_per_s"]
-    lines += ["", f"Length-bucketed batches (bench/batching.py step costs, {b['files']} utterances with RUSLAN's "
-              f"length spread, batch {args.batch}, fp32; peak = the epoch's batch with the most padded frames):", "",
+    lines += ["", (f"Length-bucketed batches (bench/batching.py step costs, {b['files']} utterances with RUSLAN's "
+               f"length spread, batch {args.batch}, fp32; peak = the epoch's batch with the most padded frames):"), "",
               "| batching | padded share | samples/s (range) | vs kit random | peak allocated (MiB) |",
               "|---|---|---|---|---|"]
     for name, s_ in b["steps"].items():

@@ -58,8 +58,8 @@ WINDOW = 5
 
 
 def _config(dataset: Path, *sets: str) -> Any:
-    from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training.config import build_config, parse_set_option
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
                              cli_layers=[(parse_set_option(s), "bench") for s in sets])
@@ -150,8 +150,8 @@ def training(prepared: Path, work: Path, steps: int, repeats: int, batch: int) -
 
 def detector_cost(updates: int = 20_000) -> float:
     """Microseconds per update of the explosion detector on a healthy-looking stream."""
-    from ruslan_glowtts.training.config import HealthConfig
     from ruslan_glowtts.monitor.guard import Detector
+    from ruslan_glowtts.training.config import HealthConfig
 
     detector = Detector(HealthConfig())
     norms = np.random.default_rng(0).uniform(1, 50, updates)
@@ -169,8 +169,9 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from trainer import TrainerArgs
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.monitor.guard import _save_weights
+    from ruslan_glowtts.training import coqui_compat
+    from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.training.train import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
 
@@ -182,7 +183,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=RuslanGlowTTS(config),
                          train_samples=samples, eval_samples=samples[:1], parse_command_line_args=False)
     data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
-    trainer.total_steps_done = 1  # optimize() does not advance it; stay off the checkpoint boundary
+    coqui_compat.set_global_step(trainer, 1)  # optimize() does not advance it; stay off the checkpoint boundary
     guard_s = [0.0]
     for name in ("decide_update", "record_batch"):
         method = getattr(trainer.guard, name)
@@ -210,7 +211,9 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     _save_weights(trainer, work / "known_good_probe.pth", 0)
     save_s = time.perf_counter() - started
     step = statistics.median(on)
-    trainer._close()
+    # What KitTrainer.fit() does on its way out, for a trainer whose fit() never ran.
+    trainer.dashboard_logger.finish()
+    coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
     ratios = sorted((a - b) / b for a, b in zip(on, off, strict=True))
     return {"paired": statistics.median(ratios), "paired_q1": ratios[len(ratios) // 4],
             "paired_q3": ratios[(3 * len(ratios)) // 4],
@@ -321,7 +324,8 @@ def padding_share(batch: int, utterances: int = 22_200, seed: int = 0) -> dict[s
 def _machine() -> str:
     model = "unknown CPU"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     from importlib.metadata import version
@@ -352,54 +356,54 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "`--quick` for a rough check). All numbers below come from one run of that command. Compare",
         "ratios, not absolute times: this machine's speed varies from day to day (a bare GlowTTS",
         "forward+backward at batch 4 took ~1.7 s on the day of this run, ~0.5 s on another).", "",
-        f"Machine: {_machine()}. Command: `python bench/run.py{' --quick' if args.quick else ''}`; "
-        f"load average before/after: {r['load'][0]:.2f}/{r['load'][1]:.2f}.", "",
+        (f"Machine: {_machine()}. Command: `python bench/run.py{' --quick' if args.quick else ''}`; "
+         f"load average before/after: {r['load'][0]:.2f}/{r['load'][1]:.2f}."), "",
         "## Summary: ratios against the stock Coqui recipe, same machine, same run", "",
         "| measure | stock | kit | ratio | target |", "|---|---|---|---|---|",
-        f"| data loader, items/s per worker (44.1 kHz source) | {loader['Coqui, 44.1 kHz, resample on the fly']:.0f} "
-        f"| {loader['kit, feature cache']:.0f} | {cache_ratio_44:.1f}x | >= 10x: {'met' if cache_ratio_44 >= 10 else 'missed'} |",
-        f"| training step, fp32 CPU, batch {args.batch} (s; median of {args.repeats} runs, range in section 3) | "
-        f"{stock_step:.3f} | {kit_step:.3f} | {kit_step / stock_step:.2f}x time | <= 1.0x: "
-        f"{'met' if kit_step <= stock_step else 'missed'} (runs spread {spread['stock recipe']} / {spread['kit']} s) |",
-        f"| training samples/s | {_median(stock, 'samples_per_s'):.2f} | {_median(kit, 'samples_per_s'):.2f} | "
-        f"{stock_step / kit_step:.2f}x | |",
-        f"| process start to first optimizer step (s) | {stock_first:.1f} | {kit_first:.1f} | "
-        f"{kit_first / stock_first:.2f}x | <= stock: {'met' if kit_first <= stock_first else 'missed'} |",
-        f"| peak RSS, training (MB) | {_median(stock, 'peak_rss_mb'):.0f} | {_median(kit, 'peak_rss_mb'):.0f} | "
-        f"{_median(kit, 'peak_rss_mb') / _median(stock, 'peak_rss_mb'):.2f}x | |",
-        f"| health guard: its own code per step, plus known-good saves amortised | | | {guard_total:+.3%} | "
-        f"<= 2%: {'met' if guard_total <= 0.02 else 'missed'} (paired on/off steps: {guard:+.1%}, "
-        f"quartiles {g['paired_q1']:+.1%} to {g['paired_q3']:+.1%}: step-to-step noise) |",
-        f"| prepare, {RUSLAN_FILES:,} files extrapolated (min) | | {pre['extrapolated_s'] / 60:.1f} | | "
-        f"<= 5 min: {'met' if pre['extrapolated_s'] <= 300 else 'missed'} |", "",
+        (f"| data loader, items/s per worker (44.1 kHz source) | {loader['Coqui, 44.1 kHz, resample on the fly']:.0f} "
+         f"| {loader['kit, feature cache']:.0f} | {cache_ratio_44:.1f}x | >= 10x: {'met' if cache_ratio_44 >= 10 else 'missed'} |"),
+        (f"| training step, fp32 CPU, batch {args.batch} (s; median of {args.repeats} runs, range in section 3) | "
+         f"{stock_step:.3f} | {kit_step:.3f} | {kit_step / stock_step:.2f}x time | <= 1.0x: "
+         f"{'met' if kit_step <= stock_step else 'missed'} (runs spread {spread['stock recipe']} / {spread['kit']} s) |"),
+        (f"| training samples/s | {_median(stock, 'samples_per_s'):.2f} | {_median(kit, 'samples_per_s'):.2f} | "
+         f"{stock_step / kit_step:.2f}x | |"),
+        (f"| process start to first optimizer step (s) | {stock_first:.1f} | {kit_first:.1f} | "
+         f"{kit_first / stock_first:.2f}x | <= stock: {'met' if kit_first <= stock_first else 'missed'} |"),
+        (f"| peak RSS, training (MB) | {_median(stock, 'peak_rss_mb'):.0f} | {_median(kit, 'peak_rss_mb'):.0f} | "
+         f"{_median(kit, 'peak_rss_mb') / _median(stock, 'peak_rss_mb'):.2f}x | |"),
+        (f"| health guard: its own code per step, plus known-good saves amortised | | | {guard_total:+.3%} | "
+         f"<= 2%: {'met' if guard_total <= 0.02 else 'missed'} (paired on/off steps: {guard:+.1%}, "
+         f"quartiles {g['paired_q1']:+.1%} to {g['paired_q3']:+.1%}: step-to-step noise) |"),
+        (f"| prepare, {RUSLAN_FILES:,} files extrapolated (min) | | {pre['extrapolated_s'] / 60:.1f} | | "
+         f"<= 5 min: {'met' if pre['extrapolated_s'] <= 300 else 'missed'} |"), "",
         "## 1. prepare", "",
-        f"`python -m ruslan_glowtts.prepare --jobs 2` on {args.files} generated files (44.1 kHz, "
-        f"{pre['mean_s']:.1f} s mean; the sample's utterances concatenated).", "",
+        (f"`python -m ruslan_glowtts.prepare --jobs 2` on {args.files} generated files (44.1 kHz, "
+         f"{pre['mean_s']:.1f} s mean; the sample's utterances concatenated)."), "",
         "| | |", "|---|---|",
-        f"| first run (wall) | {pre['wall_s']:.1f} s: {pre['processing_s']:.1f} s processing "
-        f"({pre['per_file_ms']:.1f} ms per file on 2 cores) + {pre['fixed_s']:.1f} s fixed (imports, warm-up, report) |",
+        (f"| first run (wall) | {pre['wall_s']:.1f} s: {pre['processing_s']:.1f} s processing "
+         f"({pre['per_file_ms']:.1f} ms per file on 2 cores) + {pre['fixed_s']:.1f} s fixed (imports, warm-up, report) |"),
         f"| re-run, nothing to do | {pre['rerun_s']:.1f} s |",
-        f"| extrapolated to {RUSLAN_FILES:,} files (fixed + per file x {RUSLAN_FILES:,}) | "
-        f"{pre['extrapolated_s']:.0f} s ({pre['extrapolated_s'] / 60:.1f} min) |",
+        (f"| extrapolated to {RUSLAN_FILES:,} files (fixed + per file x {RUSLAN_FILES:,}) | "
+         f"{pre['extrapolated_s']:.0f} s ({pre['extrapolated_s'] / 60:.1f} min) |"),
         f"| CPU time, first run (all processes) | {pre['cpu_s']:.1f} s |",
         f"| peak RSS, whole process tree (sampled) | {pre['peak_tree_mb']:.0f} MB (streaming: it does not grow with the corpus) |",
         f"| feature cache size | {pre['cache_mb']:.0f} MB ({pre['cache_mb'] / args.files * RUSLAN_FILES / 1024:.1f} GB for {RUSLAN_FILES:,} files) |",
         "", "## 2. Data loader, one process (num_workers=0), batch 8", "",
-        "The models' own training loaders (`GlowTTS.get_data_loader` for Coqui, the kit's "
-        "`RuslanGlowTTS.get_data_loader`), iterated after one warm-up batch.", "",
+        ("The models' own training loaders (`GlowTTS.get_data_loader` for Coqui, the kit's "
+         "`RuslanGlowTTS.get_data_loader`), iterated after one warm-up batch."), "",
         "| loader | items/s | vs Coqui 44.1 kHz |", "|---|---|---|",
     ]
     base = loader["Coqui, 44.1 kHz, resample on the fly"]
     lines += [f"| {name} | {rate:.1f} | {rate / base:.1f}x |" for name, rate in loader.items()]
     lines += [
-        "", f"With the cache the loader reads one .npy per utterance instead of computing an STFT: "
-        f"{cache_ratio_44:.0f}x Coqui's rate on the 44.1 kHz source and {cache_ratio_22:.0f}x on prepared files.", "",
+        "", (f"With the cache the loader reads one .npy per utterance instead of computing an STFT: "
+         f"{cache_ratio_44:.0f}x Coqui's rate on the 44.1 kHz source and {cache_ratio_22:.0f}x on prepared files."), "",
         f"## 3. Training, full-size GlowTTS ({parts['parameters'] / 1e6:.1f} M parameters), batch {args.batch}, fp32 on CPU", "",
-        f"Same prepared utterances ({args.train_seconds} s each) for all; {args.steps} trainer steps per run (10 of them "
-        f"GlowTTS's data-dependent init), {args.repeats} interleaved repeats; step time = median of {WINDOW}-step "
-        f"windows of wall-clock time between consecutive steps (loader, step and logging), after {WARMUP_STEPS} "
-        "warm-up steps. The stock recipe keeps its own settings (4 loader workers, unshuffled batches, a "
-        "best_model.pth every epoch); the kit its own (2 persistent workers, feature cache).", "",
+        (f"Same prepared utterances ({args.train_seconds} s each) for all; {args.steps} trainer steps per run (10 of them "
+         f"GlowTTS's data-dependent init), {args.repeats} interleaved repeats; step time = median of {WINDOW}-step "
+         f"windows of wall-clock time between consecutive steps (loader, step and logging), after {WARMUP_STEPS} "
+         "warm-up steps. The stock recipe keeps its own settings (4 loader workers, unshuffled batches, a "
+         "best_model.pth every epoch); the kit its own (2 persistent workers, feature cache)."), "",
         "| run | s/step | steps/s | samples/s | first optimizer step after (s) | peak RSS (MB) |",
         "|---|---|---|---|---|---|",
     ]
@@ -411,29 +415,29 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "", "## 4. Inside a step", "",
         "| | |", "|---|---|",
         f"| forward + backward, batch {args.batch} | {parts['forward_backward_s'] * 1000:.0f} ms |",
-        f"| of which monotonic alignment search (Cython, on the CPU; on a GPU it adds a device-to-host copy) | "
-        f"{parts['mas_s'] * 1000:.1f} ms ({parts['mas_s'] / parts['forward_backward_s']:.1%}) |",
+        (f"| of which monotonic alignment search (Cython, on the CPU; on a GPU it adds a device-to-host copy) | "
+         f"{parts['mas_s'] * 1000:.1f} ms ({parts['mas_s'] / parts['forward_backward_s']:.1%}) |"),
         f"| optimizer step, Coqui's RAdam ({parts['parameter_tensors']} tensors one by one) | {parts['coqui_radam_s'] * 1000:.1f} ms |",
         f"| optimizer step, torch.optim.RAdam(foreach=True) | {parts['torch_radam_foreach_s'] * 1000:.1f} ms |",
-        f"| same maths? after {parts['optimizer_steps']} identical steps (lr 2e-4): largest parameter move / "
-        f"largest difference between the two | {parts['radam_largest_move']:.1e} / {parts['radam_largest_difference']:.1e}: "
-        f"{'the same update' if parts['radam_largest_difference'] < 0.01 * parts['radam_largest_move'] else 'not the same update (the kit keeps Coqui RAdam)'} |",
+        (f"| same maths? after {parts['optimizer_steps']} identical steps (lr 2e-4): largest parameter move / "
+         f"largest difference between the two | {parts['radam_largest_move']:.1e} / {parts['radam_largest_difference']:.1e}: "
+         f"{'the same update' if parts['radam_largest_difference'] < 0.01 * parts['radam_largest_move'] else 'not the same update (the kit keeps Coqui RAdam)'} |"),
         f"| health guard's detector, per update | {r['detector_us']:.0f} us ({detector:.3%} of a kit step) |",
-        f"| health guard's code per step (norm/loss read, detector, TensorBoard scalar, batch record, end-of-step check) | "
-        f"{g['guard_code_share']:.3%} of the step |",
-        f"| known-good checkpoint (weights only): one save, every 500 steps | {g['checkpoint_save_s']:.2f} s, "
-        f"{g['checkpoint_share']:.3%} of the step time |",
-        f"| health guard, step time on vs off ({g['pairs']} alternating pairs, one process, one batch) | "
-        f"median {g['step_on_s']:.3f} s vs {g['step_off_s']:.3f} s; median paired difference {guard:+.2%} "
-        f"(quartiles {g['paired_q1']:+.1%} to {g['paired_q3']:+.1%}) |",
-        "", "The guard's other work per update is what Coqui already does (the gradient norm) plus one "
-        "host-device read of the norm and the loss, which replaces Coqui's own read of the norm after the step.",
+        (f"| health guard's code per step (norm/loss read, detector, TensorBoard scalar, batch record, end-of-step check) | "
+         f"{g['guard_code_share']:.3%} of the step |"),
+        (f"| known-good checkpoint (weights only): one save, every 500 steps | {g['checkpoint_save_s']:.2f} s, "
+         f"{g['checkpoint_share']:.3%} of the step time |"),
+        (f"| health guard, step time on vs off ({g['pairs']} alternating pairs, one process, one batch) | "
+         f"median {g['step_on_s']:.3f} s vs {g['step_off_s']:.3f} s; median paired difference {guard:+.2%} "
+         f"(quartiles {g['paired_q1']:+.1%} to {g['paired_q3']:+.1%}) |"),
+        "", ("The guard's other work per update is what Coqui already does (the gradient norm) plus one "
+         "host-device read of the norm and the loss, which replaces Coqui's own read of the norm after the step."),
         "", "## 5. Padding (simulated lengths)", "",
-        f"Log-normal utterance lengths with RUSLAN's mean ({pad['mean_s']:.1f} s, p99 {pad['p99_s']:.1f} s, "
-        f"clipped to 0.5-15 s), batches of 8: random batches pad {pad['random']:.0%} of the frames they "
-        f"compute, length-sorted batches {pad['sorted']:.1%}. Compute per step grows with the padded length, "
-        "so bucketing by length is the largest remaining CPU/GPU lever: section 6 measures the kit's "
-        "length-bucketed batches (`python bench/run.py batching`).", "",
+        (f"Log-normal utterance lengths with RUSLAN's mean ({pad['mean_s']:.1f} s, p99 {pad['p99_s']:.1f} s, "
+         f"clipped to 0.5-15 s), batches of 8: random batches pad {pad['random']:.0%} of the frames they "
+         f"compute, length-sorted batches {pad['sorted']:.1%}. Compute per step grows with the padded length, "
+         "so bucketing by length is the largest remaining CPU/GPU lever: section 6 measures the kit's "
+         "length-bucketed batches (`python bench/run.py batching`)."), "",
         "## GPU", "", "See docs/GPU.md (bench/gpu_check.sh) for the GPU comparison: stock fp32, kit fp32, kit bf16.", "",
     ]
     return "\n".join(lines)

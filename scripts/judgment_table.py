@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from ruslan_glowtts.monitor import diagnose as dg  # noqa: E402
 from ruslan_glowtts.monitor.events import read_run  # noqa: E402
-from ruslan_glowtts.monitor.explosion_rules import Alarm, DEFAULTS, RuleSettings, replay  # noqa: E402
+from ruslan_glowtts.monitor.explosion_rules import DEFAULTS, Alarm, RuleSettings, replay  # noqa: E402
 
 CORPUS = REPO / "tests" / "data" / "real_runs"
 TABLE = REPO / "docs" / "JUDGMENT.md"

@@ -199,7 +199,7 @@ def make(name: str, data: Path, work: Path) -> None:
 
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=RUN_TIMEOUT_S,
-                              preexec_fn=limit_memory)
+                              preexec_fn=limit_memory, check=False)
     except subprocess.TimeoutExpired as exc:
         proc = subprocess.CompletedProcess(cmd, -9, "", (exc.stderr or b"").decode("utf-8", "replace")
                                            if isinstance(exc.stderr, bytes) else exc.stderr or "")

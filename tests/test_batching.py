@@ -3,6 +3,7 @@ disjointness (two gloo processes) and resume through the real trainer."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -137,7 +138,7 @@ def test_ddp_ranks_get_disjoint_batches_of_equal_count(prepared_sample, tmp_path
     for epoch in ("0", "1"):
         a, b = ranks[0][epoch], ranks[1][epoch]
         assert len(a) == len(b) > 0 and len(a) % 2 == 0  # same count, whole accumulation windows
-        names_a, names_b = set(sum(a, [])), set(sum(b, []))
+        names_a, names_b = set(itertools.chain.from_iterable(a)), set(itertools.chain.from_iterable(b))
         assert not names_a & names_b
     assert ranks[0]["0"] != ranks[0]["1"]  # a new order in the second epoch
 

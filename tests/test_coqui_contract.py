@@ -17,8 +17,10 @@ from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.training import coqui_compat as cc
 from tests.helpers import REPO, read_scalars, run_dirs, tiny_args
 
-PACKAGE = REPO / "ruslan_glowtts"
+SCANNED = ("ruslan_glowtts", "bench", "scripts")  # the kit's code that runs Coqui (tests poke it on purpose)
 ATTRIBUTE = re.compile(r"(\w+(?:\(\))?)\.(_[a-z]\w*)\b")  # obj._name / super()._name
+COQUI_TEXTS = ("save_fsspec", '"NaN loss', "NaN loss with (")  # the atomic-save patch, GlowTTS's error text
+AMP_SCALER_KEY = re.compile(r"[\"']amp_scaler[\"']")  # the loss-dict key itself, not a name containing it
 COQUI_OBJECTS = ("trainer", "model", "super()")  # their private attributes are Coqui's, whatever the name
 
 
@@ -37,7 +39,7 @@ def test_installed_coqui_is_supported_and_its_contract_holds():
     assert cc.contract_problems() == []
 
 
-def test_contract_check_reports_a_changed_nan_message_and_a_changed_method(monkeypatch):
+def test_contract_check_reports_a_changed_nan_message_a_changed_method_and_a_missing_attribute(monkeypatch):
     from trainer import Trainer
     from TTS.tts.layers.losses import GlowTTSLoss
 
@@ -49,10 +51,57 @@ def test_contract_check_reports_a_changed_nan_message_and_a_changed_method(monke
 
     monkeypatch.setattr(GlowTTSLoss, "forward", forward)
     monkeypatch.setattr(Trainer, "optimize", optimize)
+    monkeypatch.setattr(cc, "TRAINER_ATTRIBUTES", (*cc.TRAINER_ATTRIBUTES, "steps_done"))
     problems = cc.contract_problems()
     assert any("GlowTTSLoss's NaN error reads ' [!] Non-finite loss in loss.'" in p for p in problems), problems
     assert any(p.startswith("Trainer.optimize signature changed") for p in problems), problems
     assert any(p.startswith("Trainer.optimize source changed") for p in problems), problems
+    assert any(p.startswith("Trainer no longer has steps_done") for p in problems), problems
+
+
+class OldTrainer:
+    """A Trainer whose code no longer sets epochs_done and has no master_params."""
+
+    def __init__(self, args):
+        self.args = args
+        self.total_steps_done: int = 0
+
+    def fit(self):
+        return self.total_steps_done == 0
+
+
+def test_each_pinned_trainer_attribute_is_checked():
+    missing = [p.split()[4] for p in cc.trainer_attribute_problems(OldTrainer)]
+    assert "epochs_done" in missing and "master_params" in missing
+    assert "args" not in missing and "total_steps_done" not in missing  # set on self (annotated or not)
+    assert cc.trainer_attribute_problems(OldTrainer, ("args", "fit", "total_steps_done")) == []
+    assert cc.trainer_attribute_problems() == []  # the installed Trainer has them all
+
+
+def _kit_texts() -> dict[Path, str]:
+    return {p: p.read_text(encoding="utf-8") for root in SCANNED for p in sorted((REPO / root).rglob("*.py"))}
+
+
+def test_every_public_trainer_attribute_the_kit_uses_is_pinned():
+    from trainer import Trainer
+
+    coqui = cc.trainer_attributes(Trainer)
+    pinned = (*cc.PINNED_SIGNATURES, *cc.PINNED_SOURCES)
+    methods = {name.split(".")[1] for name in pinned if name.startswith("Trainer.")}  # pinned with their code
+    texts = _kit_texts()
+    # KitTrainerBase (coqui_compat.py) counts here: its self.x are Trainer attributes too
+    subclass_lines = _coqui_subclass_lines({path: ast.parse(text) for path, text in texts.items()},
+                                           COQUI_BASES - {"KitTrainerBase"})
+    used: dict[str, str] = {}
+    for path, text in texts.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            owners = r"trainer|self" if number in subclass_lines[path] else r"trainer"
+            for name in re.findall(rf"\b(?:{owners})\.([a-z]\w*)", line):
+                used.setdefault(name, f"{path.relative_to(REPO)}:{number}")
+    unpinned = {name: where for name, where in used.items()
+                if name in coqui and name not in methods and name not in cc.TRAINER_ATTRIBUTES}
+    assert unpinned == {}, f"add these to coqui_compat.TRAINER_ATTRIBUTES: {unpinned}"
+    assert set(cc.TRAINER_ATTRIBUTES) <= set(used), "pinned but no longer used: drop them from TRAINER_ATTRIBUTES"
 
 
 def test_version_outside_the_range_is_one_line_with_what_to_do(monkeypatch, caplog):
@@ -147,21 +196,21 @@ def _coqui_private_names() -> set[str]:
 COQUI_BASES = {"Trainer", "KitTrainerBase", "GlowTTS", "BaseTTS", "TTSDataset", "GAN"}
 
 
-def _coqui_subclass_lines(trees: dict[Path, ast.AST]) -> dict[Path, set[int]]:
-    """Per file, the lines inside the package's classes derived from a Coqui class, directly or
-    through another class of the package (there self._x is Coqui's)."""
+def _coqui_subclass_lines(trees: dict[Path, ast.AST], bases: set[str] = COQUI_BASES) -> dict[Path, set[int]]:
+    """Per file, the lines inside the package's classes derived from a Coqui class (`bases`),
+    directly or through another class of the package (there self._x is Coqui's)."""
     classes = {path: [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] for path, tree in trees.items()}
-    derived = set(COQUI_BASES)
+    derived = set(bases)
     for _ in range(4):  # KitTrainer(KitTrainerBase), HifiganTrainer(KitTrainer), ...
         derived |= {c.name for cs in classes.values() for c in cs
                     if any(ast.unparse(b).split(".")[-1] in derived for b in c.bases)}
-    return {path: {line for c in cs if c.name in derived and c.name not in COQUI_BASES
+    return {path: {line for c in cs if c.name in derived and c.name not in bases
                    for line in range(c.lineno, c.end_lineno + 1)} for path, cs in classes.items()}
 
 
 def _package_findings(private: set[str]) -> list[str]:
     found = []
-    texts = {p: p.read_text(encoding="utf-8") for p in sorted(PACKAGE.rglob("*.py")) if p.name != "coqui_compat.py"}
+    texts = {p: text for p, text in _kit_texts().items() if p.name != "coqui_compat.py"}
     subclass_lines = _coqui_subclass_lines({path: ast.parse(text) for path, text in texts.items()})
     for path, text in texts.items():
         in_subclass = subclass_lines[path]
@@ -172,7 +221,7 @@ def _package_findings(private: set[str]) -> list[str]:
                 found.append(where)
             elif (m := re.search(r"\bdef (_[a-z]\w*)\(", line)) and m.group(1) in names:
                 found.append(where)  # overriding a Coqui private method
-            elif "save_fsspec" in line or '"NaN loss' in line or "NaN loss with (" in line or 'amp_scaler"' in line:
+            elif any(text in line for text in COQUI_TEXTS) or AMP_SCALER_KEY.search(line):
                 found.append(where)
     return found
 
@@ -180,6 +229,7 @@ def _package_findings(private: set[str]) -> list[str]:
 def test_coqui_private_names_and_message_texts_appear_only_in_coqui_compat():
     found = _package_findings(_coqui_private_names())
     assert found == [], "Coqui internals outside ruslan_glowtts/training/coqui_compat.py:\n" + "\n".join(found)
+    assert {p.parts[len(REPO.parts)] for p in _kit_texts()} == set(SCANNED)  # bench/ and scripts/ are read too
 
 
 def test_the_grep_above_catches_the_forms_the_kit_used_to_have(tmp_path, monkeypatch):
@@ -198,7 +248,13 @@ def test_the_grep_above_catches_the_forms_the_kit_used_to_have(tmp_path, monkeyp
         "        return super()._pick_target_avg_loss(keep)\n"
         "trainer.io.save_fsspec = save\n"
         "kind = 'nan_loss' if \"NaN loss\" in message else 'crashed'\n", encoding="utf-8")
-    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "timing.py").write_text("trainer.optimize(batch)\ntrainer._close()\n", encoding="utf-8")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "check.py").write_text(
+        "result = {'fp16_amp_scaler': ok}\n"  # a name that contains the key: allowed
+        "scale = loss_dict['amp_scaler']\n", encoding="utf-8")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     found = [f.split(": ", 1)[0] for f in _package_findings(_coqui_private_names())]
-    assert found == [f"ruslan_glowtts/uses.py:{n}" for n in (4, 6, 7, 9, 10, 11)], found
+    assert found == [*(f"ruslan_glowtts/uses.py:{n}" for n in (4, 6, 7, 9, 10, 11)), "bench/timing.py:2",
+                     "scripts/check.py:2"], found

@@ -21,7 +21,7 @@ def _config(dataset, *sets):
 
 
 def test_native_44k_audio_is_refused_with_what_to_do(run_main, tmp_path):
-    code, out, err = run_main("--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"))
+    code, _out, err = run_main("--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"))
     assert code == 2
     assert "audio is at 44100 Hz (24 files) but the config trains at 22050 Hz" in err
     assert "python -m ruslan_glowtts.prepare" in err and "audio.resample=true" in err
@@ -97,7 +97,7 @@ def test_eval_split_is_fixed_and_never_empty():
     samples = [{"audio_file": f"{i:03d}.wav"} for i in range(24)]
     train, evals = split_eval(list(samples), 0.01, 256)
     assert len(evals) == 1 and len(train) == 23  # 1% of 24 rounds to 0: keep one
-    again, evals_again = split_eval(list(reversed(samples)), 0.01, 256)
+    _again, evals_again = split_eval(list(reversed(samples)), 0.01, 256)
     assert evals == evals_again  # independent of input order and of the training seed
     assert len(split_eval(samples, 0.5, 5)[1]) == 5
     with pytest.raises(UserError):

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from ruslan_glowtts.monitor import diagnose as dg
-from ruslan_glowtts.monitor.events import read_run
+from ruslan_glowtts.monitor.diagnose import verdict as v
+from ruslan_glowtts.monitor.events import RunEvents, Series, read_run
+from ruslan_glowtts.monitor.explosion_rules import RuleSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +92,7 @@ def test_healthy_noisy_run(tmp_path):
     assert d.verdict == "healthy", d.reasons
     assert d.exit_code == 0 and d.command is None and d.recommended_preset is None
     g = d.stats["grad_norm"]
-    assert 1 <= g["median"] <= 50 and g["max"] <= 50 and g["share_above_100"] == 0
+    assert 1 <= g["median"] <= 50 and g["max"] <= 50 and g["share_above_limit"] == 0
     assert g["jumps"] == [] and g["nonfinite"] == 0 and 0.5 < g["trend_growth"] < 2
     assert d.stats["loss"]["end"] < d.stats["loss"]["start"]
 
@@ -157,7 +159,7 @@ def test_constant_rise_to_1000_is_exploding(tmp_path):
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "exploding", d.reasons
     assert "trend" in d.stats["rules"] and d.stats["grad_norm"]["jumps"] == []
-    assert d.stats["rules"]["trend"]["first_step"] < d.stats["grad_norm"]["first_above_100_step"]
+    assert d.stats["rules"]["trend"]["first_step"] < d.stats["grad_norm"]["first_above_limit_step"]
 
 
 def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
@@ -434,7 +436,7 @@ def test_corrupt_event_file_is_named_and_not_judged(tmp_path):
     bad = run / "events.out.tfevents.9999999999.host.1.0"
     bad.write_bytes(b"\x00garbage, not a TFRecord" * 50)
     proc = subprocess.run([sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+                          text=True, cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("warning: ") and bad.name in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -459,6 +461,9 @@ def test_the_runs_own_health_settings_steer_the_rules(tmp_path):
     config = {"lr": 2e-4, "grad_clip": 1.0, "health": {"grad_norm_limit": 60.0}}
     own = dg.diagnose(make_run(tmp_path / "own", grad, meta=kit_meta(), config=config))
     assert "level" not in default.stats["rules"] and "level" in own.stats["rules"]
+    # the shares are counted against the run's own thresholds, whatever their values
+    assert default.stats["grad_norm"]["share_above_limit"] == 0 < own.stats["grad_norm"]["share_above_limit"]
+    assert own.stats["grad_norm"]["points_above_limit"] >= 100
     assert own.verdict == "exploding" and own.run["thresholds"]["grad_norm_limit"] == 60.0
 
 
@@ -470,3 +475,41 @@ def test_signal_and_bad_data_endings_are_read_from_run_json(tmp_path, status, ki
     assert d.run["ending"]["kind"] == kind and status in d.run["ending"]["text"]
     if kind == "crashed":
         assert "keep training" not in d.recommendation
+
+
+# --- the verdict functions, one per verdict
+
+
+def _judged_evidence(grad: np.ndarray) -> v.Evidence:
+    steps = np.arange(len(grad), dtype=np.int64) * STEP
+    run = RunEvents(Path("run"), [], {GRAD: Series(steps, grad),
+                                      LOSS: Series(steps, falling_loss(steps, np.random.default_rng(0)))})
+    return v.gather_evidence(run, RuleSettings(), {}, False, {"kind": "unknown"})
+
+
+def test_each_verdict_function_answers_only_for_its_own_verdict():
+    functions = {v.Verdict.DIVERGED: v.diverged, v.Verdict.EXPLODING: v.exploding, v.Verdict.TOO_EARLY: v.too_early,
+                 v.Verdict.WARNING: v.warning}
+    rng = np.random.default_rng(26)
+    spike = 10 * np.exp(rng.normal(0, 0.25, 400))
+    spike[300] = 700.0
+    zeros_at_end = healthy_grad(300, rng)
+    zeros_at_end[-3:] = 0.0
+    cases = {v.Verdict.DIVERGED: zeros_at_end, v.Verdict.EXPLODING: sigmoid_explosion(np.random.default_rng(2)),
+             v.Verdict.TOO_EARLY: healthy_grad(20, rng), v.Verdict.WARNING: spike}
+    for expected, grad in cases.items():
+        evidence = _judged_evidence(grad)
+        judgement = functions[expected](evidence)
+        assert isinstance(judgement, v.Judgement) and judgement.verdict is expected and judgement.reasons
+        # the verdicts before it in the order do not apply
+        for earlier in list(functions)[:list(functions).index(expected)]:
+            assert functions[earlier](evidence) is None, (expected, earlier)
+    evidence = _judged_evidence(healthy_grad(600, np.random.default_rng(1)))
+    assert all(function(evidence) is None for function in functions.values())
+    assert v.healthy(evidence).verdict is v.Verdict.HEALTHY
+
+
+def test_the_typed_verdict_reads_as_its_word():
+    assert set(dg.Verdict) == set(dg.EXIT_CODES)
+    assert dg.Verdict.TOO_EARLY == "too_early" and json.dumps(dg.Verdict.TOO_EARLY) == '"too_early"'
+    assert f"{dg.Verdict.CANNOT_JUDGE}".upper() == "CANNOT_JUDGE"

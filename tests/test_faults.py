@@ -33,7 +33,7 @@ def _train_argv(dataset: Path, output: Path, *extra: str) -> list[str]:
 
 
 def _run(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout)
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout, check=False)
 
 
 def _no_traceback(text: str) -> None:

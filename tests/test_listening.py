@@ -32,7 +32,7 @@ def test_tts_cli_speaks_russian_from_the_checkpoint(smoke_run, tmp_path):
     result = subprocess.run(
         [str(tts), "--text", SENTENCE, "--model_path", str(smoke_run / f"checkpoint_{SMOKE_STEPS}.pth"),
          "--config_path", str(smoke_run / "config.json"), "--out_path", str(wav)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     info = sf.info(wav)
     assert info.samplerate == 22050 and info.frames > 0 and info.channels == 1

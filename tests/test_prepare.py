@@ -20,8 +20,9 @@ import soundfile as sf
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.presets import DEFAULT_PRESET, load_preset
 from ruslan_glowtts.prep import prepare as prepare_module
+from ruslan_glowtts.prep.cli import main
 from ruslan_glowtts.prep.feature_cache import feature_key
-from ruslan_glowtts.prep.prepare import PrepareOptions, main, prepare
+from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
 from ruslan_glowtts.prep.text_normalization import normalize_text
 from ruslan_glowtts.training.config import build_config
 from ruslan_glowtts.training.dataset import (
@@ -126,7 +127,7 @@ def defective(tmp_path_factory):
 
 
 def test_every_defect_is_reported_and_handled(defective):
-    src, dst, _, report = defective
+    _src, dst, _, report = defective
     by_id: dict[str, set[str]] = {}
     for entry in report["files"]:
         by_id.setdefault(entry["id"], set()).update(p["code"] for p in entry["problems"])
@@ -174,7 +175,7 @@ def test_every_defect_is_reported_and_handled(defective):
 
 
 def test_prepared_folder_is_ready_for_training(defective):
-    src, dst, _, report = defective
+    _src, dst, _, report = defective
     check_metadata(dst, META)  # the trainer's own metadata check
     assert_training_resolves_what_prepare_used(dst)
     lines = (dst / META).read_text(encoding="utf-8").splitlines()
@@ -290,7 +291,7 @@ def test_interrupted_run_completes_on_rerun(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareOptions(src=src, dst=dst, jobs=2), on_result=ctrl_c_after_five)
     assert not (dst / META).exists()  # written only by a completed run
-    code, out, err = run_prepare(capsys, "--src", str(src), "--dst", str(dst))
+    code, _out, err = run_prepare(capsys, "--src", str(src), "--dst", str(dst))
     assert code == 0, err
     report = read_report(dst)
     assert report["run"]["reused"] == 5 and report["run"]["processed"] == 19
@@ -305,7 +306,7 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare_module, "_run_jobs", interrupted)
-    code, out, err = run_prepare(capsys, "--src", str(src), "--dst", str(tmp_path / "dst"))
+    code, _out, err = run_prepare(capsys, "--src", str(src), "--dst", str(tmp_path / "dst"))
     assert code == 130 and "run the same command again to resume" in err and "Traceback" not in err
 
 
@@ -335,7 +336,7 @@ def test_killed_run_leaves_no_half_written_file_and_resumes(tmp_path, capsys):
         data, rate = sf.read(wav)
         assert rate == 22050 and len(data) == sf.info(wav).frames > 0
 
-    code, out, err = run_prepare(capsys, "--src", str(src), "--dst", str(dst))
+    code, _out, err = run_prepare(capsys, "--src", str(src), "--dst", str(dst))
     assert code == 0, err
     report = read_report(dst)
     assert report["summary"]["usable"] == 120
@@ -389,7 +390,7 @@ def test_nothing_usable_exits_3_with_a_report(tmp_path, capsys):
     src = tmp_path / "src"
     (src / "RUSLAN").mkdir(parents=True)
     (src / META).write_text("000000_RUSLAN|Нет файла.\nbroken line\n", encoding="utf-8")
-    code, out, err = run_prepare(capsys, "--src", str(src), "--dst", str(tmp_path / "dst"))
+    code, _out, err = run_prepare(capsys, "--src", str(src), "--dst", str(tmp_path / "dst"))
     assert code == 3 and "0 usable utterance(s)" in err
     report = read_report(tmp_path / "dst")
     assert report["problems"]["missing_file"]["count"] == 1 and report["problems"]["no_separator"]["count"] == 1
@@ -399,8 +400,8 @@ def test_nothing_usable_exits_3_with_a_report(tmp_path, capsys):
 def test_training_on_the_prepared_corpus(defective, run_main, tmp_path):
     _, dst, _, _ = defective
     output = tmp_path / "runs"
-    code, out, err = run_main("--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4",
-                              *tiny_args())
+    code, _out, err = run_main("--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4",
+                               *tiny_args())
     assert code == 0, err
     (run,) = run_dirs(output)
     assert (run / "checkpoint_4.pth").is_file()

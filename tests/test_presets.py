@@ -11,10 +11,14 @@ from ruslan_glowtts.common.presets import available_presets, load_preset, tier_c
 
 # The values each tier promises in README.md and in its own file.
 DOCUMENTED = {
-    "default": dict(lr=1e-3, grad_clip=5.0, warmup=4000, batch_size=8, grad_accum_steps=1, mixed_precision=False),
-    "stable": dict(lr=2e-4, grad_clip=1.0, warmup=8000, batch_size=8, grad_accum_steps=1, mixed_precision=True),
-    "safer": dict(lr=1e-4, grad_clip=0.5, warmup=8000, batch_size=4, grad_accum_steps=2, mixed_precision=True),
-    "safest": dict(lr=5e-5, grad_clip=0.3, warmup=16000, batch_size=4, grad_accum_steps=2, mixed_precision=False),
+    "default": {"lr": 1e-3, "grad_clip": 5.0, "warmup": 4000, "batch_size": 8,
+                "grad_accum_steps": 1, "mixed_precision": False},
+    "stable": {"lr": 2e-4, "grad_clip": 1.0, "warmup": 8000, "batch_size": 8,
+               "grad_accum_steps": 1, "mixed_precision": True},
+    "safer": {"lr": 1e-4, "grad_clip": 0.5, "warmup": 8000, "batch_size": 4,
+              "grad_accum_steps": 2, "mixed_precision": True},
+    "safest": {"lr": 5e-5, "grad_clip": 0.3, "warmup": 16000, "batch_size": 4,
+               "grad_accum_steps": 2, "mixed_precision": False},
 }
 
 
@@ -41,7 +45,7 @@ def test_every_preset_resolves_with_documented_values(name, run_main):
 
 
 def test_safest_forces_fp32_and_shorter_utterances(run_main):
-    code, out, _ = run_main("--preset", "safest", "--print-config")
+    _code, out, _ = run_main("--preset", "safest", "--print-config")
     config = json.loads(out)
     assert config["mixed_precision"] is False
     assert config["max_audio_len"] == 10 * 22050

@@ -136,13 +136,13 @@ def test_generator_only_steps_save_known_good_and_restore(prepared_sample, tmp_p
     # Before steps_to_start_discriminator there is no discriminator loss, Coqui's target loss: the
     # --max-steps checkpoint must still be saved (Coqui's own save raises there).
     generator_only = tiny_vocoder_args("--set", "steps_to_start_discriminator=100", "--set", "health.checkpoint_every=1")
-    code, out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "a"),
-                         "--max-steps", "2", *generator_only)
+    code, _out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "a"),
+                          "--max-steps", "2", *generator_only)
     (run,) = run_dirs(tmp_path / "a")
     assert code == 0 and (run / "checkpoint_2.pth").is_file() and (run / "known_good.pth").is_file()
     assert json.loads((run / "known_good.json").read_text(encoding="utf-8"))["step"] == 1
-    code, out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "b"),
-                         "--max-steps", "1", "--restore-path", str(run / "known_good.pth"), *generator_only)
+    code, _out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "b"),
+                          "--max-steps", "1", "--restore-path", str(run / "known_good.pth"), *generator_only)
     (restored,) = run_dirs(tmp_path / "b")
     assert code == 0 and (restored / "checkpoint_1.pth").is_file()
     assert json.loads((restored / "run.json").read_text(encoding="utf-8"))["restore_path"] == str(run / "known_good.pth")

@@ -65,9 +65,8 @@ def write_bytes(path: Path, data: bytes, *, only_if_changed: bool = False) -> bo
                 return False
         except OSError:
             pass
-    with atomic_output(path) as temp:
-        with open(temp, "wb") as handle:
-            handle.write(data)
+    with atomic_output(path) as temp, open(temp, "wb") as handle:
+        handle.write(data)
     return True
 
 

@@ -23,10 +23,10 @@ argv, ...)` is the same without the decorator. What the wrapper does, for every 
 same guard, so Ctrl-C during seconds of torch/librosa imports is one line too. This module imports
 nothing heavy (the scripts import it before torch and Coqui).
 
-Moving a tool onto it (diagnose is next): put `@tool(log_level=logging.WARNING)` (its level) on its
-`main(argv)`, delete its own `except UserError` / BrokenPipeError / signal handling and its
-logging.basicConfig, have its `python -m` module call `run_as_script("ruslan_glowtts.monitor.diagnose")`,
-and add the module to WRAPPED_MAINS in tests/test_tool_wrapper.py.
+Every command runs under it (WRAPPED_MAINS in tests/test_tool_wrapper.py lists their mains and
+checks each is wrapped). A new command: put `@tool(...)` on its `main(argv)` (no `except
+UserError`, signal handling or logging.basicConfig of its own), have its script or `python -m`
+module call `run_as_script("its.module")`, and add the module to WRAPPED_MAINS.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from ruslan_glowtts.common.errors import (
     EXIT_INTERRUPTED,

@@ -20,7 +20,8 @@ class UserError(Exception):
 
 # While the config is resolved and the data checked, dozens of `Overriding:` lines are logged;
 # a bad input must print its one error line alone. The lines are held back and printed once the
-# checks pass (release_logs), or dropped with the error (drop_logs).
+# checks pass (release_logs()), or dropped with the error (release_logs(keep=False), which
+# common.cli's wrapper calls on UserError, Ctrl-C and SIGTERM).
 _held: tuple[logging.handlers.BufferingHandler, list[logging.Handler]] | None = None
 
 

@@ -119,7 +119,6 @@ _POINT_FLOORS = {
 }
 
 DEFAULTS = RuleSettings()
-EXPLOSION_RULES = ("catastrophic", "level", "jump", "trend", "nonfinite", "diverged")
 
 
 @dataclass
@@ -177,17 +176,19 @@ class Detector:
     """
 
     def __init__(self, settings: RuleSettings = DEFAULTS, *, realarm_after: int = 1000, unit: str = "updates") -> None:
-        s = self.s = settings
+        self.settings = settings
         self.realarm_after = realarm_after
         self.unit = unit  # what one observation is, for the messages: "updates" (guard) or "points" (diagnose)
-        self.logs = _Ring(max(s.trend_window, s.baseline_window + s.jump_window, s.level_window))  # after grace
+        # log norms after grace, as many as the longest window needs
+        self.logs = _Ring(max(settings.trend_window, settings.baseline_window + settings.jump_window,
+                              settings.level_window))
         # finite norms from the first update on: the last catastrophic_points, and the ones before
         # them (the level a catastrophic rise is measured from)
-        self.recent: deque[float] = deque(maxlen=s.catastrophic_points)
-        self.history: deque[float] = deque(maxlen=s.baseline_window)
-        self.recent_loss = deque(maxlen=s.catastrophic_points)
+        self.recent: deque[float] = deque(maxlen=settings.catastrophic_points)
+        self.history: deque[float] = deque(maxlen=settings.baseline_window)
+        self.recent_loss: deque[float] = deque(maxlen=settings.catastrophic_points)
         self.loss_floor = math.inf  # lowest median of catastrophic_points losses in a row
-        self._above: deque[bool] = deque(maxlen=max(s.level_window, s.jump_window))  # norm > healthy_max
+        self._above: deque[bool] = deque(maxlen=max(settings.level_window, settings.jump_window))  # norm > healthy_max
         self._above_count = 0
         self._spike_scale: tuple[float, float] | None = None  # the baseline's median and robust sigma
         self.nonfinite_updates: deque[int] = deque()  # observation indices of non-finite ones
@@ -205,17 +206,17 @@ class Detector:
             return self._observe_nonfinite(step)
         self.consecutive_nonfinite = 0
         alarms = [a for a in (self._catastrophic(step, grad_norm), self._loss(step, loss)) if a]
-        if self.updates > self.s.grace_steps:
+        if self.updates > self.settings.grace_steps:
             log_norm = math.log(max(grad_norm, 1e-12))
             alarms += [a for a in (self._spike(step, grad_norm, log_norm),) if a]
             self.logs.append(log_norm)
             if len(self._above) == self._above.maxlen:
                 self._above_count -= self._above[0]
-            self._above.append(grad_norm > self.s.healthy_max)
-            self._above_count += grad_norm > self.s.healthy_max
+            self._above.append(grad_norm > self.settings.healthy_max)
+            self._above_count += grad_norm > self.settings.healthy_max
             # Level and jump need a median above the band: at least half of their window above it.
             # Counting first skips their medians on almost every healthy update (the cost of a replay).
-            if 2 * self._above_count >= min(self.s.level_window, self.s.jump_window):
+            if 2 * self._above_count >= min(self.settings.level_window, self.settings.jump_window):
                 alarms += [a for a in (self._level(step), self._jump(step)) if a]
             alarms += [a for a in (self._trend(step),) if a]
         return [a for a in alarms if self._fire(a)]
@@ -223,15 +224,15 @@ class Detector:
     def _observe_nonfinite(self, step: int) -> list[Alarm]:
         self.consecutive_nonfinite += 1
         self.nonfinite_updates.append(self.updates)
-        while self.nonfinite_updates and self.nonfinite_updates[0] <= self.updates - self.s.nonfinite_window:
+        while self.nonfinite_updates and self.nonfinite_updates[0] <= self.updates - self.settings.nonfinite_window:
             self.nonfinite_updates.popleft()
-        if self.consecutive_nonfinite >= self.s.max_consecutive_nonfinite:
+        if self.consecutive_nonfinite >= self.settings.max_consecutive_nonfinite:
             return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} {self.unit} were all non-finite "
                                             "(NaN/Inf loss or gradients): training has diverged")]
-        if len(self.nonfinite_updates) >= self.s.nonfinite_burst:
+        if len(self.nonfinite_updates) >= self.settings.nonfinite_burst:
             count = len(self.nonfinite_updates)
             alarm = Alarm("nonfinite", step, f"{count} non-finite {self.unit} within the last "
-                                             f"{self.s.nonfinite_window} {self.unit}", {"count": count})
+                                             f"{self.settings.nonfinite_window} {self.unit}", {"count": count})
             return [alarm] if self._fire(alarm) else []
         return []
 
@@ -246,21 +247,22 @@ class Detector:
 
     # -- rules ----------------------------------------------------------------------------------
     def _catastrophic(self, step: int, grad_norm: float) -> Alarm | None:
-        s, k = self.s, self.s.catastrophic_points
+        rules, k = self.settings, self.settings.catastrophic_points
         if len(self.recent) == k:
             self.history.append(self.recent[0])  # the norms before the last k
         self.recent.append(grad_norm)
         if len(self.recent) < k:
             return None
         low = min(self.recent)
-        if low <= s.grad_norm_limit:
+        if low <= rules.grad_norm_limit:
             return None  # the common case: nothing to compute
-        if low >= s.catastrophic_factor * s.grad_norm_limit:
+        if low >= rules.catastrophic_factor * rules.grad_norm_limit:
             return Alarm("catastrophic", step, f"grad_norm {low:.3g} or more for {k} {self.unit} in a row, "
-                                               f"{low / s.grad_norm_limit:.0f}x the limit {s.grad_norm_limit:g}",
+                                               f"{low / rules.grad_norm_limit:.0f}x the limit "
+                                               f"{rules.grad_norm_limit:g}",
                          {"low": low})
         level = float(np.median(self.history)) if self.history else math.inf
-        if low >= s.catastrophic_rise * level:
+        if low >= rules.catastrophic_rise * level:
             return Alarm("catastrophic", step, f"grad_norm rose x{low / level:.0f} from its level {level:.3g} to "
                                                f"{low:.3g} for {k} {self.unit} in a row", {"low": low, "level": level})
         return None
@@ -268,53 +270,53 @@ class Detector:
     def _loss(self, step: int, loss: float | None) -> Alarm | None:
         if loss is None:
             return None
-        s = self.s
+        rules = self.settings
         self.recent_loss.append(loss)
-        if len(self.recent_loss) < s.catastrophic_points:
+        if len(self.recent_loss) < rules.catastrophic_points:
             return None
         low = min(self.recent_loss)
         floor = self.loss_floor
         self.loss_floor = min(self.loss_floor, sorted(self.recent_loss)[len(self.recent_loss) // 2])
-        if math.isfinite(floor) and low >= floor + (s.loss_factor - 1) * max(abs(floor), 1.0):
+        if math.isfinite(floor) and low >= floor + (rules.loss_factor - 1) * max(abs(floor), 1.0):
             return Alarm("catastrophic", step, f"loss grew from {floor:.3g} to {low:.3g} (an order of magnitude) "
-                                               f"for {s.catastrophic_points} {self.unit} in a row",
+                                               f"for {rules.catastrophic_points} {self.unit} in a row",
                          {"loss_low": low, "loss_floor": floor})
         return None
 
     def _level(self, step: int) -> Alarm | None:
-        w = self.s.level_window
+        w = self.settings.level_window
         if len(self.logs) < w:
             return None
         med = math.exp(median(self.logs.last(w)))
-        if med > self.s.grad_norm_limit:
+        if med > self.settings.grad_norm_limit:
             return Alarm("level", step, f"grad_norm median {med:.0f} over the last {w} {self.unit} is above "
-                                        f"the limit {self.s.grad_norm_limit:g}", {"median": med})
+                                        f"the limit {self.settings.grad_norm_limit:g}", {"median": med})
         return None
 
     def _jump(self, step: int) -> Alarm | None:
-        w, b = self.s.jump_window, self.s.baseline_window
+        w, b = self.settings.jump_window, self.settings.baseline_window
         if len(self.logs) < w + max(b // 4, w):
             return None
         recent = math.exp(median(self.logs.last(w)))
         baseline = math.exp(median(self.logs.last(b, skip=w)))
-        if recent > self.s.healthy_max and recent >= self.s.jump_factor * baseline:
+        if recent > self.settings.healthy_max and recent >= self.settings.jump_factor * baseline:
             return Alarm("jump", step, f"grad_norm jumped x{recent / baseline:.1f} (median {baseline:.0f} -> "
                                        f"{recent:.0f} within {w} {self.unit})", {"from": baseline, "to": recent})
         return None
 
     def _trend(self, step: int) -> Alarm | None:
-        w = self.s.trend_window
+        w = self.settings.trend_window
         # A steady rise is slow by nature: looking every w/20 updates is enough and keeps it cheap.
         if len(self.logs) < w or self.logs.count % max(w // 20, 1):
             return None
         first, last, rising = quarter_growth(self.logs.last(w))
-        if rising and last > self.s.healthy_max and last >= self.s.trend_factor * first:
+        if rising and last > self.settings.healthy_max and last >= self.settings.trend_factor * first:
             return Alarm("trend", step, f"grad_norm rising steadily: median {first:.0f} -> {last:.0f} "
                                         f"over the last {w} {self.unit}", {"from": first, "to": last})
         return None
 
     def _spike(self, step: int, grad_norm: float, log_norm: float) -> Alarm | None:
-        b = self.s.baseline_window
+        b = self.settings.baseline_window
         if len(self.logs) < max(b // 4, 8):
             return None
         # The baseline moves slowly: its median and MAD are refreshed every b/16 updates, not each one.
@@ -324,7 +326,7 @@ class Detector:
             self._spike_scale = center, MAD_TO_SIGMA * median(np.abs(logs - center)) + 1e-3
         center, mad = self._spike_scale
         z = (log_norm - center) / mad
-        if z > self.s.spike_z:
+        if z > self.settings.spike_z:
             return Alarm("spike", step, f"grad_norm spike {grad_norm:.1f} (robust z {z:.1f} against the last {b})",
                          {"z": z})
         return None
@@ -332,19 +334,19 @@ class Detector:
     # -- state ----------------------------------------------------------------------------------
     def recent_median(self) -> float | None:
         """The median norm over the level window (after grace), or None before any."""
-        values = self.logs.last(self.s.level_window)
+        values = self.logs.last(self.settings.level_window)
         return math.exp(median(values)) if len(values) else None
 
     def is_healthy(self) -> bool:
         """Healthy now: no explosion alarm and no non-finite update within the recent windows,
         and the recent median within the limit."""
-        recent = self.s.nonfinite_window
+        recent = self.settings.nonfinite_window
         if self.nonfinite_updates and self.nonfinite_updates[-1] > self.updates - recent:
             return False
-        if self.updates - self.last_alarm_update <= max(self.s.level_window, self.s.jump_window):
+        if self.updates - self.last_alarm_update <= max(self.settings.level_window, self.settings.jump_window):
             return False
         med = self.recent_median()
-        return med is None or med <= self.s.grad_norm_limit
+        return med is None or med <= self.settings.grad_norm_limit
 
 
 def replay(values: Any, settings: RuleSettings = DEFAULTS, *, steps: Any = None, losses: Any = None,

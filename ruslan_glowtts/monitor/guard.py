@@ -20,9 +20,10 @@ import logging
 import math
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -162,7 +163,7 @@ class HealthGuard:
         self.summary.amp_skipped_updates += 1
         self._log(trainer, "Health/amp_skipped_steps", self.summary.amp_skipped_updates, step)
         self.detector.consecutive_nonfinite += 1
-        if self.detector.consecutive_nonfinite >= self.detector.s.max_consecutive_nonfinite:
+        if self.detector.consecutive_nonfinite >= self.detector.settings.max_consecutive_nonfinite:
             self._handle(trainer, [Alarm("diverged", step, "every update overflowed in fp16 mixed precision")])
 
     def record_batch(self, batch: dict[str, Any]) -> None:

@@ -68,9 +68,9 @@ def compute_features(ap: Any, wav_path: Path) -> np.ndarray:
 
 
 def write_features(path: Path, mel: np.ndarray) -> None:
-    with atomic_output(path) as temp:
-        with open(temp, "wb") as handle:  # a handle: np.save would append ".npy" to the temp name
-            np.save(handle, mel, allow_pickle=False)
+    # a handle: np.save would append ".npy" to the temp name
+    with atomic_output(path) as temp, open(temp, "wb") as handle:
+        np.save(handle, mel, allow_pickle=False)
 
 
 def write_manifest(folder: Path, audio_config: Any, *, features: int, utterances: int, metadata_sha256: str) -> None:

@@ -34,8 +34,8 @@ LENGTH_PROBLEMS: Legend = {
     "too_long": ("excluded", "audio longer than --max-duration (very long utterances destabilise training)"),
     "text_too_short": ("excluded", "normalised text shorter than --min-text-len characters"),
     "text_too_long": ("excluded", "normalised text longer than --max-text-len characters"),
-    "unusual_speaking_rate": ("warning", "characters per second far from the corpus median: the text may not "
-                              "match the audio"),
+    "unusual_speaking_rate": ("warning", ("characters per second far from the corpus median: the text may not "
+                               "match the audio")),
 }
 SPEAKING_RATE_FACTOR = 2.5  # flagged when chars/s is beyond median x or / this
 AUDIO_CAP_STEP_SECONDS = 0.5
@@ -89,12 +89,12 @@ def recommend_caps(frames: list[int], chars: list[int], *, rate: int, percentile
         return {}
     audio_at = float(np.percentile(frames, percentile)) / rate
     audio_cap = math.ceil(audio_at / AUDIO_CAP_STEP_SECONDS) * AUDIO_CAP_STEP_SECONDS
-    max_audio_len = int(round(min(audio_cap, bounds.max_seconds) * rate))
+    max_audio_len = round(min(audio_cap, bounds.max_seconds) * rate)
     coqui_chars = [c + 1 for c in chars]  # Coqui's count includes the line's "\n"
     max_text_len = math.ceil(float(np.percentile(coqui_chars, percentile)) / TEXT_CAP_STEP) * TEXT_CAP_STEP
     dropped = sum(1 for f, c in zip(frames, coqui_chars, strict=True) if f > max_audio_len or c > max_text_len)
     return {
-        "min_audio_len": int(round(bounds.min_seconds * rate)),
+        "min_audio_len": round(bounds.min_seconds * rate),
         "max_audio_len": max_audio_len,
         "min_text_len": bounds.min_chars,
         "max_text_len": max_text_len,
@@ -113,8 +113,8 @@ def dataset_fragment(caps: dict[str, Any], *, sample_rate: int, characters: str 
     ]
     if caps:
         lines += [
-            f"# Length caps at the {caps['percentile']:g}th percentile of this corpus "
-            "(see report.json, 'recommended'):",
+            (f"# Length caps at the {caps['percentile']:g}th percentile of this corpus "
+             "(see report.json, 'recommended'):"),
             f"# {caps['dropped_at_training']} utterance(s) are longer and are skipped by Coqui's length filter.",
             f"min_audio_len = {caps['min_audio_len']}",
             f"max_audio_len = {caps['max_audio_len']}    # {caps['max_audio_seconds']:g} s",

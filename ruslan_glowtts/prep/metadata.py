@@ -30,8 +30,8 @@ LINE_PROBLEMS: Legend = {
     "extra_columns": ("excluded", "the line has more than one '|' (expected exactly id|text)"),
     "empty_id": ("excluded", "the id before '|' is empty"),
     "empty_text": ("excluded", "the text after '|' is empty"),
-    "unsafe_id": ("excluded", "the id is not a plain file name (e.g. contains '/' or '..'): "
-                  "it could escape the corpus root"),
+    "unsafe_id": ("excluded", ("the id is not a plain file name (e.g. contains '/' or '..'): "
+                   "it could escape the corpus root")),
     "duplicate_id": ("excluded", "the id already appeared on an earlier line; the first one is kept"),
 }
 

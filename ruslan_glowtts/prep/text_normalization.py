@@ -47,10 +47,10 @@ TEXT_CHANGES: dict[str, str] = {
 
 # code -> (action, what it means): what is still wrong after normalisation.
 TEXT_PROBLEMS: Legend = {
-    "latin_letters": ("excluded", "Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
-                      "transliterate the line in the source metadata to keep it"),
-    "out_of_vocabulary": ("excluded", "characters outside the config's characters/punctuations remain "
-                          "after normalisation"),
+    "latin_letters": ("excluded", ("Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
+                       "transliterate the line in the source metadata to keep it")),
+    "out_of_vocabulary": ("excluded", ("characters outside the config's characters/punctuations remain "
+                           "after normalisation")),
     "no_letters": ("excluded", "the normalised text has no letters to speak"),
 }
 
@@ -79,7 +79,7 @@ _RU = Num2Word_RU()
 # Numbers
 
 
-def _cardinal(number: int | float, gender: str = "m") -> str:
+def _cardinal(number: float, gender: str = "m") -> str:
     words = num2words(number, lang="ru", gender=gender)
     # num2words says "одна тысяча восемьсот двенадцать"; speakers say "тысяча восемьсот двенадцать".
     return words.removeprefix("одна ") if words.startswith("одна тысяча") else words

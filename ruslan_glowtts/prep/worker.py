@@ -30,6 +30,7 @@ from ruslan_glowtts.prep.audio_conversion import (
     write_pcm16_wav,
 )
 from ruslan_glowtts.prep.feature_cache import compute_features, write_features
+from ruslan_glowtts.prep.problems import Action
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def process(job: Job) -> dict[str, Any]:
     """Do one job; any unexpected error becomes a problem entry for that file, not a crash."""
     try:
         return _process(job)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop 22,000 others
+    except Exception as exc:  # one bad file must not stop 22,000 others (logged with its traceback)
         logger.debug("processing %s failed", job.source, exc_info=True)
         return {"id": job.id, "converted": job.convert, "usable": False, "frames": 0, "features": False,
                 "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}").to_json()], "source": {}}
@@ -141,7 +142,7 @@ def _process(job: Job) -> dict[str, Any]:
     record: dict[str, Any] = {"id": job.id, "converted": True, "usable": source.usable, "frames": 0,
                               "features": False, "problems": [p.to_json() for p in source.problems],
                               "source": source.info}
-    if not source.usable:
+    if source.audio is None:  # not usable
         wav.unlink(missing_ok=True)  # an earlier run's copy of a file that is now excluded
         return record
 
@@ -150,7 +151,7 @@ def _process(job: Job) -> dict[str, Any]:
                               frame_length=settings.frame_length, hop_length=settings.hop_length)
     lead, trail = start / settings.target_rate, (len(audio) - end) / settings.target_rate
     record["source"].update(leading_silence=round(lead, 3), trailing_silence=round(trail, 3))
-    action = "fixed" if settings.trim_silence else None
+    action: Action | None = "fixed" if settings.trim_silence else None
     for code, seconds in (("long_leading_silence", lead), ("long_trailing_silence", trail)):
         if seconds > settings.limits.max_edge_silence:
             record["problems"].append(problem(code, f"{seconds:.2f} s", action).to_json())
@@ -159,7 +160,7 @@ def _process(job: Job) -> dict[str, Any]:
 
     pcm = to_pcm16(audio)
     write_pcm16_wav(wav, pcm, settings.target_rate)
-    record["frames"] = int(len(pcm))
+    record["frames"] = len(pcm)
     if features is not None:
         write_features(features, compute_features(_ap, wav))
         record["features"] = True

@@ -122,7 +122,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     def _cut(self, pool: np.ndarray) -> list[list[int]]:
         if not self.max_frames:
             return [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
-        batches, current = [], []
+        batches: list[list[int]] = []
+        current: list[int] = []
         for index in pool.tolist():  # ascending lengths: the newest is the longest
             if current and (len(current) + 1) * int(self.lengths[index]) > self.max_frames:
                 batches.append(current)

@@ -117,7 +117,7 @@ def _vocoder(args: argparse.Namespace, config: Any) -> Any:
     return vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
 
 
-def request_from_args(args: argparse.Namespace) -> "TrainRequest":
+def request_from_args(args: argparse.Namespace) -> TrainRequest:
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
     # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
     from ruslan_glowtts.common import runs

@@ -46,10 +46,9 @@ AMP_SCALER_KEY = "amp_scaler"  # Trainer.optimize adds GradScaler's scale to the
 AMP_SCALER_TAG = f"TrainIterStats/{AMP_SCALER_KEY}"
 COQUI_LOGGER = "trainer"  # Trainer._setup_logger_config adds a FileHandler per run to this logger
 
-# Coqui's event tags the kit reads (diagnose, the tests); TrainIterStats every plot_step.
+# Coqui's TrainIterStats tags (every plot_step): a GlowTTS run must write them (test_coqui_contract.py).
 TRAIN_TAGS = ("TrainIterStats/loss", "TrainIterStats/grad_norm", "TrainIterStats/current_lr",
               "TrainIterStats/log_mle", "TrainIterStats/loss_dur")
-EVAL_TAGS = ("EvalStats/avg_loss", "EvalStats/avg_log_mle", "EvalStats/avg_loss_dur")
 
 # Keys trainer.io.save_checkpoint writes and Trainer.restore_model / the kit read back.
 CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scaler", "step", "epoch", "model_loss"})
@@ -92,6 +91,18 @@ PINNED_SIGNATURES = {
                           "scaler=None, save_n_checkpoints=None, **kwargs)",
 }
 CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the kit inserts into
+
+# Public Trainer attributes the kit (the package, bench/, scripts/) reads or sets, besides the methods
+# pinned above: each must be a member of the class or set on self in Trainer's code. Public names,
+# but nothing in Coqui promises them; tests/test_coqui_contract.py checks that every one the kit
+# uses is listed.
+TRAINER_ATTRIBUTES = (
+    "args", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
+    "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "master_params", "model",
+    "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done", "train_loader",
+    "use_accelerate", "use_amp_scaler",
+)
+_SELF_ASSIGNMENT = re.compile(r"\bself\.([A-Za-z]\w*)\s*(?::[^=\n]+)?=(?!=)")  # self.x = / self.x: T =
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -461,7 +472,10 @@ def _build_trainer_base() -> type:
                     self.dashboard_logger.train_step_stats(read.step, loss_dict)
                 self.dashboard_logger.flush()
 
-        def init_training(self, args: Any, coqpit_overrides: list[str], config: Any = None) -> tuple[Any, dict]:
+        # Coqui's is a staticmethod that its __init__ calls as self.init_training(...): the override
+        # needs self (resume_checkpoint), which Python allows and mypy does not.
+        def init_training(self, args: Any, coqpit_overrides: list[str],  # type: ignore[override]
+                          config: Any = None) -> tuple[Any, dict]:
             config, new_fields = super().init_training(args, coqpit_overrides, config)
             if args.continue_path and self.resume_checkpoint is not None:
                 # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
@@ -613,7 +627,7 @@ def _checkpoint_problems() -> list[str]:
     from trainer import io
 
     problems = []
-    model = torch.nn.Linear(1, 1)
+    model: Any = torch.nn.Linear(1, 1)  # any module will do for a probe (Coqui types it as its TrainerModel)
     with tempfile.TemporaryDirectory() as folder:
         io.save_checkpoint({"model": "probe"}, model, folder, current_step=1, epoch=0,
                            optimizer=[torch.optim.SGD(model.parameters(), lr=0.1)], model_loss={}, kit_probe=1)
@@ -626,6 +640,24 @@ def _checkpoint_problems() -> list[str]:
     if "kit_probe" not in keys:
         problems.append("save_checkpoint no longer stores extra keyword entries (the kit's batch position)")
     return problems
+
+
+def trainer_attributes(trainer_class: type) -> set[str]:
+    """Public names a Trainer instance has: the class's members and what its code sets on self."""
+    source = "".join(inspect.getsource(cls) for cls in trainer_class.__mro__ if cls is not object)
+    members = {name for name in dir(trainer_class) if not name.startswith("_")}
+    return members | set(_SELF_ASSIGNMENT.findall(source))
+
+
+def trainer_attribute_problems(trainer_class: type | None = None, names: tuple[str, ...] | None = None) -> list[str]:
+    """One sentence per name of TRAINER_ATTRIBUTES (or `names`) that Coqui's Trainer no longer has."""
+    if trainer_class is None:
+        from trainer import Trainer
+
+        trainer_class = Trainer
+    found = trainer_attributes(trainer_class)
+    return [f"Trainer no longer has {name} (neither a member nor set on self); the kit uses trainer.{name}"
+            for name in (TRAINER_ATTRIBUTES if names is None else names) if name not in found]
 
 
 def contract_problems() -> list[str]:
@@ -648,10 +680,10 @@ def contract_problems() -> list[str]:
     from trainer.callbacks import TrainerCallback
 
     source = inspect.getsource(Trainer)
-    for attr in ("self._stepped_optimizers", "self.total_steps_done", "self.use_amp_scaler", "self.continue_run",
-                 'loss_dict["amp_scaler"]'):
+    for attr in ("self._stepped_optimizers", 'loss_dict["amp_scaler"]'):
         if attr not in source:
             problems.append(f"Trainer no longer uses {attr}")
+    problems += trainer_attribute_problems(Trainer)
     if f'logging.getLogger("{COQUI_LOGGER}")' not in source:
         problems.append(f"Trainer no longer logs to the {COQUI_LOGGER!r} logger (remove_run_log_handlers)")
     callbacks = TrainerCallback()

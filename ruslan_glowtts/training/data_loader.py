@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -73,7 +73,8 @@ class MelFeatures:
 
 
 class KitTTSDataset(TTSDataset):
-    _reported: set[str] = set()  # files already named in a warning (per process)
+    _reported: ClassVar[set[str]] = set()  # files already named in a warning (per process, shared on purpose)
+    ap: MelFeatures  # Coqui's AudioProcessor, wrapped in __init__
 
     def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, pad_lengths: bool = False,
                  **kwargs: Any) -> None:

@@ -113,7 +113,7 @@ class TrainRequest:
     hooks: Hooks = field(default_factory=Hooks)
     lineage: Lineage = field(default_factory=Lineage)
 
-    def with_callbacks(self, callbacks: Mapping[str, Any]) -> "TrainRequest":
+    def with_callbacks(self, callbacks: Mapping[str, Any]) -> TrainRequest:
         return replace(self, hooks=Hooks(dict(callbacks)))
 
 

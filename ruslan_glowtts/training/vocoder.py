@@ -247,7 +247,7 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
 
 
 def _make_trainer_class() -> type:
-    """HifiganTrainer, built on first use so that importing this module stays light (no torch)."""
+    """HifiganTrainer, built on first use; it saves no import: HifiganConfig already loads torch and trainer."""
     import torch
     from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def read_sentences(text: str | None, file: Path | None) -> list[str]:
     return sentences
 
 
-def _cleaner(config: dict[str, Any]):
+def _cleaner(config: dict[str, Any]) -> Callable[[str], str] | None:
     from TTS.tts.utils.text import cleaners
 
     return getattr(cleaners, config.get("text_cleaner") or "", None)

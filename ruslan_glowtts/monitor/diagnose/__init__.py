@@ -14,7 +14,7 @@ Exit codes: 0 healthy or too_early, 1 warning, 2 bad input or cannot_judge, 3 ex
 
 One module per concern:
   findings.py     statistics of grad_norm, loss, eval loss and the guard's tags (robust: medians, MAD)
-  verdict.py      findings + explosion rules + run ending -> verdict, reasons, onset step
+  verdict.py      findings + explosion rules + run ending -> a Judgement (one function per verdict)
   run_context.py  run.json, config.json, how the run ended, tier inference, checkpoints, next command
   diagnosis.py    the Diagnosis of one run folder, with its recommendation
   report.py       text, one line, JSON
@@ -37,8 +37,8 @@ from ruslan_glowtts.monitor.diagnose.run_context import (
            infer_tier,
            run_ending,
 )
-from ruslan_glowtts.monitor.diagnose.verdict import judge
+from ruslan_glowtts.monitor.diagnose.verdict import Judgement, Verdict, judge
 
-__all__ = ["CHECKPOINT_RE", "EVAL_TAG", "EXIT_CODES", "GRAD_TAGS", "LOSS_TAG", "LR_TAG", "Diagnosis", "build_parser",
-           "diagnose", "format_report", "infer_tier", "judge", "main", "one_line", "plot",
+__all__ = ["CHECKPOINT_RE", "EVAL_TAG", "EXIT_CODES", "GRAD_TAGS", "LOSS_TAG", "LR_TAG", "Diagnosis", "Judgement",
+           "Verdict", "build_parser", "diagnose", "format_report", "infer_tier", "judge", "main", "one_line", "plot",
            "run_ending"]

@@ -17,19 +17,19 @@ from ruslan_glowtts.monitor.diagnose.run_context import (
     run_context,
     run_ending,
 )
-from ruslan_glowtts.monitor.diagnose.verdict import judge
+from ruslan_glowtts.monitor.diagnose.verdict import Verdict, judge
 from ruslan_glowtts.monitor.events import RunEvents, read_run
 from ruslan_glowtts.monitor.explosion_rules import RuleSettings
 from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG
 
-EXIT_CODES = {"healthy": 0, "too_early": 0, "warning": 1, "exploding": EXIT_EXPLODED, "diverged": EXIT_EXPLODED,
-              "cannot_judge": EXIT_USAGE}
+EXIT_CODES = {Verdict.HEALTHY: 0, Verdict.TOO_EARLY: 0, Verdict.WARNING: 1, Verdict.EXPLODING: EXIT_EXPLODED,
+              Verdict.DIVERGED: EXIT_EXPLODED, Verdict.CANNOT_JUDGE: EXIT_USAGE}
 
 
 @dataclass
 class Diagnosis:
     run_dir: Path
-    verdict: str
+    verdict: Verdict
     reasons: list[str]
     recommendation: str  # one sentence
     recommended_preset: str | None  # the tier to switch to now; None = keep the current one
@@ -58,11 +58,11 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     rules = RuleSettings.from_mapping(ctx["_config"].get("health"))
     health, markers = health_findings(events)
     ending = run_ending(run_dir, ctx["_meta"])
-    verdict, reasons, onset, stats = judge(events, rules, health, ending=ending,
-                                           fp16=ctx["fp16"] and AMP_SCALER_TAG in events.scalars)
-    if events.unreadable and verdict not in ("exploding", "diverged"):
+    judgement = judge(events, rules, health, ending=ending, fp16=ctx["fp16"] and AMP_SCALER_TAG in events.scalars)
+    verdict, reasons, onset, stats = judgement.verdict, judgement.reasons, judgement.onset, judgement.stats
+    if events.unreadable and verdict not in (Verdict.EXPLODING, Verdict.DIVERGED):
         # What could be read shows no trouble, but the unread file may hold it: say so, do not guess.
-        verdict = "cannot_judge"
+        verdict = Verdict.CANNOT_JUDGE
         reasons = [f"cannot read the event file {path.name}: {why}" for path, why in events.unreadable] + [
             "the verdict would rest on part of the run's curves only"]
     elif events.unreadable:
@@ -70,7 +70,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
                     for path, why in events.unreadable]
 
     next_preset = ctx["next_preset"]
-    checkpoint, why_checkpoint = pick_checkpoint(run_dir, onset, diverged=verdict == "diverged")
+    checkpoint, why_checkpoint = pick_checkpoint(run_dir, onset, diverged=verdict == Verdict.DIVERGED)
     next_cmd = next_command(ctx, next_preset, checkpoint) if next_preset else None
     ctx.update(checkpoint=str(checkpoint) if checkpoint else None, checkpoint_note=why_checkpoint, onset_step=onset,
                event_files=[str(path) for path in events.files], ending=ending, thresholds=asdict(rules),
@@ -85,7 +85,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
 
     preset_name = ctx["preset"] or "this run's settings"
     command = recommended = None
-    if verdict in ("exploding", "diverged"):
+    if verdict in (Verdict.EXPLODING, Verdict.DIVERGED):
         if next_preset:
             recommended, command = next_preset, next_cmd
             recommendation = f"stop this run and start the next tier, {next_preset}, {why_checkpoint}"
@@ -98,12 +98,12 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
         # Dead, but nothing in the curves says why: never "keep training".
         recommendation = ("the run is not training any more: read the error it printed; if it was Coqui's "
                           "`NaN loss`, start the next tier" + (f" ({next_preset})" if next_preset else ""))
-    elif verdict == "warning":
+    elif verdict == Verdict.WARNING:
         recommendation = "keep training and diagnose again in a few hundred steps" + (
             f"; if it turns exploding, switch to {next_preset}" if next_preset else "")
-    elif verdict == "too_early":
+    elif verdict == Verdict.TOO_EARLY:
         recommendation = "keep training and diagnose again later"
-    elif verdict == "cannot_judge":
+    elif verdict == Verdict.CANNOT_JUDGE:
         recommendation = ("no verdict: copy the run's event files again (or move the corrupt one aside) and "
                           "diagnose again")
     else:

@@ -107,14 +107,15 @@ def grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> 
         "nonfinite_steps": [int(s) for s in steps[nonfinite][:20]] if measured else [],
     }
     if len(finite):
-        above_50, above_100 = finite > rules.healthy_max, finite > rules.grad_norm_limit
+        # Named after the run's own thresholds (its health settings), which need not be 50 and 100.
+        above_band, above_limit = finite > rules.healthy_max, finite > rules.grad_norm_limit
         index_of_max = int(np.argmax(np.where(good, post_values, -np.inf)))
         stats.update(
             median=float(np.median(finite)), p95=float(np.percentile(finite, 95)), max=float(finite.max()),
-            max_step=int(post_steps[index_of_max]), share_above_50=float(above_50.mean()),
-            share_above_100=float(above_100.mean()), points_above_100=int(above_100.sum()),
+            max_step=int(post_steps[index_of_max]), share_above_healthy_max=float(above_band.mean()),
+            share_above_limit=float(above_limit.mean()), points_above_limit=int(above_limit.sum()),
             recent_median=float(np.median(finite[-rules.for_points(every).level_window:])),
-            first_above_100_step=int(post_steps[good][above_100][0]) if above_100.any() else None,
+            first_above_limit_step=int(post_steps[good][above_limit][0]) if above_limit.any() else None,
         )
     all_values = np.where(nonfinite | calibration, np.nan, values) if measured else values
     return GradFindings(stats, post_steps, log, nonfinite, steps, all_values, every, calibration)

@@ -47,8 +47,8 @@ def format_report(diagnosis: Diagnosis) -> str:
         if "median" in grad:
             text += (f": median {format_number(grad['median'])}, p95 {format_number(grad['p95'])}, "
                      f"max {format_number(grad['max'])} (step {grad['max_step']}); "
-                     f"{grad['share_above_50']:.1%} above {run['thresholds']['healthy_max']:g}, "
-                     f"{grad['share_above_100']:.1%} above {run['thresholds']['grad_norm_limit']:g}")
+                     f"{grad['share_above_healthy_max']:.1%} above {run['thresholds']['healthy_max']:g}, "
+                     f"{grad['share_above_limit']:.1%} above {run['thresholds']['grad_norm_limit']:g}")
         if grad.get("trend_growth") is not None:
             text += f"; trend x{grad['trend_growth']:.3g} over the last {grad['trend_steps']} steps"
         text += (f"; {len(grad.get('jumps', []))} jump(s), {grad.get('spikes', 0)} spike(s), "

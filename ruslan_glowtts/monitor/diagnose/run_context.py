@@ -116,18 +116,18 @@ def infer_tier(config: dict[str, Any]) -> tuple[str | None, list[str], str]:
         chain = [preset.name for preset in tier_chain(load_preset("stable"))]
         return None, chain, "config.json has no lr/grad_clip: starting the kit's chain at stable"
     effective_clip = clip if clip > 0 else math.inf  # 0 disables clipping
-    chain = tier_chain(load_preset("default"))
-    for i, preset in enumerate(chain):
+    tiers = tier_chain(load_preset("default"))
+    for i, preset in enumerate(tiers):
         if (math.isclose(_override(preset, "lr"), lr, rel_tol=1e-6)
                 and math.isclose(_override(preset, "grad_clip"), clip, rel_tol=1e-6)):
-            return (preset.name, [later.name for later in chain[i + 1:]],
+            return (preset.name, [later.name for later in tiers[i + 1:]],
                     f"lr {lr:g} and grad_clip {clip:g} match preset {preset.name}")
-    for i, preset in enumerate(chain):
+    for i, preset in enumerate(tiers):
         preset_lr, preset_clip = _override(preset, "lr"), _override(preset, "grad_clip")
         if preset_lr <= lr and preset_clip <= effective_clip and (preset_lr < lr or preset_clip < effective_clip):
-            return None, [later.name for later in chain[i:]], (
+            return None, [later.name for later in tiers[i:]], (
                 f"lr {lr:g}, grad_clip {clip:g}: the first safer tier of "
-                f"{' -> '.join(tier.name for tier in chain)} is {preset.name}")
+                f"{' -> '.join(tier.name for tier in tiers)} is {preset.name}")
     return None, [], f"lr {lr:g}, grad_clip {clip:g} are already at or below the last tier's values"
 
 
