@@ -15,7 +15,7 @@ from tests.helpers import tiny_config
 def interpreted(monkeypatch):
     """The kernel built for Triton's interpreter (numpy on the CPU) for the test, rebuilt after it."""
     pytest.importorskip("triton")
-    import triton.runtime.interpreter as interpreter
+    from triton.runtime import interpreter
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     # Triton 3.6's interpreter turns a loop bound into an int with int() of a 1-element array,

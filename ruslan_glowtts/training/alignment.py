@@ -46,7 +46,7 @@ def _kernel() -> Any:
         xs = tl.arange(0, BLOCK_X)
         if (t_x > 0) & (t_y > 0):
             # Forward: column y from column y - 1, in place, text positions in parallel.
-            for y in range(0, t_y):
+            for y in range(t_y):
                 in_band = (xs >= tl.maximum(0, t_x + y - t_y)) & (xs < tl.minimum(t_x, y + 1))
                 here = tl.load(value + xs * stride_x + y, mask=in_band, other=0.0)
                 # value[x, y-1] (x == y: outside the band, max_neg)
@@ -58,7 +58,7 @@ def _kernel() -> Any:
                 tl.debug_barrier()  # the next column reads this one's neighbours
             # Backtrack from the last text position at the last frame.
             index = t_x - 1
-            for step in range(0, t_y):
+            for step in range(t_y):
                 y = t_y - 1 - step
                 tl.store(path + index * stride_x + y, 1.0)
                 stay = tl.load(value + index * stride_x + (y - 1), mask=(y > 0) & (index > 0), other=0.0)

@@ -97,10 +97,10 @@ CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the
 # but nothing in Coqui promises them; tests/test_coqui_contract.py checks that every one the kit
 # uses is listed.
 TRAINER_ATTRIBUTES = (
-    "args", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
-    "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "master_params", "model",
-    "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done", "train_loader",
-    "use_accelerate", "use_amp_scaler",
+    "args", "c_logger", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
+    "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "log_model_step",
+    "master_params", "model", "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done",
+    "train_loader", "update_training_dashboard_logger", "use_accelerate", "use_amp_scaler",
 )
 _SELF_ASSIGNMENT = re.compile(r"\bself\.([A-Za-z]\w*)\s*(?::[^=\n]+)?=(?!=)")  # self.x = / self.x: T =
 
@@ -397,13 +397,12 @@ def glowtts_loss() -> Any:
 
 
 def _build_trainer_base() -> type:
-    from trainer import Trainer
-    from trainer.io import save_checkpoint
-    from trainer.utils.distributed import rank_zero_only
-
     import time
 
+    from trainer import Trainer
+    from trainer.io import save_checkpoint
     from trainer.model import TrainerModel
+    from trainer.utils.distributed import rank_zero_only
 
     from ruslan_glowtts.training.step_values import ReadValues, StepValueQueue
 

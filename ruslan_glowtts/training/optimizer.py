@@ -117,7 +117,7 @@ class FlatRAdam(torch.optim.Optimizer):
         self._check_gradients()
         return torch.linalg.vector_norm(self.flat_grad)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - views must stay bound
+    def zero_grad(self, set_to_none: bool = True) -> None:
         self.flat_grad.zero_()
 
     @torch.no_grad()
@@ -214,6 +214,6 @@ def relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) ->
     worst = 0.0
     for x, y in zip(a, b, strict=True):
         denom = float(torch.linalg.vector_norm(y.double()))
-        diff = float(torch.linalg.vector_norm((x.double() - y.double())))
+        diff = float(torch.linalg.vector_norm(x.double() - y.double()))
         worst = max(worst, diff / denom if denom else (0.0 if diff == 0 else math.inf))
     return worst
