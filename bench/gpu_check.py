@@ -1,20 +1,25 @@
-"""GPU check: stock fp32 vs kit fp32 vs kit bf16 on one CUDA GPU; run by bench/gpu_check.sh.
+"""GPU check: the kit against Coqui's stock recipe on one CUDA GPU; run by bench/gpu_check.sh.
 
-    python3 bench/gpu_check.py --out DIR [--steps 80] [--batch 8]
+    python3 bench/gpu_check.py --out DIR [--files 2000] [--curve-steps 300] [--timed 30]
 
-On the sample-derived corpus (prepared, 3.5 s utterances), trains full-size GlowTTS for a fixed
-number of steps three times: Coqui's stock recipe in fp32, the kit's entry point in fp32, and
-the kit in bf16 (preset stable's precision where the GPU supports it). Reports samples/s (median
-of 5-step windows after warm-up), peak GPU memory (nvidia-smi, sampled), that every logged loss
-is finite, and the first steps' losses of the kit's fp32 and bf16 runs side by side. Then two
-measurements inside a step on the GPU: monotonic alignment search (Cython on the CPU: a device-to-
-host copy per forward) and Coqui's RAdam vs torch.optim.RAdam(foreach=True) (time per step, and
-the largest parameter difference after 10 identical steps). Last, the batching comparison of
-bench/batching.py on the GPU: stock order, kit random, kit buckets, frame budget (samples/s and
-peak allocated memory). Writes DIR/gpu_check.md and .json.
---only-fp16 runs just the fp16 check (~1 min): a short kit run in fp16 must log
-TrainIterStats/amp_scaler as Coqui's own optimize does, so diagnose recognises a guarded fp16 run.
-Without CUDA it still runs, on the CPU, to check itself (numbers then mean nothing).
+1. Corpus: `--files` generated utterances with RUSLAN's length spread (bench/batching.py), prepared.
+2. Loss curves, the entry points as users run them (subprocesses, real loaders), full-size
+   GlowTTS, batch 8, fp32, `--curve-steps` steps each: Coqui's recipe with the kit's schedule fixes
+   (bench/stock_recipe.py --matched: warmup counted in steps, shuffled batches; Coqui's RAdam, loss,
+   alignment search and Trainer), and the kit with the same hyperparameters (preset `default`:
+   lr 1e-3, clip 5, warmup 4000, batch 8) on two seeds, whose difference is the seed-to-seed
+   spread. Also end-to-end samples/s, time to the first step, peak GPU memory (nvidia-smi), the
+   kit's compile count and time.
+3. Step matrix, in one process so that both see the very same batches: Coqui's Trainer with
+   Coqui's GlowTTS vs KitTrainer with RuslanGlowTTS (preset stable's step: guard, FlatRAdam,
+   compiled decoder, GPU alignment search), fp32 and bf16, batch 8 and 32: samples/s over
+   `--timed` steps (loader excluded for both), peak allocated memory, host syncs per step
+   (torch.cuda.set_sync_debug_mode), and for fp32 kernel launches per step and the GPU-busy share
+   of a step (torch.profiler). The GPU alignment search's paths are compared with Cython's on the
+   real batches.
+Writes DIR/gpu_check.md and DIR/gpu_check.json as it goes (a failed part is recorded, the rest runs).
+Without CUDA it runs on the CPU to check itself (numbers then mean nothing).
+--only-fp16 runs the older fp16 check: a short kit run in fp16 must log TrainIterStats/amp_scaler.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from prepare_parts import make_corpus, run_prepare  # noqa: E402
-from run import PY, step_parts, train_run  # noqa: E402
+import batching  # noqa: E402
+from run import PY, train_run  # noqa: E402
+
+# --tiny: the tests' tiny GlowTTS (hidden 32, 2 flows), for a quick self-check of this script on a CPU.
+TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_dp": 32, "num_flow_blocks_dec": 2,
+        "num_block_layers": 2}
+KIT_FLAGS = ["--set", "plot_step=1", "--set", "run_eval=false", "--set", "print_step=1000",
+             "--set", "test_delay_epochs=100000", "--set", "num_loader_workers=4"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
 
 
 def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
@@ -46,7 +66,7 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
         while not stop.is_set():
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5, check=False).stdout
+                                     capture_output=True, text=True, timeout=5).stdout
                 peak[0] = max(peak[0], max(int(v) for v in out.split()))
             except (OSError, ValueError, subprocess.SubprocessError):
                 return
@@ -63,16 +83,341 @@ def losses(run_dir: Path) -> dict[int, float]:
     return dict(zip(series.steps.tolist(), series.values.tolist(), strict=True))
 
 
-def bucketed_batches(work: Path, batch: int, device: str, files: int = 600) -> dict[str, Any]:
-    """Stock order vs the kit's random, bucketed and frame-budget batches on the GPU (issue 11)."""
-    import batching
+def smoothed(curve: dict[int, float], at: list[int], window: int = 25) -> list[float | None]:
+    """Mean loss over the `window` logged steps up to each step of `at`."""
+    steps = sorted(curve)
+    out: list[float | None] = []
+    for step in at:
+        values = [curve[s] for s in steps if step - window < s <= step and math.isfinite(curve[s])]
+        out.append(round(statistics.fmean(values), 4) if values else None)
+    return out
 
-    batching.make_length_corpus(work / "len_src", files, seed=0)
-    batching.prepare(work / "len_src", work / "len")
-    loaders = batching.variant_loaders(work / "len", batch, 8 * 500)
-    result = {"files": files, "padding": batching.padding_table(loaders, batch, 8 * 500)}
-    result["steps"] = batching.step_costs(loaders, work / "len", batch, 4, 3, device)
-    return result
+
+def compile_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if "Compiled GlowTTS's decoder" in line
+             or "Compiling the decoder failed" in line]
+    return lines[-1] if lines else "no compile"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Loss curves from the entry points
+
+
+def curves(prepared: Path, work: Path, steps: int, tiny: bool = False) -> dict[str, Any]:
+    common = ["--dataset-path", str(prepared), "--max-steps", str(steps)]
+    kit_tiny = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")] if tiny else []
+    variants = {
+        "stock (matched)": [PY, "bench/stock_recipe.py", *common, "--batch-size", "8", "--matched", "--output-path"],
+        "kit seed 1": [PY, "train_ruslan_glowtts.py", "--preset", "default", *common, *KIT_FLAGS, *kit_tiny,
+                       "--seed", "1", "--output-path"],
+        "kit seed 2": [PY, "train_ruslan_glowtts.py", "--preset", "default", *common, *KIT_FLAGS, *kit_tiny,
+                       "--seed", "2", "--output-path"],
+    }
+    runs: dict[str, Any] = {}
+    for name, command in variants.items():
+        output = work / name.replace(" ", "_").replace("(", "").replace(")", "")
+        stop, peak = gpu_memory_sampler()
+        try:
+            run = train_run(name, [*command, str(output)], output, 8)
+        except (SystemExit, Exception) as exc:  # noqa: BLE001 - record it, go on
+            runs[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"{name}: FAILED {exc}", flush=True)
+            continue
+        finally:
+            stop.set()
+        curve = losses(Path(run["run_dir"]))
+        run.update(peak_gpu_mib=peak[0], curve=curve, losses_finite=all(math.isfinite(v) for v in curve.values()),
+                   compile=compile_line(output / "log.txt") if "kit" in name else "")
+        runs[name] = run
+        print(f"{name}: {run['samples_per_s']:.1f} samples/s, first step after {run['first_step_s']:.1f} s, "
+              f"peak GPU {peak[0]} MiB, {run['compile']}", flush=True)
+    at = list(range(50, steps + 1, 50))
+    table = {name: smoothed(run["curve"], at) for name, run in runs.items() if "curve" in run}
+    return {"steps": steps, "at": at, "smoothed": table,
+            "runs": {name: {k: v for k, v in run.items() if k != "curve"} for name, run in runs.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The step matrix, in one process
+
+
+def _batches(config: Any, samples: list[dict], model: Any, batch: int, count: int, seed: int) -> list[Any]:
+    """`count` collated batches of `batch` utterances drawn at random, each made by the model's own
+    loader from exactly those utterances (the same utterances for every model)."""
+    import copy
+
+    rng = random.Random(seed)
+    picks = [rng.sample(range(len(samples)), batch) for _ in range(count)]
+    config = copy.deepcopy(config)
+    config.batch_size, config.shuffle, config.drop_last = batch, False, False
+    if hasattr(config, "bucket_by_length"):
+        config.bucket_by_length = False  # exactly these utterances in one batch (the kit still pads its lengths)
+    out = []
+    for pick in picks:
+        loader = model.get_data_loader(config, is_eval=False, samples=[samples[i] for i in pick], verbose=False)
+        (collated,) = list(loader)
+        out.append(collated)
+    return out
+
+
+def _stock_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
+    from stock_recipe import russian_characters
+    from trainer import Trainer, TrainerArgs
+    from TTS.tts.configs.glow_tts_config import GlowTTSConfig
+    from TTS.tts.configs.shared_configs import BaseDatasetConfig
+    from TTS.tts.datasets import load_tts_samples
+    from TTS.tts.models.glow_tts import GlowTTS
+
+    config = GlowTTSConfig(batch_size=8, num_loader_workers=0, run_eval=False, test_delay_epochs=-1,
+                           text_cleaner="basic_cleaners", use_phonemes=False, characters=russian_characters(),
+                           mixed_precision=precision == "bf16", precision="bf16", print_step=25, plot_step=25,
+                           data_dep_init_steps=0, output_path=str(work / f"stock_{precision}"), save_step=10**9,
+                           datasets=[BaseDatasetConfig(formatter="ruslan", meta_file_train=batching.META,
+                                                       path=str(prepared))])
+    config.audio.sample_rate = batching.RATE
+    if tiny:
+        for key, value in TINY.items():
+            setattr(config, key, value)
+    samples, _ = load_tts_samples(config, eval_split=False)
+    model = GlowTTS(config)
+    trainer = Trainer(TrainerArgs(), config, config.output_path, model=model, train_samples=samples,
+                      eval_samples=samples[:1], parse_command_line_args=False)
+    return trainer, config, samples
+
+
+def _kit_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
+    import torch
+    from trainer import TrainerArgs
+    from TTS.tts.datasets import load_tts_samples
+
+    from ruslan_glowtts.common.presets import load_preset
+    from ruslan_glowtts.training import compilation
+    from ruslan_glowtts.training.config import build_config, parse_set_option
+    from ruslan_glowtts.training.model import RuslanGlowTTS
+    from ruslan_glowtts.training.train import resolve_precision
+    from ruslan_glowtts.training.trainer import KitTrainer
+
+    sets = ["num_loader_workers=0", "run_eval=false", "data_dep_init_steps=0", "health.checkpoint_every=0",
+            f"output_path={json.dumps(str(work / f'kit_{precision}'))}",
+            f"mixed_precision={'true' if precision == 'bf16' else 'false'}",
+            *([f"{key}={value}" for key, value in TINY.items()] if tiny else [])]
+    config, _ = build_config(preset=load_preset("stable"), dataset_path=prepared,
+                             cli_layers=[(parse_set_option(s), "gpu_check") for s in sets])
+    resolve_precision(config)
+    samples, _ = load_tts_samples(config, eval_split=False)
+    model = RuslanGlowTTS(config)
+    compiled = compilation.attach(model, config.compile_model)
+    trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=model, train_samples=samples,
+                         eval_samples=samples[:1], parse_command_line_args=False)
+    if model.pads_lengths() and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # as train() sets it: padded shapes repeat
+    return trainer, config, samples, compiled
+
+
+def _steps(trainer: Any, batches: list[Any], kit: bool) -> None:
+    for i, batch in enumerate(batches):
+        trainer.train_step(batch, len(batches), i, time.time())
+    if kit:
+        trainer.log_step_values(wait=True)
+
+
+def _syncs(trainer: Any, batches: list[Any], kit: bool) -> float:
+    """Host syncs per step, as torch.cuda.set_sync_debug_mode counts them (warnings)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return math.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for i, batch in enumerate(batches):
+                trainer.train_step(batch, len(batches), i, time.time())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    if kit:
+        trainer.log_step_values(wait=True)
+    found = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(found) / len(batches)
+
+
+def _profile(trainer: Any, batches: list[Any], kit: bool, step_s: float) -> dict[str, Any]:
+    """Kernel launches per step and the GPU-busy share of a step (kernel time union / unprofiled step time)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        _steps(trainer, batches, kit)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.events()
+    names = [e.name for e in events]
+    launches = sum(1 for n in names if n.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+    graphs = sum(1 for n in names if n.startswith("cudaGraphLaunch"))
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
+    busy, end = 0.0, -math.inf
+    for start, stop in intervals:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    per_step = busy / 1e6 / len(batches)  # microseconds -> seconds
+    return {"kernel_launches_per_step": launches / len(batches), "graph_launches_per_step": graphs / len(batches),
+            "gpu_kernel_s_per_step": per_step, "gpu_busy_share": per_step / step_s if step_s else math.nan}
+
+
+def _mas_identical(kit_trainer: Any, batches: list[Any]) -> dict[str, Any]:
+    """The GPU kernel's paths vs Cython's on real log-likelihood matrices of these batches."""
+    import torch
+    from monotonic_alignment_search import maximum_path as cython
+
+    from ruslan_glowtts.training import alignment
+
+    if not torch.cuda.is_available():
+        return {"checked": 0}
+    seen: list[tuple[Any, Any]] = []
+    original = alignment.maximum_path
+
+    def record(value: Any, mask: Any) -> Any:
+        seen.append((value.detach().clone(), mask.detach().clone()))
+        return original(value, mask)
+
+    alignment.maximum_path = record
+    try:
+        _steps(kit_trainer, batches, True)
+    finally:
+        alignment.maximum_path = original
+    differ = sum(int(not torch.equal(alignment.maximum_path_triton(v, m).cpu(), cython(v, m).cpu())) for v, m in seen)
+    return {"checked": len(seen), "differ": differ}
+
+
+def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = False) -> dict[str, Any]:
+    import torch
+
+    from ruslan_glowtts.training.train import resolve_precision  # noqa: F401 - imported for its side-free check
+
+    cuda = torch.cuda.is_available()
+    precisions = ["fp32", "bf16"] if cuda and torch.cuda.is_bf16_supported() else ["fp32"]
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    results: dict[str, Any] = {}
+    for precision in precisions:
+        for kind in ("stock", "kit"):
+            started = time.perf_counter()
+            if kind == "stock":
+                trainer, config, samples = _stock_trainer(prepared, work, precision, tiny)
+                compiled = None
+            else:
+                trainer, config, samples, compiled = _kit_trainer(prepared, work, precision, tiny)
+            model = trainer.model
+            setup_s = time.perf_counter() - started
+            for batch in (8, 32):
+                name = f"{kind} {precision} b{batch}"
+                try:
+                    batches = _batches(config, samples, model, batch, timed, seed=batch)
+                    # A first pass over the very batches that are then timed: compiles, one CUDA graph per
+                    # shape and cudnn's choices happen here (a long run pays them once), not in the timing.
+                    started = time.perf_counter()
+                    for _ in range(warmup):
+                        _steps(trainer, batches, kind == "kit")
+                    sync()
+                    warm_s = time.perf_counter() - started
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    waits_before = trainer.step_values.waits if kind == "kit" else 0
+                    started = time.perf_counter()
+                    _steps(trainer, batches, kind == "kit")
+                    sync()
+                    step_s = (time.perf_counter() - started) / timed
+                    entry: dict[str, Any] = {
+                        "samples_per_s": batch / step_s, "step_ms": 1000 * step_s, "warmup_s": warm_s,
+                        "setup_s": setup_s, "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0,
+                        "syncs_per_step": _syncs(trainer, batches[:5], kind == "kit"),
+                    }
+                    if kind == "kit":  # timed steps whose values the host had to wait for (GPU > 2 steps behind)
+                        entry["value_waits"] = trainer.step_values.waits - waits_before
+                    if compiled is not None:
+                        entry["compiles"], entry["compile_s"] = compiled.compiles, round(compiled.compile_seconds, 1)
+                        entry["compile_failed"] = compiled.failed
+                    if precision == "fp32":
+                        entry.update(_profile(trainer, batches[:5], kind == "kit", step_s))
+                    if kind == "kit" and precision == "fp32" and batch == 8:
+                        entry["alignment_vs_cython"] = _mas_identical(trainer, batches[:4])
+                    results[name] = entry
+                    print(f"{name}: {entry['samples_per_s']:.1f} samples/s ({entry['step_ms']:.1f} ms/step), "
+                          f"syncs/step {entry['syncs_per_step']}, launches/step {entry.get('kernel_launches_per_step')}, "
+                          f"GPU busy {entry.get('gpu_busy_share')}, warm-up {warm_s:.1f} s", flush=True)
+                except Exception as exc:  # noqa: BLE001 - record it, go on with the others
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+                    print(f"{name}: FAILED {exc}", flush=True)
+            trainer.dashboard_logger.finish()
+            del trainer, model
+            if cuda:
+                torch.cuda.empty_cache()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"## GPU check: {results['device']}", "",
+             f"torch {results['torch']}; {results['files']} generated utterances with RUSLAN's length spread; "
+             "full-size GlowTTS.", ""]
+    m = results.get("matrix", {})
+    if m:
+        lines += ["Step matrix (one process, the same batches for both; loader excluded; "
+                  f"{results['timed']} timed steps after {results['warmup']} untimed pass(es) over the same batches):",
+                  "",
+                  "| precision | batch | stock samples/s | kit samples/s | kit / stock | stock syncs/step | kit syncs/step "
+                  "| stock launches/step | kit launches/step | stock GPU busy | kit GPU busy | stock peak MiB | kit peak MiB "
+                  "| kit compiles (s) |", "|" + "---|" * 14]
+        for precision in ("fp32", "bf16"):
+            for batch in (8, 32):
+                s, k = m.get(f"stock {precision} b{batch}", {}), m.get(f"kit {precision} b{batch}", {})
+                if not s and not k:
+                    continue
+
+                def fmt(entry: dict, key: str, spec: str = ".1f") -> str:
+                    value = entry.get(key)
+                    return "error" if "error" in entry else ("" if value is None else format(value, spec))
+
+                ratio = (f"{k['samples_per_s'] / s['samples_per_s']:.2f}x"
+                         if "samples_per_s" in s and "samples_per_s" in k else "")
+                lines.append(f"| {precision} | {batch} | {fmt(s, 'samples_per_s')} | {fmt(k, 'samples_per_s')} | {ratio} "
+                             f"| {fmt(s, 'syncs_per_step')} | {fmt(k, 'syncs_per_step')} "
+                             f"| {fmt(s, 'kernel_launches_per_step', '.0f')} | {fmt(k, 'kernel_launches_per_step', '.0f')} "
+                             f"| {fmt(s, 'gpu_busy_share', '.0%')} | {fmt(k, 'gpu_busy_share', '.0%')} "
+                             f"| {fmt(s, 'peak_allocated_mib', '.0f')} | {fmt(k, 'peak_allocated_mib', '.0f')} "
+                             f"| {k.get('compiles', '')} ({k.get('compile_s', '')}) |")
+        mas = m.get("kit fp32 b8", {}).get("alignment_vs_cython")
+        if mas:
+            lines += ["", f"GPU alignment search vs Coqui's Cython on {mas['checked']} real batches: "
+                          f"{mas.get('differ', '?')} differ."]
+    c = results.get("curves", {})
+    if c:
+        lines += ["", f"Entry points (subprocesses, real loaders), batch 8, fp32, {c['steps']} steps:", "",
+                  "| run | samples/s | first step after (s) | peak GPU MiB | losses finite | compile |", "|---|---|---|---|---|---|"]
+        for name, run in c["runs"].items():
+            if "error" in run:
+                lines.append(f"| {name} | failed: {run['error'][:120]} | | | | |")
+                continue
+            lines.append(f"| {name} | {run['samples_per_s']:.1f} | {run['first_step_s']:.1f} | {run['peak_gpu_mib']} "
+                         f"| {run['losses_finite']} | {run['compile']} |")
+        lines += ["", "Training loss, mean of the 25 steps up to each step:", "",
+                  "| step | " + " | ".join(c["smoothed"]) + " |", "|---|" + "---|" * len(c["smoothed"])]
+        for i, step in enumerate(c["at"]):
+            lines.append(f"| {step} | " + " | ".join(str(v[i]) for v in c["smoothed"].values()) + " |")
+    for part in ("corpus_error", "curves_error", "matrix_error"):
+        if part in results:
+            lines += ["", f"{part}: {results[part]}"]
+    return "\n".join(lines) + "\n"
+
+
+def save(out: Path, results: dict[str, Any]) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    (out / "gpu_check.md").write_text(report(results), encoding="utf-8")
 
 
 def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[str, Any]:
@@ -85,108 +430,69 @@ def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[
     output = work / "kit_fp16"
     command = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared), "--max-steps",
                str(steps), "--output-path", str(output), "--set", "precision=fp16", "--set", f"batch_size={batch}",
-               "--set", "plot_step=1", "--set", "run_eval=false", "--set", "test_delay_epochs=100000"]
+               *KIT_FLAGS]
     code = subprocess.call(command, cwd=REPO)
     run_dirs = [p for p in output.iterdir() if p.is_dir()] if output.is_dir() else []
-    if len(run_dirs) != 1:  # report it and go on to the other measurements
-        print(f"fp16 amp_scaler check: exit {code}, run folders {run_dirs}", flush=True)
+    if len(run_dirs) != 1:
         return {"exit_code": code, "ok": False, "run_dirs": [str(p) for p in run_dirs]}
     (run_dir,) = run_dirs
     scale = read_run(run_dir).scalars.get(AMP_SCALER_TAG)
     result = {"exit_code": code, "amp_scaler_points": 0 if scale is None else len(scale.values),
-              "amp_scaler_last": None if scale is None else float(scale.values[-1]),
               "diagnose_sees_fp16": bool(run_context(run_dir)["fp16"] and scale is not None),
               "verdict": diagnose(run_dir).verdict}
     result["ok"] = code == 0 and result["amp_scaler_points"] > 0 and result["diagnose_sees_fp16"]
-    print(f"fp16 amp_scaler check: {json.dumps(result)}", flush=True)
     return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=80, help="trainer steps per run (10 are data-dependent init)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--only-fp16", action="store_true", help="only the fp16 amp_scaler check (~1 min)")
+    p.add_argument("--files", type=int, default=2000, help="generated utterances (RUSLAN's length spread)")
+    p.add_argument("--curve-steps", type=int, default=300, help="steps of each entry-point run (0: skip them)")
+    p.add_argument("--timed", type=int, default=30, help="timed steps per variant in the step matrix (0: skip it)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes over the timed batches first (compiles, "
+                   "CUDA graph recordings, cudnn's choices)")
+    p.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1))
+    p.add_argument("--only-fp16", action="store_true", help="only the fp16 amp_scaler check")
+    p.add_argument("--tiny", action="store_true", help="the tests' tiny model in the step matrix and the kit's "
+                   "curves (a quick self-check of this script on a CPU; the stock curve stays full-size)")
     args = p.parse_args()
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device: CPU dry run"
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    print(f"device: {device}; torch {torch.__version__}; bf16 {'supported' if bf16 else 'not supported'}", flush=True)
+    print(f"device: {device}; torch {torch.__version__}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    make_corpus(work / "src", 96, seconds=(3.5, 3.5))
-    run_prepare(work / "src", work / "prepared", 8)
+    results: dict[str, Any] = {"device": device, "torch": torch.__version__, "files": args.files,
+                               "timed": args.timed, "warmup": args.warmup}
+    started = time.perf_counter()
+    batching.make_length_corpus(work / "src", args.files, seed=0)
+    subprocess.run([PY, "-m", "ruslan_glowtts.prepare", "--src", str(work / "src"), "--dst", str(work / "prepared"),
+                    "--jobs", str(args.jobs), "--max-duration", "16"], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     prepared = work / "prepared"
-    fp16 = fp16_amp_scaler(prepared, work, 30, args.batch) if torch.cuda.is_available() else {"ok": None}
-    (args.out / "fp16_check.json").write_text(json.dumps(fp16, indent=2), encoding="utf-8")
+    results["corpus_s"] = round(time.perf_counter() - started, 1)
+    print(f"corpus: {args.files} utterances prepared in {results['corpus_s']} s", flush=True)
     if args.only_fp16:
-        sys.exit(0 if fp16["ok"] else 1)
-
-    kit = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared),
-           "--max-steps", str(args.steps), "--set", f"batch_size={args.batch}", "--set", "plot_step=1",
-           "--set", "run_eval=false", "--set", "print_step=1000", "--set", "test_delay_epochs=100000"]
-    variants = {
-        "stock fp32": [PY, "bench/stock_recipe.py", "--dataset-path", str(prepared), "--batch-size",
-                       str(args.batch), "--max-steps", str(args.steps), "--output-path"],
-        "kit fp32": [*kit, "--set", "mixed_precision=false", "--output-path"],
-        "kit bf16": [*kit, "--output-path"],
-    }
-    results: dict[str, Any] = {"device": device, "torch": torch.__version__, "bf16_supported": bf16,
-                               "steps": args.steps, "batch": args.batch, "fp16_amp_scaler": fp16, "runs": {}}
-    for name, command in variants.items():
-        output = work / name.replace(" ", "_")
-        stop, peak = gpu_memory_sampler()
-        run = train_run(name, [*command, str(output)], output, args.batch)
-        stop.set()
-        values = losses(Path(run["run_dir"]))
-        run.update(peak_gpu_mib=peak[0], losses_finite=all(math.isfinite(v) for v in values.values()),
-                   first_losses={k: round(v, 4) for k, v in sorted(values.items())[:10]})
-        results["runs"][name] = run
-        print(f"{name}: {run['samples_per_s']:.1f} samples/s, peak GPU {peak[0]} MiB, "
-              f"losses finite: {run['losses_finite']}", flush=True)
-    results["inside_a_step"] = step_parts(prepared, args.batch, 9, "cuda" if torch.cuda.is_available() else "cpu")
-    results["batching"] = bucketed_batches(work, args.batch, "cuda" if torch.cuda.is_available() else "cpu")
-    print(json.dumps(results["inside_a_step"], indent=1), flush=True)
-
-    runs, stock = results["runs"], results["runs"]["stock fp32"]["samples_per_s"]
-    lines = [f"## GPU check: {device}", "",
-             (f"torch {torch.__version__}; full-size GlowTTS, batch {args.batch}, {args.steps} trainer steps per run "
-              "(10 of them data-dependent init); samples/s = batch / median 5-step window after 5 warm-up steps."), "",
-             f"fp16 run logs amp_scaler and diagnose sees fp16: {fp16['ok']} ({fp16.get('amp_scaler_points')} points)",
-             "",
-             "| run | samples/s | vs stock | first step after (s) | peak GPU memory (MiB) | losses finite |",
-             "|---|---|---|---|---|---|"]
-    for name, run in runs.items():
-        lines.append(f"| {name} | {run['samples_per_s']:.1f} | {run['samples_per_s'] / stock:.2f}x | "
-                     f"{run['first_step_s']:.1f} | {run['peak_gpu_mib']} | {run['losses_finite']} |")
-    fp32, bf = runs["kit fp32"]["first_losses"], runs["kit bf16"]["first_losses"]
-    lines += ["", "First losses, kit fp32 vs kit bf16 (same seed, same batches):", "",
-              "| step | fp32 | bf16 |", "|---|---|---|"]
-    lines += [f"| {step} | {fp32[step]} | {bf.get(step, '')} |" for step in fp32]
-    s = results["inside_a_step"]
-    lines += ["", "| inside a step (GPU) | |", "|---|---|",
-              f"| forward + backward | {s['forward_backward_s'] * 1000:.1f} ms |",
-              f"| monotonic alignment search (CPU Cython + copies) | {s['mas_s'] * 1000:.1f} ms |",
-              f"| Coqui RAdam step ({s['parameter_tensors']} tensors) | {s['coqui_radam_s'] * 1000:.2f} ms |",
-              f"| torch.optim.RAdam(foreach=True) step | {s['torch_radam_foreach_s'] * 1000:.2f} ms |",
-              (f"| after {s['optimizer_steps']} identical steps: largest move / largest difference | "
-               f"{s['radam_largest_move']:.1e} / {s['radam_largest_difference']:.1e} |"), ""]
-    b = results["batching"]
-    random_rate = b["steps"]["kit random"]["samples_per_s"]
-    lines += ["", (f"Length-bucketed batches (bench/batching.py step costs, {b['files']} utterances with RUSLAN's "
-               f"length spread, batch {args.batch}, fp32; peak = the epoch's batch with the most padded frames):"), "",
-              "| batching | padded share | samples/s (range) | vs kit random | peak allocated (MiB) |",
-              "|---|---|---|---|---|"]
-    for name, s_ in b["steps"].items():
-        lines.append(f"| {name} | {b['padding'][name]['padded_share']:.1%} | {s_['samples_per_s']:.1f} "
-                     f"({s_['range'][0]:.1f}-{s_['range'][1]:.1f}) | {s_['samples_per_s'] / random_rate:.2f}x | "
-                     f"{s_['peak_mib']:.0f} |")
-    lines.append("")
-    (args.out / "gpu_check.md").write_text("\n".join(lines), encoding="utf-8")
-    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    print("\n".join(lines))
+        results["fp16"] = fp16_amp_scaler(prepared, work, 30, 8)
+        print(json.dumps(results["fp16"]), flush=True)
+        save(args.out, results)
+        sys.exit(0 if results["fp16"]["ok"] else 1)
+    if args.timed:
+        try:
+            results["matrix"] = matrix(prepared, work, args.timed, args.warmup, args.tiny)
+        except Exception as exc:  # noqa: BLE001 - record it, go on
+            results["matrix_error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
+        save(args.out, results)
+    if args.curve_steps:
+        try:
+            results["curves"] = curves(prepared, work, args.curve_steps, args.tiny)
+        except Exception as exc:  # noqa: BLE001
+            results["curves_error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
+        save(args.out, results)
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    save(args.out, results)
+    print(report(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# GPU check on a lent H100/H200 (docs/GPU.md): stock fp32 vs kit fp32 vs kit bf16, then
-# stock order vs random vs length-bucketed vs frame-budget batches (bench/batching.py), ~7 minutes.
+# GPU check on a lent H100/H200 (docs/GPU.md): the kit vs Coqui's stock recipe, ~7 minutes.
 #
 # Here, once:      bash bench/gpu_wheels.sh        (wheels the GPU image lacks -> .whl/, ~7 MB)
 # With the device tool: run command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 540.
-# Results: $OUT/gpu_check.md and .json (copy the table into docs/GPU.md, naming the card).
-# Only the fp16 amp_scaler check (~2 minutes): command "bash bench/gpu_check.sh --only-fp16", timeout_s 300.
+# Results: $OUT/gpu_check.md and .json, written as each part ends (copy the tables into docs/GPU.md).
+# Arguments go to bench/gpu_check.py (--files, --curve-steps, --timed, --warmup, --only-fp16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run bash bench/gpu_wheels.sh here first" >&2; exit 2; }

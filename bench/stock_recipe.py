@@ -41,6 +41,11 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many trainer steps (benchmarks)")
     p.add_argument("--resample", action="store_true", help="audio.resample = true (44.1 kHz input)")
     p.add_argument("--sample-rate", type=int, default=22050)
+    p.add_argument("--matched", action="store_true",
+                   help="for loss curves beside the kit's: warmup counted in steps (scheduler_after_epoch = "
+                        "false) and shuffled batches; everything else stays Coqui's")
+    p.add_argument("--seed", type=int, default=54321, help="Coqui's training_seed")
+    p.add_argument("--mixed-precision", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args()
 
     dataset_config = BaseDatasetConfig(formatter="ruslan", meta_file_train="metadata_RUSLAN_22200.csv",
@@ -59,12 +64,18 @@ def main() -> None:
         print_step=25,
         plot_step=1,  # every step's wall time, for the benchmark
         print_eval=False,
-        mixed_precision=False,  # the recipe's True means fp16 on CUDA, bf16 autocast on CPU: fp32 here
+        # the recipe's True means fp16 on CUDA, bf16 autocast on CPU: fp32 here unless asked
+        mixed_precision=args.mixed_precision == "bf16",
+        precision="bf16",
+        training_seed=args.seed,
         output_path=args.output_path,
         datasets=[dataset_config],
         save_step=100000,
     )
     config.audio.sample_rate = args.sample_rate
+    if args.matched:
+        config.scheduler_after_epoch = False
+        config.shuffle = True
     config.audio.resample = args.resample
     train_samples, eval_samples = load_tts_samples(config, eval_split=True, eval_split_size=2)
     model = GlowTTS(config)

@@ -52,6 +52,7 @@ class StepValueQueue:
     lag: int = DEFAULT_LAG
     _pending: deque[_Pending] = field(default_factory=deque)
     _pinned: dict[int, deque[torch.Tensor]] = field(default_factory=dict)  # reusable pinned buffers by length
+    waits: int = 0  # reads that had to wait for the GPU (it was more than `lag` steps behind)
 
     def put(self, step: int, values: dict[str, Any], context: Any = None) -> None:
         """Queue a step's values: 0-d tensors (read back later) and plain numbers (kept as they are)."""
@@ -78,7 +79,8 @@ class StepValueQueue:
             if (pending.event is not None and not wait and len(self._pending) <= self.lag
                     and not pending.event.query()):
                 break
-            if pending.event is not None:
+            if pending.event is not None and not pending.event.query():
+                self.waits += 1
                 pending.event.synchronize()
             self._pending.popleft()
             values = dict(pending.floats)
