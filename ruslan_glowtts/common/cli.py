@@ -51,6 +51,7 @@ from ruslan_glowtts.common.errors import (
     UserError,
     release_logs,
 )
+from ruslan_glowtts.common.paths import output_folder
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout left (`--list-presets | head`)
 
@@ -153,14 +154,5 @@ def run_as_script(module: str, argv: list[str] | None = None, *, interrupted: st
 
 def check_writable(folder: Path, name: str) -> None:
     """`folder` can be created and written to, or a one-line UserError naming it as `name`
-    ("--dst", "output path"). Nothing is created: an exit-2 error must leave no trace behind."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{name} {folder} is not writable: {existing} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".writable-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{name} {folder} is not writable: {exc.strerror or exc}") from None
+    ("--dst", "--output-path"). Nothing is created: an exit-2 error must leave no trace behind."""
+    output_folder(folder, name)
