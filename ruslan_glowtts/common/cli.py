@@ -39,9 +39,9 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable, NoReturn
 
 from ruslan_glowtts.common.errors import (
@@ -74,6 +74,20 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM over a few writes that must land together (a WAV and its line in an
+    index): a signal that comes meanwhile is handled as soon as the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
