@@ -134,7 +134,8 @@ def test_tts_run_must_be_a_glowtts_run(vocoder_base_run, prepared_sample, tmp_pa
     stray = tmp_path / "stray" / "config.json"
     stray.parent.mkdir()
     stray.write_text(json.dumps({"lr": 1e-3}), encoding="utf-8")  # any JSON file named config.json
-    result = run_cli(_new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(stray), "--max-steps", "1"))
+    result = run_cli(_new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(stray),
+                              "--max-steps", "1"))
     one_line_error(result, 2, "--tts-run", "not a GlowTTS run")
     assert not (tmp_path / "runs").exists()
 

@@ -67,7 +67,8 @@ def test_continue_path_reads_command_line_overrides_of_an_old_run_json(tmp_path,
         {"key": "lr", "value": 2e-4, "source": "preset stable"},
         {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
         {"key": "training_seed", "value": 9, "source": "--seed"}]}), encoding="utf-8")
-    monkeypatch.setattr(runs, "loadable_checkpoint", lambda run_dir: runs.Checkpoint(run_dir / "checkpoint_4.pth", 4, {}))
+    monkeypatch.setattr(runs, "loadable_checkpoint",
+                        lambda run_dir: runs.Checkpoint(run_dir / "checkpoint_4.pth", 4, {}))
 
     request = request_from_args(parse_args(["--continue-path", str(run)]))
 
