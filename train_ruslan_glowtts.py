@@ -15,27 +15,11 @@ from ruslan_glowtts.common.cli import TRAINING_START_UP, tool
 
 @tool(**TRAINING_START_UP)  # the Trainer handles signals itself once it runs: these are the start-up's
 def main(argv: list[str] | None = None) -> int:
-    import json
+    # parse -> config -> train, through the run lifecycle both models share (ruslan_glowtts/training/run.py)
+    from ruslan_glowtts.training.cli import GLOWTTS
+    from ruslan_glowtts.training.run import command_main
 
-    from ruslan_glowtts.common.errors import hold_logs, release_logs
-    from ruslan_glowtts.common.presets import format_preset_table
-    from ruslan_glowtts.training.cli import parse_args, request_from_args
-
-    args = parse_args(argv)
-    if args.list_presets:
-        print(format_preset_table())
-        return 0
-    hold_logs()  # released by train() once its start-up checks pass
-    request = request_from_args(args)
-    if args.print_config:
-        release_logs()
-        print(json.dumps(request.job.config.to_dict(), indent=2, ensure_ascii=False))
-        return 0
-    from ruslan_glowtts.training.train import train  # imports torch and Coqui
-
-    outcome = train(request)
-    print(outcome.message)
-    return outcome.exit_code
+    return command_main(GLOWTTS, argv)
 
 
 if __name__ == "__main__":

@@ -15,25 +15,11 @@ from ruslan_glowtts.common.cli import TRAINING_START_UP, tool
 
 @tool(**TRAINING_START_UP)  # the Trainer handles signals itself once it runs: these are the start-up's
 def main(argv: list[str] | None = None) -> int:
-    import json
+    # parse -> config -> train, through the run lifecycle both models share (ruslan_glowtts/training/run.py)
+    from ruslan_glowtts.training.run import command_main
+    from ruslan_glowtts.training.vocoder_cli import HIFIGAN
 
-    from ruslan_glowtts.training.vocoder_cli import build_parser, request_from_args
-
-    args = build_parser().parse_args(argv)
-    if args.list_presets:
-        from ruslan_glowtts.training.vocoder import format_vocoder_presets
-
-        print(format_vocoder_presets())
-        return 0
-    request = request_from_args(args)
-    if args.print_config:
-        print(json.dumps(request.config.to_dict(), indent=2, ensure_ascii=False, default=str))
-        return 0
-    from ruslan_glowtts.training.vocoder import train_vocoder  # imports torch and Coqui
-
-    outcome = train_vocoder(request)
-    print(outcome.message)
-    return outcome.exit_code
+    return command_main(HIFIGAN, argv)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def prepare(src: Path, dst: Path) -> None:
 def _kit_config(dataset: Path, *sets: str) -> Any:
     from ruslan_glowtts.common.presets import load_preset
     from ruslan_glowtts.training.config import build_config, parse_set_option
-    from ruslan_glowtts.training.train import resolve_precision
+    from ruslan_glowtts.training.run import resolve_precision
 
     config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
                              cli_layers=[(parse_set_option(s), "bench") for s in sets])

@@ -66,7 +66,7 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
         while not stop.is_set():
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                                     capture_output=True, text=True, timeout=5, check=False).stdout
                 peak[0] = max(peak[0], max(int(v) for v in out.split()))
             except (OSError, ValueError, subprocess.SubprocessError):
                 return
@@ -194,7 +194,7 @@ def _kit_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
     from ruslan_glowtts.training import compilation
     from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.training.model import RuslanGlowTTS
-    from ruslan_glowtts.training.train import resolve_precision
+    from ruslan_glowtts.training.run import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
 
     sets = ["num_loader_workers=0", "run_eval=false", "data_dep_init_steps=0", "health.checkpoint_every=0",
@@ -295,7 +295,6 @@ def _mas_identical(kit_trainer: Any, batches: list[Any]) -> dict[str, Any]:
 def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = False) -> dict[str, Any]:
     import torch
 
-    from ruslan_glowtts.training.train import resolve_precision  # noqa: F401 - imported for its side-free check
 
     cuda = torch.cuda.is_available()
     precisions = ["fp32", "bf16"] if cuda and torch.cuda.is_bf16_supported() else ["fp32"]
@@ -363,16 +362,16 @@ def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = Fal
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"## GPU check: {results['device']}", "",
-             f"torch {results['torch']}; {results['files']} generated utterances with RUSLAN's length spread; "
-             "full-size GlowTTS.", ""]
+             (f"torch {results['torch']}; {results['files']} generated utterances with RUSLAN's length spread; "
+              "full-size GlowTTS."), ""]
     m = results.get("matrix", {})
     if m:
-        lines += ["Step matrix (one process, the same batches for both; loader excluded; "
-                  f"{results['timed']} timed steps after {results['warmup']} untimed pass(es) over the same batches):",
-                  "",
-                  "| precision | batch | stock samples/s | kit samples/s | kit / stock | stock syncs/step | kit syncs/step "
-                  "| stock launches/step | kit launches/step | stock GPU busy | kit GPU busy | stock peak MiB | kit peak MiB "
-                  "| kit compiles (s) |", "|" + "---|" * 14]
+        header = ("| precision | batch | stock samples/s | kit samples/s | kit / stock | stock syncs/step "
+                  "| kit syncs/step | stock launches/step | kit launches/step | stock GPU busy | kit GPU busy "
+                  "| stock peak MiB | kit peak MiB | kit compiles (s) |")
+        lines += [(f"Step matrix (one process, the same batches for both; loader excluded; {results['timed']} timed "
+                   f"steps after {results['warmup']} untimed pass(es) over the same batches):"),
+                  "", header, "|" + "---|" * 14]
         for precision in ("fp32", "bf16"):
             for batch in (8, 32):
                 s, k = m.get(f"stock {precision} b{batch}", {}), m.get(f"kit {precision} b{batch}", {})
@@ -393,8 +392,8 @@ def report(results: dict[str, Any]) -> str:
                              f"| {k.get('compiles', '')} ({k.get('compile_s', '')}) |")
         mas = m.get("kit fp32 b8", {}).get("alignment_vs_cython")
         if mas:
-            lines += ["", f"GPU alignment search vs Coqui's Cython on {mas['checked']} real batches: "
-                          f"{mas.get('differ', '?')} differ."]
+            lines += ["", (f"GPU alignment search vs Coqui's Cython on {mas['checked']} real batches: "
+                           f"{mas.get('differ', '?')} differ.")]
     c = results.get("curves", {})
     if c:
         lines += ["", f"Entry points (subprocesses, real loaders), batch 8, fp32, {c['steps']} steps:", "",

@@ -172,7 +172,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from ruslan_glowtts.monitor.guard import _save_weights
     from ruslan_glowtts.training import coqui_compat
     from ruslan_glowtts.training.model import RuslanGlowTTS
-    from ruslan_glowtts.training.train import resolve_precision
+    from ruslan_glowtts.training.run import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
 
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0", "run_eval=false",

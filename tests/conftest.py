@@ -4,14 +4,17 @@ run, in-process runs. Plain helpers and constants are in tests/helpers.py."""
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import (
+    GLOWTTS_SCRIPT,
     SAMPLE,
     SMOKE_STEPS,
     copy_corpus,
+    run_cli,
     run_dirs,
     tiny_args,
     tiny_vocoder_args,
@@ -66,6 +69,19 @@ def tiny_glowtts_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFac
                                       "--output-path", str(output), "--max-steps", str(SMOKE_STEPS), *tiny_args()])
     assert code == 0
     (run,) = run_dirs(output)
+    return run
+
+
+@pytest.fixture(scope="session")
+def base_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step tiny GlowTTS run with checkpoints at steps 2 and 4, made by the script as a
+    subprocess (read-only: copy it). tests/test_faults.py and tests/test_run_faults.py build on it."""
+    output = tmp_path_factory.mktemp("base_runs")
+    result = run_cli([sys.executable, GLOWTTS_SCRIPT, "--dataset-path", str(prepared_sample), "--output-path",
+                      str(output), *tiny_args(), "--max-steps", "4", "--set", "save_step=2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = run_dirs(output)
+    assert {p.name for p in run.glob("checkpoint_*.pth")} == {"checkpoint_2.pth", "checkpoint_4.pth"}
     return run
 
 

@@ -3,7 +3,10 @@ copies, run folders and logged scalars. No pytest fixtures here (those are in co
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ import soxr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+GLOWTTS_SCRIPT = str(REPO / "train_ruslan_glowtts.py")
+HIFIGAN_SCRIPT = str(REPO / "train_ruslan_hifigan.py")
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
 # the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic.
@@ -71,6 +77,17 @@ def copy_corpus(src: Path, dst: Path, rate: int | None = None) -> Path:
     return dst
 
 
+def nan_wavs(corpus: Path, count: int) -> list[Path]:
+    """Put NaN samples into the first `count` WAVs of a corpus copy (written as float WAVs, which
+    keep them): files that became unusable after prepare."""
+    victims = sorted((corpus / "RUSLAN").glob("*.wav"))[:count]
+    for wav in victims:
+        audio, rate = sf.read(wav, dtype="float32")
+        audio[len(audio) // 3: len(audio) // 3 + 50] = np.nan
+        sf.write(wav, audio, rate, subtype="FLOAT")
+    return victims
+
+
 def run_dirs(output: Path) -> list[Path]:
     return sorted(p for p in output.iterdir() if p.is_dir()) if output.exists() else []
 
@@ -102,3 +119,56 @@ def tiny_model(*extra: str):
     model.train()
     model.run_data_dep_init = False
     return model
+
+
+# -- the real entry points as subprocesses (signals, exit codes and tracebacks are only honest that way)
+
+
+def run_cli(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=timeout,
+                          check=False)
+
+
+def no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text[-3000:]
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    """Exit `code`, stderr exactly one line `error: ...` with these fragments, stdout empty."""
+    assert result.returncode == code, (result.stdout[-2000:], result.stderr[-2000:])
+    no_traceback(result.stdout + result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert result.stdout == "", result.stdout[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def start_and_signal(argv: list[str], marker: str, signum: int, timeout: float = 240, *,
+                     group: bool = False) -> tuple[int, str]:
+    """Start argv, send `signum` once `marker` appears in its output, return (code, output).
+    With group, the signal goes to the whole process group, as a terminal's Ctrl-C, SLURM and
+    `timeout` do."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=SUBPROCESS_ENV,
+                            cwd=REPO, start_new_session=group)
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if marker in line:
+                if group:
+                    os.killpg(proc.pid, signum)
+                else:
+                    proc.send_signal(signum)
+                break
+            assert time.monotonic() < deadline, "marker never seen"
+        rest, _ = proc.communicate(timeout=timeout)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(output)

@@ -34,7 +34,7 @@ def test_bad_arguments(run_main, tmp_path, argv, message):
 
 def test_missing_dataset_dir(run_main, tmp_path):
     code, out, err = run_main("--dataset-path", str(tmp_path / "nowhere"), "--output-path", str(tmp_path / "runs"))
-    _assert_one_line_error(code, out, err, f"dataset folder not found: {tmp_path / 'nowhere'}")
+    _assert_one_line_error(code, out, err, f"--dataset-path {tmp_path / 'nowhere'}: no such folder")
     assert not (tmp_path / "runs").exists()  # not even an empty --output-path
 
 
@@ -84,12 +84,12 @@ def test_distribute_arguments_parse_to_ranks_and_paths(tmp_path):
 
 def test_distributed_ranks_name_the_same_run_folder(tmp_path):
     from ruslan_glowtts.training.cli import request_from_args
-    from ruslan_glowtts.training.train import _run_name
+    from ruslan_glowtts.training.run import ddp_run_name
 
     names = set()
     for rank in (0, 1):
         args = parse_args(_distributed_argv(["--dataset-path", str(SAMPLE), "--output-path", str(tmp_path)], rank))
         request = request_from_args(args)
-        names.add(_run_name(request))
+        names.add(ddp_run_name(request))
         (tmp_path / "ruslan_glowtts-anything").mkdir(exist_ok=True)  # what exists on disk must not matter
     assert names == {"ruslan_glowtts-group_2026_11_28-001122"}

@@ -87,7 +87,7 @@ def test_print_config_needs_no_data_and_shows_resolved_values(run_main, tmp_path
 def test_continue_path_keeps_the_runs_own_config(run_main, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}", encoding="utf-8")
+    (run / "config.json").write_text('{"model": "glow_tts"}', encoding="utf-8")
     code, _, err = run_main("--continue-path", str(run), "--set", "lr=1e-4")
     assert code == 2
     assert "--set cannot be combined with --continue-path" in err

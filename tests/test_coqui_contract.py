@@ -127,6 +127,7 @@ def test_version_outside_the_range_is_one_line_with_what_to_do(monkeypatch, capl
 
 
 def test_the_nan_loss_text_the_kit_matches(tmp_path):
+    from ruslan_glowtts.common.run_record import RunRecord
     from ruslan_glowtts.monitor.diagnose import run_ending
 
     assert cc.is_nan_loss_error(RuntimeError(" [!] NaN loss with loss_dur."))
@@ -135,7 +136,7 @@ def test_the_nan_loss_text_the_kit_matches(tmp_path):
     log_line = "RuntimeError:  [!] NaN loss with log_mle."
     assert cc.NAN_LOSS_LOG_PATTERN.search(log_line).group(1) == "log_mle"
     (tmp_path / "trainer_0_log.txt").write_text(f"GLOBAL_STEP: 12\n{log_line}\n", encoding="utf-8")
-    assert run_ending(tmp_path, {})["kind"] == "nan_loss"  # diagnose reads the log with the same pattern
+    assert run_ending(tmp_path, RunRecord())["kind"] == "nan_loss"  # diagnose reads the log with the same pattern
 
 
 class FakeScaler:
@@ -168,11 +169,12 @@ def test_a_run_with_a_grad_scaler_logs_amp_scaler_as_coqui_does(prepared_sample,
 
 @pytest.mark.slow
 def test_coqui_writes_the_tags_and_checkpoint_layout_the_kit_reads(tiny_glowtts_run):
+    from ruslan_glowtts.common.run_layout import TRAIN_TAGS
     from ruslan_glowtts.monitor.events import read_run
     from ruslan_glowtts.training.trainer import SAMPLER_STATE
 
     tags = set(read_run(tiny_glowtts_run).scalars)
-    assert set(cc.TRAIN_TAGS) <= tags, sorted(tags)
+    assert set(TRAIN_TAGS) <= tags, sorted(tags)
     checkpoint = max(tiny_glowtts_run.glob("checkpoint_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert cc.CHECKPOINT_KEYS <= set(state) and SAMPLER_STATE in state

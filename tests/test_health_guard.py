@@ -167,9 +167,10 @@ def test_stop_policy_exits_3_with_next_command_and_known_good(sample_22k, tmp_pa
     assert outcome.status == "exploded" and outcome.exit_code == EXIT_EXPLODED
     (run,) = run_dirs(tmp_path / "runs")
     known_good = run / KNOWN_GOOD
-    assert f"--preset safer --dataset-path {sample_22k}" in outcome.message
-    assert f"--restore-path {known_good}" in outcome.message
-    assert "--set hidden_channels_enc=32" in outcome.message  # the user's own settings come along
+    assert f"--preset safer --dataset-path {sample_22k}" in outcome.next_command
+    assert f"--restore-path {known_good}" in outcome.next_command
+    assert "--set hidden_channels_enc=32" in outcome.next_command  # the user's own settings come along
+    assert f"{outcome.message}. Next: {outcome.next_command}" in outcome.report()  # the line the script prints
     assert 20 < outcome.alarm.step < 30
     # the known-good state predates the blow-up and was never overwritten by it
     good_step = json.loads((run / "known_good.json").read_text())["step"]
@@ -181,6 +182,7 @@ def test_stop_policy_exits_3_with_next_command_and_known_good(sample_22k, tmp_pa
     GlowTTS(request.job.config).load_state_dict(state["model"])  # loadable into the same architecture
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "exploded" and meta["exit_code"] == 3 and meta["health"]["alarms"]
+    assert meta["next_command"] == outcome.next_command and ". Next:" not in meta["message"]
     assert read_scalars(run, "Health/alarm")
 
 

@@ -118,10 +118,10 @@ def test_malformed_preset_files_fail_with_one_line(tmp_path, run_main, content, 
 def test_a_run_copied_from_another_machine_finds_its_bundled_preset_by_name(tmp_path):
     from ruslan_glowtts.common.presets import load_recorded_preset
 
-    moved = {"preset": "safer", "preset_path": "/elsewhere/kit/presets/safer.toml"}  # not on this machine
-    assert load_recorded_preset(moved).name == "safer"
+    moved = ("safer", "/elsewhere/kit/presets/safer.toml")  # run.json's preset, preset_path: not on this machine
+    assert load_recorded_preset(*moved).name == "safer"
     own = tmp_path / "mine.toml"
     own.write_text('description = "mine"\nfallback = ""\n[config]\nlr = 0.0003\n', encoding="utf-8")
-    assert load_recorded_preset({"preset": "mine", "preset_path": str(own)}).overrides == {"lr": 0.0003}
+    assert load_recorded_preset("mine", str(own)).overrides == {"lr": 0.0003}
     with pytest.raises(UserError, match="preset file not found"):
-        load_recorded_preset({"preset_path": "/elsewhere/mine.toml"})
+        load_recorded_preset(None, "/elsewhere/mine.toml")

@@ -11,16 +11,10 @@ import pytest
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.common.presets import load_preset
-from ruslan_glowtts.training.cli import parse_args, request_from_args
+from ruslan_glowtts.training.cli import GLOWTTS, parse_args, request_from_args
 from ruslan_glowtts.training.config import Layer, build_config
-from ruslan_glowtts.training.train import (
-    Launch,
-    Lineage,
-    TrainRequest,
-    _escalation,
-    next_command,
-)
-from ruslan_glowtts.training.trainer import Outcome
+from ruslan_glowtts.training.run import Launch, Lineage, Outcome, TrainRequest
+from ruslan_glowtts.training.train import _escalation
 from tests.helpers import SAMPLE
 
 
@@ -59,7 +53,7 @@ def test_escalation_builds_the_next_tier_request_and_leaves_the_old_one(tmp_path
     assert nxt.job.config.training_seed == 6  # a new batch order
     flags = {o.source.text: o.value for o in nxt.job.overrides if o.layer is Layer.COMMAND_LINE}
     assert "--set" not in flags and flags["--seed"] == 5  # safer sets lr: the user's --set lr is dropped
-    assert "--preset safest" in next_command(nxt, None)
+    assert "--preset safest" in GLOWTTS.next_command(nxt, None)
 
 
 def test_continue_path_reads_command_line_overrides_of_an_old_run_json(tmp_path, monkeypatch):
@@ -72,10 +66,12 @@ def test_continue_path_reads_command_line_overrides_of_an_old_run_json(tmp_path,
         {"key": "lr", "value": 2e-4, "source": "preset stable"},
         {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
         {"key": "training_seed", "value": 9, "source": "--seed"}]}), encoding="utf-8")
-    monkeypatch.setattr(runs, "loadable_checkpoint", lambda run_dir: run_dir / "checkpoint_4.pth")
+    monkeypatch.setattr(runs, "loadable_checkpoint",
+                        lambda run_dir: runs.Checkpoint(run_dir / "checkpoint_4.pth", 4, {}))
 
     request = request_from_args(parse_args(["--continue-path", str(run)]))
 
     assert request.job.continue_path == run and request.job.resume_from == run / "checkpoint_4.pth"
+    assert request.job.resume_step == 4
     assert [(o.key, o.source.text, o.layer) for o in request.job.overrides] == [
         ("hidden_channels_enc", "--set", Layer.COMMAND_LINE), ("training_seed", "--seed", Layer.COMMAND_LINE)]

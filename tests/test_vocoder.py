@@ -83,9 +83,12 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}", encoding="utf-8")
     code, _, err = _main(capsys, "--continue-path", str(tmp_path / "run"))
+    assert code == 2 and "is not a HiFi-GAN run (its config names no Coqui model)" in err
+    (tmp_path / "run" / "config.json").write_text('{"model": "hifigan"}', encoding="utf-8")
+    code, _, err = _main(capsys, "--continue-path", str(tmp_path / "run"))
     assert code == 2 and "no checkpoint to resume from" in err
     code, _, err = _main(capsys, "--dataset-path", str(tmp_path), "--tts-run", str(tmp_path / "nope"))
-    assert code == 2 and "no GlowTTS config.json" in err
+    assert code == 2 and "--tts-run" in err and "no such run folder" in err
     # the bundled sample is 44.1 kHz: Coqui would read it as is and learn the wrong features
     code, _, err = _main(capsys, "--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"))
     assert code == 2 and "but the config trains at 22050 Hz" in err and run_dirs(tmp_path / "runs") == []

@@ -37,9 +37,10 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: Path, *, durable: bool = False) -> Iterator[Path]:
-    """Yield a temp path to write to; on success it replaces `path`, on failure it is removed.
-    With durable (always for .pth checkpoints), the data is fsynced before the rename and the folder
-    after it."""
+    """Yield a temp path to write to; on success it replaces `path`, on failure it is removed (which
+    also gives back the space a write on a full disk took). With durable (always for .pth
+    checkpoints), the data is fsynced before the rename and the folder after it. An OSError that
+    names no file (a write to an open file: ENOSPC, EIO) is raised again naming `path`."""
     path = Path(path)
     durable = durable or path.suffix == ".pth"  # a checkpoint must survive a crash right after its save
     temp = temp_path_for(path)
@@ -50,9 +51,11 @@ def atomic_output(path: Path, *, durable: bool = False) -> Iterator[Path]:
         os.replace(temp, path)
         if durable:
             fsync_path(path.parent, directory=True)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(temp), temp) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -39,9 +39,8 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -52,6 +51,7 @@ from ruslan_glowtts.common.errors import (
     UserError,
     release_logs,
 )
+from ruslan_glowtts.common.paths import output_folder
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout left (`--list-presets | head`)
 
@@ -74,6 +74,20 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM over a few writes that must land together (a WAV and its line in an
+    index): a signal that comes meanwhile is handled as soon as the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -154,14 +168,5 @@ def run_as_script(module: str, argv: list[str] | None = None, *, interrupted: st
 
 def check_writable(folder: Path, name: str) -> None:
     """`folder` can be created and written to, or a one-line UserError naming it as `name`
-    ("--dst", "output path"). Nothing is created: an exit-2 error must leave no trace behind."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{name} {folder} is not writable: {existing} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".writable-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{name} {folder} is not writable: {exc.strerror or exc}") from None
+    ("--dst", "--output-path"). Nothing is created: an exit-2 error must leave no trace behind."""
+    output_folder(folder, name)

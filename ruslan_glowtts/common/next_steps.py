@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.common.presets import load_preset
+from ruslan_glowtts.common.presets import PRESETS_DIR, load_preset
 
 PREPARE_HINT = "python -m ruslan_glowtts.prepare --src {src} --dst {src}_prepared"
 
@@ -42,10 +42,10 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def carried_flags(overrides: list[dict[str, Any]], next_preset: str) -> list[str]:
+def carried_flags(overrides: list[dict[str, Any]], next_preset: str, presets_dir: Path = PRESETS_DIR) -> list[str]:
     """The user's own command-line settings, minus the keys the next tier sets: a restored
     checkpoint needs the same model shape, and the new tier's values must win."""
-    tier_keys = flat_keys(load_preset(next_preset).overrides)
+    tier_keys = flat_keys(load_preset(next_preset, presets_dir).overrides)
     flags: list[str] = []
     for item in overrides:
         key, value, source = item.get("key"), item.get("value"), item.get("source", "")
@@ -61,9 +61,11 @@ def carried_flags(overrides: list[dict[str, Any]], next_preset: str) -> list[str
 
 
 def next_tier_command(next_preset: str, dataset_path: str | None, overrides: list[dict[str, Any]],
-                      restore: Path | None) -> str:
-    """`python train_ruslan_glowtts.py --preset NEXT ...`, restoring `restore` when given."""
-    parts = ["python", "train_ruslan_glowtts.py", "--preset", next_preset, "--dataset-path", dataset_path or "DATASET_DIR"]
+                      restore: Path | None, *, script: str = "train_ruslan_glowtts.py",
+                      presets_dir: Path = PRESETS_DIR) -> str:
+    """`python SCRIPT --preset NEXT ...`, restoring `restore` when given (GlowTTS's script and
+    presets unless told otherwise: the vocoder has its own)."""
+    parts = ["python", script, "--preset", next_preset, "--dataset-path", dataset_path or "DATASET_DIR"]
     if restore is not None:
         parts += ["--restore-path", str(restore)]
-    return shlex.join(parts + carried_flags(overrides, next_preset))
+    return shlex.join(parts + carried_flags(overrides, next_preset, presets_dir))

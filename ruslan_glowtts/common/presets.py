@@ -38,14 +38,14 @@ def _looks_like_path(name_or_path: str) -> bool:
     return name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
 
 
-def load_recorded_preset(meta: dict[str, Any], presets_dir: Path = PRESETS_DIR,
+def load_recorded_preset(name: str | None, path: str | None, presets_dir: Path = PRESETS_DIR,
                          default: str = DEFAULT_PRESET) -> Preset:
-    """The preset a run recorded in its run.json: its file while that exists, else the bundled preset
-    of its name (a run folder copied to another machine or checkout records the old path)."""
-    path = meta.get("preset_path")
+    """The preset a run recorded in its run.json (`preset`, `preset_path`): its file while that exists,
+    else the bundled preset of its name (a run folder copied to another machine or checkout records
+    the old path)."""
     if path and Path(path).is_file():
         return load_preset(path, presets_dir)
-    return load_preset(meta.get("preset") or path or default, presets_dir)
+    return load_preset(name or path or default, presets_dir)
 
 
 def load_preset(name_or_path: str, presets_dir: Path = PRESETS_DIR) -> Preset:

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.run_layout import EVENTS_GLOB, HEALTH_PREFIX
 
 logger = logging.getLogger(__name__)
 
-EVENT_GLOB = "events.out.tfevents.*"
 TENSORBOARD_MISSING = ("TensorBoard is not installed for {python}: pip install tensorboard==2.21.0 "
                        "(see requirements.txt)")
 
@@ -63,7 +63,7 @@ class RunEvents:
 def event_files(run_dir: Path) -> list[Path]:
     """The event files directly inside a run folder (not in its subfolders)."""
     try:
-        return sorted(p for p in run_dir.glob(EVENT_GLOB) if p.is_file())
+        return sorted(p for p in run_dir.glob(EVENTS_GLOB) if p.is_file())
     except OSError as exc:
         raise UserError(f"cannot read {run_dir}: {exc.strerror or exc}") from None
 
@@ -77,7 +77,7 @@ def folders_with_events(root: Path) -> list[Path]:
 
     try:
         for folder, _dirs, files in os.walk(root, onerror=fail, followlinks=False):
-            mtimes = [os.stat(os.path.join(folder, f)).st_mtime for f in files if f.startswith("events.out.tfevents.")]
+            mtimes = [os.stat(os.path.join(folder, f)).st_mtime for f in files if f.startswith(EVENTS_GLOB.rstrip("*"))]
             if mtimes:
                 found[Path(folder)] = max(mtimes)
     except OSError as exc:
@@ -173,7 +173,7 @@ def read_run(run_dir: Path) -> RunEvents:
         for tag in tags.get(ea.SCALARS, []):
             per_tag.setdefault(tag, []).extend(acc.Scalars(tag))
         for tag in tags.get(ea.TENSORS, []):
-            if not tag.startswith("Health/") or acc.SummaryMetadata(tag).plugin_data.plugin_name != "text":
+            if not tag.startswith(HEALTH_PREFIX) or acc.SummaryMetadata(tag).plugin_data.plugin_name != "text":
                 continue
             for event in acc.Tensors(tag):
                 text = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)
@@ -187,7 +187,7 @@ def read_run(run_dir: Path) -> RunEvents:
 
 
 def _no_events_message(run_dir: Path) -> str:
-    message = f"no TensorBoard event files ({EVENT_GLOB}) in {run_dir}"
+    message = f"no TensorBoard event files ({EVENTS_GLOB}) in {run_dir}"
     runs = [p for p in folders_with_events(run_dir) if p != run_dir]
     if runs:
         return (f"{message}; it holds {len(runs)} run folder(s), diagnose one of them, e.g. "

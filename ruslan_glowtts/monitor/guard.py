@@ -30,7 +30,15 @@ import torch.distributed as dist
 from trainer.io import save_model
 
 from ruslan_glowtts.common.atomic_files import atomic_output, write_text
-from ruslan_glowtts.common.runs import KNOWN_GOOD, KNOWN_GOOD_META
+from ruslan_glowtts.common.run_layout import (
+    HEALTH_ALARM,
+    HEALTH_AMP_SKIPPED_STEPS,
+    HEALTH_SKIPPED_STEPS,
+    HEALTH_SPIKE,
+    KNOWN_GOOD,
+    KNOWN_GOOD_CANDIDATE,
+    KNOWN_GOOD_META,
+)
 from ruslan_glowtts.monitor.explosion_rules import Alarm, Detector, RuleSettings
 from ruslan_glowtts.training.config import HealthConfig
 from ruslan_glowtts.training.coqui_compat import model_of
@@ -40,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_CANDIDATE = "known_good_candidate.pth"
 _REALARM_AFTER = 1000  # updates before the same rule may fire again (no banner storms)
 
 
@@ -67,7 +74,7 @@ class KnownGoodCheckpoints:
         self.run_dir = run_dir
         self.every = every
         self.path = run_dir / KNOWN_GOOD
-        self._candidate = run_dir / _CANDIDATE
+        self._candidate = run_dir / KNOWN_GOOD_CANDIDATE
         self._candidate_step: int | None = None
         self._tainted = False
 
@@ -161,7 +168,7 @@ class HealthGuard:
         """GradScaler skipped the update (fp16 overflow): counted, not treated as an explosion,
         except that a run where every update overflows is stopped like any diverged run."""
         self.summary.amp_skipped_updates += 1
-        self._log(trainer, "Health/amp_skipped_steps", self.summary.amp_skipped_updates, step)
+        self._log(trainer, HEALTH_AMP_SKIPPED_STEPS, self.summary.amp_skipped_updates, step)
         self.detector.consecutive_nonfinite += 1
         if self.detector.consecutive_nonfinite >= self.detector.settings.max_consecutive_nonfinite:
             self._handle(trainer, [Alarm("diverged", step, "every update overflowed in fp16 mixed precision")])
@@ -173,21 +180,21 @@ class HealthGuard:
     def _skipped(self, trainer: Trainer, step: int, what: str) -> None:
         self.summary.skipped_updates += 1
         self.checkpoints.taint()
-        self._log(trainer, "Health/skipped_steps", self.summary.skipped_updates, step)
+        self._log(trainer, HEALTH_SKIPPED_STEPS, self.summary.skipped_updates, step)
         logger.warning(" ! Step %d: non-finite update skipped (%s); weights and optimizer state untouched.", step, what)
 
     # -- alarms and policy ---------------------------------------------------------------------
     def _handle(self, trainer: Trainer, alarms: list[Alarm]) -> None:
         for alarm in alarms:
             if alarm.kind == "spike":
-                self._log(trainer, "Health/spike", 1.0, alarm.step)
+                self._log(trainer, HEALTH_SPIKE, 1.0, alarm.step)
                 continue
             self.checkpoints.taint()
             self.summary.alarms.append(asdict(alarm))
             del self.summary.alarms[: -self.MAX_ALARMS_KEPT]
-            self._log(trainer, "Health/alarm", 1.0, alarm.step)
+            self._log(trainer, HEALTH_ALARM, 1.0, alarm.step)
             if self.rank == 0:
-                trainer.dashboard_logger.add_text("Health/alarm", f"{alarm.kind}: {alarm.message}. {self._advice()}",
+                trainer.dashboard_logger.add_text(HEALTH_ALARM, f"{alarm.kind}: {alarm.message}. {self._advice()}",
                                                   alarm.step)
             fatal = alarm.kind == "diverged"
             if fatal or self.cfg.policy in ("stop", "escalate"):

@@ -24,11 +24,8 @@ from typing import Any
 
 from ruslan_glowtts.common.cli import OneLineErrorParser, tool
 from ruslan_glowtts.common.errors import EXIT_OK, UserError
-from ruslan_glowtts.monitor.events import (
-    EVENT_GLOB,
-    TENSORBOARD_MISSING,
-    folders_with_events,
-)
+from ruslan_glowtts.common.run_layout import EVENTS_GLOB
+from ruslan_glowtts.monitor.events import TENSORBOARD_MISSING, folders_with_events
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ def find_runs(logdir: Path) -> list[Path]:
         raise UserError(f"{logdir} is not a folder: pass a folder of runs or one run folder")
     runs = folders_with_events(logdir)
     if not runs:
-        raise UserError(f"no runs found in {logdir} (looked for {EVENT_GLOB} in it and its subfolders). {how}")
+        raise UserError(f"no runs found in {logdir} (looked for {EVENTS_GLOB} in it and its subfolders). {how}")
     return runs
 
 

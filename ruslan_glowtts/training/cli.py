@@ -1,190 +1,180 @@
-"""Command line of train_ruslan_glowtts.py: arguments -> TrainRequest.
+"""train_ruslan_glowtts.py's command line, and GlowTTS's part of the run lifecycle (training/run.py).
 
-The flags are the product interface (README.md). `python -m trainer.distribute` appends
-`--continue_path= --restore_path= --group_id=... --use_ddp=true --rank=N` to the command line;
-the underscore spellings are accepted as aliases and an empty value means "not given".
+GLOWTTS is the GlowTTS ModelRecipe: its flags on top of the shared ones, its config builder
+(training/config.py), its samples and start-up checks (training/train.py), its model factory
+(training/model.py) and its Trainer (training/trainer.py). The flags are the product interface
+(README.md). `python -m trainer.distribute` appends `--continue_path= --restore_path= --group_id=...
+--use_ddp=true --rank=N` to the command line; the underscore spellings are accepted as aliases and
+an empty value means "not given".
+
+Light to import: torch and Coqui are imported inside the methods that need them.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
-from ruslan_glowtts.common.cli import OneLineErrorParser, check_writable
-from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.common.presets import DEFAULT_PRESET
+from ruslan_glowtts.common.presets import DEFAULT_PRESET, PRESETS_DIR, Preset, format_preset_table
+from ruslan_glowtts.common.run_layout import GLOWTTS as GLOWTTS_KIND
+from ruslan_glowtts.training import run
+from ruslan_glowtts.training.run import ModelRecipe, Outcome, RunData, TrainJob, TrainRequest, positive_int
 
 if TYPE_CHECKING:
-    from ruslan_glowtts.training.train import TrainRequest
-
-logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+    from ruslan_glowtts.training.config import Override
 
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+class GlowTTSRecipe(ModelRecipe):
+    kind = GLOWTTS_KIND
+    presets_dir = PRESETS_DIR
+    default_preset = DEFAULT_PRESET
+    description = "Train GlowTTS on RUSLAN with a stability preset (Coqui TTS)."
+    epilog = ("Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
+              "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C, "
+              "143 SIGTERM.")
+    dataset_required = "--dataset-path DIR is required (try data/sample after `make sample`, see README)"
+    continue_refuses = (("--grad-accum", "grad_accum"), ("--auto-escalate", "auto_escalate"),
+                        ("--max-escalations", "max_escalations"))
+
+    def add_flags(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--grad-accum", type=positive_int, metavar="N",
+                       help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)")
+        p.add_argument("--allow-partial-restore", action="store_true",
+                       help="with --restore-path: accept a checkpoint whose layers do not all match the config "
+                       "(the matching ones are restored, the rest start fresh)")
+        p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
+                       help="speak the TensorBoard test sentences through this HiFi-GAN run "
+                       "(train_ruslan_hifigan.py) instead of Griffin-Lim; its audio features must match the run's")
+        p.add_argument("--allow-unknown-chars", action="store_true",
+                       help="train even if the text has characters outside the vocabulary (they are dropped)")
+        p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
+                       help="what a grad_norm explosion does: warn (default: banner, keep training), stop "
+                       "(exit 3 with the next command), escalate (same as --auto-escalate)")
+        p.add_argument("--auto-escalate", action="store_true",
+                       help="on an explosion, roll back to the last known-good weights and continue on the "
+                       "preset's fallback tier, by itself")
+        p.add_argument("--max-escalations", type=positive_int, metavar="N",
+                       help="with --auto-escalate: tier switches before giving up (default 3)")
+        # Injected by `python -m trainer.distribute`.
+        p.add_argument("--continue_path", dest="continue_path_ddp", default="", help=argparse.SUPPRESS)
+        p.add_argument("--restore_path", dest="restore_path_ddp", default="", help=argparse.SUPPRESS)
+        p.add_argument("--group_id", default="", help=argparse.SUPPRESS)
+        p.add_argument("--use_ddp", type=_bool, default=False, help=argparse.SUPPRESS)
+        p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+
+    def normalize_args(self, args: argparse.Namespace) -> None:
+        # the user's own hyphenated flag wins over distribute's (usually empty) injected one
+        if args.continue_path is None and args.continue_path_ddp:
+            args.continue_path = Path(args.continue_path_ddp)
+        if args.restore_path is None and args.restore_path_ddp:
+            args.restore_path = Path(args.restore_path_ddp)
+
+    def flag_layers(self, args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+        policy = "escalate" if args.auto_escalate else args.on_explosion
+        return [("--grad-accum", "grad_accum_steps", args.grad_accum),
+                ("--auto-escalate" if args.auto_escalate else "--on-explosion", "health.policy", policy),
+                ("--max-escalations", "health.max_escalations", args.max_escalations)]
+
+    def job_options(self, args: argparse.Namespace, config: Any) -> dict[str, Any]:
+        vocoder = None
+        if args.vocoder is not None:  # refused unless its features match (issue 13)
+            from ruslan_glowtts.voice.synthesize import vocoder_for_run
+
+            vocoder = vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
+        return {"allow_unknown_chars": args.allow_unknown_chars, "vocoder": vocoder}
+
+    def format_presets(self) -> str:
+        return format_preset_table()
+
+    @property
+    def config_class(self) -> type:
+        from ruslan_glowtts.training.config import RuslanGlowTTSConfig
+
+        return RuslanGlowTTSConfig
+
+    def build_config(self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
+                     ) -> tuple[Any, list[Override], dict[str, Any]]:
+        from ruslan_glowtts.training.config import build_config
+
+        config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
+        return config, overrides, {}
+
+    def dataset_of(self, config: Any) -> str | None:
+        return config.datasets[0].path if config.datasets else None
+
+    def set_dataset(self, config: Any, path: Path) -> None:
+        config.datasets[0].path = str(path)
+
+    def adjust_config(self, config: Any, job: TrainJob) -> None:
+        import logging
+
+        if job.restore_path is not None and config.data_dep_init_steps:
+            # Data-dependent init would overwrite the restored ActNorm statistics.
+            logging.getLogger(__name__).info(
+                "Overriding: data_dep_init_steps = 0  (--restore-path: keep the restored ActNorm layers)")
+            config.data_dep_init_steps = 0
+
+    def load_data(self, config: Any, request: TrainRequest) -> RunData:
+        from ruslan_glowtts.training.train import load_data
+
+        return load_data(config, request)
+
+    def make_model(self, config: Any, job: TrainJob) -> Any:
+        from ruslan_glowtts.training.model import RuslanGlowTTS
+
+        model = RuslanGlowTTS(config)
+        speedups(model, config)
+        if job.vocoder is not None:
+            from ruslan_glowtts.voice.preview import attach_vocoder
+
+            attach_vocoder(model, job.vocoder)
+        return model
+
+    def trainer_class(self) -> type:
+        from ruslan_glowtts.training.trainer import KitTrainer
+
+        return KitTrainer
+
+    def train(self, request: TrainRequest) -> Outcome:
+        from ruslan_glowtts.training.train import train
+
+        return train(request)
+
+
+GLOWTTS = GlowTTSRecipe()
+
+
+def speedups(model: Any, config: Any) -> None:
+    """The GPU speed settings that depend on the machine (docs/GPU.md): the decoder compiled when
+    compile_model asks for it here, and cudnn's per-shape tuning where batch shapes repeat."""
+    import logging
+
+    import torch
+
+    from ruslan_glowtts.training import compilation
+
+    log = logging.getLogger(__name__)
+    if compilation.attach(model, config.compile_model) is not None:
+        log.info("torch.compile: GlowTTS's decoder (%s)%s", "CUDA graphs" if torch.cuda.is_available() else "CPU",
+                 "; batches padded to a length grid" if model.pads_lengths() else "")
+    if model.pads_lengths() and torch.cuda.is_available() and not config.cudnn_benchmark:
+        log.info("Overriding: cudnn_benchmark = True  (padded batch shapes repeat: each is tuned once)")
+        config.cudnn_benchmark = True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog="train_ruslan_glowtts.py",
-        description="Train GlowTTS on RUSLAN with a stability preset (Coqui TTS).",
-        epilog="Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
-        "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C, "
-        "143 SIGTERM.",
-    )
-    p.add_argument("--preset", metavar="NAME|PATH", help=f"stability preset (default {DEFAULT_PRESET}); see --list-presets")
-    p.add_argument("--list-presets", action="store_true", help="list the presets, their values and fallbacks, and exit")
-    p.add_argument("--dataset-path", type=Path, metavar="DIR",
-                   help="RUSLAN folder (metadata_RUSLAN_22200.csv + RUSLAN/*.wav), ideally prepared by "
-                   "`python -m ruslan_glowtts.prepare`")
-    p.add_argument("--output-path", type=Path, metavar="DIR", help="where run folders go (default runs/)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lr=3e-4 --set audio.sample_rate=22050 (repeatable)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--max-steps", type=_positive_int, default=0, metavar="N",
-                   help="stop cleanly with a checkpoint once the run's step count reaches N")
-    p.add_argument("--grad-accum", type=_positive_int, metavar="N",
-                   help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)")
-    p.add_argument("--continue-path", metavar="RUN_DIR", help="resume a run from its last checkpoint")
-    p.add_argument("--restore-path", metavar="CKPT", help="start a new run from these weights (fine-tune)")
-    p.add_argument("--allow-partial-restore", action="store_true",
-                   help="with --restore-path: accept a checkpoint whose layers do not all match the config "
-                   "(the matching ones are restored, the rest start fresh)")
-    p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
-    p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
-                   help="speak the TensorBoard test sentences through this HiFi-GAN run (train_ruslan_hifigan.py) "
-                   "instead of Griffin-Lim; its audio features must match the run's")
-    p.add_argument("--allow-unknown-chars", action="store_true",
-                   help="train even if the text has characters outside the vocabulary (they are dropped)")
-    p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
-                   help="what a grad_norm explosion does: warn (default: banner, keep training), stop "
-                   "(exit 3 with the next command), escalate (same as --auto-escalate)")
-    p.add_argument("--auto-escalate", action="store_true",
-                   help="on an explosion, roll back to the last known-good weights and continue on the "
-                   "preset's fallback tier, by itself")
-    p.add_argument("--max-escalations", type=_positive_int, metavar="N",
-                   help="with --auto-escalate: tier switches before giving up (default 3)")
-    # Injected by `python -m trainer.distribute`.
-    p.add_argument("--continue_path", dest="continue_path_ddp", default="", help=argparse.SUPPRESS)
-    p.add_argument("--restore_path", dest="restore_path_ddp", default="", help=argparse.SUPPRESS)
-    p.add_argument("--group_id", default="", help=argparse.SUPPRESS)
-    p.add_argument("--use_ddp", type=_bool, default=False, help=argparse.SUPPRESS)
-    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
-    return p
+    return run.build_parser(GLOWTTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    args.continue_path = Path(args.continue_path or args.continue_path_ddp) if (args.continue_path or args.continue_path_ddp) else None
-    args.restore_path = Path(args.restore_path or args.restore_path_ddp) if (args.restore_path or args.restore_path_ddp) else None
-    if args.continue_path and args.restore_path:
-        raise UserError("use either --continue-path (resume a run) or --restore-path (new run from weights), not both")
-    if args.continue_path:
-        given = [flag for flag, value in (("--preset", args.preset), ("--set", args.sets),
-                                          ("--grad-accum", args.grad_accum), ("--seed", args.seed),
-                                          ("--output-path", args.output_path),
-                                          ("--on-explosion", args.on_explosion),
-                                          ("--auto-escalate", args.auto_escalate),
-                                          ("--max-escalations", args.max_escalations)) if value]
-        if given:
-            raise UserError(
-                f"{', '.join(given)} cannot be combined with --continue-path: a resumed run keeps its own "
-                "config.json. To change settings, start a new run from its weights with --restore-path "
-                "RUN_DIR/checkpoint_N.pth (or edit RUN_DIR/config.json)"
-            )
-    return args
-
-
-def _vocoder(args: argparse.Namespace, config: Any) -> Any:
-    """--vocoder: the vocoder for the test audio, refused unless its features match (issue 13)."""
-    if getattr(args, "vocoder", None) is None:
-        return None
-    from ruslan_glowtts.voice.synthesize import vocoder_for_run
-
-    return vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
+    return run.parse_args(GLOWTTS, argv)
 
 
 def request_from_args(args: argparse.Namespace) -> TrainRequest:
     """Resolve the config for these arguments (logging every override) into a TrainRequest."""
-    # Imported here so that --help and --list-presets do not pay for importing torch and Coqui.
-    from ruslan_glowtts.common import runs
-    from ruslan_glowtts.common.presets import load_preset, load_recorded_preset
-    from ruslan_glowtts.training.config import (
-        Layer,
-        Override,
-        RuslanGlowTTSConfig,
-        build_config,
-        parse_set_option,
-        set_key,
-    )
-    from ruslan_glowtts.training.train import Launch, TrainJob, TrainRequest
-
-    launch = Launch(rank=args.rank, group_id=args.group_id, use_ddp=args.use_ddp)
-    if args.continue_path is not None:
-        run_dir = args.continue_path
-        if not (run_dir / "config.json").is_file():
-            raise UserError(f"--continue-path {run_dir}: not a run folder (no config.json)")
-        # Coqui resumes from checkpoint_N/best_model_N (known_good.pth holds weights only, no
-        # optimizer state); the newest that actually loads, not merely the newest name.
-        resume_from = runs.loadable_checkpoint(run_dir)
-        remove_stale_temp_files(run_dir)  # a save killed before its rename
-        config = RuslanGlowTTSConfig()
-        config.load_json(str(run_dir / "config.json"))
-        if args.dataset_path is not None:
-            config.datasets[0].path = str(args.dataset_path.resolve())
-        meta = runs.read_meta(run_dir)
-        preset = load_recorded_preset(meta)
-        logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
-        if meta.get("status") in ("exploded", "escalated"):
-            logger.warning(" ! This run was stopped by the health guard (%s); its last checkpoint may hold the "
-                           "exploding state. The next tier, from the known-good weights, is usually better: %s",
-                           meta.get("message", "").split(". Next:")[0], "see run.json 'message'")
-        # An escalation from here rebuilds the config from the run's original command-line settings.
-        recorded = [Override.from_json(o) for o in meta.get("overrides", [])]  # old runs: no "layer" key
-        cli_overrides = [o for o in recorded if o.layer is Layer.COMMAND_LINE]
-        logger.info("Resuming from %s", resume_from.name)
-        job = TrainJob(config, preset, tuple(cli_overrides), dataset_path=Path(config.datasets[0].path),
-                       max_steps=args.max_steps, continue_path=run_dir, resume_from=resume_from,
-                       allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
-        return TrainRequest(job, launch)
-
-    preset = load_preset(args.preset or DEFAULT_PRESET)
-    cli_layers = [(parse_set_option(option), "--set") for option in args.sets]
-    policy = "escalate" if args.auto_escalate else args.on_explosion
-    for flag, key, value in (("--grad-accum", "grad_accum_steps", args.grad_accum),
-                             ("--seed", "training_seed", args.seed),
-                             ("--output-path", "output_path", str(args.output_path) if args.output_path else None),
-                             ("--auto-escalate" if args.auto_escalate else "--on-explosion", "health.policy", policy),
-                             ("--max-escalations", "health.max_escalations", args.max_escalations)):
-        if value is not None:
-            layer: dict = {}
-            set_key(layer, key, value)
-            cli_layers.append((layer, flag))
-    if args.restore_path is not None:
-        if not args.restore_path.is_file():
-            raise UserError(f"--restore-path {args.restore_path}: no such checkpoint file")
-        problem = runs.checkpoint_problem(args.restore_path)
-        if problem:
-            raise UserError(f"--restore-path {args.restore_path} {problem}")
-    config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
-    if not args.print_config:
-        if args.dataset_path is None:
-            raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
-        check_writable(Path(config.output_path), "output path")
-    job = TrainJob(config, preset, tuple(overrides), dataset_path=args.dataset_path, max_steps=args.max_steps,
-                   restore_path=args.restore_path, allow_partial_restore=args.allow_partial_restore,
-                   allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
-    return TrainRequest(job, launch)
+    return run.request_from_args(GLOWTTS, args)

@@ -1,7 +1,8 @@
 """The kit's one boundary with Coqui's internals, and the checks that it still holds.
 
 The kit overrides parts of coqui-tts-trainer's Trainer (optimize, save_checkpoint, init_training,
-fit's loop) and coqui-tts's BaseTTS.get_data_loader, calls private Trainer helpers, and recognises
+restore_model, the run folder it picks, fit's loop) and coqui-tts's BaseTTS.get_data_loader and
+GAN.get_data_loader, calls private Trainer helpers, and recognises
 GlowTTS's NaN error by its text. None of that is Coqui's public API, so it lives here, named, and
 contract_problems() checks it against the installed packages (tests/test_coqui_contract.py): an
 upgrade then fails a test, not a run hours in. Written for coqui-tts 0.28.x and
@@ -14,6 +15,7 @@ Trainer base class, KitTrainerBase, is built on first access (module __getattr__
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -22,7 +24,7 @@ import os
 import re
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +48,6 @@ AMP_SCALER_KEY = "amp_scaler"  # Trainer.optimize adds GradScaler's scale to the
 AMP_SCALER_TAG = f"TrainIterStats/{AMP_SCALER_KEY}"
 COQUI_LOGGER = "trainer"  # Trainer._setup_logger_config adds a FileHandler per run to this logger
 
-# Coqui's TrainIterStats tags (every plot_step): a GlowTTS run must write them (test_coqui_contract.py).
-TRAIN_TAGS = ("TrainIterStats/loss", "TrainIterStats/grad_norm", "TrainIterStats/current_lr",
-              "TrainIterStats/log_mle", "TrainIterStats/loss_dur")
 
 # Keys trainer.io.save_checkpoint writes and Trainer.restore_model / the kit read back.
 CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scaler", "step", "epoch", "model_loss"})
@@ -57,10 +56,10 @@ CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scale
 # coqui-tts 0.28.0 / coqui-tts-trainer 0.4.0. A change means: re-read it, port it, update the hash.
 PINNED_SOURCES = {
     "Trainer.optimize": "0f8b99cdb10d55e8",  # re-implemented by KitTrainer.optimize / apply_update
-    "Trainer.save_checkpoint": "ce094576727c155e",  # copied by KitTrainerBase.save_checkpoint
+    "Trainer.save_checkpoint": "ce094576727c155e",  # copied by KitTrainerBase.write_checkpoint
     "Trainer.init_training": "73e677cb0c7ab0ba",  # wrapped: picks restore_path on --continue-path
     "Trainer.fit": "10647cc130861c29",  # replaced by KitTrainer.fit around run_training_loop()
-    "Trainer.restore_model": "0849fbefe48c4fcf",  # reads the checkpoint keys above
+    "Trainer.restore_model": "0849fbefe48c4fcf",  # reads the checkpoint keys above; wrapped: its step + 1
     "Trainer._pick_target_avg_loss": "c1102c4f0ff25a47",  # wrapped by pick_target_avg_loss
     "BaseTTS.get_data_loader": "efd987cdf9b7b4c9",  # copied by tts_data_loader
     "Trainer.train_step": "f5290d545a6d96fd",  # copied (one optimizer) by KitTrainerBase.train_step, logging deferred
@@ -68,6 +67,7 @@ PINNED_SOURCES = {
     "GlowTTSLoss.forward": "b7d43a489268bae1",  # copied by the kit's loss (no per-step NaN check in training)
     "wavenet.WN.forward": "68d7ff2d012524e8",  # calls fused_add_tanh_sigmoid_multiply, which patch_wavenet replaces
     "wavenet.fused_add_tanh_sigmoid_multiply": "ddee27c7808d1691",  # replaced (same maths, no graph break)
+    "GAN.get_data_loader": "1420684ea24e9fe5",  # copied by training/vocoder.py's RuslanHifigan.get_data_loader
 }
 
 # Signatures (names, kinds, defaults; no annotations) of what the kit overrides or calls.
@@ -87,8 +87,10 @@ PINNED_SIGNATURES = {
     "Trainer.eval_step": "(self, batch, step)",
     "BaseTTS.get_data_loader": "(self, config, *, is_eval=False, samples=None, verbose=True)",
     "io.save_fsspec": "(state, path, **kwargs)",
-    "io.save_checkpoint": "(config, model, output_folder, *, current_step, epoch, optimizer=None, scheduler=None, "
-                          "scaler=None, save_n_checkpoints=None, **kwargs)",
+    "io.save_model": "(config, model, output_path, *, current_step, epoch, optimizer=None, scheduler=None, "
+                     "scaler=None, **kwargs)",
+    "io.keep_n_checkpoints": "(path, n)",
+    "generic_utils.get_experiment_folder_path": "(root_path, model_name)",
 }
 CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the kit inserts into
 
@@ -98,6 +100,7 @@ CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the
 # uses is listed.
 TRAINER_ATTRIBUTES = (
     "args", "c_logger", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
+    "eval_loader", "test_loader",
     "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "log_model_step",
     "master_params", "model", "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done",
     "train_loader", "update_training_dashboard_logger", "use_accelerate", "use_amp_scaler",
@@ -208,6 +211,25 @@ def record_amp_scale(loss_dict: dict[str, Any], scaler: Any) -> dict[str, Any]:
     return loss_dict
 
 
+@contextlib.contextmanager
+def new_run_folder(folder: Path | None) -> Iterator[None]:
+    """While a Trainer is built in this block, Coqui's new run folder is `folder`. Coqui names it
+    itself (get_experiment_folder_path: run name, the minute, the commit) and reuses it if it exists;
+    the kit claims the folder first (runs.claim_run_folder, one atomic mkdir), so Coqui must take
+    that one, even when the minute has changed since. None: Coqui's own choice."""
+    import trainer.trainer as coqui_trainer
+
+    if folder is None:
+        yield
+        return
+    original = coqui_trainer.get_experiment_folder_path
+    coqui_trainer.get_experiment_folder_path = lambda root_path, model_name: Path(folder)
+    try:
+        yield
+    finally:
+        coqui_trainer.get_experiment_folder_path = original
+
+
 _atomic_save: Callable[..., None] | None = None  # the writer installed in place of trainer.io.save_fsspec
 
 
@@ -237,8 +259,17 @@ def install_atomic_checkpoint_writes() -> None:
         if "://" in str(path):  # a remote fsspec target: Coqui's own write
             original(state, path, **kwargs)
             return
-        with atomic_output(Path(path), durable=True) as temp:
-            torch.save(state, temp, **kwargs)
+        with atomic_output(Path(path), durable=True) as temp, open(temp, "wb") as handle:
+            # Through Python's file object: a full disk is then an OSError that names it (ENOSPC);
+            # torch's own file writer reports it as an unrelated RuntimeError. torch still closes
+            # its zip writer on the way out and raises that RuntimeError over the OSError: the
+            # OSError is the cause that matters.
+            try:
+                torch.save(state, handle, **kwargs)
+            except RuntimeError as exc:
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
 
     trainer.io.save_fsspec = _atomic_save = save_atomically
 
@@ -400,19 +431,30 @@ def _build_trainer_base() -> type:
     import time
 
     from trainer import Trainer
-    from trainer.io import save_checkpoint
+    from trainer.io import keep_n_checkpoints, save_model
     from trainer.model import TrainerModel
     from trainer.utils.distributed import rank_zero_only
 
+    from ruslan_glowtts.common.run_layout import checkpoint_name
     from ruslan_glowtts.training.step_values import ReadValues, StepValueQueue
 
     class KitTrainerBase(Trainer):
         """Coqui's Trainer with its private parts behind named methods, for KitTrainer."""
 
-        def __init__(self, *args: Any, resume_from: Path | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, resume_from: Path | None = None, run_folder: Path | None = None,
+                     **kwargs: Any) -> None:
             self.resume_checkpoint = resume_from  # read by init_training, which Coqui's __init__ calls
             self.step_values = StepValueQueue()
-            super().__init__(*args, **kwargs)
+            with new_run_folder(run_folder):
+                super().__init__(*args, **kwargs)
+
+        def restore_model(self) -> None:
+            super().restore_model()
+            if self.continue_run:
+                # Coqui resumes at the checkpoint's step + 1 ("not to immediately checkpoint"): its own
+                # checkpoint_N was written in the middle of step N+1. The kit's checkpoint_N holds the
+                # state after N steps (KitTrainer), so a resume continues at N: no step skipped.
+                self.total_steps_done -= 1
 
         # -- the training step ------------------------------------------------------------------------
         def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> tuple[Any, Any]:
@@ -435,12 +477,9 @@ def _build_trainer_base() -> type:
             self.step_values.put(self.total_steps_done, values,
                                  (current_lr, step_time, loader_time, step, batch_n_steps))
             self.log_step_values()
-            if self.args.rank == 0:
-                if (self.total_steps_done % self.config.save_step == 0 and self.total_steps_done != 0
-                        and self.config.save_checkpoints):
-                    self.save_checkpoint()
-                if self.total_steps_done % self.log_model_step == 0:
-                    self.update_training_dashboard_logger(batch=batch, outputs=outputs)
+            # Coqui saves checkpoint_N here, in the middle of step N+1; KitTrainer saves at the step's end.
+            if self.args.rank == 0 and self.total_steps_done % self.log_model_step == 0:
+                self.update_training_dashboard_logger(batch=batch, outputs=outputs)
             self.total_steps_done += 1
             self.callbacks.on_train_step_end(self)
             return outputs, {}
@@ -543,17 +582,23 @@ def _build_trainer_base() -> type:
             return self.pick_target_avg_loss(keep_avg_target)
 
         @rank_zero_only
-        def save_checkpoint(self) -> None:
-            """Coqui's save_checkpoint plus checkpoint_extras()."""
-            save_checkpoint(
-                self.config, self.model_to_save(), self.output_path,
+        def write_checkpoint(self) -> Path:
+            """Coqui's save_checkpoint (trainer.io.save_checkpoint) plus checkpoint_extras(), its
+            `> CHECKPOINT` line printed once the file is whole: Coqui prints it before writing, so a
+            full disk showed the line for a file that was never written."""
+            path = Path(self.output_path) / checkpoint_name(self.total_steps_done)
+            save_model(
+                self.config, self.model_to_save(), path,
                 current_step=self.total_steps_done, epoch=self.epochs_done, optimizer=self.optimizer,
                 scheduler=self.scheduler, scaler=self.scaler if self.use_amp_scaler else None,
                 model_loss={"train_loss": self.pick_target_avg_loss(self.keep_avg_train),
                             "eval_loss": self.pick_target_avg_loss(self.keep_avg_eval)},
-                save_n_checkpoints=self.config.save_n_checkpoints,
                 **self.checkpoint_extras(),
             )
+            logger.info("\n > CHECKPOINT : %s", path)
+            if self.config.save_n_checkpoints is not None:
+                keep_n_checkpoints(self.output_path, self.config.save_n_checkpoints)
+            return path
 
     KitTrainerBase.__qualname__ = "KitTrainerBase"
     return KitTrainerBase
@@ -585,14 +630,15 @@ def _bare_signature(obj: Any) -> str:
 
 
 def _coqui_objects() -> dict[str, Any]:
-    from trainer import Trainer, io
+    from trainer import Trainer, generic_utils, io
     from TTS.tts.layers.generic import wavenet
     from TTS.tts.layers.losses import GlowTTSLoss
     from TTS.tts.models.base_tts import BaseTTS
     from TTS.tts.models.glow_tts import GlowTTS
+    from TTS.vocoder.models.gan import GAN
 
-    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "io": io, "GlowTTS": GlowTTS, "GlowTTSLoss": GlowTTSLoss,
-             "wavenet": wavenet}
+    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "GAN": GAN, "io": io, "generic_utils": generic_utils,
+             "GlowTTS": GlowTTS, "GlowTTSLoss": GlowTTSLoss, "wavenet": wavenet}
     objects = {}
     for name in {*PINNED_SOURCES, *PINNED_SIGNATURES}:
         owner, *path = name.split(".")
@@ -691,6 +737,9 @@ def contract_problems() -> list[str]:
             problems.append(f"TrainerCallback.callbacks_{event} is no longer a list (add_callback)")
     if "save_fsspec(" not in inspect.getsource(io.save_model):
         problems.append("trainer.io.save_model no longer writes through save_fsspec (atomic checkpoint writes)")
+    if "get_experiment_folder_path(" not in inspect.getsource(Trainer.__init__):
+        problems.append("Trainer.__init__ no longer names its run folder with get_experiment_folder_path "
+                        "(new_run_folder: the folder the kit claimed)")
     if (nan := _nan_loss_problem()) is not None:
         problems.append(nan)
     problems += _checkpoint_problems()

@@ -13,7 +13,10 @@
 - Training batches: utterances of similar length, drawn anew every epoch
   (ruslan_glowtts/training/batch_sampler.py, `bucket_by_length`); evaluation batches stay Coqui's.
 - Loader workers keep running between epochs (no re-fork and re-import every epoch) and run
-  numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md).
+  numpy with one BLAS thread each (process_tuning: measured in docs/BENCHMARKS.md). They ignore
+  SIGINT and SIGTERM: a signal to the whole process group (Ctrl-C in a terminal, SLURM, `timeout`)
+  is the main process's to handle; it stops at the end of the step and shuts them down.
+- The vocoder's loader (KitGANDataset) skips what fails to load the same way.
 
 RuslanGlowTTS (training/model.py) is Coqui's GlowTTS with this loader; its checkpoints and config.json are plain
 GlowTTS ones (Coqui's `tts` CLI and `load_config` read them as usual).
@@ -24,12 +27,15 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
 import torch
+from torch.utils.data import default_collate
 from TTS.tts.datasets.dataset import TTSDataset
+from TTS.vocoder.datasets.gan_dataset import GANDataset
 
 from ruslan_glowtts.common.process_tuning import keep_freed_memory, limit_blas_threads
 from ruslan_glowtts.prep.feature_cache import FeatureCache, mel_of
@@ -40,6 +46,7 @@ _worker_limits: list[Any] = []  # keeps each worker's BLAS thread limit alive
 
 SKIPPED_KEY = "kit_skipped_samples"  # batch key: [(audio file, why)] skipped while loading this batch
 EMPTY_KEY = "kit_empty_batch"  # set on a batch none of whose samples loaded: the trainer skips it
+GAN_ITEMS_KEY = "kit_gan_items"  # the vocoder's batch as Coqui's GAN expects it, beside SKIPPED_KEY
 MAX_UNLOADABLE_SHARE = 0.01
 MIN_UNLOADABLE_TOLERATED = 2  # a tiny corpus still tolerates a couple of bad files
 RESCUE_TRIES = 16  # neighbours tried in place of a sample that fails to load
@@ -48,6 +55,31 @@ RESCUE_TRIES = 16  # neighbours tried in place of a sample that fails to load
 def max_unloadable(num_samples: int) -> int:
     """How many distinct samples may fail to load before the run stops (exit 2)."""
     return max(MIN_UNLOADABLE_TOLERATED, math.floor(MAX_UNLOADABLE_SHARE * num_samples))
+
+
+Item = TypeVar("Item")
+_reported: set[str] = set()  # files already named in a warning (per process)
+
+
+def load_or_skip(load: Callable[[int], Item], idx: int, count: int, file_of: Callable[[int], str]
+                 ) -> tuple[Item | None, list[tuple[str, str]]]:
+    """load(idx), or, when that fails, the next of up to RESCUE_TRIES neighbours that loads; the
+    files skipped on the way, with why, each named once in a warning. (None, skipped) when none
+    loads (a one-utterance eval set, a run of broken files)."""
+    skipped: list[tuple[str, str]] = []
+    for attempt in range(min(RESCUE_TRIES, count)):
+        index = (idx + attempt) % count
+        try:
+            return load(index), skipped
+        except Exception as exc:  # noqa: BLE001 - any file that fails to load is skipped, not fatal
+            filename = file_of(index)
+            why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            skipped.append((filename, why))
+            if filename not in _reported:
+                _reported.add(filename)
+                logger.warning(" ! Skipping %s: %s (python -m ruslan_glowtts.prepare checks and excludes such files)",
+                               filename, why)
+    return None, skipped
 
 
 class MelFeatures:
@@ -73,7 +105,6 @@ class MelFeatures:
 
 
 class KitTTSDataset(TTSDataset):
-    _reported: ClassVar[set[str]] = set()  # files already named in a warning (per process, shared on purpose)
     ap: MelFeatures  # Coqui's AudioProcessor, wrapped in __init__
 
     def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, pad_lengths: bool = False,
@@ -109,24 +140,12 @@ class KitTTSDataset(TTSDataset):
         return item
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        skipped: list[tuple[str, str]] = []
-        for attempt in range(min(RESCUE_TRIES, len(self.samples))):
-            index = (idx + attempt) % len(self.samples)
-            try:
-                item = self._load_checked(index)
-            except Exception as exc:  # noqa: BLE001 - any file that fails to load is skipped, not fatal
-                filename = self.samples[index]["audio_file"]
-                why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-                skipped.append((filename, why))
-                if filename not in self._reported:
-                    self._reported.add(filename)
-                    logger.warning(" ! Skipping %s: %s (python -m ruslan_glowtts.prepare checks and excludes "
-                                   "such files)", filename, why)
-                continue
-            item[SKIPPED_KEY] = skipped
-            return item
-        # Nothing near this index loads (a one-utterance eval set, a run of broken files).
-        return {SKIPPED_KEY: skipped, EMPTY_KEY: True}
+        item, skipped = load_or_skip(self._load_checked, idx, len(self.samples),
+                                     lambda index: self.samples[index]["audio_file"])
+        if item is None:
+            return {SKIPPED_KEY: skipped, EMPTY_KEY: True}
+        item[SKIPPED_KEY] = skipped
+        return item
 
     def collate_fn(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         skipped = [entry for item in batch for entry in item.pop(SKIPPED_KEY, [])]
@@ -153,20 +172,58 @@ def pad_to_buckets(batch: dict[str, Any]) -> None:
         batch["token_id"] = torch.nn.functional.pad(tokens, (0, chars - tokens.shape[1]))
 
 
-def _why_unusable(filename: str) -> str:
+def _why_unusable(filename: str, otherwise: str = "nothing left after the silence trim") -> str:
     """Why a file that loaded gave no usable waveform (Coqui's silence trim empties a NaN one)."""
     raw, _ = sf.read(filename, dtype="float32")
     if raw.size == 0:
         return "empty audio"
     if not np.isfinite(raw).all():
         return "non-finite samples (NaN/Inf)"
-    return "nothing left after the silence trim"
+    return otherwise
+
+
+class KitGANDataset(GANDataset):
+    """Coqui's GANDataset (the vocoder's (mel, waveform) segments) that skips a file that fails to
+    load, as KitTTSDataset does: Coqui's would end the run on it (NaN samples trim to a waveform
+    shorter than its cached mel, and its length assertion fails). Items are dicts that carry the
+    skipped files to the trainer; collate_gan_items makes the batch."""
+
+    def _file_of(self, idx: int) -> str:
+        item = self.item_list[idx]
+        return item if isinstance(item, str) else item[0]
+
+    def load_item(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            mel, audio = super().load_item(idx)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(_why_unusable(self._file_of(idx), otherwise=text)) from exc
+        if not (torch.isfinite(mel).all() and torch.isfinite(audio).all()):
+            raise ValueError("non-finite values (NaN/Inf)")
+        return mel, audio
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:  # type: ignore[override]
+        item, skipped = load_or_skip(super().__getitem__, idx, len(self.item_list), self._file_of)
+        return {GAN_ITEMS_KEY: item, SKIPPED_KEY: skipped}
+
+
+def collate_gan_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The vocoder's batch: Coqui's (default-collated) items under GAN_ITEMS_KEY, the files skipped
+    under SKIPPED_KEY, EMPTY_KEY when none loaded."""
+    skipped = [entry for item in batch for entry in item[SKIPPED_KEY]]
+    loaded = [item[GAN_ITEMS_KEY] for item in batch if item[GAN_ITEMS_KEY] is not None]
+    collated = {GAN_ITEMS_KEY: default_collate(loaded)} if loaded else {EMPTY_KEY: True}
+    if skipped:
+        collated[SKIPPED_KEY] = skipped
+    return collated
 
 
 def init_loader_worker(worker_id: int) -> None:
-    # Ctrl-C in a terminal reaches the whole process group: the main process stops the run at
-    # the end of the step and shuts the workers down; a worker's own KeyboardInterrupt would only
-    # print a traceback.
+    # A signal to the whole process group (Ctrl-C in a terminal, SIGTERM from SLURM, `timeout` or
+    # `kill -- -PGID`) reaches the workers too: the main process stops the run at the end of the
+    # step and shuts them down. A worker's own KeyboardInterrupt would only print a traceback, and
+    # a worker killed by SIGTERM would end the run as a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _worker_limits.append(limit_blas_threads())
     keep_freed_memory()

@@ -11,16 +11,26 @@
   before the first checkpoint, and calls sys.exit itself. KitTrainer keeps the folder whatever
   happens, saves a checkpoint on Ctrl-C and on a crash (when the weights are still finite, so
   --continue-path works after either), stops cleanly at --max-steps, stops when the guard says
-  so, and returns an Outcome instead of exiting.
+  so, and returns an Outcome (training/run.py) instead of exiting.
+- Steps: checkpoint_N.pth holds the state after N training steps, and a resume continues at step
+  N. Coqui saves its periodic checkpoint in the middle of step N+1 (before counting it) and
+  resumes at N+1, so each resume moved the count one step past what was trained; the kit saves at
+  the end of the step instead, after the guard has judged it, and resumes at N
+  (coqui_compat.KitTrainerBase.restore_model). --max-steps N then stops at N across any number of
+  resumes.
 - Signals: SIGTERM (kill, docker stop, SLURM/Kubernetes preemption) and SIGINT only set a flag;
   the run stops at the end of the current step (or eval batch), saves a checkpoint when the
   weights are finite, and returns "terminated" (exit 143) or "interrupted" (130). Stopping at a
   step boundary means no state is half-updated when the checkpoint is taken. A second signal
-  exits at once. Under DDP the flag is all-reduced, so every rank stops at the same step.
+  exits at once. Under DDP the flag is all-reduced, so every rank stops at the same step. The
+  loader workers ignore both (a signal to the process group reaches them too); the run shuts
+  them down when it ends.
 - Checkpoints: Coqui's torch.save writes straight to checkpoint_N.pth, so a kill during the save
   leaves a truncated newest checkpoint that --continue-path then picks. Every checkpoint Coqui
   writes goes to a temp name, is fsynced and renamed into place
-  (coqui_compat.install_atomic_checkpoint_writes).
+  (coqui_compat.install_atomic_checkpoint_writes). A write that fails for the disk's sake (full,
+  quota, I/O error, read-only) ends the run with one line naming the file and the cause; the temp
+  file is removed and the older checkpoints are untouched.
 - Samples that fail to load (KitTTSDataset skips them) are counted here, logged as
   Health/skipped_samples, and end the run with exit 2 when more than 1 % of the data fails.
 - Batch order: sets each epoch of the length-bucketed batch sampler (ruslan_glowtts/training/batch_sampler.py)
@@ -30,6 +40,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -38,7 +49,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +65,9 @@ from ruslan_glowtts.common.errors import (
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
-from ruslan_glowtts.monitor.guard import Alarm, HealthGuard, HealthStop
+from ruslan_glowtts.common.run_layout import HEALTH_SKIPPED_SAMPLES, checkpoint_name, log_name
+from ruslan_glowtts.common.runs import is_disk_error
+from ruslan_glowtts.monitor.guard import HealthGuard, HealthStop
 from ruslan_glowtts.training import coqui_compat
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
 from ruslan_glowtts.training.compilation import step_begin
@@ -67,6 +80,7 @@ from ruslan_glowtts.training.coqui_compat import (
 )
 from ruslan_glowtts.training.data_loader import EMPTY_KEY, SKIPPED_KEY, max_unloadable
 from ruslan_glowtts.training.guarded_step import JUDGED, UPDATE_APPLIED, guarded_update, rewind_scheduler
+from ruslan_glowtts.training.run import Outcome
 from ruslan_glowtts.training.step_values import ReadValues
 
 logger = logging.getLogger(__name__)
@@ -91,17 +105,6 @@ class TooManyUnloadable(Exception):
     """More samples failed to load than the run tolerates."""
 
 
-@dataclass
-class Outcome:
-    status: str  # finished | max_steps | interrupted | terminated | crashed | exploded | bad_data
-    exit_code: int
-    step: int
-    message: str = ""
-    alarm: Alarm | None = None
-    run_dir: Path | None = None
-    recent_samples: list[str] = field(default_factory=list)  # batches just before an explosion
-
-
 def weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -123,6 +126,8 @@ class KitTrainer(KitTrainerBase):
             add_callback(self, "on_train_step_end", lambda trainer: self.guard.end_of_step(trainer), first=True)
         else:
             logger.warning(" ! health.enabled = false: non-finite updates reach the weights, explosions go unseen")
+        self._saved_step: int | None = None  # the step of the last checkpoint this trainer wrote
+        add_callback(self, "on_train_step_end", self._checkpoint_at_step_end)
         add_callback(self, "on_train_step_end", self._stop_at_max_steps)
         # Length-bucketed batches: each epoch's order comes from (seed, epoch); count the batches
         # done in the epoch first, so every checkpoint (the --max-steps one too) records them.
@@ -132,7 +137,7 @@ class KitTrainer(KitTrainerBase):
         add_callback(self, "on_train_step_end", self._count_batch, first=True)
         add_callback(self, "on_train_step_end", lambda trainer: self._stop_on_signal())
         # The kit's own log lines go into the run's log file next to Coqui's.
-        self._kit_log_handler = logging.FileHandler(self.output_path / f"trainer_{self.args.rank}_log.txt")
+        self._kit_log_handler = logging.FileHandler(self.output_path / log_name(self.args.rank))
         self._kit_log_handler.setFormatter(logging.Formatter("%(message)s"))
         logging.getLogger("ruslan_glowtts").addHandler(self._kit_log_handler)
 
@@ -172,7 +177,7 @@ class KitTrainer(KitTrainerBase):
             if new:
                 self.unloadable.update(new)
                 if self.args.rank == 0:
-                    self.dashboard_logger.add_scalar("Health/skipped_samples", float(len(self.unloadable)),
+                    self.dashboard_logger.add_scalar(HEALTH_SKIPPED_SAMPLES, float(len(self.unloadable)),
                                                      self.total_steps_done)
                 if len(self.unloadable) > self._max_unloadable:
                     raise TooManyUnloadable
@@ -224,6 +229,21 @@ class KitTrainer(KitTrainerBase):
         """The position in the epoch's batch order, in every checkpoint: a resume continues the epoch
         where it stopped instead of training its first batches twice."""
         return {SAMPLER_STATE: {"epoch": self.epochs_done, "batches_done": self._epoch_batches}}
+
+    # -- checkpoints and the step count ----------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Coqui calls this in the middle of a step, before it counts the step: its checkpoint_N would
+        hold N+1 steps. The kit writes its periodic checkpoint at the end of the step instead."""
+
+    def _checkpoint_at_step_end(self, trainer: Trainer) -> None:
+        step = self.total_steps_done
+        if self.config.save_checkpoints and self.config.save_step and step % self.config.save_step == 0:
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
+        if self.args.rank == 0:
+            self.write_checkpoint()
+        self._saved_step = self.total_steps_done
 
     def _stop_at_max_steps(self, trainer: Trainer) -> None:
         if self.max_steps and self.total_steps_done >= self.max_steps:
@@ -320,51 +340,95 @@ class KitTrainer(KitTrainerBase):
     def _save_if_finite(self, why: str) -> bool:
         if self.args.rank != 0:
             return False
+        if self._saved_step == self.total_steps_done:
+            return True  # this step's periodic checkpoint
         if not weights_finite(self.model):
             logger.error(" ! Not saving a checkpoint (%s): the weights are not finite.", why)
             return False
-        self.save_checkpoint()
+        self._write_checkpoint()
         return True
+
+    def health_summary(self) -> dict[str, Any]:
+        """The guard's summary, for run.json."""
+        return asdict(self.guard.summary)
 
     def fit(self) -> Outcome:  # type: ignore[override]
         previous_handlers = self._install_signal_handlers()
+        step = self.total_steps_done
+        try:
+            if self.max_steps and step >= self.max_steps:
+                return Outcome("max_steps", EXIT_OK, step,
+                               f"already at step {step} (--max-steps {self.max_steps}): nothing to train")
+            return self._train()
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            # The disk's fault, not the code's: one line, no traceback. The failed write's temp file is
+            # gone (atomic_files) and the older checkpoints are untouched.
+            what = Path(exc.filename).name if exc.filename else "a file"
+            return Outcome("crashed", EXIT_CRASH, self.total_steps_done,
+                           f"could not write {what} at step {self.total_steps_done}: {exc.strerror}; the checkpoints "
+                           "written before are intact")
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            self._close()
+
+    def _train(self) -> Outcome:
+        """The training loop, and how each way out of it ends the run. A write that fails for the
+        disk's sake, here or while saving on the way out, leaves to fit()."""
         try:
             self.run_training_loop()
+            self._read_back_steps()
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
         except HealthStop as stop:
+            self._read_back_steps()
             outcome = Outcome("exploded", EXIT_EXPLODED, self.total_steps_done,
                               f"step {stop.alarm.step}: {stop.alarm.message}", alarm=stop.alarm,
                               recent_samples=self.guard.recent_samples())
         except StopTraining:
+            self._read_back_steps()
             self._save_if_finite("--max-steps reached")
             outcome = Outcome("max_steps", EXIT_OK, self.total_steps_done, f"stopped at step {self.total_steps_done}")
         except (StopSignal, KeyboardInterrupt) as stop:
             signum = stop.signum if isinstance(stop, StopSignal) else signal.SIGINT
             why = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self._read_back_steps()
             saved = self.config.save_on_interrupt and self._save_if_finite(why)
             self.callbacks.on_keyboard_interrupt(self)
             status, code = ("interrupted", EXIT_INTERRUPTED) if signum == signal.SIGINT else ("terminated",
                                                                                             EXIT_TERMINATED)
             step = self.total_steps_done
             outcome = Outcome(status, code, step, f"{status} by {why} at step {step}"
-                              + (f"; checkpoint_{step}.pth saved" if saved else "; no checkpoint saved"))
+                              + (f"; {checkpoint_name(step)} saved" if saved else "; no checkpoint saved"))
         except TooManyUnloadable:
             listed = "; ".join(f"{Path(name).name} ({why})" for name, why in sorted(self.unloadable.items()))
             outcome = Outcome("bad_data", EXIT_USAGE, self.total_steps_done,
                               f"{len(self.unloadable)} samples failed to load, more than the {self._max_unloadable} "
                               f"tolerated (1 %): {listed}. Check them with python -m ruslan_glowtts.prepare")
-        except Exception as exc:  # noqa: BLE001 - any crash: keep the folder, save what can be saved
+        except Exception as exc:
+            if is_disk_error(exc):
+                raise
             logger.error("%s", traceback.format_exc())
+            self._read_back_steps()
             saved = self._save_if_finite("crash")
             outcome = Outcome("crashed", EXIT_CRASH, self.total_steps_done,
                               f"{type(exc).__name__}: {exc}" + ("; checkpoint saved" if saved else ""))
-        finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            self._close()
         return outcome
 
+    def _read_back_steps(self) -> None:
+        """Log and judge the steps whose values are still on their way (StepValueQueue), before the
+        run saves and ends: the guard's counts and the last TrainIterStats points must be complete."""
+        try:
+            self.log_step_values(wait=True)
+        except Exception as exc:  # noqa: BLE001 - a broken device must not hide why the run ended
+            logger.warning(" ! The last steps' values could not be read back (%s: %s)", type(exc).__name__, exc)
+
     def _close(self) -> None:
+        # The loaders' worker processes end with the run, not at interpreter exit: they ignore
+        # SIGTERM/SIGINT (data_loader.init_loader_worker), and a loader torn down here tells them to stop.
+        self.train_loader = self.eval_loader = self.test_loader = None
+        gc.collect()
         if self.args.rank == 0:
             self.dashboard_logger.finish()
         if self.num_gpus > 1 and dist.is_initialized():

@@ -2,16 +2,19 @@
 
 No released Coqui vocoder matches the features the kit trains GlowTTS on (22,050 Hz, 1024/1024/256,
 80 mels, 0 Hz to Nyquist, 20*log10, symmetric normalisation); Coqui's own HiFi-GAN recipe with its
-default audio settings does. This module trains that recipe's model through Coqui's Trainer with
-the kit's conventions: config layers (configs/ruslan_hifigan.toml < audio settings of the GlowTTS
-run < presets/hifigan/<name>.toml < --set), run folder kept on crash and Ctrl-C, run.json,
---max-steps, --continue-path. The audio settings are never chosen here: they are read from a
-GlowTTS run's config.json (--tts-run) or from the GlowTTS base config, and a layer that changes
-them is refused (ruslan_glowtts/voice/audio_compat.py).
+default audio settings does. This module holds what is the vocoder's own: its config builder
+(configs/ruslan_hifigan.toml < audio settings of the GlowTTS run < presets/hifigan/<name>.toml <
+--set), its samples, its model and its Trainer. It trains through the run lifecycle shared with
+GlowTTS (training/run.py, via training/vocoder_cli.py's HIFIGAN recipe): run folder, lock and
+run.json, exact --max-steps, --continue-path, clean stops. The audio settings are never chosen
+here: they are read from a GlowTTS run's config.json (--tts-run) or from the GlowTTS base config,
+and a layer that changes them is refused (ruslan_glowtts/voice/audio_compat.py).
 
 Features: prepare's feature cache holds each utterance's mel exactly as GlowTTS trains on it; the
 vocoder reads those files (Coqui's GANDataset takes (wav, mel.npy) pairs), so it learns to invert
-the very features the TTS model learns to predict.
+the very features the TTS model learns to predict. A file that fails to load during the run (NaN
+samples, a truncated or replaced WAV) is skipped with one warning and counted, as the GlowTTS
+loader does (KitGANDataset, training/data_loader.py).
 
 The guard, for a GAN (HifiganTrainer.optimize): each of the two updates per step (discriminator,
 then generator) is skipped when its loss or pre-clip gradient norm is NaN/Inf, weights and
@@ -29,12 +32,16 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from trainer.utils.distributed import is_dist_avail_and_initialized
 from TTS.vocoder.configs import HifiganConfig
+from TTS.vocoder.models.gan import GAN
 
 from ruslan_glowtts import KIT_ROOT
 from ruslan_glowtts.common import runs
@@ -45,17 +52,18 @@ from ruslan_glowtts.common.corpus_layout import (
     wav_path,
 )
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.paths import input_file
 from ruslan_glowtts.common.presets import (
     DEFAULT_PRESET,
     Preset,
     load_preset,
     tier_chain,
 )
+from ruslan_glowtts.common.run_layout import CONFIG_FILE, GLOWTTS
 from ruslan_glowtts.prep.feature_cache import FeatureCache
 from ruslan_glowtts.training.config import (
     BASE_CONFIG,
     HealthConfig,
-    Layer,
     Override,
     RuslanGlowTTSConfig,
     Source,
@@ -63,14 +71,16 @@ from ruslan_glowtts.training.config import (
     build_config,
     read_toml,
 )
+from ruslan_glowtts.training.data_loader import GAN_ITEMS_KEY, KitGANDataset, collate_gan_items, init_loader_worker
 from ruslan_glowtts.training.dataset import check_metadata, check_sample_rate
+from ruslan_glowtts.training.vocoder_cli import HIFIGAN
 from ruslan_glowtts.voice.audio_compat import check_compatible
 
 logger = logging.getLogger(__name__)
 
 VOCODER_BASE_CONFIG = KIT_ROOT / "configs" / "ruslan_hifigan.toml"
-VOCODER_PRESETS_DIR = KIT_ROOT / "presets" / "hifigan"
-DEFAULT_VOCODER_PRESET = "default"
+VOCODER_PRESETS_DIR = HIFIGAN.presets_dir
+DEFAULT_VOCODER_PRESET = HIFIGAN.default_preset
 DISCRIMINATOR, GENERATOR = 0, 1  # Coqui's GAN: optimizer 0 is the discriminator's, 1 the generator's
 
 
@@ -82,18 +92,6 @@ class RuslanHifiganConfig(HifiganConfig):
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
-@dataclass
-class VocoderRequest:
-    config: RuslanHifiganConfig
-    preset: Preset
-    overrides: list[Override] = field(default_factory=list)
-    audio_source: str = ""  # where the audio settings came from
-    max_steps: int = 0
-    continue_path: Path | None = None
-    restore_path: Path | None = None
-    callbacks: dict[str, Any] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------
 # Config
 
@@ -102,13 +100,19 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
     """The GlowTTS audio settings the vocoder must match, and where they came from: a GlowTTS run's
     config.json, else the kit's GlowTTS base config (with the dataset's fragment)."""
     if tts_run is not None:
-        config_path = tts_run if tts_run.suffix == ".json" else (tts_run if tts_run.is_dir() else tts_run.parent) / "config.json"
-        if not config_path.is_file():
-            raise UserError(f"--tts-run {tts_run}: no GlowTTS config.json found ({config_path})")
+        # A run of another kind, or any JSON file, would give this vocoder another model's (or the
+        # default) audio settings without a word: refused.
+        if tts_run.suffix == ".json":
+            config_path = input_file(tts_run, "--tts-run", CONFIG_FILE)
+            if why := runs.not_this_kind(runs.read_config_file(config_path, "--tts-run"), GLOWTTS, "run"):
+                raise UserError(f"--tts-run {tts_run} {why}")
+        else:
+            runs.check_run_kind(tts_run, GLOWTTS, "--tts-run")
+            config_path = tts_run / CONFIG_FILE
         config = RuslanGlowTTSConfig()
         try:
             config.load_json(str(config_path))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"--tts-run {tts_run}: unreadable config.json: {exc}") from None
         return config.audio.to_dict(), f"GlowTTS run {config_path}"
     # GlowTTS's own config builder (what training and prepare resolve); no preset changes audio.*
@@ -243,10 +247,45 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
 
 
 # ---------------------------------------------------------------------------------------------
+# Model
+
+
+class RuslanHifigan(GAN):
+    """Coqui's GAN (HiFi-GAN generator and discriminator), unchanged as a network, with the kit's
+    loader: files that fail to load are skipped and counted (KitGANDataset), and the workers leave
+    signals to the main process (init_loader_worker). Checkpoints are plain Coqui GAN ones."""
+
+    def get_data_loader(self, config: Any, *, is_eval: bool = True, samples: list[Any] | None = None,
+                        verbose: bool = True) -> DataLoader:
+        # Coqui's GAN.get_data_loader, with the kit's dataset class, collate and worker setup.
+        dataset = KitGANDataset(
+            ap=self.ap, items=samples, seq_len=config.seq_len, hop_len=self.ap.hop_length,
+            pad_short=config.pad_short, conv_pad=config.conv_pad,
+            return_pairs=config.diff_samples_for_G_and_D if "diff_samples_for_G_and_D" in config else False,
+            is_training=not is_eval, return_segments=not is_eval, use_noise_augment=config.use_noise_augment,
+            use_cache=config.use_cache,
+        )
+        dataset.shuffle_mapping()
+        distributed = is_dist_avail_and_initialized()
+        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        return DataLoader(
+            dataset, batch_size=1 if is_eval else config.batch_size, shuffle=not distributed, drop_last=False,
+            sampler=DistributedSampler(dataset, shuffle=True) if distributed else None, num_workers=workers,
+            pin_memory=False, collate_fn=collate_gan_items, worker_init_fn=init_loader_worker if workers else None,
+        )
+
+    def format_batch(self, batch: Any) -> dict[str, Any]:
+        # KitTrainer.format_batch has taken the skipped files out; what is left is Coqui's batch.
+        if isinstance(batch, dict) and GAN_ITEMS_KEY in batch:
+            batch = batch[GAN_ITEMS_KEY]
+        return super().format_batch(batch)
+
+
+# ---------------------------------------------------------------------------------------------
 # Trainer
 
 
-def _make_trainer_class() -> type:
+def hifigan_trainer_class() -> type:
     """HifiganTrainer, built on first use; it saves no import: HifiganConfig already loads torch and trainer."""
     import torch
     from torch.nn.utils import clip_grads_with_norm_, get_total_norm
@@ -260,6 +299,9 @@ def _make_trainer_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.disc_skipped = 0
+
+        def health_summary(self) -> dict[str, Any]:
+            return {**super().health_summary(), "skipped_discriminator_updates": self.disc_skipped}
 
         def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
                      step_optimizer=True, num_optimizers=1):
@@ -315,72 +357,3 @@ def _make_trainer_class() -> type:
             return not nonfinite
 
     return HifiganTrainer
-
-
-def train_vocoder(request: VocoderRequest) -> Any:
-    """Train one HiFi-GAN run; returns the KitTrainer Outcome (status, exit code, message)."""
-    from ruslan_glowtts.training.coqui_compat import require_supported_coqui
-
-    require_supported_coqui()
-    import numpy as np
-    import torch
-    from trainer import TrainerArgs
-    from TTS.vocoder.models.gan import GAN
-
-    config = request.config
-    eval_samples, train_samples = load_vocoder_samples(config)
-    logger.info("Training the vocoder on %d utterances, evaluating on %d (%s)", len(train_samples),
-                len(eval_samples), "cached mels" if isinstance(train_samples[0], tuple) else "mels on the fly")
-    if request.continue_path is None:
-        config.run_name = runs.unique_run_name(Path(config.output_path), config.run_name)
-    random.seed(config.training_seed)
-    np.random.seed(config.training_seed)
-    torch.manual_seed(config.training_seed)
-    model = GAN(config)
-    args = TrainerArgs(continue_path=str(request.continue_path or ""), restore_path=str(request.restore_path or ""))
-    trainer_class = _make_trainer_class()
-    fallback = request.preset.fallback
-    trainer = trainer_class(
-        args, config, config.output_path, model=model, train_samples=train_samples, eval_samples=eval_samples,
-        parse_command_line_args=False, callbacks=request.callbacks, max_steps=request.max_steps,
-        next_command=lambda: (f"python train_ruslan_hifigan.py --preset {fallback} --dataset-path "
-                              f"{config.data_path} --restore-path RUN/known_good.pth") if fallback else "",
-    )
-    run_dir = Path(trainer.output_path)
-    _write_start_meta(run_dir, request)
-    logger.info("Run folder: %s", run_dir)
-    outcome = trainer.fit()
-    outcome.run_dir = run_dir
-    runs.update_meta(run_dir, status=outcome.status, exit_code=outcome.exit_code, final_step=outcome.step,
-                     message=outcome.message, ended_at=runs.now(),
-                     health={**asdict(trainer.guard.summary), "skipped_discriminator_updates": trainer.disc_skipped})
-    outcome.message = f"{outcome.message}\nRun folder: {run_dir}"
-    return outcome
-
-
-def _write_start_meta(run_dir: Path, request: VocoderRequest) -> None:
-    if request.continue_path is not None:
-        meta = runs.read_meta(run_dir)
-        runs.update_meta(run_dir, status="running", resumes=meta.get("resumes", []) + [{"at": runs.now(),
-                                                                                         **runs.environment()}])
-        return
-    config = request.config
-    runs.update_meta(
-        run_dir,
-        kit="ruslan_hifigan",
-        model="hifigan",
-        status="running",
-        started_at=runs.now(),
-        preset=request.preset.name,
-        preset_path=str(request.preset.path),
-        tier_chain=[p.name for p in tier_chain(request.preset, VOCODER_PRESETS_DIR)],
-        overrides=[o.to_json() for o in request.overrides if o.layer is not Layer.BASE],
-        audio_source=request.audio_source,
-        seed=config.training_seed,
-        dataset_path=config.data_path,
-        restore_path=str(request.restore_path) if request.restore_path else None,
-        max_steps=request.max_steps,
-        policy=config.health.policy,
-        precision="fp32",
-        **runs.environment(),
-    )

@@ -14,7 +14,11 @@ normaliser first (numbers, abbreviations: «в 1812 году» is read as words)
 Synthesis is Coqui's own Synthesizer with the vocoder passed by path: `tts --model_path ...
 --vocoder_name ...` ignores the vocoder in coqui-tts 0.28 (README, "Listen").
 
-Exit codes: 0 WAVs written, 2 bad input (one line on stderr, nothing written).
+Every input is checked before --out is made or a model is loaded: the paths (common/paths.py),
+that each checkpoint loads and is the kind of model its flag expects, the text. index.tsv is
+rewritten after each WAV, so a run stopped by Ctrl-C or SIGTERM leaves an index of the WAVs it wrote.
+
+Exit codes: 0 WAVs written, 2 bad input (one line on stderr, nothing written), 130/143 Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruslan_glowtts.common.cli import OneLineErrorParser, tool
+from ruslan_glowtts.common.atomic_files import atomic_output, write_text
+from ruslan_glowtts.common.cli import OneLineErrorParser, signals_held, tool
 from ruslan_glowtts.common.errors import UserError
-from ruslan_glowtts.common.runs import KNOWN_GOOD
+from ruslan_glowtts.common.paths import input_file, output_folder
+from ruslan_glowtts.common.run_layout import BEST_MODEL, CHECKPOINT_RE, CONFIG_FILE, KNOWN_GOOD
+from ruslan_glowtts.common.runs import CheckpointProblem, read_checkpoint
 from ruslan_glowtts.common.vocabulary import out_of_vocabulary
 from ruslan_glowtts.prep.text_normalization import normalize_text
 from ruslan_glowtts.voice.audio_compat import check_compatible
@@ -52,25 +58,45 @@ class Model:
         return str(self.checkpoint)
 
 
-def _checkpoint_step(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint_(\d+)\.pth", path.name)
-    return int(match.group(1)) if match else -1
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint_N.pth, newest step first."""
+    found = [(int(m.group(2)), path) for path in run_dir.glob("*.pth")
+             if (m := CHECKPOINT_RE.fullmatch(path.name)) and m.group(1) == "checkpoint"]
+    return [path for _, path in sorted(found, reverse=True)]
 
 
-def resolve_model(given: Path, flag: str) -> Model:
-    """The checkpoint and config.json a run folder or checkpoint path stands for."""
-    if not given.exists():
+def _loadable(candidates: list[Path], flag: str, given: Path) -> Path:
+    """The first of `candidates` that loads as a checkpoint (a damaged newest one is passed over,
+    with a warning), or one line naming the first problem."""
+    problems = []
+    for path in candidates:
+        try:
+            read_checkpoint(path)
+        except CheckpointProblem as problem:
+            problems.append(f"{path.name} {problem}")
+            continue
+        if problems:
+            logger.warning(" ! %s %s: %s; using %s", flag, given, problems[0], path.name)
+        return path
+    if len(candidates) == 1 and candidates[0] == given:
+        raise UserError(f"{flag} {given} {problems[0].split(' ', 1)[1]}")
+    raise UserError(f"{flag} {given}: none of its checkpoints loads ({problems[0]})")
+
+
+def resolve_model(given: Path, flag: str, *, vocoder: bool | None = None) -> Model:
+    """The checkpoint and config.json a run folder or checkpoint path stands for. With `vocoder`, the
+    config must be a vocoder's (True) or a TTS model's (False); then the checkpoint must load. All
+    checked here, before anything is written."""
+    if not given.exists() and not given.is_symlink():
         raise UserError(f"{flag} {given}: no such run folder or checkpoint")
     if given.is_dir():
-        checkpoints = sorted(given.glob("checkpoint_*.pth"), key=_checkpoint_step)
-        candidates = checkpoints[-1:] + [given / "best_model.pth", given / KNOWN_GOOD]
-        checkpoint = next((c for c in candidates if c.is_file()), None)
-        if checkpoint is None:
-            raise UserError(f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, best_model.pth or "
+        candidates = [c for c in [*_checkpoints(given), given / BEST_MODEL, given / KNOWN_GOOD] if c.is_file()]
+        if not candidates:
+            raise UserError(f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, {BEST_MODEL} or "
                             f"{KNOWN_GOOD}) yet")
-        config_path = given / "config.json"
+        config_path = given / CONFIG_FILE
     else:
-        checkpoint, config_path = given, given.parent / "config.json"
+        candidates, config_path = [input_file(given, flag, "checkpoint file")], given.parent / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(f"{flag} {given}: no config.json beside the checkpoint ({config_path})")
     try:
@@ -79,7 +105,11 @@ def resolve_model(given: Path, flag: str) -> Model:
         raise UserError(f"{flag} {given}: unreadable config.json: {exc}") from None
     if not isinstance(config, dict) or not isinstance(config.get("audio"), dict):
         raise UserError(f"{flag} {given}: {config_path} is not a Coqui model config (no audio settings)")
-    return Model(checkpoint, config_path, config)
+    if vocoder is True and not _is_vocoder(config):
+        raise UserError(f"{flag} {given}: this is a {config.get('model')} model, not a vocoder")
+    if vocoder is False and _is_vocoder(config):
+        raise UserError(f"{flag} {given}: this is a vocoder ({config.get('model')}), not a GlowTTS model")
+    return Model(_loadable(candidates, flag, given), config_path, config)
 
 
 def _is_vocoder(config: dict[str, Any]) -> bool:
@@ -88,9 +118,7 @@ def _is_vocoder(config: dict[str, Any]) -> bool:
 
 def vocoder_for_run(given: Path, tts_audio: Any, tts_name: str) -> Model:
     """The vocoder behind `--vocoder` of train_ruslan_glowtts.py, checked against the run's features."""
-    vocoder = resolve_model(given, "--vocoder")
-    if not _is_vocoder(vocoder.config):
-        raise UserError(f"--vocoder {given}: this is a {vocoder.config.get('model')} model, not a vocoder")
+    vocoder = resolve_model(given, "--vocoder", vocoder=True)
     check_compatible(tts_audio, vocoder.config["audio"], tts_name=tts_name, vocoder_name=vocoder.name)
     return vocoder
 
@@ -100,13 +128,13 @@ def read_sentences(text: str | None, file: Path | None) -> list[str]:
         lines = [text]
     else:
         assert file is not None
+        input_file(file, "--file")
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise UserError(f"--file {file}: no such file") from None
+            lines = file.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not text
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"--file {file}: cannot read it as UTF-8 text: {exc}") from None
-    sentences = [line.strip() for line in lines if line.strip()]
+    sentences = [line.replace("\ufeff", "").strip() for line in lines]
+    sentences = [line for line in sentences if line]
     if not sentences:
         raise UserError(f"{'--text' if text is not None else f'--file {file}'}: no text to speak")
     return sentences
@@ -130,8 +158,9 @@ def _check_vocabulary(sentences: list[str], config: dict[str, Any]) -> None:
     for number, sentence in enumerate(sentences, 1):
         cleaned = cleaner(sentence) if cleaner is not None else sentence
         if not any(c in letters for c in cleaned):
-            raise UserError(f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it "
-                            "(Russian text expected; Latin letters are not in the vocabulary)")
+            latin = any("a" <= c.lower() <= "z" for c in cleaned)
+            raise UserError(f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it (Russian "
+                            "text expected" + ("; Latin letters are not in the vocabulary)" if latin else ")"))
         unknown = out_of_vocabulary(sentence, vocabulary, cleaner)
         if unknown:
             logger.warning(" ! %r: characters outside the model's vocabulary are dropped: %s", sentence, " ".join(unknown))
@@ -156,13 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def synthesize(args: argparse.Namespace) -> list[Path]:
-    tts = resolve_model(args.tts, "--tts")
-    if _is_vocoder(tts.config):
-        raise UserError(f"--tts {args.tts}: this is a vocoder ({tts.config.get('model')}), not a GlowTTS model")
-    vocoder = resolve_model(args.vocoder, "--vocoder") if args.vocoder is not None else None
+    output_folder(args.out, "--out")  # before the models load: a refusal then costs nothing
+    tts = resolve_model(args.tts, "--tts", vocoder=False)
+    vocoder = resolve_model(args.vocoder, "--vocoder", vocoder=True) if args.vocoder is not None else None
     if vocoder is not None:
-        if not _is_vocoder(vocoder.config):
-            raise UserError(f"--vocoder {args.vocoder}: this is a {vocoder.config.get('model')} model, not a vocoder")
         check_compatible(tts.config["audio"], vocoder.config["audio"], tts_name=tts.name, vocoder_name=vocoder.name)
     sentences = read_sentences(args.text, args.file)
     normalized = [normalize_text(s).text for s in sentences]
@@ -192,12 +218,16 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
     for number, (original, text) in enumerate(zip(sentences, normalized, strict=True), 1):
         wav = synthesizer.tts(text, split_sentences=False)
         path = args.out / f"{number:0{width}d}.wav"
-        synthesizer.save_wav(wav, str(path))
+        index.append(f"{path.name}\t{original}\t{text}")
+        # A WAV and its index line land together: a run stopped by a signal leaves an index of
+        # exactly the WAVs it wrote (and no half-written WAV).
+        with signals_held():
+            with atomic_output(path) as temp:
+                synthesizer.save_wav(wav, str(temp))
+            write_text(args.out / "index.tsv", "file\ttext\tnormalised text\n" + "\n".join(index) + "\n")
         seconds = len(wav) / synthesizer.output_sample_rate
         logger.info("%s  %.2f s  %s", path, seconds, text)
-        index.append(f"{path.name}\t{original}\t{text}")
         written.append(path)
-    (args.out / "index.tsv").write_text("file\ttext\tnormalised text\n" + "\n".join(index) + "\n", encoding="utf-8")
     return written
 
 

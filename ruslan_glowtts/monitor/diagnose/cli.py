@@ -8,9 +8,13 @@ import logging
 from pathlib import Path
 
 from ruslan_glowtts.common.cli import OneLineErrorParser, tool
+from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.paths import output_file
+from ruslan_glowtts.common.run_layout import CONFIG_FILE, GLOWTTS, config_model, kind_of
 from ruslan_glowtts.monitor.diagnose.diagnosis import diagnose
 from ruslan_glowtts.monitor.diagnose.plotting import plot
 from ruslan_glowtts.monitor.diagnose.report import format_report
+from ruslan_glowtts.monitor.diagnose.run_context import read_json
 from ruslan_glowtts.monitor.events import read_run
 
 
@@ -30,10 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_glowtts_run(run_dir: Path) -> None:
+    """diagnose judges GlowTTS runs: a run whose config.json names another model (a HiFi-GAN run,
+    whose GAN norms mean nothing to GlowTTS's rules and whose presets are the vocoder's) is refused.
+    A folder without config.json, or one that names no model, is judged on its curves alone."""
+    config = read_json(run_dir / CONFIG_FILE)
+    if config_model(config) and (found := kind_of(config)) is not GLOWTTS:
+        what = found.name if found else f"Coqui {config_model(config)!r}"
+        raise UserError(f"{run_dir} is a {what} run, not a GlowTTS run: diagnose judges GlowTTS runs (watch a "
+                        "vocoder's loss_0 and loss_1 in TensorBoard and listen to its EvalAudios)")
+
+
 @tool(log_level=logging.WARNING)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir.expanduser().absolute()
+    if args.plot:
+        output_file(args.plot, "--plot", suffix=".png")  # before reading a long run's events
+    if run_dir.is_dir():
+        check_glowtts_run(run_dir)
     events = read_run(run_dir)
     diagnosis = diagnose(run_dir, events)
     if args.plot:

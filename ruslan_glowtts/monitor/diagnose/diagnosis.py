@@ -57,7 +57,7 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
     # The run's own health settings (config.json) steer the rules, as they steered its guard.
     rules = RuleSettings.from_mapping(ctx["_config"].get("health"))
     health, markers = health_findings(events)
-    ending = run_ending(run_dir, ctx["_meta"])
+    ending = run_ending(run_dir, ctx["_record"])
     judgement = judge(events, rules, health, ending=ending, fp16=ctx["fp16"] and AMP_SCALER_TAG in events.scalars)
     verdict, reasons, onset, stats = judgement.verdict, judgement.reasons, judgement.onset, judgement.stats
     if events.unreadable and verdict not in (Verdict.EXPLODING, Verdict.DIVERGED):

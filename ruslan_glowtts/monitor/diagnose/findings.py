@@ -14,6 +14,17 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ruslan_glowtts.common.run_layout import (
+    COQUI_TRAIN_PREFIX,
+    EVAL_LOSS,
+    HEALTH_ALARM,
+    HEALTH_ESCALATION,
+    HEALTH_GRAD_NORM,
+    HEALTH_SKIPPED_STEPS,
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+)
 from ruslan_glowtts.monitor.events import RunEvents, Series
 from ruslan_glowtts.monitor.explosion_rules import (
     Alarm,
@@ -22,10 +33,10 @@ from ruslan_glowtts.monitor.explosion_rules import (
     quarter_growth,
 )
 
-GRAD_TAGS = ("Health/grad_norm", "TrainIterStats/grad_norm")  # the guard's pre-clip norm first
-LOSS_TAG = "TrainIterStats/loss"
-LR_TAG = "TrainIterStats/current_lr"
-EVAL_TAG = "EvalStats/avg_loss"
+GRAD_TAGS = (HEALTH_GRAD_NORM, TRAIN_GRAD_NORM)  # the guard's pre-clip norm first
+LOSS_TAG = TRAIN_LOSS
+LR_TAG = TRAIN_LR
+EVAL_TAG = EVAL_LOSS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +87,7 @@ def grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> 
     steps, values = series.steps, series.values
     nonfinite = ~np.isfinite(values)
     zeros = values == 0
-    coqui = tag.startswith("TrainIterStats/")
+    coqui = tag.startswith(COQUI_TRAIN_PREFIX)
     measured = not (coqui and zeros.all())
     if measured:
         # A real norm is never exactly 0: Coqui logs a NaN/Inf grad_norm as 0 (trainer.py, optimize),
@@ -211,18 +222,18 @@ def health_findings(run: RunEvents) -> tuple[dict[str, Any], dict[str, list[floa
     on the plot."""
     stats: dict[str, Any] = {}
     markers: dict[str, list[float]] = {"skipped": [], "alarms": [], "escalations": []}
-    if (found := run.get("Health/skipped_steps")) is not None:
+    if (found := run.get(HEALTH_SKIPPED_STEPS)) is not None:
         _, series = found
         counts = np.nan_to_num(series.values)
         grew = np.diff(np.concatenate(([0.0], counts))) > 0
         markers["skipped"] = [int(v) for v in series.steps[grew]]
         stats["skipped_steps"] = int(counts.max())
-    if (found := run.get("Health/alarm")) is not None:
+    if (found := run.get(HEALTH_ALARM)) is not None:
         _, series = found
         fired = series.steps[series.values > 0]
         markers["alarms"] = [int(v) for v in fired]
         stats.update(alarms=len(fired), last_alarm_step=int(fired[-1]) if len(fired) else None)
-    if (found := run.get("Health/escalation")) is not None:
+    if (found := run.get(HEALTH_ESCALATION)) is not None:
         _, series = found
         markers["escalations"] = [int(v) for v in series.steps]
         stats["escalation_index"] = int(series.values[-1]) if np.isfinite(series.values[-1]) else None

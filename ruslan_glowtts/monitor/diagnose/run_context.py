@@ -1,6 +1,6 @@
-"""What the run folder says besides its curves: run.json and config.json, how the run ended
-(trainer_0_log.txt), its tier (named or inferred from lr and grad_clip), its checkpoints and
-parent runs, and the command that starts the next tier."""
+"""What the run folder says besides its curves: run.json (the RunRecord the run lifecycle wrote) and
+config.json, how the run ended (trainer_0_log.txt), its tier (named or inferred from lr and
+grad_clip), its checkpoints and parent runs, and the command that starts the next tier."""
 
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ from ruslan_glowtts.common.presets import (
     load_recorded_preset,
     tier_chain,
 )
-from ruslan_glowtts.common.runs import KNOWN_GOOD, RUN_META
+from ruslan_glowtts.common.run_layout import CHECKPOINT_RE, CONFIG_FILE, KNOWN_GOOD, LOG_FILE, RUN_META
+from ruslan_glowtts.common.run_record import RunRecord
 from ruslan_glowtts.training.coqui_compat import NAN_LOSS_LOG_PATTERN, mentions_nan_loss
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_RE = re.compile(r"^(?:checkpoint|best_model)_(\d+)\.pth$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,28 +35,25 @@ _STEP_RE = re.compile(r"GLOBAL_STEP: (\d+)")
 _LOG_TAIL_BYTES = 256 * 1024  # the ending is at the end; a long run's log is large
 
 
-def run_ending(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def run_ending(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     """How the run ended, from run.json (kit runs) and the tail of trainer_0_log.txt.
 
     kind: nan_loss (Coqui's `NaN loss` error), crashed (another exception), guard_stop (the
     guard's stop or escalation), interrupted, finished, or unknown (still running, killed, or a
     stock run whose exception went to the console: Coqui prints tracebacks to stderr and only
     logs "Run is kept in" when it keeps the folder of a crashed run)."""
-    status = meta.get("status")
-    # The kit's message is "what happened. Next: <command>": the command is printed under Next anyway.
-    message = str(meta.get("message") or "").split(". Next:")[0].strip()
+    status, message, step = record.status, record.message.strip(), record.final_step
     if status in ("crashed", "bad_data"):  # bad_data: too many samples failed to load
         kind = "nan_loss" if mentions_nan_loss(message) else "crashed"
-        return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
-                "text": f"a crash: {message.splitlines()[0] if message else 'no message'} (run.json)"}
+        return {"kind": kind, "source": RUN_META, "step": step,
+                "text": f"a crash: {message.splitlines()[0] if message else 'no message'} ({RUN_META})"}
     if status == "exploded":
-        return {"kind": "guard_stop", "source": "run.json", "step": meta.get("final_step"),
-                "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} (run.json)"}
+        return {"kind": "guard_stop", "source": RUN_META, "step": step,
+                "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} ({RUN_META})"}
     if status in ("finished", "max_steps", "interrupted", "terminated"):
         kind = "interrupted" if status in ("interrupted", "terminated") else "finished"
-        return {"kind": kind, "source": "run.json", "step": meta.get("final_step"),
-                "text": f"{status} at step {meta.get('final_step')} (run.json)"}
-    log = run_dir / "trainer_0_log.txt"
+        return {"kind": kind, "source": RUN_META, "step": step, "text": f"{status} at step {step} ({RUN_META})"}
+    log = run_dir / LOG_FILE
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - _LOG_TAIL_BYTES))
@@ -136,7 +132,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in run_dir.glob("*.pth"):
         if match := CHECKPOINT_RE.match(path.name):
-            found.append((int(match.group(1)), path))
+            found.append((int(match.group(2)), path))
     return sorted(found)
 
 
@@ -159,52 +155,52 @@ def pick_checkpoint(run_dir: Path, onset: int | None, diverged: bool = False) ->
     return found[-1][1], "from the run's last checkpoint"
 
 
-def lineage(run_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def lineage(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
     """This run and the runs it continues from (run.json parent_run links), oldest first."""
-    chain = [{"run": str(run_dir), "preset": meta.get("preset"), "escalation_index": meta.get("escalation_index"),
-              "reason": meta.get("reason")}]
+    chain = [{"run": str(run_dir), "preset": record.preset, "escalation_index": record.escalation_index,
+              "reason": record.reason}]
     seen = {run_dir.resolve()}
-    while parent := meta.get("parent_run"):
+    while parent := record.parent_run:
         path = Path(parent)
         if path.resolve() in seen or len(chain) > 50:
             break
         seen.add(path.resolve())
-        meta = read_json(path / RUN_META)
-        chain.append({"run": str(path), "preset": meta.get("preset"), "escalation_index": meta.get("escalation_index"),
-                      "reason": meta.get("reason"), "exists": path.is_dir()})
+        record = RunRecord.read(path)
+        chain.append({"run": str(path), "preset": record.preset, "escalation_index": record.escalation_index,
+                      "reason": record.reason, "exists": path.is_dir()})
     return chain[::-1]
 
 
 def run_context(run_dir: Path) -> dict[str, Any]:
     """What the recommendation needs: preset, tier chain, dataset path, metadata. Keys starting
     with `_` (run.json, config.json as read) stay out of the report."""
-    meta = read_json(run_dir / RUN_META)
-    config = read_json(run_dir / "config.json")
-    ctx: dict[str, Any] = {"dir": str(run_dir), "has_run_json": bool(meta), "preset": meta.get("preset"),
-                           "status": meta.get("status"), "final_step": meta.get("final_step"),
+    record = RunRecord.read(run_dir)
+    config = read_json(run_dir / CONFIG_FILE)
+    ctx: dict[str, Any] = {"dir": str(run_dir), "has_run_json": record.exists, "preset": record.preset,
+                           "status": record.status or None, "final_step": record.final_step,
                            "lr": config.get("lr"), "grad_clip": config.get("grad_clip"),
                            "fp16": bool(config.get("mixed_precision")) and config.get("precision", "fp16") == "fp16"}
-    chain = meta.get("tier_chain")
-    if meta.get("preset") and not (isinstance(chain, list) and chain):
+    chain: list[str] | None = record.tier_chain
+    if record.preset and not chain:
         try:
-            chain = [preset.name for preset in tier_chain(load_recorded_preset(meta))]
+            chain = [preset.name for preset in tier_chain(load_recorded_preset(record.preset, record.preset_path))]
         except UserError:
             chain = None
-    if meta.get("preset") and isinstance(chain, list) and chain:
-        ctx.update(tier_chain=chain, next_preset=chain[1] if len(chain) > 1 else None, tier_source="run.json")
+    if record.preset and chain:
+        ctx.update(tier_chain=chain, next_preset=chain[1] if len(chain) > 1 else None, tier_source=RUN_META)
     else:
         current, after, why = infer_tier(config)
         ctx.update(preset=current, tier_chain=([current] if current else []) + after,
                    next_preset=after[0] if after else None, tier_source=f"config.json: {why}")
     datasets = config.get("datasets") if isinstance(config.get("datasets"), list) else []
     from_config = datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None
-    ctx["dataset_path"] = meta.get("dataset_path") or from_config or None
-    ctx["lineage"] = lineage(run_dir, meta) if meta.get("parent_run") or meta.get("escalation_index") else []
-    ctx["_meta"], ctx["_config"] = meta, config
+    ctx["dataset_path"] = record.dataset_path or from_config or None
+    ctx["lineage"] = lineage(run_dir, record) if record.parent_run or record.escalation_index else []
+    ctx["_record"], ctx["_config"] = record, config
     return ctx
 
 
 def next_command(ctx: dict[str, Any], next_preset: str, checkpoint: Path | None) -> str:
     """The training command for the next tier, with the run's own --set overrides."""
-    overrides = [o for o in ctx["_meta"].get("overrides") or [] if isinstance(o, dict)]
+    overrides = [o for o in ctx["_record"].overrides if isinstance(o, dict)]
     return next_tier_command(next_preset, ctx["dataset_path"], overrides, checkpoint)
