@@ -144,17 +144,18 @@ class FlatRAdam(torch.optim.Optimizer):
             keep = torch.ones((), device=grad.device, dtype=torch.float32)
         else:
             keep = apply.to(dtype=torch.float32)
-            grad = torch.where(apply, grad, torch.zeros((), device=grad.device, dtype=grad.dtype))
+            grad = torch.where(apply, grad, 0.0)
         # Moments: m + (1 - beta1) * keep * (g - m); keep = 0 leaves them exactly as they were.
         self.exp_avg.lerp_(grad, keep * (1 - beta1))
         self.exp_avg_sq.lerp_(grad * grad, keep * (1 - beta2))
         self.step_count.add_(keep.to(torch.float64))
         # Coqui's step size from the step count, in float64 (it uses Python floats).
+        # (Python floats as the bases: a tensor made from a number would be a host-to-device copy.)
         t = torch.clamp(self.step_count, min=1.0)
-        beta2_t = torch.pow(torch.tensor(beta2, dtype=torch.float64, device=t.device), t)
+        beta2_t = torch.pow(float(beta2), t)
         n_sma_max = 2 / (1 - beta2) - 1
         n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
-        bias1 = 1 - torch.pow(torch.tensor(beta1, dtype=torch.float64, device=t.device), t)
+        bias1 = 1 - torch.pow(float(beta1), t)
         rectified = n_sma >= 5
         rect_term = torch.clamp((1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2)
                                 / torch.clamp(n_sma, min=1e-12) * n_sma_max / (n_sma_max - 2), min=0.0)
@@ -162,7 +163,7 @@ class FlatRAdam(torch.optim.Optimizer):
         scale = (-step_size * lr).to(torch.float32) * keep
         if wd != 0:
             self.flat_param.mul_(1 - wd * lr * keep)
-        denom = torch.where(rectified, self.exp_avg_sq.sqrt().add_(eps), torch.ones((), device=grad.device))
+        denom = torch.where(rectified, self.exp_avg_sq.sqrt().add_(eps), 1.0)
         self.flat_param.add_(self.exp_avg / denom * scale)
         return loss
 
