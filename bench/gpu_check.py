@@ -206,11 +206,11 @@ def _kit_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
     resolve_precision(config)
     samples, _ = load_tts_samples(config, eval_split=False)
     model = RuslanGlowTTS(config)
-    compiled = compilation.attach(model, config.compile_model)
+    compiled = compilation.attach(model, config.compile_model, cuda_graphs=config.compile_cuda_graphs)
     trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=model, train_samples=samples,
                          eval_samples=samples[:1], parse_command_line_args=False)
-    if model.pads_lengths() and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # as train() sets it: padded shapes repeat
+    if model.pads_lengths() and torch.cuda.is_available() and not (compiled is not None and compiled.cuda_graphs):
+        torch.backends.cudnn.benchmark = True  # as the GlowTTS recipe sets it: padded shapes repeat
     return trainer, config, samples, compiled
 
 

@@ -173,6 +173,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     from ruslan_glowtts.training import coqui_compat
     from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.training.run import resolve_precision
+    from ruslan_glowtts.training.step_values import ReadValues
     from ruslan_glowtts.training.trainer import KitTrainer
 
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0", "run_eval=false",
@@ -185,7 +186,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
     coqui_compat.set_global_step(trainer, 1)  # optimize() does not advance it; stay off the checkpoint boundary
     guard_s = [0.0]
-    for name in ("decide_update", "record_batch"):
+    for name in ("observe_update", "record_batch"):
         method = getattr(trainer.guard, name)
 
         def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
@@ -200,7 +201,10 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
         config.health.enabled = i % 2 == 0
         guard_s[0] = 0.0
         started = time.perf_counter()
-        trainer.optimize(data, trainer.optimizer[0], None, trainer.criterion[0], trainer.scheduler[0])
+        _, values, _ = trainer.optimize(data, trainer.optimizer[0], None, trainer.criterion[0], trainer.scheduler[0])
+        if config.health.enabled:
+            # The guard judges the update when its values reach the host (StepValueQueue; at once on a CPU).
+            trainer.on_step_values(ReadValues(1, {k: float(v) for k, v in values.items()}))
         (on if config.health.enabled else off).append(time.perf_counter() - started)
         if config.health.enabled:
             started = time.perf_counter()
@@ -227,11 +231,12 @@ def step_parts(prepared: Path, batch: int, steps: int, device: str = "cpu") -> d
     one optimizer step with Coqui's RAdam vs torch's multi-tensor RAdam from the same parameters
     and gradients, with the largest parameter difference after `steps` + 1 steps (same maths?)."""
     import torch
-    import TTS.tts.models.glow_tts as glow
     from TTS.tts.datasets import load_tts_samples
     from TTS.utils.radam import RAdam as CoquiRAdam
 
+    from ruslan_glowtts.training import alignment as glow  # the forward pass's alignment search (GPU or Cython)
     from ruslan_glowtts.training.model import RuslanGlowTTS
+    from ruslan_glowtts.training.optimizer import FlatRAdam
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     config = _config(prepared, f"batch_size={batch}", "num_loader_workers=0")
@@ -288,12 +293,16 @@ def step_parts(prepared: Path, batch: int, steps: int, device: str = "cpu") -> d
         return (time.perf_counter() - started) / steps, [p.detach().clone() for p in params]
 
     coqui, coqui_params = optimizer_steps(lambda ps: CoquiRAdam(ps, **kwargs))
-    foreach, foreach_params = optimizer_steps(lambda ps: torch.optim.RAdam(ps, foreach=True, **kwargs))
+    foreach, foreach_params = optimizer_steps(
+        lambda ps: torch.optim.RAdam(ps, foreach=True, decoupled_weight_decay=True, **kwargs))
+    flat, flat_params = optimizer_steps(lambda ps: FlatRAdam(ps, **kwargs))  # last: it re-points the parameters
     moved = max(float((a - s).abs().max()) for a, s in zip(coqui_params, start, strict=True))
     differ = max(float((a - b).abs().max()) for a, b in zip(coqui_params, foreach_params, strict=True))
+    flat_differ = max(float((a - b).abs().max()) for a, b in zip(coqui_params, flat_params, strict=True))
     return {"forward_backward_s": statistics.median(t for t, _ in totals[1:]),
             "mas_s": statistics.median(m for _, m in totals[1:]),
-            "coqui_radam_s": coqui, "torch_radam_foreach_s": foreach, "optimizer_steps": steps + 1,
+            "coqui_radam_s": coqui, "torch_radam_foreach_s": foreach, "flat_radam_s": flat,
+            "flat_radam_largest_difference": flat_differ, "optimizer_steps": steps + 1,
             "radam_largest_move": moved, "radam_largest_difference": differ,
             "parameter_tensors": len(params), "parameters": sum(p.numel() for p in params)}
 
@@ -418,10 +427,12 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         (f"| of which monotonic alignment search (Cython, on the CPU; on a GPU it adds a device-to-host copy) | "
          f"{parts['mas_s'] * 1000:.1f} ms ({parts['mas_s'] / parts['forward_backward_s']:.1%}) |"),
         f"| optimizer step, Coqui's RAdam ({parts['parameter_tensors']} tensors one by one) | {parts['coqui_radam_s'] * 1000:.1f} ms |",
-        f"| optimizer step, torch.optim.RAdam(foreach=True) | {parts['torch_radam_foreach_s'] * 1000:.1f} ms |",
+        (f"| optimizer step, torch.optim.RAdam(foreach=True, decoupled_weight_decay=True) | "
+         f"{parts['torch_radam_foreach_s'] * 1000:.1f} ms |"),
+        f"| optimizer step, the kit's FlatRAdam (the default) | {parts['flat_radam_s'] * 1000:.1f} ms |",
         (f"| same maths? after {parts['optimizer_steps']} identical steps (lr 2e-4): largest parameter move / "
-         f"largest difference between the two | {parts['radam_largest_move']:.1e} / {parts['radam_largest_difference']:.1e}: "
-         f"{'the same update' if parts['radam_largest_difference'] < 0.01 * parts['radam_largest_move'] else 'not the same update (the kit keeps Coqui RAdam)'} |"),
+         f"largest difference from Coqui's, torch's foreach / FlatRAdam | {parts['radam_largest_move']:.1e} / "
+         f"{parts['radam_largest_difference']:.1e} / {parts['flat_radam_largest_difference']:.1e} |"),
         f"| health guard's detector, per update | {r['detector_us']:.0f} us ({detector:.3%} of a kit step) |",
         (f"| health guard's code per step (norm/loss read, detector, TensorBoard scalar, batch record, end-of-step check) | "
          f"{g['guard_code_share']:.3%} of the step |"),

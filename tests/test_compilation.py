@@ -140,7 +140,8 @@ def test_a_compiled_training_run_logs_the_eager_runs_losses(sample_22k, tmp_path
     # The whole kit step (guarded update, deferred logging, padded batches) with the decoder
     # compiled (aot_eager) and without: the same loss at every step.
     attach = compilation.attach
-    monkeypatch.setattr(compilation, "attach", lambda model, setting: attach(model, setting, backend="aot_eager"))
+    monkeypatch.setattr(compilation, "attach",
+                        lambda model, setting, **kwargs: attach(model, setting, backend="aot_eager"))
     curves = {}
     for setting in ("off", "on"):
         output = tmp_path / setting

@@ -159,10 +159,13 @@ def speedups(model: Any, config: Any) -> None:
     from ruslan_glowtts.training import compilation
 
     log = logging.getLogger(__name__)
-    if compilation.attach(model, config.compile_model) is not None:
-        log.info("torch.compile: GlowTTS's decoder (%s)%s", "CUDA graphs" if torch.cuda.is_available() else "CPU",
+    compiled = compilation.attach(model, config.compile_model, cuda_graphs=config.compile_cuda_graphs)
+    if compiled is not None:
+        log.info("torch.compile: GlowTTS's decoder (%s)%s", "CUDA graphs" if compiled.cuda_graphs else "fused kernels",
                  "; batches padded to a length grid" if model.pads_lengths() else "")
-    if model.pads_lengths() and torch.cuda.is_available() and not config.cudnn_benchmark:
+    # cudnn's per-shape search runs on a shape's first use; never inside a CUDA graph capture.
+    if (model.pads_lengths() and torch.cuda.is_available() and not config.cudnn_benchmark
+            and not (compiled is not None and compiled.cuda_graphs)):
         log.info("Overriding: cudnn_benchmark = True  (padded batch shapes repeat: each is tuned once)")
         config.cudnn_benchmark = True
 

@@ -1,18 +1,22 @@
 """torch.compile for GlowTTS's decoder: fewer kernel launches per step on a GPU.
 
-On an H100/H200 GlowTTS is launch-bound: ~3,600 small kernels per forward+backward, each launched
-by the host, leave the GPU idle most of the step (docs/GPU.md). The decoder (12 flow blocks of
-ActNorm, invertible 1x1 convolution and a WaveNet coupling layer) is most of them. Compiling it
-with mode "reduce-overhead" fuses its elementwise work and replays each shape's kernels as a CUDA
-graph: one launch instead of thousands.
+On an H100/H200 GlowTTS is launch-bound: thousands of small kernels per forward+backward, each
+launched by the host and each costing the GPU a few microseconds whatever its size (docs/GPU.md:
+Coqui's step launches ~9,100 kernels at batch 8). The decoder (12 flow blocks of ActNorm,
+invertible 1x1 convolution and a WaveNet coupling layer) is most of the model's. Compiling it
+fuses its elementwise work into far fewer kernels (Inductor). Replaying them as CUDA graphs
+(mode "reduce-overhead", compile_cuda_graphs = true) would also remove their launches, but its
+capture failed on the H200 ("operation failed due to a previous error during capture"), and a
+failed capture leaves the process's CUDA RNG state unusable, so it is off by default.
 
 - What is compiled: model.decoder in the training forward pass only, with dynamic shapes (one
   compile serves every batch size and length); data-dependent init, evaluation and synthesis run
   it eagerly. The numbers are the decoder's own: tests/test_compilation.py compares compiled and
   eager losses and gradients on the tiny model.
-- Shapes: a CUDA graph is recorded once per distinct (batch, frames) shape, so the loader pads
-  every batch up to a small fixed set of lengths (training/batch_sampler.py bucket_length) when
-  compiling; padding is masked and changes no loss.
+- Shapes: with dynamic shapes one compile serves every length, and a CUDA graph (when on) is
+  recorded once per distinct (batch, frames) shape; the loader pads every batch up to a small fixed
+  set of lengths (training/batch_sampler.py bucket_length) when compiling, so shapes repeat for
+  the graphs and for cudnn's per-shape tuning; padding is masked and changes no loss.
 - Coqui's WaveNet slices with a CPU tensor, a graph break per layer: patched in the boundary
   (coqui_compat.patch_wavenet). Each weight-normed layer is a class of its own
   (torch.nn.utils.parametrize), so Dynamo's recompile limit is raised.
@@ -24,7 +28,7 @@ graph: one launch instead of thousands.
   the run says so in one line and continues eagerly; an update whose backward failed is dropped.
 
 config `compile_model`: "auto" (on with CUDA, off on a CPU, where compiling costs more than it
-saves), "on", "off".
+saves), "on", "off"; `compile_cuda_graphs`: false (see above).
 """
 
 from __future__ import annotations
@@ -113,11 +117,13 @@ class CompiledDecoder:
                        "(--set compile_model=off skips the attempt)", type(exc).__name__, first)
 
 
-def attach(model: Any, setting: str, *, backend: str = "inductor") -> CompiledDecoder | None:
-    """Compile model.decoder when `setting` asks for it; the model's forward uses it in training."""
+def attach(model: Any, setting: str, *, cuda_graphs: bool = False, backend: str = "inductor"
+           ) -> CompiledDecoder | None:
+    """Compile model.decoder when `setting` asks for it; the model's forward uses it in training.
+    cuda_graphs (CUDA only): mode "reduce-overhead", its kernels replayed as CUDA graphs."""
     if not wanted(setting):
         return None
-    mode = "reduce-overhead" if torch.cuda.is_available() else None
+    mode = "reduce-overhead" if cuda_graphs and torch.cuda.is_available() else None
     compiled = CompiledDecoder(model.decoder, mode=mode, backend=backend)
     model.__dict__["compiled_decoder"] = compiled  # not a submodule: its parameters are the decoder's
     return compiled

@@ -75,8 +75,11 @@ class RuslanGlowTTSConfig(GlowTTSConfig):
     # GPU speed (docs/GPU.md). radam_impl: "flat" = the kit's FlatRAdam (Coqui's RAdam maths, the
     # whole model in one step, skips decided on the device), "coqui" = TTS.utils.radam.RAdam.
     radam_impl: str = "flat"
-    # compile_model: torch.compile GlowTTS's decoder (CUDA graphs on a GPU): auto = on with CUDA.
+    # compile_model: torch.compile GlowTTS's decoder (Inductor's fused kernels): auto = on with CUDA.
     compile_model: str = "auto"
+    # compile_cuda_graphs: also replay it as CUDA graphs (mode "reduce-overhead"). Off: its capture
+    # failed on an H200 (docs/GPU.md), and a failed capture leaves the process's CUDA state unusable.
+    compile_cuda_graphs: bool = False
     # pad_lengths: pad each batch's mel/text lengths up to a fixed grid, so shapes repeat (CUDA
     # graphs and cudnn.benchmark are per shape); auto = when the decoder is compiled.
     pad_lengths: str = "auto"
