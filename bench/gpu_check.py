@@ -293,67 +293,85 @@ def _mas_identical(kit_trainer: Any, batches: list[Any]) -> dict[str, Any]:
 
 
 def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = False) -> dict[str, Any]:
+    """Each (model, precision) in a process of its own (the same batches in each: seeded picks from
+    the same corpus): a CUDA error in one, such as a failed CUDA graph capture, which leaves the
+    process's CUDA state unusable, cannot spoil the others' measurements."""
     import torch
-
 
     cuda = torch.cuda.is_available()
     precisions = ["fp32", "bf16"] if cuda and torch.cuda.is_bf16_supported() else ["fp32"]
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     results: dict[str, Any] = {}
     for precision in precisions:
         for kind in ("stock", "kit"):
-            started = time.perf_counter()
-            if kind == "stock":
-                trainer, config, samples = _stock_trainer(prepared, work, precision, tiny)
-                compiled = None
-            else:
-                trainer, config, samples, compiled = _kit_trainer(prepared, work, precision, tiny)
-            model = trainer.model
-            setup_s = time.perf_counter() - started
+            out = work / f"part_{kind}_{precision}.json"
+            command = [PY, str(Path(__file__)), "--part", f"{kind}:{precision}", "--prepared", str(prepared),
+                       "--work", str(work), "--part-out", str(out), "--timed", str(timed), "--warmup", str(warmup),
+                       *(["--tiny"] if tiny else [])]
+            code = subprocess.call(command, cwd=REPO)
+            part = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
             for batch in (8, 32):
                 name = f"{kind} {precision} b{batch}"
-                try:
-                    batches = _batches(config, samples, model, batch, timed, seed=batch)
-                    # A first pass over the very batches that are then timed: compiles, one CUDA graph per
-                    # shape and cudnn's choices happen here (a long run pays them once), not in the timing.
-                    started = time.perf_counter()
-                    for _ in range(warmup):
-                        _steps(trainer, batches, kind == "kit")
-                    sync()
-                    warm_s = time.perf_counter() - started
-                    if cuda:
-                        torch.cuda.reset_peak_memory_stats()
-                    waits_before = trainer.step_values.waits if kind == "kit" else 0
-                    started = time.perf_counter()
-                    _steps(trainer, batches, kind == "kit")
-                    sync()
-                    step_s = (time.perf_counter() - started) / timed
-                    entry: dict[str, Any] = {
-                        "samples_per_s": batch / step_s, "step_ms": 1000 * step_s, "warmup_s": warm_s,
-                        "setup_s": setup_s, "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0,
-                        "syncs_per_step": _syncs(trainer, batches[:5], kind == "kit"),
-                    }
-                    if kind == "kit":  # timed steps whose values the host had to wait for (GPU > 2 steps behind)
-                        entry["value_waits"] = trainer.step_values.waits - waits_before
-                    if compiled is not None:
-                        entry["compiles"], entry["compile_s"] = compiled.compiles, round(compiled.compile_seconds, 1)
-                        entry["compile_failed"] = compiled.failed
-                    if precision == "fp32":
-                        entry.update(_profile(trainer, batches[:5], kind == "kit", step_s))
-                    if kind == "kit" and precision == "fp32" and batch == 8:
-                        entry["alignment_vs_cython"] = _mas_identical(trainer, batches[:4])
-                    results[name] = entry
-                    print(f"{name}: {entry['samples_per_s']:.1f} samples/s ({entry['step_ms']:.1f} ms/step), "
-                          f"syncs/step {entry['syncs_per_step']}, launches/step {entry.get('kernel_launches_per_step')}, "
-                          f"GPU busy {entry.get('gpu_busy_share')}, warm-up {warm_s:.1f} s", flush=True)
-                except Exception as exc:  # noqa: BLE001 - record it, go on with the others
-                    results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
-                    print(f"{name}: FAILED {exc}", flush=True)
-            trainer.dashboard_logger.finish()
-            del trainer, model
-            if cuda:
-                torch.cuda.empty_cache()
+                results[name] = part.get(name) or {"error": f"the {kind} {precision} process ended with exit {code}"}
     return results
+
+
+def matrix_part(kind: str, precision: str, prepared: Path, work: Path, timed: int, warmup: int, tiny: bool,
+                out: Path) -> None:
+    """One model in one precision, batch 8 then 32; results written to `out` after each."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    if kind == "stock":
+        trainer, config, samples = _stock_trainer(prepared, work, precision, tiny)
+        compiled = None
+    else:
+        trainer, config, samples, compiled = _kit_trainer(prepared, work, precision, tiny)
+    model = trainer.model
+    setup_s = time.perf_counter() - started
+    for batch in (8, 32):
+        name = f"{kind} {precision} b{batch}"
+        try:
+            batches = _batches(config, samples, model, batch, timed, seed=batch)
+            # A first pass over the very batches that are then timed: compiles, CUDA graphs per shape
+            # and cudnn's choices happen here (a long run pays them once), not in the timing.
+            started = time.perf_counter()
+            for _ in range(warmup):
+                _steps(trainer, batches, kind == "kit")
+            sync()
+            warm_s = time.perf_counter() - started
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            waits_before = trainer.step_values.waits if kind == "kit" else 0
+            started = time.perf_counter()
+            _steps(trainer, batches, kind == "kit")
+            sync()
+            step_s = (time.perf_counter() - started) / timed
+            entry: dict[str, Any] = {
+                "samples_per_s": batch / step_s, "step_ms": 1000 * step_s, "warmup_s": warm_s,
+                "setup_s": setup_s, "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0,
+                "syncs_per_step": _syncs(trainer, batches[:5], kind == "kit"),
+            }
+            if kind == "kit":  # timed steps whose values the host had to wait for (GPU > 2 steps behind)
+                entry["value_waits"] = trainer.step_values.waits - waits_before
+            if compiled is not None:
+                entry["compiles"], entry["compile_s"] = compiled.compiles, round(compiled.compile_seconds, 1)
+                entry["compile_failed"], entry["cuda_graphs"] = compiled.failed, compiled.cuda_graphs
+            if precision == "fp32":
+                entry.update(_profile(trainer, batches[:5], kind == "kit", step_s))
+            if kind == "kit" and precision == "fp32" and batch == 8:
+                entry["alignment_vs_cython"] = _mas_identical(trainer, batches[:4])
+            results[name] = entry
+            print(f"{name}: {entry['samples_per_s']:.1f} samples/s ({entry['step_ms']:.1f} ms/step), "
+                  f"syncs/step {entry['syncs_per_step']}, launches/step {entry.get('kernel_launches_per_step')}, "
+                  f"GPU busy {entry.get('gpu_busy_share')}, warm-up {warm_s:.1f} s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - record it, go on
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+            print(f"{name}: FAILED {exc}", flush=True)
+        out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    trainer.dashboard_logger.finish()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +463,7 @@ def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     p.add_argument("--files", type=int, default=2000, help="generated utterances (RUSLAN's length spread)")
     p.add_argument("--curve-steps", type=int, default=300, help="steps of each entry-point run (0: skip them)")
     p.add_argument("--timed", type=int, default=30, help="timed steps per variant in the step matrix (0: skip it)")
@@ -453,9 +471,19 @@ def main() -> None:
                    "CUDA graph recordings, cudnn's choices)")
     p.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--only-fp16", action="store_true", help="only the fp16 amp_scaler check")
+    p.add_argument("--part", help=argparse.SUPPRESS)  # KIND:PRECISION, one process of the step matrix
+    p.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help="the tests' tiny model in the step matrix and the kit's "
                    "curves (a quick self-check of this script on a CPU; the stock curve stays full-size)")
     args = p.parse_args()
+    if args.part:
+        kind, precision = args.part.split(":")
+        matrix_part(kind, precision, args.prepared, args.work, args.timed, args.warmup, args.tiny, args.part_out)
+        return
+    if args.out is None:
+        p.error("--out is required")
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device: CPU dry run"
