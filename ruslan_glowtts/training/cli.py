@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
                    help="speak the TensorBoard test sentences through this HiFi-GAN run (train_ruslan_hifigan.py) "
                    "instead of Griffin-Lim; its audio features must match the run's")
+    p.add_argument("--exclude-utterances", type=Path, metavar="FILE",
+                   help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
+                   "suspects.txt diagnose writes; recorded in run.json with the file's hash")
     p.add_argument("--allow-unknown-chars", action="store_true",
                    help="train even if the text has characters outside the vocabulary (they are dropped)")
     p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
@@ -98,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                           ("--output-path", args.output_path),
                                           ("--on-explosion", args.on_explosion),
                                           ("--auto-escalate", args.auto_escalate),
-                                          ("--max-escalations", args.max_escalations)) if value]
+                                          ("--max-escalations", args.max_escalations),
+                                          ("--exclude-utterances", args.exclude_utterances)) if value]
         if given:
             raise UserError(
                 f"{', '.join(given)} cannot be combined with --continue-path: a resumed run keeps its own "
@@ -156,9 +160,11 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         recorded = [Override.from_json(o) for o in meta.get("overrides", [])]  # old runs: no "layer" key
         cli_overrides = [o for o in recorded if o.layer is Layer.COMMAND_LINE]
         logger.info("Resuming from %s", resume_from.name)
+        exclusion = _recorded_exclusion(meta)
         job = TrainJob(config, preset, tuple(cli_overrides), dataset_path=Path(config.datasets[0].path),
                        max_steps=args.max_steps, continue_path=run_dir, resume_from=resume_from,
-                       allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+                       allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config),
+                       exclusion=exclusion)
         return TrainRequest(job, launch)
 
     preset = load_preset(args.preset or DEFAULT_PRESET)
@@ -184,7 +190,32 @@ def request_from_args(args: argparse.Namespace) -> "TrainRequest":
         if args.dataset_path is None:
             raise UserError("--dataset-path DIR is required (try data/sample after `make sample`, see README)")
         check_writable(Path(config.output_path), "output path")
+    exclusion = _exclusion(args.exclude_utterances)
     job = TrainJob(config, preset, tuple(overrides), dataset_path=args.dataset_path, max_steps=args.max_steps,
                    restore_path=args.restore_path, allow_partial_restore=args.allow_partial_restore,
-                   allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config))
+                   allow_unknown_chars=args.allow_unknown_chars, vocoder=_vocoder(args, config),
+                   exclusion=exclusion)
     return TrainRequest(job, launch)
+
+
+# --exclude-utterances (issue 19): read and hashed here, applied to the samples by train()
+
+
+def _exclusion(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from ruslan_glowtts.common.exclusions import read_exclusion
+
+    exclusion = read_exclusion(path, "--exclude-utterances")
+    logger.info("Excluding: %s  (--exclude-utterances)", exclusion.describe())
+    return exclusion
+
+
+def _recorded_exclusion(meta: dict) -> Any:
+    """A resumed run leaves out what it left out when it started (run.json), whatever the file says now."""
+    from ruslan_glowtts.common.exclusions import Exclusion
+
+    exclusion = Exclusion.from_json(meta.get("exclude_utterances"))
+    if exclusion is not None:
+        logger.info("Excluding: %s  (recorded in run.json)", exclusion.describe())
+    return exclusion

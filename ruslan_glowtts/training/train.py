@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ class TrainJob:
     allow_partial_restore: bool = False
     allow_unknown_chars: bool = False
     vocoder: Any = None  # synthesize.Model: speak the test sentences through it (--vocoder)
+    exclusion: Any = None  # common.exclusions.Exclusion: utterance ids left out (--exclude-utterances)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,9 @@ def _train_run(request: TrainRequest) -> Outcome:
     # run's, and the request stays as given (an escalation rebuilds its config from the layers).
     config = copy.deepcopy(job.config)
     train_samples, eval_samples = load_samples(config)
+    exclusion_record = None  # run.json's record of --exclude-utterances
+    if job.exclusion is not None:
+        train_samples, eval_samples, exclusion_record = exclude_utterances(job.exclusion, train_samples, eval_samples)
     lengths, rates = read_audio_lengths(train_samples + eval_samples, config)
     check_sample_rate(train_samples + eval_samples, config, rates)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=job.allow_unknown_chars)
@@ -234,7 +239,7 @@ def _train_run(request: TrainRequest) -> Outcome:
     if lineage.start_step:
         set_global_step(trainer, lineage.start_step)  # the same step axis as the parent run
     if launch.rank == 0:
-        _write_start_meta(run_dir, request, precision, skipped)
+        _write_start_meta(run_dir, request, precision, skipped, exclusion_record)
         if lineage.parent_run is not None:
             _announce_escalation(trainer, request, run_dir)
     logger.info("Run folder: %s", run_dir)
@@ -249,6 +254,29 @@ def _train_run(request: TrainRequest) -> Outcome:
                          **({"unloadable_samples": trainer.unloadable} if trainer.unloadable else {}))
     outcome.message = f"{outcome.message}\nRun folder: {run_dir}"
     return outcome
+
+
+def exclude_utterances(exclusion: Any, train_samples: list[dict[str, Any]], eval_samples: list[dict[str, Any]],
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Leave out the listed ids after the eval split, so the eval set of a retrained run is the
+    original one minus the excluded ids (losses stay comparable). Returns the kept samples and
+    the record for run.json."""
+    def uid(sample: dict[str, Any]) -> str:
+        return Path(sample["audio_file"]).stem
+
+    unknown = exclusion.warn_unknown([uid(s) for s in train_samples + eval_samples], "--exclude-utterances",
+                                     "the dataset")
+    listed = set(exclusion.ids)
+    kept_train = [s for s in train_samples if uid(s) not in listed]
+    kept_eval = [s for s in eval_samples if uid(s) not in listed]
+    if not kept_train or not kept_eval:
+        raise UserError(f"--exclude-utterances {exclusion.path} leaves {len(kept_train)} training and "
+                        f"{len(kept_eval)} eval utterances (at least 1 of each is needed)")
+    counts = {"excluded_train": len(train_samples) - len(kept_train),
+              "excluded_eval": len(eval_samples) - len(kept_eval)}
+    logger.info("Excluding: %d training and %d eval utterances left out (%d listed)",
+                counts["excluded_train"], counts["excluded_eval"], len(listed))
+    return kept_train, kept_eval, exclusion.to_json(**counts, excluded=sum(counts.values()), unknown=unknown)
 
 
 def check_restore_matches(model: torch.nn.Module, path: Path, *, allow_partial: bool) -> None:
@@ -342,10 +370,14 @@ def next_command(request: TrainRequest, run_dir: Path | None) -> str:
     if not job.preset.fallback:
         return ""
     restore, _ = runs.known_good(run_dir) if run_dir else (None, 0)
-    return next_tier_command(job.preset.fallback, job.config.datasets[0].path, _cli_overrides(request), restore)
+    command = next_tier_command(job.preset.fallback, job.config.datasets[0].path, _cli_overrides(request), restore)
+    if job.exclusion is not None:  # the next tier leaves out what this one did
+        command += f" --exclude-utterances {shlex.quote(job.exclusion.path)}"
+    return command
 
 
-def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str, skipped: list[str]) -> None:
+def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str, skipped: list[str],
+                      excluded: dict[str, Any] | None = None) -> None:
     job, lineage = request.job, request.lineage
     if job.continue_path is not None:
         meta = runs.read_meta(run_dir)
@@ -374,6 +406,7 @@ def _write_start_meta(run_dir: Path, request: TrainRequest, precision: str, skip
         escalation_index=lineage.index,
         start_step=lineage.start_step,
         skipped_samples=len(skipped),
+        exclude_utterances=excluded,
         device=_device(),
         precision=precision,
         vocoder=job.vocoder.name if job.vocoder is not None else None,
