@@ -47,6 +47,7 @@ from ruslan_glowtts.common.corpus_layout import (
     wav_path,
 )
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.exclusions import Exclusion, read_exclusion
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.common.vocabulary import Vocabulary
@@ -66,7 +67,7 @@ from ruslan_glowtts.prep.length_limits import (
     speaking_rate_outliers,
 )
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
-from ruslan_glowtts.prep.problems import Problem
+from ruslan_glowtts.prep.problems import EXCLUDE_PROBLEMS, Problem
 from ruslan_glowtts.prep.report import (
     Utterance,
     build_report,
@@ -111,6 +112,7 @@ class PrepareOptions:
     trim_silence: bool = False
     features: bool = True
     preset: str = DEFAULT_PRESET  # the feature cache is keyed by this preset's resolved audio settings
+    exclude: Path | None = None  # --exclude FILE: utterance ids to leave out (common/exclusions.py)
 
 
 @dataclass
@@ -298,6 +300,7 @@ def _remove_if_empty(paths: list[Path]) -> None:
 
 def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started: float,
              on_result: Callable[[dict[str, Any]], None] | None) -> PrepareResult:
+    exclusion = read_exclusion(options.exclude, "--exclude") if options.exclude is not None else None
     base = _resolve_config(options.preset, {})
     rate = base.audio.sample_rate
     characters = base.characters.characters
@@ -315,6 +318,7 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
 
     scan = read_metadata(meta)
     utterances = _normalise(scan, config, options.text)
+    exclusion_record = _mark_excluded(utterances, exclusion) if exclusion is not None else None
     settings = WorkerSettings(
         target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
         frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
@@ -345,6 +349,7 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
         "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
                     "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
                     "features_cached": cached},
+        "exclusion": exclusion_record,
     }
     run["seconds"] = round(time.monotonic() - started, 2)
     report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
@@ -390,6 +395,21 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
     return rows, run
 
 
+def _mark_excluded(utterances: list[Utterance], exclusion: Exclusion) -> dict[str, Any]:
+    """--exclude: the listed ids are left out like any excluded utterance (no audio processed,
+    outputs of an earlier run removed), and reported with the code listed_for_exclusion."""
+    listed = set(exclusion.ids)
+    unknown = exclusion.warn_unknown([u.id for u in utterances if not _line_problem(u)], "--exclude",
+                                     "the metadata")
+    excluded = 0
+    for u in utterances:
+        if u.id in listed and not _line_problem(u):
+            u.problems.append(Problem.of(EXCLUDE_PROBLEMS, "listed_for_exclusion", Path(exclusion.path).name))
+            excluded += 1
+    logger.info("Excluding %d utterance(s): %s", excluded, exclusion.describe())
+    return exclusion.to_json(excluded=excluded, unknown=unknown)
+
+
 def _line_problem(utterance: Utterance) -> bool:
     """Lines that are not a (first) valid id: never processed, so a duplicate cannot touch the original's files."""
     return any(p.code in LINE_PROBLEMS for p in utterance.problems)
@@ -400,7 +420,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
     """The jobs this run must do; files whose source, options and outputs are unchanged are skipped."""
     jobs, signatures, reused = [], {}, 0
     for u in utterances:
-        if _line_problem(u):
+        if _line_problem(u) or any(p.code in EXCLUDE_PROBLEMS for p in u.problems):
             continue
         source = wav_path(src, u.id)
         try:
@@ -516,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="do not build the mel feature cache (training then computes features on the fly)")
     features.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|PATH",
                           help="the preset you will train with, if it changes audio settings (default %(default)s)")
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
+                        "suspects.txt diagnose writes; recorded in report.json with the file's hash")
     return p
 
 
@@ -532,7 +555,7 @@ def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
     return PrepareOptions(src=args.src, dst=args.dst, meta=args.meta, jobs=args.jobs,
                           text=TextOptions(stress=args.stress, yo=args.yo), bounds=bounds, limits=limits,
                           cap_percentile=args.cap_percentile, trim_silence=args.trim_silence,
-                          features=not args.no_features, preset=args.preset)
+                          features=not args.no_features, preset=args.preset, exclude=args.exclude)
 
 
 @tool(interrupted="interrupted: finished files are kept; run the same command again to resume",
