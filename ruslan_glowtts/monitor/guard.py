@@ -149,7 +149,8 @@ class HealthGuard:
             self._skipped(trainer, step, f"loss {loss:.4g}, pre-clip grad_norm {grad_norm:.4g}")
             grad_norm = math.nan
         alarms = self.detector.observe(step, grad_norm, loss if finite else None)
-        for alarm in alarms:
+        spike = self.detector.last_spike  # every spike is flagged, not only the ones re-alarmed
+        for alarm in alarms + ([spike] if spike is not None and spike not in alarms else []):
             self._flag(alarm.step, alarm.kind, grad_norm, loss)
         self._handle(trainer, alarms)
         return not nonfinite
