@@ -188,8 +188,9 @@ def test_the_guard_calls_its_flag_hooks_for_skips_spikes_and_alarms(tmp_path):
     assert seen == []  # healthy updates are not flagged
     assert not guard.decide_update(trainer, 150, math.nan, 1.0)
     assert guard.decide_update(trainer, 151, 5000.0, 1.0)  # a spike far outside the recent norms
+    assert guard.decide_update(trainer, 152, 6000.0, 1.0)  # another, within the re-alarm limit of 1000
     kinds = [(step, kind) for step, kind, *_ in seen]
-    assert kinds[0] == (150, "skipped") and (151, "spike") in kinds
+    assert kinds[0] == (150, "skipped") and (151, "spike") in kinds and (152, "spike") in kinds
     assert seen[0][2] != seen[0][2] and seen[0][3] == 1.0  # the values the guard read: NaN norm, loss 1
 
 

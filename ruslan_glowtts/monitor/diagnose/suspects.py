@@ -195,6 +195,12 @@ def _spike_suspects(ledger: Ledger, s: SuspectSettings) -> tuple[list[dict[str, 
             rows.append({"id": ledger.ids[u], "in_flagged": f, "seen": n, "expected": n * share, "lift": lift,
                          "p_corrected": p_value, "kinds": dict(kinds)})
     rows.sort(key=lambda row: (row["p_corrected"], -row["lift"]))
+    # Utterances that were always batched together (a tiny corpus bucketed by length keeps its
+    # batches) cannot be told apart by the ledger: say so instead of guessing.
+    batches_of = {row["id"]: frozenset(pairs[1][pairs[0] == ledger.ids.index(row["id"])].tolist()) for row in rows}
+    for row in rows:
+        row["same_batches_as"] = [other["id"] for other in rows
+                                  if other is not row and batches_of[other["id"]] == batches_of[row["id"]]]
     return rows, float(share)
 
 
@@ -359,6 +365,10 @@ def find_suspects(run_dirs: list[Path], *, dataset: str | None = None, audio: di
     if share and not spikes:
         result.notes.append(f"{flagged} of {ledger.batches} updates flagged ({share:.1%}); no utterance is in "
                             "them more often than chance")
+    groups = {tuple(sorted([row["id"], *row["same_batches_as"]])) for row in spikes if row["same_batches_as"]}
+    result.notes += [f"{', '.join(group)} were always in the same batches: the ledger cannot tell which of them "
+                     "it is (listen to them, or train with --set bucket_by_length=false to mix the batches)"
+                     for group in sorted(groups)]
     return result
 
 
