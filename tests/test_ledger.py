@@ -153,6 +153,41 @@ def test_a_torn_last_line_and_foreign_lines_are_skipped_and_said(tmp_path):
     assert any("2 line(s) that are not ledger lines skipped (first: line 4)" in p for p in read.problems)
 
 
+class _Event:
+    """A CUDA event's interface: query() never blocks, synchronize() waits."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.waited = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = self.done = True
+
+
+def test_device_copies_are_written_once_done_and_never_waited_for_in_the_step(tmp_path):
+    events: list[_Event] = []
+
+    class DeviceLedger(UtteranceLedger):  # the GPU path, with the copy's completion under test control
+        @staticmethod
+        def _host_copy(packed):
+            events.append(_Event())
+            return packed.clone(), events[-1]
+
+    ledger = DeviceLedger(tmp_path)
+    _add(ledger, 1, ["a"], [1.0])
+    _add(ledger, 2, ["b"], [1.0])
+    assert not ledger_path(tmp_path).exists()  # neither copy has landed: nothing written, nothing waited for
+    events[0].done = True
+    _add(ledger, 3, ["c"], [1.0])  # the next update writes what has landed, in order
+    assert [line.split("\t")[2] for line in ledger_path(tmp_path).read_text().splitlines()[1:]] == ["a"]
+    assert not any(event.waited for event in events)
+    ledger.close()  # the end of the run waits for the rest
+    assert read_ledgers([ledger_path(tmp_path)]).ids == ["a", "b", "c"] and events[1].waited
+
+
 def test_an_unwritable_ledger_switches_itself_off_and_training_goes_on(tmp_path, caplog):
     ledger = UtteranceLedger(tmp_path / "missing" / "folder")
     _add(ledger, 1, ["a"], [1.0])  # must not raise

@@ -142,13 +142,8 @@ class UtteranceLedger:
         if terms is None:
             terms = torch.full((len(names), 2), math.nan, device=lengths.device)
         packed = torch.cat([lengths.detach().to(terms.device, torch.float32), terms.detach().float()], dim=1)
-        item = _Pending(step, [utterance_id(n) for n in names], packed)
-        if packed.device.type == "cuda":
-            item.host = torch.empty(packed.shape, dtype=torch.float32, pin_memory=True)
-            item.host.copy_(packed, non_blocking=True)
-            item.event = torch.cuda.Event()
-            item.event.record()
-        self._window.append(item)
+        host, event = self._host_copy(packed)
+        self._window.append(_Pending(step, [utterance_id(n) for n in names], host, event))
         if accumulating:
             return
         for earlier in self._window:  # the micro-batches of this update take its step
@@ -178,6 +173,20 @@ class UtteranceLedger:
             self._fd = None
 
     # -- internals -------------------------------------------------------------------------------
+    @staticmethod
+    def _host_copy(packed: torch.Tensor) -> tuple[Any, Any]:
+        """(host tensor, event or None). A GPU tensor is copied into pinned memory without
+        blocking; the CUDA event, recorded after the copy on the same stream, says when it is there."""
+        if packed.device.type != "cuda":
+            return packed, None
+        import torch
+
+        host = torch.empty(packed.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
     def _drain(self, *, wait: bool) -> None:
         while self._pending:
             item = self._pending[0]
