@@ -335,16 +335,16 @@ def find_suspects(run_dirs: list[Path], *, dataset: str | None = None, audio: di
     _join_facts(outliers + spikes + ranking, ledger, facts, audio or {})
     flagged = len(ledger.flags)
     kinds = Counter(kind for flags in ledger.flags.values() for kind, *_ in flags)
-    strong = any(row["score"] >= s.z_strong for row in outliers) or any(
-        row["p_corrected"] <= s.p_strong for row in spikes)
+    strong_loss = any(row["score"] >= s.z_strong for row in outliers)
+    strong_spike = any(row["p_corrected"] <= s.p_strong for row in spikes)
     most_seen = int(scores["stats"]["seen"].max()) if len(scores["stats"]["seen"]) else 0
     if outliers or spikes:
-        evidence = "strong" if strong else "weak"
-        text = (f"{evidence} evidence: " + (f"a loss |z| of {s.z_strong:g} or more, or a spike suspect's corrected "
-                                            f"p below {s.p_strong:.1%}" if strong else
-                                            f"listed, but no loss |z| reaches {s.z_strong:g} and no spike "
-                                            f"suspect's corrected p is below {s.p_strong:.1%}: listen before "
-                                            "excluding"))
+        evidence = "strong" if strong_loss or strong_spike else "weak"
+        why = [f"a loss |z| of {s.z_strong:g} or more"] * strong_loss + \
+            [f"a spike suspect's corrected p below {s.p_strong:.1%}"] * strong_spike
+        text = (f"strong evidence: {' and '.join(why)}" if why else
+                f"weak evidence: listed, but no loss |z| reaches {s.z_strong:g} and no spike suspect's corrected p "
+                f"is below {s.p_strong:.1%}: listen before excluding")
     elif judged == 0:
         evidence = "too little data"
         text = (f"too little data: {scores['windows']} pass(es) over the corpus after the warm-up (step "
