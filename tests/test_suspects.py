@@ -455,5 +455,6 @@ def test_retraining_without_the_suspects_fits_the_clean_utterances_better(plante
     before = planted_proof["seeds"][1]
     after = planted_proof["retrain"]
     assert after["exclusion"]["excluded"] == len(before["listed"]) and after["exclusion"]["unknown"] == []
-    assert (after["clean_loss"]["loss"] < before["clean_loss"]["loss"]
-            or after["flagged_updates"] < before["flagged_updates"]), (before["clean_loss"], after["clean_loss"])
+    # at the same exposure of each clean utterance (fewer utterances give more passes in as many steps)
+    assert (after["matched"]["after"] < after["matched"]["before"]
+            or after["flagged_updates"] < before["flagged_updates"]), after["matched"]
