@@ -140,6 +140,20 @@ def test_each_opening_is_a_segment_so_resumed_steps_are_new_batches(tmp_path):
     assert [read.ids[u] for u in read.utt[read.batch == flagged]] == ["c"]
 
 
+def test_each_rank_writes_its_own_file_and_flags_join_their_own_batches(tmp_path):
+    # Under DDP every rank sees its own batch at the same step and takes the same guard decision.
+    ranks = [UtteranceLedger(tmp_path, rank=r) for r in (0, 1)]
+    for rank, ledger in enumerate(ranks):
+        _add(ledger, 7, [f"r{rank}a", f"r{rank}b"], [1.0, 1.0])
+        ledger.mark(7, "skipped", math.nan, 1.0)
+        ledger.close()
+    files = ledger_files([tmp_path])
+    assert [f.name for f in files] == ["ledger_rank0.tsv", "ledger_rank1.tsv"]
+    read = read_ledgers(files)
+    assert read.batches == 2 and len(read.flags) == 2  # one flagged batch per rank, not one merged step
+    assert sorted(read.ids[u] for u in read.utt) == ["r0a", "r0b", "r1a", "r1b"]
+
+
 def test_a_torn_last_line_and_foreign_lines_are_skipped_and_said(tmp_path):
     ledger = UtteranceLedger(tmp_path)
     _add(ledger, 1, ["a", "b"], [1.0, 1.0])
