@@ -136,7 +136,7 @@ def _run(command: list[str], *, timeout: int = 1800) -> subprocess.CompletedProc
     # One thread: the tiny model's convolutions are too small to share, and on a busy 2-core
     # machine two spinning OpenMP threads per process made a step ~10x dearer in CPU time.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def prepare(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -305,7 +305,7 @@ def page(r: dict[str, Any], work: Path, command: str) -> str:
                  + " | ".join(f"{r['seeds'][s]['precision_at_k']:.2f}" for s in seeds) + " |")
     lines.append("| listed loss outliers: planted / clean | " + " | ".join(
         f"{len(r['seeds'][s]['listed_planted'])} / {len(r['seeds'][s]['listed_clean'])}" for s in seeds) + " |")
-    lines.append("| highest clean utterance, \|z\| | " + " | ".join(
+    lines.append("| highest clean utterance, \\|z\\| | " + " | ".join(
         f"{r['seeds'][s]['best_clean_z']:.1f}" for s in seeds) + " |")
     for id_, kind in r["planted"].items():
         cells = []

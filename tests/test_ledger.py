@@ -287,5 +287,5 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
     counts = [int(((after.step == s) & (after.batch >= before.batches)).sum()) for s in resumed]
     assert min(counts) >= 1 and max(counts) == 4
     done = subprocess.run([sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert "Traceback" not in done.stderr and "Suspects:" in done.stdout, done.stderr

@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import datetime
 import logging
-from array import array
 import math
 import os
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,41 +280,40 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
     pending_flags: list[tuple[tuple[int, int, int], tuple[str, float, float]]] = []
     for file_no, path in enumerate(files):
         path = Path(path)
+        segment, bad, first_bad = -1, 0, 0
         try:
-            handle = open(path, "rb")  # streamed: a long run's ledger is hundreds of MB
+            with open(path, "rb") as handle:  # streamed: a long run's ledger is hundreds of MB
+                out.files.append(path)
+                for number, raw in enumerate(handle, 1):
+                    if not raw.endswith(b"\n"):  # only the last line can lack it: a crash during its write
+                        out.problems.append(f"{path.name}: its last line is incomplete (a crash while writing it?): "
+                                            "skipped")
+                        break
+                    line = raw[:-1].decode("utf-8", "replace")
+                    if line.startswith(HEADER_PREFIX):
+                        segment += 1
+                        out.segments += 1
+                        continue
+                    parts = line.split("\t")
+                    try:
+                        if parts[0] == "u" and len(parts) == 7:
+                            step = int(parts[1])
+                            values = (int(parts[3]), int(parts[4]), float(parts[5]), float(parts[6]))
+                            b = batch_of.setdefault((file_no, segment, step), len(batch_of))
+                            u = index.setdefault(parts[2], len(index))
+                            for name, value in zip(cols, (u, b, step, *values), strict=True):
+                                cols[name].append(value)
+                        elif parts[0] == "f" and len(parts) == 5:
+                            pending_flags.append(((file_no, segment, int(parts[1])),
+                                                  (parts[2], float(parts[3]), float(parts[4]))))
+                        elif line:
+                            raise ValueError
+                    except ValueError:
+                        bad += 1
+                        first_bad = first_bad or number
         except OSError as exc:
             out.problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
             continue
-        out.files.append(path)
-        segment, bad, first_bad = -1, 0, 0
-        with handle:
-            for number, raw in enumerate(handle, 1):
-                if not raw.endswith(b"\n"):  # only the last line can lack it: a crash during its write
-                    out.problems.append(f"{path.name}: its last line is incomplete (a crash while writing it?): "
-                                        "skipped")
-                    break
-                line = raw[:-1].decode("utf-8", "replace")
-                if line.startswith(HEADER_PREFIX):
-                    segment += 1
-                    out.segments += 1
-                    continue
-                parts = line.split("\t")
-                try:
-                    if parts[0] == "u" and len(parts) == 7:
-                        step = int(parts[1])
-                        values = (int(parts[3]), int(parts[4]), float(parts[5]), float(parts[6]))
-                        b = batch_of.setdefault((file_no, segment, step), len(batch_of))
-                        u = index.setdefault(parts[2], len(index))
-                        for name, value in zip(cols, (u, b, step, *values), strict=True):
-                            cols[name].append(value)
-                    elif parts[0] == "f" and len(parts) == 5:
-                        pending_flags.append(((file_no, segment, int(parts[1])),
-                                              (parts[2], float(parts[3]), float(parts[4]))))
-                    elif line:
-                        raise ValueError
-                except ValueError:
-                    bad += 1
-                    first_bad = first_bad or number
         if bad:
             out.problems.append(f"{path.name}: {bad} line(s) that are not ledger lines skipped (first: line "
                                 f"{first_bad})")
