@@ -277,12 +277,14 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
     assert not [p for p in before.problems if "incomplete" not in p]  # a torn last line at most
     killed_at = max(before.step.tolist())
     assert killed_at >= 8 and before.segments == 1
+    checkpoint = max(int(path.stem.split("_")[1]) for path in run.glob("checkpoint_*.pth"))
     code, _, err = run_main("--continue-path", str(run), "--max-steps", str(killed_at + 6))
     assert code == 0, err
     after = read_ledgers(ledger_files([run]))
     assert after.segments == 2 and after.observations > before.observations
     resumed = sorted(set(after.step[after.batch >= before.batches].tolist()))
-    assert resumed[0] <= killed_at and resumed[-1] == killed_at + 5  # back to the checkpoint, then on
+    # back to the step after the newest checkpoint (updates after it are trained again), then on
+    assert resumed[0] == checkpoint + 1 <= killed_at + 1 and resumed[-1] == killed_at + 5
     # the batches of every update of the resumed segment are there (4 utterances each, the last may be short)
     counts = [int(((after.step == s) & (after.batch >= before.batches)).sum()) for s in resumed]
     assert min(counts) >= 1 and max(counts) == 4
