@@ -140,8 +140,10 @@ def _run(command: list[str], *, timeout: int = 1800) -> subprocess.CompletedProc
 
 
 def prepare(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
+    # One job: 47 files take seconds, and no worker pool is forked (under a heavy load a forked
+    # worker was once seen stuck on a lock it inherited, and the proof waited for it forever).
     done = _run([sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst),
-                 "--jobs", "2", *extra])
+                 "--jobs", "1", *extra])
     if done.returncode != 0:
         raise RuntimeError(f"prepare failed ({done.returncode}): {done.stderr[-2000:]}")
     return done
