@@ -252,7 +252,10 @@ def _ledger_steps(run: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp_path, run_main):
+def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp_path):
+    from ruslan_glowtts.training.cli import parse_args, request_from_args
+    from ruslan_glowtts.training.train import train
+
     # A kill -9 gives no chance to flush anything: every line must already be whole on disk.
     output = tmp_path / "runs"
     command = [sys.executable, "train_ruslan_glowtts.py", "--dataset-path", str(prepared_sample), "--output-path",
@@ -278,8 +281,8 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
     killed_at = max(before.step.tolist())
     assert killed_at >= 8 and before.segments == 1
     checkpoint = max(int(path.stem.split("_")[1]) for path in run.glob("checkpoint_*.pth"))
-    code, _, err = run_main("--continue-path", str(run), "--max-steps", str(killed_at + 6))
-    assert code == 0, err
+    outcome = train(request_from_args(parse_args(["--continue-path", str(run), "--max-steps", str(killed_at + 6)])))
+    assert outcome.status == "max_steps", outcome.message
     after = read_ledgers(ledger_files([run]))
     assert after.segments == 2 and after.observations > before.observations
     resumed = sorted(set(after.step[after.batch >= before.batches].tolist()))

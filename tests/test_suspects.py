@@ -316,9 +316,11 @@ def test_bad_exclusion_input_on_the_command_lines_is_one_line_and_exit_2(tmp_pat
 
 
 @pytest.mark.slow
-def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k, run_main, caplog):
+def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k, caplog):
     from ruslan_glowtts.monitor.ledger import ledger_files, read_ledgers
     from ruslan_glowtts.prep.prepare import PrepareOptions, prepare
+    from ruslan_glowtts.training.cli import parse_args, request_from_args
+    from ruslan_glowtts.training.train import train
 
     caplog.set_level(logging.INFO)
     listed = tmp_path / "suspects.txt"
@@ -336,9 +338,11 @@ def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k,
     warnings = [r.getMessage() for r in caplog.records if "not in the metadata" in r.getMessage()]
     assert len(warnings) == 1 and "1 of 3 id(s)" in warnings[0]
     # training --exclude-utterances on the full sample: recorded in run.json, shown in the config log
-    code, _, err = run_main("--dataset-path", str(sample_22k), "--output-path", str(tmp_path / "runs"),
-                            "--max-steps", "5", "--exclude-utterances", str(listed), *tiny_args())
-    assert code == 0, err
+    # (in-process, as the other training tests: the tool wrapper's stderr handler would outlive this test)
+    outcome = train(request_from_args(parse_args(["--dataset-path", str(sample_22k), "--output-path",
+                                                  str(tmp_path / "runs"), "--max-steps", "5", "--exclude-utterances",
+                                                  str(listed), *tiny_args()])))
+    assert outcome.status == "max_steps", outcome.message
     (run,) = run_dirs(tmp_path / "runs")
     meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
     exclusion = meta["exclude_utterances"]
@@ -352,8 +356,8 @@ def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k,
     assert seen and not seen & {"000003_RUSLAN", "000005_RUSLAN"}
     # --continue-path keeps leaving them out (from run.json, not the file, which may have changed)
     listed.write_text("000004_RUSLAN\n", encoding="utf-8")
-    code, _, err = run_main("--continue-path", str(run), "--max-steps", "14")
-    assert code == 0, err
+    outcome = train(request_from_args(parse_args(["--continue-path", str(run), "--max-steps", "14"])))
+    assert outcome.status == "max_steps", outcome.message
     again = read_ledgers(ledger_files([run]))
     assert again.segments == 2 and not set(again.ids) & {"000003_RUSLAN", "000005_RUSLAN"}
     assert "000004_RUSLAN" in again.ids
