@@ -3,6 +3,7 @@
     python bench/run.py             # ~25 minutes on 2 cores
     python bench/run.py --quick     # a few minutes: checks the harness, numbers are rough
     python bench/run.py batching    # only section 6: length-bucketed batches (bench/batching.py)
+    python bench/run.py ledger      # only section 7: the utterance ledger's cost (bench/ledger_cost.py)
 
 Everything runs here, fp32 on CPU, in this process and its children:
 1. prepare on a generated RUSLAN-format corpus (44.1 kHz, 5 s mean), extrapolated to 22,200 files;
@@ -456,9 +457,10 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", choices=["all", "batching"], default="all",
-                   help="batching: only section 6, length-bucketed batches (bench/batching.py, ~20 min), "
-                        "written into the existing file")
+    p.add_argument("part", nargs="?", choices=["all", "batching", "ledger"], default="all",
+                   help="batching: only section 6, length-bucketed batches (bench/batching.py, ~20 min); "
+                        "ledger: only section 7, the utterance ledger's cost (bench/ledger_cost.py, ~5 min); "
+                        "each written into the existing file")
     p.add_argument("--quick", action="store_true", help="smaller corpus, fewer steps and repeats")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -469,6 +471,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ruslan_bench_"))
     if args.part == "batching":
         batching_only(args, work)
+        return
+    if args.part == "ledger":
+        ledger_only(args, work)
         return
     results: dict[str, Any] = {"load": [os.getloadavg()[0]]}
 
@@ -538,6 +543,29 @@ def batching_only(args: argparse.Namespace, work: Path) -> None:
     (work / "batching.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + text)
     print(f"section 6 written to {args.out}; raw results in {work / 'batching.json'}")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work)
+
+
+def ledger_only(args: argparse.Namespace, work: Path) -> None:
+    import ledger_cost
+
+    load = [os.getloadavg()[0]]
+    src, prepared = work / "src", work / "prepared"
+    make_corpus(src, 48, seconds=(args.train_seconds, args.train_seconds))
+    run_prepare(src, prepared, 2)
+    config = _config(prepared, f"batch_size={args.batch}", "num_loader_workers=0", "run_eval=false",
+                     "data_dep_init_steps=0", f"output_path={json.dumps(str(work / 'ledger'))}")
+    results = ledger_cost.measure(config, args.batch, 10 if args.quick else 40)
+    load.append(os.getloadavg()[0])
+    machine = f"{_machine()}; load average at start/end {load[0]:.2f}/{load[1]:.2f}"
+    text = ledger_cost.section(results, machine, args.quick)
+    ledger_cost.write_section(args.out, text)
+    (work / "ledger.json").write_text(json.dumps(results, indent=2, default=str))
+    print("\n" + text)
+    print(f"section 7 written to {args.out}; raw results in {work / 'ledger.json'}")
     if not args.keep:
         import shutil
 

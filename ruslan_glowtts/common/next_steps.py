@@ -42,10 +42,12 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def carried_flags(overrides: list[dict[str, Any]], next_preset: str, presets_dir: Path = PRESETS_DIR) -> list[str]:
+def carried_flags(overrides: list[dict[str, Any]], next_preset: str | None, presets_dir: Path = PRESETS_DIR
+                  ) -> list[str]:
     """The user's own command-line settings, minus the keys the next tier sets: a restored
-    checkpoint needs the same model shape, and the new tier's values must win."""
-    tier_keys = flat_keys(load_preset(next_preset, presets_dir).overrides)
+    checkpoint needs the same model shape, and the new tier's values must win. With no next
+    preset (the same run again, e.g. without some utterances) every setting is carried."""
+    tier_keys = flat_keys(load_preset(next_preset, presets_dir).overrides) if next_preset else set()
     flags: list[str] = []
     for item in overrides:
         key, value, source = item.get("key"), item.get("value"), item.get("source", "")

@@ -76,6 +76,8 @@ class RunRecord:
     ended_at: str | None = None
     health: dict[str, Any] = field(default_factory=dict)  # the guard's summary
     unloadable_samples: dict[str, str] = field(default_factory=dict)  # sample file -> why it failed to load
+    # --exclude-utterances: the file, its sha256, the ids dropped and the counts (common/exclusions.py)
+    exclude_utterances: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields of other versions, kept as they were
 
     # -- reading ------------------------------------------------------------------------------------

@@ -196,19 +196,22 @@ class Detector:
         self.consecutive_nonfinite = 0
         self._last_fired: dict[str, int] = {}
         self.last_alarm_update = -(10**9)
+        self.last_spike: Alarm | None = None  # the spike rule on the last update, before the re-alarm limit
 
     # -- feeding --------------------------------------------------------------------------------
     def observe(self, step: int, grad_norm: float, loss: float | None = None) -> list[Alarm]:
         """One optimizer update: its pre-clip norm (NaN/Inf when skipped or non-finite) and, when
         known, its loss (None: not logged at this point)."""
         self.updates += 1
+        self.last_spike = None
         if not math.isfinite(grad_norm) or (loss is not None and not math.isfinite(loss)):
             return self._observe_nonfinite(step)
         self.consecutive_nonfinite = 0
         alarms = [a for a in (self._catastrophic(step, grad_norm), self._loss(step, loss)) if a]
         if self.updates > self.settings.grace_steps:
             log_norm = math.log(max(grad_norm, 1e-12))
-            alarms += [a for a in (self._spike(step, grad_norm, log_norm),) if a]
+            self.last_spike = self._spike(step, grad_norm, log_norm)
+            alarms += [self.last_spike] if self.last_spike else []
             self.logs.append(log_norm)
             if len(self._above) == self._above.maxlen:
                 self._above_count -= self._above[0]

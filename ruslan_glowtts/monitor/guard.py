@@ -137,6 +137,9 @@ class HealthGuard:
         self.pending_stop: Alarm | None = None
         # sample names of the batches of the last `skip_window` steps: skipped after a rollback
         self.recent_batches: deque[list[str]] = deque(maxlen=max(cfg.skip_window, 1))
+        # Called (step, kind, grad_norm, loss) for each flagged update: kind "skipped" (non-finite),
+        # "spike", or an explosion rule's alarm. The trainer's utterance ledger listens (issue 19).
+        self.on_flag: list[Callable[[int, str, float, float], None]] = []
 
     # -- during optimize() ----------------------------------------------------------------------
     def decide_update(self, trainer: Trainer, step: int, grad_norm: float, loss: float, *, amp: bool = False) -> bool:
@@ -159,10 +162,19 @@ class HealthGuard:
         # A NaN loss leaves no gradient (its norm reads 0, which would look healthy): show NaN.
         self._log(trainer, "Health/grad_norm", grad_norm if math.isfinite(loss) else math.nan, step)
         if not applied:
+            self._flag(step, "skipped", grad_norm, loss)
             self._skipped(trainer, step, f"loss {loss:.4g}, pre-clip grad_norm {grad_norm:.4g}")
             grad_norm = math.nan
         finite = math.isfinite(grad_norm) and math.isfinite(loss)
-        self._handle(trainer, self.detector.observe(step, grad_norm, loss if finite else None))
+        alarms = self.detector.observe(step, grad_norm, loss if finite else None)
+        spike = self.detector.last_spike  # every spike is flagged, not only the ones re-alarmed
+        for alarm in alarms + ([spike] if spike is not None and spike not in alarms else []):
+            self._flag(alarm.step, alarm.kind, grad_norm, loss)
+        self._handle(trainer, alarms)
+
+    def _flag(self, step: int, kind: str, grad_norm: float, loss: float) -> None:
+        for hook in self.on_flag:
+            hook(step, kind, grad_norm, loss)
 
     def amp_skipped(self, trainer: Trainer, step: int) -> None:
         """GradScaler skipped the update (fp16 overflow): counted, not treated as an explosion,

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="do not build the mel feature cache (training then computes features on the fly)")
     features.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME|PATH",
                           help="the preset you will train with, if it changes audio settings (default %(default)s)")
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
+                        "suspects.txt diagnose writes; recorded in report.json with the file's hash")
     return p
 
 
@@ -93,7 +96,7 @@ def options_from_args(argv: list[str] | None = None) -> PrepareOptions:
     return PrepareOptions(src=args.src, dst=args.dst, meta=args.meta, jobs=args.jobs,
                           text=TextOptions(stress=args.stress, yo=args.yo), bounds=bounds, limits=limits,
                           cap_percentile=args.cap_percentile, trim_silence=args.trim_silence,
-                          features=not args.no_features, preset=args.preset)
+                          features=not args.no_features, preset=args.preset, exclude=args.exclude)
 
 
 @tool(interrupted="interrupted: finished files are kept; run the same command again to resume",

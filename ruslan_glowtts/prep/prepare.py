@@ -45,6 +45,7 @@ from ruslan_glowtts.common.corpus_layout import (
     wav_path,
 )
 from ruslan_glowtts.common.errors import UserError
+from ruslan_glowtts.common.exclusions import Exclusion, read_exclusion
 from ruslan_glowtts.common.presets import DEFAULT_PRESET
 from ruslan_glowtts.common.process_tuning import limit_blas_threads
 from ruslan_glowtts.common.vocabulary import Vocabulary
@@ -64,7 +65,7 @@ from ruslan_glowtts.prep.length_limits import (
     speaking_rate_outliers,
 )
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS, read_metadata
-from ruslan_glowtts.prep.problems import Problem
+from ruslan_glowtts.prep.problems import EXCLUDE_PROBLEMS, Problem
 from ruslan_glowtts.prep.report import (
     Utterance,
     build_report,
@@ -107,6 +108,7 @@ class PrepareOptions:
     trim_silence: bool = False
     features: bool = True
     preset: str = DEFAULT_PRESET  # the feature cache is keyed by this preset's resolved audio settings
+    exclude: Path | None = None  # --exclude FILE: utterance ids to leave out (common/exclusions.py)
 
 
 @dataclass
@@ -294,6 +296,7 @@ def _remove_if_empty(paths: list[Path]) -> None:
 
 def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started: float,
              on_result: Callable[[dict[str, Any]], None] | None) -> PrepareResult:
+    exclusion = read_exclusion(options.exclude, "--exclude") if options.exclude is not None else None
     base = _resolve_config(options.preset, {})
     rate = base.audio.sample_rate
     characters = base.characters.characters
@@ -311,6 +314,7 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
 
     scan = read_metadata(meta)
     utterances = _normalise(scan, config, options.text)
+    exclusion_record = _mark_excluded(utterances, exclusion) if exclusion is not None else None
     settings = WorkerSettings(
         target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
         frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
@@ -341,6 +345,7 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
         "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
                     "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
                     "features_cached": cached},
+        "exclusion": exclusion_record,
     }
     run["seconds"] = round(time.monotonic() - started, 2)
     report = build_report(utterances, header=header, caps=caps, rate=rate, run=run)
@@ -386,6 +391,21 @@ def _process_files(utterances: list[Utterance], settings: WorkerSettings, option
     return rows, run
 
 
+def _mark_excluded(utterances: list[Utterance], exclusion: Exclusion) -> dict[str, Any]:
+    """--exclude: the listed ids are left out like any excluded utterance (no audio processed,
+    outputs of an earlier run removed), and reported with the code listed_for_exclusion."""
+    listed = set(exclusion.ids)
+    unknown = exclusion.warn_unknown([u.id for u in utterances if not _line_problem(u)], "--exclude",
+                                     "the metadata")
+    excluded = 0
+    for u in utterances:
+        if u.id in listed and not _line_problem(u):
+            u.problems.append(Problem.of(EXCLUDE_PROBLEMS, "listed_for_exclusion", Path(exclusion.path).name))
+            excluded += 1
+    logger.info("Excluding %d utterance(s): %s", excluded, exclusion.describe())
+    return exclusion.to_json(excluded=excluded, unknown=unknown)
+
+
 def _line_problem(utterance: Utterance) -> bool:
     """Lines that are not a (first) valid id: never processed, so a duplicate cannot touch the original's files."""
     return any(p.code in LINE_PROBLEMS for p in utterance.problems)
@@ -396,7 +416,7 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
     """The jobs this run must do; files whose source, options and outputs are unchanged are skipped."""
     jobs, signatures, reused = [], {}, 0
     for u in utterances:
-        if _line_problem(u):
+        if _line_problem(u) or any(p.code in EXCLUDE_PROBLEMS for p in u.problems):
             continue
         source = wav_path(src, u.id)
         try:

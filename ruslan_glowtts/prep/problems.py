@@ -2,9 +2,9 @@
 
 Each check keeps its own legend (code -> action, meaning) beside the code that finds it:
 metadata.LINE_PROBLEMS, audio_audit.AUDIO_PROBLEMS, text_normalization.TEXT_PROBLEMS,
-length_limits.LENGTH_PROBLEMS; report.py merges their meanings. A problem travels as its JSON
-form {"code", "action", "detail"} from a worker process, in prepare's state database and in
-report.json's "files", so that form does not change.
+length_limits.LENGTH_PROBLEMS, and EXCLUDE_PROBLEMS below (--exclude); report.py merges their
+meanings. A problem travels as its JSON form {"code", "action", "detail"} from a worker process,
+in prepare's state database and in report.json's "files", so that form does not change.
 """
 
 from __future__ import annotations
@@ -43,3 +43,10 @@ class Problem:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Problem:
         return cls(data["code"], data["action"], data.get("detail", ""))
+
+
+# `prepare --exclude FILE` (ruslan_glowtts/common/exclusions.py): ids the user asked to leave out.
+EXCLUDE_PROBLEMS: Legend = {
+    "listed_for_exclusion": ("excluded", ("listed in the --exclude file (e.g. diagnose's suspects.txt): left out "
+                             "on request")),
+}

@@ -22,14 +22,15 @@ from ruslan_glowtts.common.corpus_layout import DATASET_TOML, HISTOGRAM, REPORT
 from ruslan_glowtts.prep.audio_audit import AUDIO_PROBLEMS
 from ruslan_glowtts.prep.length_limits import LENGTH_PROBLEMS, describe
 from ruslan_glowtts.prep.metadata import LINE_PROBLEMS
-from ruslan_glowtts.prep.problems import Problem
+from ruslan_glowtts.prep.problems import EXCLUDE_PROBLEMS, Problem
 from ruslan_glowtts.prep.text_normalization import TEXT_CHANGES, TEXT_PROBLEMS
 
 logger = logging.getLogger(__name__)
 
 # Text changes that are pure typography: counted, but not listed per file.
 ROUTINE_TEXT_CHANGES = {"unicode", "whitespace", "quotes", "dashes", "punctuation"}
-MEANINGS: dict[str, str] = {code: meaning for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS)
+MEANINGS: dict[str, str] = {code: meaning for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS,
+                                                         EXCLUDE_PROBLEMS)
                             for code, (_, meaning) in table.items()}
 
 

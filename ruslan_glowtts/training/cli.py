@@ -39,7 +39,7 @@ class GlowTTSRecipe(ModelRecipe):
               "143 SIGTERM.")
     dataset_required = "--dataset-path DIR is required (try data/sample after `make sample`, see README)"
     continue_refuses = (("--grad-accum", "grad_accum"), ("--auto-escalate", "auto_escalate"),
-                        ("--max-escalations", "max_escalations"))
+                        ("--max-escalations", "max_escalations"), ("--exclude-utterances", "exclude_utterances"))
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--grad-accum", type=positive_int, metavar="N",
@@ -50,6 +50,9 @@ class GlowTTSRecipe(ModelRecipe):
         p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
                        help="speak the TensorBoard test sentences through this HiFi-GAN run "
                        "(train_ruslan_hifigan.py) instead of Griffin-Lim; its audio features must match the run's")
+        p.add_argument("--exclude-utterances", type=Path, metavar="FILE",
+                       help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
+                       "suspects.txt diagnose writes; recorded in run.json with the file's hash")
         p.add_argument("--allow-unknown-chars", action="store_true",
                        help="train even if the text has characters outside the vocabulary (they are dropped)")
         p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
@@ -86,7 +89,18 @@ class GlowTTSRecipe(ModelRecipe):
             from ruslan_glowtts.voice.synthesize import vocoder_for_run
 
             vocoder = vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
-        return {"allow_unknown_chars": args.allow_unknown_chars, "vocoder": vocoder}
+        return {"allow_unknown_chars": args.allow_unknown_chars, "vocoder": vocoder,
+                "exclusion": _recorded_exclusion(args.continue_path) if args.continue_path is not None
+                else _exclusion(args.exclude_utterances)}
+
+    def next_command(self, request: TrainRequest, run_dir: Path | None) -> str:
+        command = super().next_command(request, run_dir)
+        exclusion = request.job.exclusion
+        if command and exclusion is not None:  # the next tier leaves out what this one did
+            import shlex
+
+            command += f" --exclude-utterances {shlex.quote(str(exclusion.path))}"
+        return command
 
     def format_presets(self) -> str:
         return format_preset_table()
@@ -147,6 +161,34 @@ class GlowTTSRecipe(ModelRecipe):
 
 
 GLOWTTS = GlowTTSRecipe()
+
+
+# --exclude-utterances (issue 19): read and hashed here, applied to the samples by train.load_data
+
+
+def _exclusion(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import logging
+
+    from ruslan_glowtts.common.exclusions import read_exclusion
+
+    exclusion = read_exclusion(path, "--exclude-utterances")
+    logging.getLogger(__name__).info("Excluding: %s  (--exclude-utterances)", exclusion.describe())
+    return exclusion
+
+
+def _recorded_exclusion(run_dir: Path) -> Any:
+    """A resumed run leaves out what it left out when it started (run.json), whatever the file says now."""
+    import logging
+
+    from ruslan_glowtts.common.exclusions import Exclusion
+    from ruslan_glowtts.common.run_record import RunRecord
+
+    exclusion = Exclusion.from_json(RunRecord.read(run_dir).exclude_utterances)
+    if exclusion is not None:
+        logging.getLogger(__name__).info("Excluding: %s  (recorded in run.json)", exclusion.describe())
+    return exclusion
 
 
 def speedups(model: Any, config: Any) -> None:

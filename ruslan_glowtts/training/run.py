@@ -71,6 +71,7 @@ class TrainJob:
     allow_partial_restore: bool = False
     allow_unknown_chars: bool = False  # GlowTTS: train although the text has characters outside the vocabulary
     vocoder: Any = None  # GlowTTS: speak the test sentences through this vocoder (synthesize.Model)
+    exclusion: Any = None  # GlowTTS: common.exclusions.Exclusion, the ids --exclude-utterances leaves out
     audio_source: str = ""  # HiFi-GAN: where its audio settings came from
 
 
@@ -147,6 +148,7 @@ class RunData:
     train_samples: list[Any]
     eval_samples: list[Any]
     skipped: list[str] = field(default_factory=list)  # left out after an escalation's rollback
+    exclusion: dict[str, Any] | None = None  # run.json's record of --exclude-utterances (GlowTTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +532,7 @@ def _fit(recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, da
             record.resume(run_dir, at=runs.now(), from_step=job.resume_step, environment=runs.environment(),
                           precision=precision)
         else:
-            _start_record(record, recipe, request, run_dir, precision, data.skipped)
+            _start_record(record, recipe, request, run_dir, precision, data.skipped, data.exclusion)
         if lineage.parent_run is not None:
             _announce_escalation(trainer, request, run_dir)
     logger.info("Run folder: %s", run_dir)
@@ -549,7 +551,7 @@ def _fit(recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, da
 
 
 def _start_record(record: RunRecord, recipe: ModelRecipe, request: TrainRequest, run_dir: Path, precision: str,
-                  skipped: list[str]) -> None:
+                  skipped: list[str], exclusion: dict[str, Any] | None = None) -> None:
     from ruslan_glowtts.training.config import Layer
 
     job, lineage, config = request.job, request.lineage, request.job.config
@@ -568,6 +570,7 @@ def _start_record(record: RunRecord, recipe: ModelRecipe, request: TrainRequest,
     record.device, record.precision = device_name(), precision
     record.vocoder = job.vocoder.name if job.vocoder is not None else None
     record.audio_source = job.audio_source or None
+    record.exclude_utterances = exclusion
     record.start(run_dir, started_at=runs.now(), environment=runs.environment())
 
 

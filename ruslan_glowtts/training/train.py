@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ruslan_glowtts.common import runs
+from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.next_steps import flat_keys
 from ruslan_glowtts.common.presets import Preset, load_preset
 from ruslan_glowtts.training.cli import GLOWTTS
@@ -66,6 +68,10 @@ def load_data(config: RuslanGlowTTSConfig, request: TrainRequest) -> RunData:
     """The samples, after the start-up checks Coqui does not make (files, sample rate, vocabulary,
     length caps), less the batches an escalation leaves out."""
     train_samples, eval_samples = load_samples(config)
+    exclusion_record = None  # run.json's record of --exclude-utterances
+    if request.job.exclusion is not None:
+        train_samples, eval_samples, exclusion_record = exclude_utterances(request.job.exclusion, train_samples,
+                                                                           eval_samples)
     lengths, rates = read_audio_lengths(train_samples + eval_samples, config)
     check_sample_rate(train_samples + eval_samples, config, rates)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=request.job.allow_unknown_chars)
@@ -75,7 +81,7 @@ def load_data(config: RuslanGlowTTSConfig, request: TrainRequest) -> RunData:
         excluded = set(skipped)
         train_samples = [s for s in train_samples if s["audio_unique_name"] not in excluded]
     check_length_caps(train_samples, eval_samples, lengths, config)
-    return RunData(train_samples, eval_samples, skipped)
+    return RunData(train_samples, eval_samples, skipped, exclusion=exclusion_record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,3 +135,26 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
         lineage=Lineage(parent_run=outcome.run_dir, reason=reason, index=request.lineage.index + 1,
                         start_step=start_step, exclude_samples=exclude),
     )
+
+
+def exclude_utterances(exclusion: Any, train_samples: list[dict[str, Any]], eval_samples: list[dict[str, Any]],
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Leave out the listed ids after the eval split, so the eval set of a retrained run is the
+    original one minus the excluded ids (losses stay comparable). Returns the kept samples and
+    the record for run.json."""
+    def uid(sample: dict[str, Any]) -> str:
+        return Path(sample["audio_file"]).stem
+
+    unknown = exclusion.warn_unknown([uid(s) for s in train_samples + eval_samples], "--exclude-utterances",
+                                     "the dataset")
+    listed = set(exclusion.ids)
+    kept_train = [s for s in train_samples if uid(s) not in listed]
+    kept_eval = [s for s in eval_samples if uid(s) not in listed]
+    if not kept_train or not kept_eval:
+        raise UserError(f"--exclude-utterances {exclusion.path} leaves {len(kept_train)} training and "
+                        f"{len(kept_eval)} eval utterances (at least 1 of each is needed)")
+    counts = {"excluded_train": len(train_samples) - len(kept_train),
+              "excluded_eval": len(eval_samples) - len(kept_eval)}
+    logger.info("Excluding: %d training and %d eval utterances left out (%d listed)",
+                counts["excluded_train"], counts["excluded_eval"], len(listed))
+    return kept_train, kept_eval, exclusion.to_json(**counts, excluded=sum(counts.values()), unknown=unknown)

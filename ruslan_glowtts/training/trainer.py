@@ -68,6 +68,7 @@ from ruslan_glowtts.common.errors import (
 from ruslan_glowtts.common.run_layout import HEALTH_SKIPPED_SAMPLES, checkpoint_name, log_name
 from ruslan_glowtts.common.runs import is_disk_error
 from ruslan_glowtts.monitor.guard import HealthGuard, HealthStop
+from ruslan_glowtts.monitor.ledger import UtteranceLedger
 from ruslan_glowtts.training import coqui_compat
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
 from ruslan_glowtts.training.compilation import step_begin
@@ -121,6 +122,9 @@ class KitTrainer(KitTrainerBase):
         self._window_poisoned = False  # the loss raised on NaN within the current accumulation window
         self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
                                  next_command=next_command)
+        # Issue 19: which utterances each update saw, their loss terms, and the updates the guard flagged.
+        self.ledger = UtteranceLedger(Path(self.output_path), rank=self.args.rank)
+        self.guard.on_flag.append(self.ledger.mark)
         # The guard acts first: an exploded state must not be saved as the --max-steps checkpoint.
         if self.config.health.enabled:
             add_callback(self, "on_train_step_end", lambda trainer: self.guard.end_of_step(trainer), first=True)
@@ -278,11 +282,13 @@ class KitTrainer(KitTrainerBase):
             logger.warning(" ! Step %d: %s", step, str(exc).strip(" [!]."))
             self._nan_loss_backward()
             self._window_poisoned = True
+            self.ledger.record(step, batch, None, accumulating=not step_optimizer)  # the batch behind a NaN loss
             outputs, loss = None, None
         else:
             if not loss_dict:  # data-dependent init batches
                 return outputs, {}, time.time() - start
             self.guard.record_batch(batch)
+            self.ledger.record(step, batch, outputs, accumulating=not step_optimizer)  # no host sync
             self.callbacks.before_backward_pass(self, loss_dict)
             loss = loss_dict["loss"] / float(self.grad_accum_steps)
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -372,6 +378,7 @@ class KitTrainer(KitTrainerBase):
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+            self.ledger.close()
             self._close()
 
     def _train(self) -> Outcome:

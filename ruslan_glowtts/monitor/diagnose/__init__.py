@@ -1,6 +1,6 @@
 """Read a run's curves and say what they mean, with the exact command to run next.
 
-    python -m ruslan_glowtts.diagnose RUN_DIR [--json] [--plot FILE.png]
+    python -m ruslan_glowtts.diagnose RUN_DIR [MORE_RUNS ...] [--json] [--plot FILE.png]
 
 Works on any Coqui GlowTTS run (TrainIterStats/*, EvalStats/*) and uses the kit's health guard
 tags (Health/grad_norm, Health/skipped_steps, Health/alarm, Health/escalation) when present.
@@ -19,6 +19,7 @@ One module per concern:
   diagnosis.py    the Diagnosis of one run folder, with its recommendation
   report.py       text, one line, JSON
   plotting.py     the --plot PNG (matplotlib)
+  suspects.py     the ledger's suspect utterances, suspects.txt and the data map (issue 19)
   cli.py          argparse and main(argv) -> exit code (wrapped by common.cli.tool)
 """
 

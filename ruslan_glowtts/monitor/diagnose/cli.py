@@ -15,6 +15,8 @@ from ruslan_glowtts.monitor.diagnose.diagnosis import diagnose
 from ruslan_glowtts.monitor.diagnose.plotting import plot
 from ruslan_glowtts.monitor.diagnose.report import format_report
 from ruslan_glowtts.monitor.diagnose.run_context import read_json
+from ruslan_glowtts.monitor.diagnose.suspects import attach as attach_suspects
+from ruslan_glowtts.monitor.diagnose.suspects import check_run_dir, datamap_path, plot_datamap
 from ruslan_glowtts.monitor.events import read_run
 
 
@@ -27,10 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run folder (the one holding events.out.tfevents.*)")
+    parser.add_argument("more_runs", type=Path, nargs="*", metavar="MORE_RUNS",
+                        help="other runs on the same data whose ledgers count for the suspect utterances "
+                        "(the run's escalation chain always does); the verdict is RUN_DIR's")
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "
                         "recommended_preset, command, stats) instead of text")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
-                        help="also draw grad_norm, loss and learning rate into this PNG")
+                        help="also draw grad_norm, loss and learning rate into this PNG, and the suspects' "
+                        "data map into FILE.datamap.png")
     return parser
 
 
@@ -54,13 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir.is_dir():
         check_glowtts_run(run_dir)
     events = read_run(run_dir)
+    more = [check_run_dir(path) for path in args.more_runs]
     diagnosis = diagnose(run_dir, events)
+    suspects = attach_suspects(diagnosis, more)  # the ledger's suspect utterances; writes suspects.txt
     if args.plot:
         plot(diagnosis, events, args.plot)
+        if suspects.datamap:
+            plot_datamap(suspects, datamap_path(args.plot))
     if args.json:
         print(json.dumps(diagnosis.to_json(), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         print(format_report(diagnosis))
         if args.plot:
-            print(f"Plot:     {args.plot}")
+            print(f"Plot:     {args.plot}" + (f", {datamap_path(args.plot)}" if suspects.datamap else ""))
     return diagnosis.exit_code

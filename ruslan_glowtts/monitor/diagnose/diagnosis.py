@@ -38,6 +38,7 @@ class Diagnosis:
     stats: dict[str, Any]
     run: dict[str, Any]
     markers: dict[str, list[float]] = field(default_factory=dict)  # steps of skips, alarms, escalations
+    suspects: Any = None  # suspects.Suspects: the ledger's suspect utterances (set by the CLI, issue 19)
 
     @property
     def exit_code(self) -> int:

@@ -31,7 +31,8 @@ def to_json(diagnosis: Diagnosis) -> dict[str, Any]:
     return {"verdict": diagnosis.verdict, "reasons": diagnosis.reasons,
             "recommended_preset": diagnosis.recommended_preset, "recommendation": diagnosis.recommendation,
             "command": diagnosis.command, "next_tier_command": diagnosis.next_tier_command,
-            "exit_code": diagnosis.exit_code, "stats": json_safe(diagnosis.stats), "run": json_safe(diagnosis.run)}
+            "exit_code": diagnosis.exit_code, "stats": json_safe(diagnosis.stats), "run": json_safe(diagnosis.run),
+            "suspects": diagnosis.suspects.to_json() if diagnosis.suspects is not None else None}
 
 
 def format_report(diagnosis: Diagnosis) -> str:
@@ -68,6 +69,10 @@ def format_report(diagnosis: Diagnosis) -> str:
         parts += [f"escalation tier index {health['escalation_index']}"] if "escalation_index" in health else []
         lines.append("guard:     " + (", ".join(parts) or "text notes only"))
         lines += [f"           step {note['step']} {note['tag']}: {note['text']}" for note in health.get("notes", [])]
+    if diagnosis.suspects is not None:  # issue 19: the ledger's suspect utterances
+        from ruslan_glowtts.monitor.diagnose.suspects import format_section
+
+        lines += format_section(diagnosis.suspects)
     lines.append(f"Next:     {diagnosis.recommendation}")
     if diagnosis.command:
         lines.append(f"          {diagnosis.command}")

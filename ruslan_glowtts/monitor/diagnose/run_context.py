@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -203,4 +204,8 @@ def run_context(run_dir: Path) -> dict[str, Any]:
 def next_command(ctx: dict[str, Any], next_preset: str, checkpoint: Path | None) -> str:
     """The training command for the next tier, with the run's own --set overrides."""
     overrides = [o for o in ctx["_record"].overrides if isinstance(o, dict)]
-    return next_tier_command(next_preset, ctx["dataset_path"], overrides, checkpoint)
+    command = next_tier_command(next_preset, ctx["dataset_path"], overrides, checkpoint)
+    excluded = ctx["_record"].exclude_utterances  # --exclude-utterances carries over to the next tier
+    if isinstance(excluded, dict) and excluded.get("file"):
+        command += f" --exclude-utterances {shlex.quote(str(excluded['file']))}"
+    return command
