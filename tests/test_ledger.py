@@ -286,8 +286,8 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
     after = read_ledgers(ledger_files([run]))
     assert after.segments == 2 and after.observations > before.observations
     resumed = sorted(set(after.step[after.batch >= before.batches].tolist()))
-    # back to the step after the newest checkpoint (updates after it are trained again), then on
-    assert resumed[0] == checkpoint + 1 <= killed_at + 1 and resumed[-1] == killed_at + 5
+    # back to the newest checkpoint (checkpoint_N holds N steps: the updates after it are trained again), then on
+    assert resumed[0] == checkpoint <= killed_at and resumed[-1] == killed_at + 5
     # the batches of every update of the resumed segment are there (4 utterances each, the last may be short)
     counts = [int(((after.step == s) & (after.batch >= before.batches)).sum()) for s in resumed]
     assert min(counts) >= 1 and max(counts) == 4
