@@ -195,7 +195,9 @@ def test_device_copies_are_written_once_done_and_never_waited_for_in_the_step(tm
     _add(ledger, 2, ["b"], [1.0])
     assert not ledger_path(tmp_path).exists()  # neither copy has landed: nothing written, nothing waited for
     events[0].done = True
-    _add(ledger, 3, ["c"], [1.0])  # the next update writes what has landed, in order
+    _add(ledger, 3, ["c"], [1.0])  # recording never writes (the step's time) ...
+    assert not ledger_path(tmp_path).exists()
+    ledger.write_ready()  # ... the trainer writes what has landed after the step, in order
     assert [line.split("\t")[2] for line in ledger_path(tmp_path).read_text().splitlines()[1:]] == ["a"]
     assert not any(event.waited for event in events)
     ledger.close()  # the end of the run waits for the rest

@@ -151,12 +151,19 @@ class UtteranceLedger:
             earlier.step = step
         self._pending += self._window
         self._window = []
-        self._drain(wait=len(self._pending) > _MAX_PENDING)
+        if len(self._pending) > _MAX_PENDING:  # lines are written by write_ready(), after the step
+            self._drain(wait=True)
+
+    def write_ready(self) -> None:
+        """Write the batches whose copies have arrived, without waiting for the others: called after
+        each step, when the trainer reads back the step's other values, never inside the step."""
+        self._drain(wait=False)
 
     def mark(self, step: int, kind: str, grad_norm: float, loss: float) -> None:
         """The guard flagged update `step` (HealthGuard.on_flag): "skipped" (non-finite), "spike", or
         an explosion rule's alarm. The values are host floats the guard has already read."""
         if self.enabled:
+            self._drain(wait=False)  # the batches already here first, so the file reads in step order
             self._write(f"f\t{int(step)}\t{kind}\t{_num(grad_norm)}\t{_num(loss)}\n")
 
     def flush(self) -> None:
@@ -182,7 +189,7 @@ class UtteranceLedger:
             return packed, None
         import torch
 
-        host = torch.empty(packed.shape, dtype=torch.float32, pin_memory=True)
+        host = torch.empty(packed.shape, dtype=torch.float32, pin_memory=True)  # (pinned: the copy cannot block)
         host.copy_(packed, non_blocking=True)
         event = torch.cuda.Event()
         event.record()

@@ -240,19 +240,31 @@ def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
     # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     chunksize = max(1, min(16, len(jobs) // (workers * 16)))
-    with contextlib.ExitStack() as stack:
-        # Forked with SIGINT/SIGTERM blocked: a worker unblocks them once its own handlers are set
-        # (a signal during its set-up would run this process's handler inside the worker).
-        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, POOL_SIGNALS)
-        try:
-            pool = stack.enter_context(context.Pool(workers, initializer=init_worker, initargs=(settings,)))
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
-        progress = stack.enter_context(_progress(len(jobs)))
-        for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
-            handle(result)
-            progress.update()
-    return time.monotonic() - started, _cpu_seconds() - cpu_started  # the pool's exit joined the workers
+    # Forked with SIGINT/SIGTERM blocked: a worker unblocks them once its own handlers are set
+    # (a signal during its set-up would run this process's handler inside the worker).
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, POOL_SIGNALS)
+    try:
+        pool = context.Pool(workers, initializer=init_worker, initargs=(settings,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+    try:
+        with _progress(len(jobs)) as progress:
+            for result in pool.imap_unordered(process, jobs, chunksize=chunksize):
+                handle(result)
+                progress.update()
+        # Done: every worker reads its end-of-work sentinel and exits. (Pool.__exit__ would terminate
+        # them instead, and a worker that Pool.terminate did not signal kept the join waiting forever.)
+        pool.close()
+    except BaseException:
+        # Ctrl-C, SIGTERM, an error: every worker of ours gets SIGTERM (they leave at once, quietly),
+        # then the pool cleans up after them.
+        for child in multiprocessing.active_children():
+            child.terminate()
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return time.monotonic() - started, _cpu_seconds() - cpu_started
 
 
 def _progress(total: int) -> tqdm:

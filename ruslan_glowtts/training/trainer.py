@@ -306,6 +306,10 @@ class KitTrainer(KitTrainerBase):
             values = record_amp_scale(values, scaler)
         return outputs, values, time.time() - start
 
+    def log_step_values(self, *, wait: bool = False) -> None:
+        super().log_step_values(wait=wait)
+        self.ledger.write_ready()  # the ledger's lines, read back like the step's own values
+
     def on_step_values(self, read: ReadValues) -> dict[str, float]:
         """A step's values reached the host: the guard judges an update decided on the device (it
         was skipped there already when not finite), and only an applied update's losses are logged
