@@ -1,7 +1,7 @@
 # The README's two commands, each creating the environment first if it is missing:
 #   make sample   prepare the bundled sample corpus and train on it for a short CPU run
-#   make test     run the test suite
-#   make lint     ruff over the code and mypy over the package (not yet part of `make test`)
+#   make test     lint (as make lint), then run the test suite
+#   make lint     ruff over the code and mypy over the package (make test runs it first)
 # `make venv` only creates the environment (.venv, ~5.5 GB: torch's CUDA build runs on CPU too).
 
 PYTHON ?= python3
@@ -25,7 +25,7 @@ sample: venv
 	$(PY) train_ruslan_glowtts.py --preset stable --dataset-path $(SAMPLE_DATA) --max-steps 30 \
 		--set print_step=5 --set test_delay_epochs=9
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q
 
 LINTED := ruslan_glowtts tests bench scripts *.py

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ruslan_glowtts.common.atomic_files import write_text
 from ruslan_glowtts.common.run_layout import RUN_META
@@ -87,7 +88,7 @@ class RunRecord:
         values = {k: v for k, v in data.items() if k in fields}
         for name, value in values.items():  # null where a list or a table belongs: its empty default
             if value is None and fields[name].default_factory is not dataclasses.MISSING:
-                values[name] = fields[name].default_factory()
+                values[name] = cast(Callable[[], Any], fields[name].default_factory)()
         record = cls(**values, extra={k: v for k, v in data.items() if k not in fields})
         if not record.next_command and _LEGACY_NEXT in (record.message or ""):
             record.message, record.next_command = record.message.split(_LEGACY_NEXT, 1)

@@ -282,6 +282,7 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
     index: dict[str, int] = {}
     batch_of: dict[tuple[int, int, int], int] = {}
     # Typed arrays, not lists: a long run's ledger holds millions of sightings (8 bytes a value).
+    cols: dict[str, array[Any]]
     cols = {name: array(code) for name, code in (("utt", "q"), ("batch", "q"), ("step", "q"), ("text_len", "d"),
                                                   ("mel_len", "d"), ("nll", "d"), ("dur", "d"))}
     pending_flags: list[tuple[tuple[int, int, int], tuple[str, float, float]]] = []
@@ -325,13 +326,13 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
             out.problems.append(f"{path.name}: {bad} line(s) that are not ledger lines skipped (first: line "
                                 f"{first_bad})")
     for key, flag in pending_flags:
-        b = batch_of.get(key)
-        if b is None:
+        flagged = batch_of.get(key)
+        if flagged is None:
             out.flagged_without_batch += 1
             continue
-        out.flags.setdefault(b, []).append(flag)
+        out.flags.setdefault(flagged, []).append(flag)
     out.ids = list(index)
     out.batches = len(batch_of)
-    for name, values in cols.items():
-        setattr(out, name, np.frombuffer(values, np.int64 if values.typecode == "q" else np.float64).copy())
+    for name, column in cols.items():
+        setattr(out, name, np.frombuffer(column, np.int64 if column.typecode == "q" else np.float64).copy())
     return out

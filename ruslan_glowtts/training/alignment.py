@@ -36,8 +36,10 @@ def _kernel() -> Any:
     import triton
     import triton.language as tl
 
+    # Unannotated on purpose: triton.jit reads parameter annotations (constexpr, type specialisation).
     @triton.jit
-    def mas_kernel(value_ptr, path_ptr, t_x_ptr, t_y_ptr, stride_b, stride_x, BLOCK_X: tl.constexpr):
+    def mas_kernel(value_ptr, path_ptr, t_x_ptr, t_y_ptr, stride_b, stride_x,  # type: ignore[no-untyped-def]
+                   BLOCK_X: tl.constexpr):
         b = tl.program_id(0)
         t_x = tl.load(t_x_ptr + b)
         t_y = tl.load(t_y_ptr + b)

@@ -409,7 +409,7 @@ def glowtts_loss() -> Any:
     from TTS.tts.layers.losses import GlowTTSLoss
 
     class KitGlowTTSLoss(GlowTTSLoss):
-        def forward(self, z, means, scales, log_det, y_lengths, o_dur_log, o_attn_dur, x_lengths):  # type: ignore[override]
+        def forward(self, z, means, scales, log_det, y_lengths, o_dur_log, o_attn_dur, x_lengths):
             pz = torch.sum(scales) + 0.5 * torch.sum(torch.exp(-2 * scales) * (z - means) ** 2)
             log_mle = self.constant_factor + (pz - torch.sum(log_det)) / (torch.sum(y_lengths) * z.shape[2])
             loss_dur = torch.sum((o_dur_log - o_attn_dur) ** 2) / torch.sum(x_lengths)

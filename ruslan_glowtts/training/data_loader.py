@@ -202,7 +202,7 @@ class KitGANDataset(GANDataset):
             raise ValueError("non-finite values (NaN/Inf)")
         return mel, audio
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:  # type: ignore[override]
+    def __getitem__(self, idx: int) -> dict[str, Any]:
         item, skipped = load_or_skip(super().__getitem__, idx, len(self.item_list), self._file_of)
         return {GAN_ITEMS_KEY: item, SKIPPED_KEY: skipped}
 
@@ -212,7 +212,7 @@ def collate_gan_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
     under SKIPPED_KEY, EMPTY_KEY when none loaded."""
     skipped = [entry for item in batch for entry in item[SKIPPED_KEY]]
     loaded = [item[GAN_ITEMS_KEY] for item in batch if item[GAN_ITEMS_KEY] is not None]
-    collated = {GAN_ITEMS_KEY: default_collate(loaded)} if loaded else {EMPTY_KEY: True}
+    collated: dict[str, Any] = {GAN_ITEMS_KEY: default_collate(loaded)} if loaded else {EMPTY_KEY: True}
     if skipped:
         collated[SKIPPED_KEY] = skipped
     return collated

@@ -131,7 +131,7 @@ class FlatRAdam(torch.optim.Optimizer):
         self.flat_grad.mul_(coef)
 
     @torch.no_grad()
-    def step(self, closure: Any = None, *, apply: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None, *, apply: torch.Tensor | None = None) -> Any:
         """One RAdam update of every parameter. apply: a boolean device scalar; when false the
         update is skipped on the device (nothing changes). None applies it unconditionally."""
         loss = closure() if closure is not None else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.common.errors import UserError
@@ -119,7 +119,8 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
     config, overrides = build_config(preset=preset, dataset_path=job.dataset_path,
                                      cli_layers=_cli_layers_for(preset, request))
     config.training_seed = job.config.training_seed + 1  # a different batch order from here on
-    restore, start_step = runs.known_good(outcome.run_dir)
+    # An exploded outcome comes from _fit, which always sets its run folder.
+    restore, start_step = runs.known_good(cast(Path, outcome.run_dir))
     alarm = outcome.alarm
     reason = f"{alarm.kind} at step {alarm.step}: {alarm.message}" if alarm else outcome.message
     logger.warning("\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s", "=" * 78, job.preset.name,

@@ -254,7 +254,7 @@ class KitTrainer(KitTrainerBase):
             raise StopTraining
 
     # -- the guarded step ------------------------------------------------------------------------
-    def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
+    def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,
                  step_optimizer=True, num_optimizers=1):
         if optimizer_idx is not None or self.use_accelerate or not self.config.health.enabled:
             # GlowTTS has one optimizer; the guard covers that case (and can be switched off)
@@ -362,7 +362,7 @@ class KitTrainer(KitTrainerBase):
         """The guard's summary, for run.json."""
         return asdict(self.guard.summary)
 
-    def fit(self) -> Outcome:  # type: ignore[override]
+    def fit(self) -> Outcome:
         previous_handlers = self._install_signal_handlers()
         step = self.total_steps_done
         try:

@@ -303,7 +303,7 @@ def hifigan_trainer_class() -> type:
         def health_summary(self) -> dict[str, Any]:
             return {**super().health_summary(), "skipped_discriminator_updates": self.disc_skipped}
 
-        def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,  # type: ignore[override]
+        def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,
                      step_optimizer=True, num_optimizers=1):
             if (optimizer_idx is None or scaler is not None or self.use_accelerate
                     or not self.config.health.enabled):

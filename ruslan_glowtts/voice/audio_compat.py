@@ -35,7 +35,8 @@ def feature_settings(audio: Any) -> dict[str, Any]:
     hop_length is unset, mel_fmax None meaning the Nyquist frequency."""
     a = _as_dict(audio)
     rate = int(a["sample_rate"])
-    hop, win = a.get("hop_length"), a.get("win_length")
+    hop: Any = a.get("hop_length")  # config values, converted below as Coqui does
+    win: Any = a.get("win_length")
     if hop is None:  # TTS.utils.audio.numpy_transforms.millisec_to_length
         factor = a["frame_length_ms"] / a["frame_shift_ms"]
         win = int(a["frame_length_ms"] / 1000.0 * rate)

@@ -118,13 +118,15 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
 def chain_runs(run_dir: Path) -> list[Path]:
     """The run and every run of its escalation chain (run.json parent_run / escalated_to), oldest first."""
     seen: dict[Path, None] = {}
-    back, here = [], Path(run_dir)
+    back: list[Path] = []
+    here: Path | None = Path(run_dir)
     while here is not None and here.resolve() not in seen and len(back) < 50:
         seen[here.resolve()] = None
         back.append(here)
         parent = _read_meta(here).get("parent_run")
         here = Path(parent) if parent and Path(parent).is_dir() else None
-    forward, here = [], _read_meta(Path(run_dir)).get("escalated_to")
+    forward: list[Path] = []
+    here = _read_meta(Path(run_dir)).get("escalated_to")
     while here and Path(here).is_dir() and Path(here).resolve() not in seen and len(forward) < 50:
         seen[Path(here).resolve()] = None
         forward.append(Path(here))
@@ -184,7 +186,7 @@ def _spike_suspects(ledger: Ledger, s: SuspectSettings) -> tuple[list[dict[str, 
     seen = np.bincount(pairs[0], minlength=len(ledger.ids))
     in_flagged = np.bincount(pairs[0][flagged_batches[pairs[1]]], minlength=len(ledger.ids))
     tested = int((seen > 0).sum())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for u in np.flatnonzero(in_flagged >= s.min_flagged):
         n, f = int(seen[u]), int(in_flagged[u])
         lift = f / (n * share)
@@ -252,7 +254,7 @@ def _loss_outliers(ledger: Ledger, scores: dict[str, Any], s: SuspectSettings,
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     st = scores["stats"]
     judged = np.flatnonzero(st["seen"] >= s.min_seen) if scores["windows"] >= s.min_windows else np.zeros(0, int)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for u in judged:
         term = "nll" if abs(st["z_nll"][u]) >= abs(st["z_dur"][u]) else "dur"
         z, late = float(st[f"z_{term}"][u]), float(st[f"late_{term}"][u])
