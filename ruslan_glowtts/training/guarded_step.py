@@ -10,8 +10,9 @@ steps otherwise. Two ways to decide, one rule:
   skips an update), so a healthy step never makes the host wait for the GPU. The guard judges the
   update when its values reach the host, a step or two later (training/step_values.py); an update
   found skipped then rewinds the learning-rate schedule by the step it took.
-- on the host (any other optimizer, the fp16 GradScaler path, the vocoder): the norm and the loss
-  are read first (one sync), the guard decides, and only an accepted update is applied.
+- on the host (any other optimizer, the fp16 GradScaler path, the vocoder's two optimizers): the
+  norm and the loss are read first (one sync), the guard (or the caller's `decide`) decides, and
+  only an accepted update is applied.
 
 Under DDP the flag is agreed by all ranks (an all-reduce on the device), so every rank skips the
 same updates.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,17 +54,25 @@ def _agree(flag: torch.Tensor) -> torch.Tensor:
     return flag
 
 
+Decide = Callable[[int, float, float], bool]  # (step, pre-clip grad_norm, loss) -> apply the update?
+
+
 def guarded_update(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any, *,
                    loss: torch.Tensor | None, window_finite: torch.Tensor | None = None,
-                   poisoned: bool = False) -> UpdateValues:
+                   poisoned: bool = False, optimizer_idx: int | None = None,
+                   decide: Decide | None = None) -> UpdateValues:
     """Apply the accumulated gradients unless they or the loss are non-finite (module docstring).
     loss: the update's (last micro-batch's) loss tensor; window_finite: a device flag, false when
     any micro-batch of the accumulation window had a non-finite loss; poisoned: the host already
-    knows the window is bad (GlowTTS's loss raised on a NaN). Gradients are zeroed afterwards."""
+    knows the window is bad (GlowTTS's loss raised on a NaN). optimizer_idx: which of a GAN's
+    optimizers (its clip and its scheduler bookkeeping); decide: the host-side judge (default: the
+    health guard's decide_update; the vocoder's discriminator has its own). Gradients are zeroed
+    afterwards."""
     trainer.callbacks.before_gradient_clipping(trainer)
-    if isinstance(optimizer, FlatRAdam) and scaler is None:
+    if isinstance(optimizer, FlatRAdam) and scaler is None and decide is None and optimizer_idx is None:
         return _update_on_device(trainer, optimizer, scheduler, loss, window_finite, poisoned)
-    return _update_on_host(trainer, optimizer, scaler, scheduler, loss, window_finite, poisoned)
+    return _update_on_host(trainer, optimizer, scaler, scheduler, loss, window_finite, poisoned, optimizer_idx,
+                           decide)
 
 
 def _update_on_device(trainer: Any, optimizer: FlatRAdam, scheduler: Any, loss: torch.Tensor | None,
@@ -87,7 +97,8 @@ def _update_on_device(trainer: Any, optimizer: FlatRAdam, scheduler: Any, loss: 
 
 
 def _update_on_host(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any,
-                    loss: torch.Tensor | None, window_finite: torch.Tensor | None, poisoned: bool) -> UpdateValues:
+                    loss: torch.Tensor | None, window_finite: torch.Tensor | None, poisoned: bool,
+                    optimizer_idx: int | None, decide: Decide | None) -> UpdateValues:
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = list(trainer.master_params(optimizer))
@@ -100,13 +111,16 @@ def _update_on_host(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any,
     if poisoned:
         loss_value = math.nan
     step = trainer.total_steps_done
-    apply = trainer.guard.decide_update(trainer, step, grad_norm, loss_value, amp=scaler is not None)
+    if decide is not None:
+        apply = decide(step, grad_norm, loss_value)
+    else:
+        apply = trainer.guard.decide_update(trainer, step, grad_norm, loss_value, amp=scaler is not None)
     if apply:
-        grad_clip = trainer.grad_clip_for(None)
+        grad_clip = trainer.grad_clip_for(optimizer_idx)
         if grad_clip > 0 and math.isfinite(grad_norm):
             clip_grads_with_norm_(params, grad_clip, total_norm)
         # GradScaler keeps its own skip-on-overflow behaviour; the guard counts it
-        if not trainer.apply_update(optimizer, scaler, scheduler):
+        if not trainer.apply_update(optimizer, scaler, scheduler, optimizer_idx):
             trainer.guard.amp_skipped(trainer, step)
     optimizer.zero_grad(set_to_none=True)
     values: dict[str, Any] = {"grad_norm": grad_norm if math.isfinite(grad_norm) else 0.0, UPDATE_APPLIED: float(apply)}

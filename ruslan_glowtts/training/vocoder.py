@@ -287,10 +287,8 @@ class RuslanHifigan(GAN):
 
 def hifigan_trainer_class() -> type:
     """HifiganTrainer, built on first use; it saves no import: HifiganConfig already loads torch and trainer."""
-    import torch
-    from torch.nn.utils import clip_grads_with_norm_, get_total_norm
-
     from ruslan_glowtts.monitor.guard import reduce_flags
+    from ruslan_glowtts.training.guarded_step import UPDATE_APPLIED, guarded_update
     from ruslan_glowtts.training.trainer import KitTrainer
 
     class HifiganTrainer(KitTrainer):
@@ -310,29 +308,17 @@ def hifigan_trainer_class() -> type:
                 return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
                                         step_optimizer=step_optimizer, num_optimizers=num_optimizers)
             start = time.time()
-            step = self.total_steps_done
             outputs, loss_dict = self.compute_loss(batch, criterion, optimizer_idx)
             if not loss_dict:  # the discriminator before steps_to_start_discriminator
                 return outputs, {}, time.time() - start
             loss = loss_dict["loss"]
             loss.backward()
-            params = list(self.master_params(optimizer))
-            total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
-            grad_norm, loss_value = torch.stack(
-                [total_norm.float(), loss.detach().float().to(total_norm.device)]).tolist()
-            if optimizer_idx == GENERATOR:
-                apply = self.guard.decide_update(self, step, grad_norm, loss_value)
-            else:
-                apply = self._decide_discriminator(step, grad_norm, loss_value)
-            if apply:
-                grad_clip = self.grad_clip_for(optimizer_idx)
-                if grad_clip > 0:
-                    clip_grads_with_norm_(params, grad_clip, total_norm)
-                self.apply_update(optimizer, None, scheduler, optimizer_idx)
-            optimizer.zero_grad(set_to_none=True)
-            if not apply:
+            # The generator is judged by the health guard; the discriminator by its own finite check.
+            update = guarded_update(self, optimizer, None, scheduler, loss=loss, optimizer_idx=optimizer_idx,
+                                    decide=None if optimizer_idx == GENERATOR else self._decide_discriminator)
+            if not update.values[UPDATE_APPLIED]:
                 return outputs, {}, time.time() - start
-            detached = self.losses_to_log(loss_dict, grad_norm=grad_norm, optimizer_idx=optimizer_idx)
+            detached = self.losses_to_log(loss_dict, grad_norm=update.values["grad_norm"], optimizer_idx=optimizer_idx)
             return outputs, detached, time.time() - start
 
         def pick_target_avg_loss(self, keep_avg_target: Any) -> float | None:
