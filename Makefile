@@ -1,7 +1,7 @@
 # The README's two commands, each creating the environment first if it is missing:
 #   make sample   prepare the bundled sample corpus and train on it for a short CPU run
 #   make test     lint (as make lint), then run the test suite
-#   make lint     ruff over the code and mypy over the package (make test runs it first)
+#   make lint     ruff (lint and format check) over the code, mypy over the package (make test runs it first)
 # `make venv` only creates the environment (.venv, ~5.5 GB: torch's CUDA build runs on CPU too).
 
 PYTHON ?= python3
@@ -32,6 +32,7 @@ LINTED := ruslan_glowtts tests bench scripts *.py
 
 lint: venv
 	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m mypy
 
 clean-sample:

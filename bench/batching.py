@@ -83,9 +83,25 @@ def make_length_corpus(root: Path, files: int, seed: int) -> np.ndarray:
 
 
 def prepare(src: Path, dst: Path) -> None:
-    subprocess.run([sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst),
-                    "--jobs", "2", "--max-duration", "16"], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruslan_glowtts.prepare",
+            "--src",
+            str(src),
+            "--dst",
+            str(dst),
+            "--jobs",
+            "2",
+            "--max-duration",
+            "16",
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _kit_config(dataset: Path, *sets: str) -> Any:
@@ -93,8 +109,9 @@ def _kit_config(dataset: Path, *sets: str) -> Any:
     from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.training.run import resolve_precision
 
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
-                             cli_layers=[(parse_set_option(s), "bench") for s in sets])
+    config, _ = build_config(
+        preset=load_preset("stable"), dataset_path=dataset, cli_layers=[(parse_set_option(s), "bench") for s in sets]
+    )
     resolve_precision(config)
     return config
 
@@ -105,9 +122,15 @@ def _stock_config(dataset: Path, batch: int) -> Any:
     from TTS.tts.configs.glow_tts_config import GlowTTSConfig
     from TTS.tts.configs.shared_configs import BaseDatasetConfig
 
-    config = GlowTTSConfig(batch_size=batch, num_loader_workers=0, text_cleaner="basic_cleaners", use_phonemes=False,
-                           characters=russian_characters(), mixed_precision=False,
-                           datasets=[BaseDatasetConfig(formatter="ruslan", meta_file_train=META, path=str(dataset))])
+    config = GlowTTSConfig(
+        batch_size=batch,
+        num_loader_workers=0,
+        text_cleaner="basic_cleaners",
+        use_phonemes=False,
+        characters=russian_characters(),
+        mixed_precision=False,
+        datasets=[BaseDatasetConfig(formatter="ruslan", meta_file_train=META, path=str(dataset))],
+    )
     config.audio.sample_rate = RATE
     return config
 
@@ -124,12 +147,16 @@ def variant_loaders(dataset: Path, batch: int, max_frames: int) -> dict[str, tup
     samples, _ = load_tts_samples(stock, eval_split=False)
     loader = GlowTTS(stock).get_data_loader(stock, samples=samples, verbose=False)
     order = list(iter(loader.sampler))  # SequentialSampler over Coqui's length-sorted list
-    out["stock recipe"] = (loader.dataset, [order[i:i + batch] for i in range(0, len(order), batch)])
-    for name, sets in {"kit random": ["bucket_by_length=false"], "kit buckets": [],
-                       "kit frame budget": [f"max_frames_per_batch={max_frames}"]}.items():
+    out["stock recipe"] = (loader.dataset, [order[i : i + batch] for i in range(0, len(order), batch)])
+    for name, sets in {
+        "kit random": ["bucket_by_length=false"],
+        "kit buckets": [],
+        "kit frame budget": [f"max_frames_per_batch={max_frames}"],
+    }.items():
         # The stock recipe has no length caps; the corpus is 0.5-15 s already: keep every utterance.
-        config = _kit_config(dataset, f"batch_size={batch}", "num_loader_workers=0", "max_audio_len=400000",
-                             "max_text_len=1000", *sets)
+        config = _kit_config(
+            dataset, f"batch_size={batch}", "num_loader_workers=0", "max_audio_len=400000", "max_text_len=1000", *sets
+        )
         samples, _ = load_tts_samples(config, eval_split=False)
         loader = RuslanGlowTTS(config).get_data_loader(config, samples=samples, verbose=False)
         if name == "kit random":  # torch's RandomSampler, seeded as the Trainer seeds it
@@ -137,7 +164,7 @@ def variant_loaders(dataset: Path, batch: int, max_frames: int) -> dict[str, tup
 
             torch.manual_seed(config.training_seed)
             order = list(iter(loader.sampler))
-            batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+            batches = [order[i : i + batch] for i in range(0, len(order), batch)]
         else:
             batches = loader.batch_sampler.epoch_batches(0)
         out[name] = (loader.dataset, batches)
@@ -153,19 +180,24 @@ def padding_table(loaders: dict[str, tuple[Any, list[list[int]]]], batch: int, m
     for name, (dataset, batches) in loaders.items():
         lengths = frames(dataset)
         padded = [len(b) * int(lengths[b].max()) for b in batches]
-        table[name] = {"padded_share": padded_share(batches, lengths), "batches": len(batches),
-                       "mean_batch": float(np.mean([len(b) for b in batches])),
-                       "largest_batch_frames": max(padded), "mean_batch_frames": float(np.mean(padded))}
+        table[name] = {
+            "padded_share": padded_share(batches, lengths),
+            "batches": len(batches),
+            "mean_batch": float(np.mean([len(b) for b in batches])),
+            "largest_batch_frames": max(padded),
+            "mean_batch_frames": float(np.mean(padded)),
+        }
     # The same on 22,200 simulated RUSLAN lengths (more neighbours per pool).
     lengths = (ruslan_seconds(RUSLAN_FILES, 1) * RATE / HOP).astype(np.int64) + 1
     order = np.random.default_rng(0).permutation(len(lengths))
     sort = np.argsort(lengths, kind="stable")
     simulated = {
-        "stock recipe": [sort[i:i + batch] for i in range(0, len(sort), batch)],
-        "kit random": [order[i:i + batch] for i in range(0, len(order), batch)],
+        "stock recipe": [sort[i : i + batch] for i in range(0, len(sort), batch)],
+        "kit random": [order[i : i + batch] for i in range(0, len(order), batch)],
         "kit buckets": LengthBucketBatchSampler(lengths, batch_size=batch, seed=0).epoch_batches(0),
-        "kit frame budget": LengthBucketBatchSampler(lengths, batch_size=batch, max_frames=max_frames,
-                                                     seed=0).epoch_batches(0),
+        "kit frame budget": LengthBucketBatchSampler(
+            lengths, batch_size=batch, max_frames=max_frames, seed=0
+        ).epoch_batches(0),
     }
     for name, batches in simulated.items():
         table[name]["simulated_padded_share"] = padded_share(batches, lengths)
@@ -173,8 +205,15 @@ def padding_table(loaders: dict[str, tuple[Any, list[list[int]]]], batch: int, m
     return table
 
 
-def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, batch: int, per_block: int,
-               repeats: int, device: str = "cpu", model_sets: tuple[str, ...] = ()) -> dict[str, Any]:
+def step_costs(
+    loaders: dict[str, tuple[Any, list[list[int]]]],
+    dataset: Path,
+    batch: int,
+    per_block: int,
+    repeats: int,
+    device: str = "cpu",
+    model_sets: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Seconds per training step on a stratified sample of each variant's epoch, interleaved; on
     CUDA also each variant's peak allocated memory."""
     import torch
@@ -229,7 +268,7 @@ def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, b
     all_times: dict[str, list[float]] = {name: [] for name in loaders}
     names = list(loaders)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             ds, batches = loaders[name]
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -239,8 +278,9 @@ def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, b
                 peak_mib[name] = max(peak_mib[name], torch.cuda.max_memory_allocated() / 2**20)
             samples_per_epoch = sum(map(len, batches))
             epoch_s = len(batches) * statistics.mean(times)
-            blocks[name].append({"step_s": statistics.median(times), "epoch_s": epoch_s,
-                                 "samples_per_s": samples_per_epoch / epoch_s})
+            blocks[name].append(
+                {"step_s": statistics.median(times), "epoch_s": epoch_s, "samples_per_s": samples_per_epoch / epoch_s}
+            )
             print(f"   repeat {r + 1} {name}: {samples_per_epoch / epoch_s:.2f} samples/s", flush=True)
     if cuda:  # the epoch's peak: its batch with the most padded frames
         for name, (ds, batches) in loaders.items():
@@ -252,18 +292,37 @@ def step_costs(loaders: dict[str, tuple[Any, list[list[int]]]], dataset: Path, b
     for name, b in blocks.items():
         batches = loaders[name][1]
         epoch_s = len(batches) * statistics.mean(all_times[name])  # every stratum once
-        out[name] = {"blocks": b, "peak_mib": peak_mib[name], "step_times": all_times[name],
-                     "samples_per_s": sum(map(len, batches)) / epoch_s, "epoch_s": epoch_s,
-                     "range": (min(x["samples_per_s"] for x in b), max(x["samples_per_s"] for x in b)),
-                     "ruslan_epoch_h": epoch_s * RUSLAN_FILES / sum(map(len, batches)) / 3600}
+        out[name] = {
+            "blocks": b,
+            "peak_mib": peak_mib[name],
+            "step_times": all_times[name],
+            "samples_per_s": sum(map(len, batches)) / epoch_s,
+            "epoch_s": epoch_s,
+            "range": (min(x["samples_per_s"] for x in b), max(x["samples_per_s"] for x in b)),
+            "ruslan_epoch_h": epoch_s * RUSLAN_FILES / sum(map(len, batches)) / 3600,
+        }
     return out
 
 
-TINY = ["hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=32", "num_flow_blocks_dec=2",
-        "num_block_layers=2", "encoder_params.num_layers=1", "encoder_params.hidden_channels_ffn=64",
-        "data_dep_init_steps=2", "num_loader_workers=0", "num_eval_loader_workers=0", "test_delay_epochs=100000",
-        "plot_step=1", "print_step=1000", "eval_split_size=24", "lr=1e-3",
-        "lr_scheduler_params.warmup_steps=50", "save_step=100000"]
+TINY = [
+    "hidden_channels_enc=32",
+    "hidden_channels_dec=32",
+    "hidden_channels_dp=32",
+    "num_flow_blocks_dec=2",
+    "num_block_layers=2",
+    "encoder_params.num_layers=1",
+    "encoder_params.hidden_channels_ffn=64",
+    "data_dep_init_steps=2",
+    "num_loader_workers=0",
+    "num_eval_loader_workers=0",
+    "test_delay_epochs=100000",
+    "plot_step=1",
+    "print_step=1000",
+    "eval_split_size=24",
+    "lr=1e-3",
+    "lr_scheduler_params.warmup_steps=50",
+    "save_step=100000",
+]
 
 
 def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch: int) -> dict[str, Any]:
@@ -274,9 +333,22 @@ def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch:
     for seed in seeds:
         for name, runs in results.items():
             output = work / f"eq_{name}_{seed}"
-            sets = [*TINY, f"epochs={epochs}", f"batch_size={batch}", f"bucket_by_length={str(name == 'buckets').lower()}"]
-            argv = ["--preset", "stable", "--dataset-path", str(dataset), "--output-path", str(output),
-                    "--seed", str(seed)]
+            sets = [
+                *TINY,
+                f"epochs={epochs}",
+                f"batch_size={batch}",
+                f"bucket_by_length={str(name == 'buckets').lower()}",
+            ]
+            argv = [
+                "--preset",
+                "stable",
+                "--dataset-path",
+                str(dataset),
+                "--output-path",
+                str(output),
+                "--seed",
+                str(seed),
+            ]
             for s in sets:
                 argv += ["--set", s]
             # In this process (imports done once): the entry point's own main(), as the tests call it.
@@ -288,13 +360,22 @@ def equivalence(dataset: Path, work: Path, seeds: list[int], epochs: int, batch:
             train = scalars["TrainIterStats/loss"]
             evals = scalars["EvalStats/avg_loss"]
             steps_per_epoch = len(train.values) / epochs
-            last_epoch = train.values[-int(steps_per_epoch):]
-            runs.append({"seed": seed, "first_loss": float(np.mean(train.values[:int(steps_per_epoch)])),
-                                  "last_epoch_loss": float(np.mean(last_epoch)),
-                                  "eval_loss": float(evals.values[-1]), "eval_losses": evals.values.tolist(),
-                                  "steps": len(train.values)})
-            print(f"   {name} seed {seed}: eval loss {runs[-1]['eval_loss']:.4f}, "
-                  f"last-epoch train loss {runs[-1]['last_epoch_loss']:.4f}", flush=True)
+            last_epoch = train.values[-int(steps_per_epoch) :]
+            runs.append(
+                {
+                    "seed": seed,
+                    "first_loss": float(np.mean(train.values[: int(steps_per_epoch)])),
+                    "last_epoch_loss": float(np.mean(last_epoch)),
+                    "eval_loss": float(evals.values[-1]),
+                    "eval_losses": evals.values.tolist(),
+                    "steps": len(train.values),
+                }
+            )
+            print(
+                f"   {name} seed {seed}: eval loss {runs[-1]['eval_loss']:.4f}, "
+                f"last-epoch train loss {runs[-1]['last_epoch_loss']:.4f}",
+                flush=True,
+            )
     return results
 
 
@@ -306,13 +387,26 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
     model_sets = tuple(TINY[:7]) if quick else ()
     eq_files, seeds, epochs = (80, [1, 2], 2) if quick else (120, [1, 2, 3], 3)
     batch, max_frames = 8, 8 * 500  # the budget: batch 8 of ~5.8 s (about the 75th percentile)
-    result: dict[str, Any] = {"load": [os.getloadavg()[0]], "files": files, "batch": batch, "max_frames": max_frames,
-                              "per_block": per_block, "repeats": repeats, "eq_files": eq_files, "seeds": seeds,
-                              "epochs": epochs}
+    result: dict[str, Any] = {
+        "load": [os.getloadavg()[0]],
+        "files": files,
+        "batch": batch,
+        "max_frames": max_frames,
+        "per_block": per_block,
+        "repeats": repeats,
+        "eq_files": eq_files,
+        "seeds": seeds,
+        "epochs": epochs,
+    }
     print(f"6a. corpus: {files} generated utterances (RUSLAN's length spread), prepare", flush=True)
     seconds = make_length_corpus(work / "len_src", files, seed=0)
-    result["corpus"] = {"mean_s": float(seconds.mean()), "min_s": float(seconds.min()), "max_s": float(seconds.max()),
-                        "p50_s": float(np.percentile(seconds, 50)), "p99_s": float(np.percentile(seconds, 99))}
+    result["corpus"] = {
+        "mean_s": float(seconds.mean()),
+        "min_s": float(seconds.min()),
+        "max_s": float(seconds.max()),
+        "p50_s": float(np.percentile(seconds, 50)),
+        "p99_s": float(np.percentile(seconds, 99)),
+    }
     prepare(work / "len_src", work / "len")
     loaders = variant_loaders(work / "len", batch, max_frames)
     result["padding"] = padding_table(loaders, batch, max_frames)
@@ -352,91 +446,145 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
     gap = abs(statistics.mean(bkt_eval) - statistics.mean(rnd_eval))
     goal_eq = gap <= spread
     lines = [
-        "## 6. Length-bucketed batches", "",
-        (f"`python bench/run.py batching{' --quick' if quick else ''}` (bench/batching.py) writes this section; "
-         f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (compare the ratios "
-         "within this run, not absolute times)."), "",
-        (f"Corpus: {r['files']} generated utterances with RUSLAN's length spread (log-normal, mean {c['mean_s']:.1f} s, "
-         f"median {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s, {c['min_s']:.1f}-{c['max_s']:.1f} s): the bundled "
-         "sample's utterances strung together and cut to length, text cut in proportion, so text length grows "
-         "with duration as in RUSLAN; prepared with `prepare` (feature cache). Batch 8; frame budget "
-         f"`max_frames_per_batch = {r['max_frames']}` (8 utterances of ~5.8 s)."), "",
-        "### Goals", "",
-        "| goal | measured | |", "|---|---|---|",
-        (f"| padded share with buckets <= 10 % (random: 43 %) | {pad['kit buckets']['padded_share']:.1%} "
-         f"(random {pad['kit random']['padded_share']:.1%}) | {'met' if goal_pad else 'missed'} |"),
-        (f"| samples/s per CPU step >= 1.3x the kit's random batches | {bucket['samples_per_s'] / random_rate:.2f}x "
-         f"(padded frames per utterance predict {per_utt['kit random'] / per_utt['kit buckets']:.2f}x) | "
-         f"{'met' if goal_random else 'missed'}{noisy} |"),
-        (f"| samples/s per CPU step >= 1.2x the stock recipe | {bucket['samples_per_s'] / stock_rate:.2f}x "
-         f"(padded frames per utterance predict {per_utt['stock recipe'] / per_utt['kit buckets']:.2f}x) | "
-         f"{'met' if goal_stock else 'missed'}{noisy} |"),
-        (f"| loss after the same samples within the seed-to-seed spread of random batches | eval loss: buckets "
-         f"{statistics.mean(bkt_eval):.4f} vs random {statistics.mean(rnd_eval):.4f} (difference {gap:.4f}; random "
-         f"seeds span {spread:.4f}) | {'met' if goal_eq else 'missed'} |"), "",
-        "### Padding: share of computed frames (batch size x longest in the batch) that are padding", "",
-        (f"| batching | generated corpus ({r['files']}) | 22,200 simulated RUSLAN lengths | batches per epoch | "
-         "utterances per batch | padded frames per batch: mean / largest |"), "|---|---|---|---|---|---|",
+        "## 6. Length-bucketed batches",
+        "",
+        (
+            f"`python bench/run.py batching{' --quick' if quick else ''}` (bench/batching.py) writes this section; "
+            f"{machine}. Load average at start/end: {r['load'][0]:.2f}/{r['load'][1]:.2f} (compare the ratios "
+            "within this run, not absolute times)."
+        ),
+        "",
+        (
+            f"Corpus: {r['files']} generated utterances with RUSLAN's length spread (log-normal, mean {c['mean_s']:.1f} s, "
+            f"median {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s, {c['min_s']:.1f}-{c['max_s']:.1f} s): the bundled "
+            "sample's utterances strung together and cut to length, text cut in proportion, so text length grows "
+            "with duration as in RUSLAN; prepared with `prepare` (feature cache). Batch 8; frame budget "
+            f"`max_frames_per_batch = {r['max_frames']}` (8 utterances of ~5.8 s)."
+        ),
+        "",
+        "### Goals",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+        (
+            f"| padded share with buckets <= 10 % (random: 43 %) | {pad['kit buckets']['padded_share']:.1%} "
+            f"(random {pad['kit random']['padded_share']:.1%}) | {'met' if goal_pad else 'missed'} |"
+        ),
+        (
+            f"| samples/s per CPU step >= 1.3x the kit's random batches | {bucket['samples_per_s'] / random_rate:.2f}x "
+            f"(padded frames per utterance predict {per_utt['kit random'] / per_utt['kit buckets']:.2f}x) | "
+            f"{'met' if goal_random else 'missed'}{noisy} |"
+        ),
+        (
+            f"| samples/s per CPU step >= 1.2x the stock recipe | {bucket['samples_per_s'] / stock_rate:.2f}x "
+            f"(padded frames per utterance predict {per_utt['stock recipe'] / per_utt['kit buckets']:.2f}x) | "
+            f"{'met' if goal_stock else 'missed'}{noisy} |"
+        ),
+        (
+            f"| loss after the same samples within the seed-to-seed spread of random batches | eval loss: buckets "
+            f"{statistics.mean(bkt_eval):.4f} vs random {statistics.mean(rnd_eval):.4f} (difference {gap:.4f}; random "
+            f"seeds span {spread:.4f}) | {'met' if goal_eq else 'missed'} |"
+        ),
+        "",
+        "### Padding: share of computed frames (batch size x longest in the batch) that are padding",
+        "",
+        (
+            f"| batching | generated corpus ({r['files']}) | 22,200 simulated RUSLAN lengths | batches per epoch | "
+            "utterances per batch | padded frames per batch: mean / largest |"
+        ),
+        "|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         p = pad[name]
-        lines.append(f"| {name} | {p['padded_share']:.1%} | {p['simulated_padded_share']:.1%} | {p['batches']} | "
-                     f"{p['mean_batch']:.1f} | {p['mean_batch_frames']:.0f} / {p['largest_batch_frames']} |")
+        lines.append(
+            f"| {name} | {p['padded_share']:.1%} | {p['simulated_padded_share']:.1%} | {p['batches']} | "
+            f"{p['mean_batch']:.1f} | {p['mean_batch_frames']:.0f} / {p['largest_batch_frames']} |"
+        )
     lines += [
-        "", ("The stock recipe pads little because it never shuffles: every epoch is the same length-sorted "
-         "order, shortest first (the kit's base config explains why it shuffles). The largest batch sets "
-         "the peak activation memory; the frame budget bounds it."), "",
-        "### Step cost: full-size GlowTTS, fp32 CPU, batch 8", "",
-        (f"Each variant's epoch-0 batches from the real loaders; {r['per_block'] * r['repeats']} of them per "
-         "variant, one from each of that many equal-count strata of padded frames (the batch nearest the stratum's "
-         "mean: a stratified sample of the epoch, long tail included), trained on "
-         "with one model and Coqui's RAdam (forward, backward, clip, optimizer step); variants interleaved in "
-         f"{r['repeats']} blocks of {r['per_block']} steps, the first variant rotating. Epoch time = batches "
-         "per epoch x mean step time; samples/s = utterances per epoch / epoch time; "
-         "samples/s from all the variant's steps (every stratum once); in brackets the blocks' own estimates, each "
-         "from its share of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
-         "is not timed (workers overlap it; sections 2-3)."), "",
-        ("| batching | samples/s (blocks) | vs kit random | vs stock | median step (s) | RUSLAN epoch, 22,200 "
-         "utterances (h) |"), "|---|---|---|---|---|---|",
+        "",
+        (
+            "The stock recipe pads little because it never shuffles: every epoch is the same length-sorted "
+            "order, shortest first (the kit's base config explains why it shuffles). The largest batch sets "
+            "the peak activation memory; the frame budget bounds it."
+        ),
+        "",
+        "### Step cost: full-size GlowTTS, fp32 CPU, batch 8",
+        "",
+        (
+            f"Each variant's epoch-0 batches from the real loaders; {r['per_block'] * r['repeats']} of them per "
+            "variant, one from each of that many equal-count strata of padded frames (the batch nearest the stratum's "
+            "mean: a stratified sample of the epoch, long tail included), trained on "
+            "with one model and Coqui's RAdam (forward, backward, clip, optimizer step); variants interleaved in "
+            f"{r['repeats']} blocks of {r['per_block']} steps, the first variant rotating. Epoch time = batches "
+            "per epoch x mean step time; samples/s = utterances per epoch / epoch time; "
+            "samples/s from all the variant's steps (every stratum once); in brackets the blocks' own estimates, each "
+            "from its share of the strata (low and high strata alike), which shows the repeat-to-repeat noise. Loading "
+            "is not timed (workers overlap it; sections 2-3)."
+        ),
+        "",
+        (
+            "| batching | samples/s (blocks) | vs kit random | vs stock | median step (s) | RUSLAN epoch, 22,200 "
+            "utterances (h) |"
+        ),
+        "|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         s = steps[name]
-        lines.append(f"| {name} | {s['samples_per_s']:.2f} ({s['range'][0]:.2f}-{s['range'][1]:.2f}) | "
-                     f"{s['samples_per_s'] / random_rate:.2f}x | {s['samples_per_s'] / stock_rate:.2f}x | "
-                     f"{statistics.median(s['step_times']):.2f} | {s['ruslan_epoch_h']:.2f} |")
+        lines.append(
+            f"| {name} | {s['samples_per_s']:.2f} ({s['range'][0]:.2f}-{s['range'][1]:.2f}) | "
+            f"{s['samples_per_s'] / random_rate:.2f}x | {s['samples_per_s'] / stock_rate:.2f}x | "
+            f"{statistics.median(s['step_times']):.2f} | {s['ruslan_epoch_h']:.2f} |"
+        )
     lines += [
-        "", ("Reading it: if step cost follows padded frames, buckets and the frame budget land near the stock "
-         "recipe's sorted order (which pads least of all, never shuffling) and well above random batches (the "
-         "goals table gives that prediction next to each measured ratio); against the stock recipe's whole "
-         "training loop the kit's further gain is its loader (feature cache, sections 2-3), not batching. "
-         f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s and each variant "
-         f"trained on {r['per_block'] * r['repeats']} batches: a measured ratio far from its prediction, or blocks "
-         "that disagree, mean machine noise, not a property of the batching (the load averages above say how "
-         "busy the machine was; the GPU check measures the same on a GPU)."),
-        "", "### Loss equivalence: what the model learns", "",
-        (f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
-         f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
-         f"for eval), batch 8, {r['epochs']} epochs: every run sees the same utterances the same number of "
-         "times. Loss = GlowTTS's loss per step (it is normalised per frame); train = mean over the last "
-         "epoch's steps; eval = EvalStats/avg_loss after the last epoch. The audio is espeak-ng speech with "
-         "its own text, so there is something to learn (the loss falls from the first epoch's mean)."), "",
+        "",
+        (
+            "Reading it: if step cost follows padded frames, buckets and the frame budget land near the stock "
+            "recipe's sorted order (which pads least of all, never shuffling) and well above random batches (the "
+            "goals table gives that prediction next to each measured ratio); against the stock recipe's whole "
+            "training loop the kit's further gain is its loader (feature cache, sections 2-3), not batching. "
+            f"In this run single full-size steps took {min(all_steps):.0f}-{max(all_steps):.0f} s and each variant "
+            f"trained on {r['per_block'] * r['repeats']} batches: a measured ratio far from its prediction, or blocks "
+            "that disagree, mean machine noise, not a property of the batching (the load averages above say how "
+            "busy the machine was; the GPU check measures the same on a GPU)."
+        ),
+        "",
+        "### Loss equivalence: what the model learns",
+        "",
+        (
+            f"The tests' tiny GlowTTS (train_ruslan_glowtts.py, preset stable with lr 1e-3 and a 50-step warmup so "
+            f"that it learns within the run) on {r['eq_files']} generated utterances of the same kind ({24} held out "
+            f"for eval), batch 8, {r['epochs']} epochs: every run sees the same utterances the same number of "
+            "times. Loss = GlowTTS's loss per step (it is normalised per frame); train = mean over the last "
+            "epoch's steps; eval = EvalStats/avg_loss after the last epoch. The audio is espeak-ng speech with "
+            "its own text, so there is something to learn (the loss falls from the first epoch's mean)."
+        ),
+        "",
         "| seed | random: first epoch / last epoch / eval | buckets: first epoch / last epoch / eval |",
         "|---|---|---|",
     ]
     for a, b in zip(eq["random"], eq["buckets"], strict=True):
-        lines.append(f"| {a['seed']} | {a['first_loss']:.4f} / {a['last_epoch_loss']:.4f} / {a['eval_loss']:.4f} | "
-                     f"{b['first_loss']:.4f} / {b['last_epoch_loss']:.4f} / {b['eval_loss']:.4f} |")
+        lines.append(
+            f"| {a['seed']} | {a['first_loss']:.4f} / {a['last_epoch_loss']:.4f} / {a['eval_loss']:.4f} | "
+            f"{b['first_loss']:.4f} / {b['last_epoch_loss']:.4f} / {b['eval_loss']:.4f} |"
+        )
     lines += [
-        (f"| spread over seeds | last epoch {_spread(rnd_train)}, eval {_spread(rnd_eval)} | last epoch "
-         f"{_spread(bkt_train)}, eval {_spread(bkt_eval)} |"), "",
-        "### When to use the frame budget", "",
-        ("`--set max_frames_per_batch=N` makes batches of about N padded mel frames (22,050 Hz / 256 hop: "
-         "86 frames per second) instead of `batch_size` utterances: many short utterances or a few long "
-         "ones. Use it when a GPU runs out of memory on the longest batches, or when a step should cost "
-         "about the same whatever the lengths. Samples per step then vary (the table above: mean utterances "
-         "per batch), and so does the gradient's noise; Coqui's loss is a per-frame mean, so each step "
-         "weighs its frames equally and the lr needs no per-batch scaling, but pick N so that the mean "
-         "batch is close to the batch size the preset's lr was tuned for (8 x ~5 s ~ 3,500-4,000 frames)."), "",
+        (
+            f"| spread over seeds | last epoch {_spread(rnd_train)}, eval {_spread(rnd_eval)} | last epoch "
+            f"{_spread(bkt_train)}, eval {_spread(bkt_eval)} |"
+        ),
+        "",
+        "### When to use the frame budget",
+        "",
+        (
+            "`--set max_frames_per_batch=N` makes batches of about N padded mel frames (22,050 Hz / 256 hop: "
+            "86 frames per second) instead of `batch_size` utterances: many short utterances or a few long "
+            "ones. Use it when a GPU runs out of memory on the longest batches, or when a step should cost "
+            "about the same whatever the lengths. Samples per step then vary (the table above: mean utterances "
+            "per batch), and so does the gradient's noise; Coqui's loss is a per-frame mean, so each step "
+            "weighs its frames equally and the lr needs no per-batch scaling, but pick N so that the mean "
+            "batch is close to the batch size the preset's lr was tuned for (8 x ~5 s ~ 3,500-4,000 frames)."
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -448,7 +596,7 @@ def write_section(doc: Path, text: str) -> None:
     start = current.find("## 6. Length-bucketed batches")
     if start >= 0:
         end = current.find("\n## ", start + 1)
-        current = current[:start] + text + (current[end + 1:] if end >= 0 else "")
+        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
     elif (gpu := current.find("## GPU")) >= 0:
         current = current[:gpu] + text + current[gpu:]
     else:

@@ -48,10 +48,25 @@ import batching  # noqa: E402
 from run import PY, train_run  # noqa: E402
 
 # --tiny: the tests' tiny GlowTTS (hidden 32, 2 flows), for a quick self-check of this script on a CPU.
-TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_dp": 32, "num_flow_blocks_dec": 2,
-        "num_block_layers": 2}
-KIT_FLAGS = ["--set", "plot_step=1", "--set", "run_eval=false", "--set", "print_step=1000",
-             "--set", "test_delay_epochs=100000", "--set", "num_loader_workers=4"]
+TINY = {
+    "hidden_channels_enc": 32,
+    "hidden_channels_dec": 32,
+    "hidden_channels_dp": 32,
+    "num_flow_blocks_dec": 2,
+    "num_block_layers": 2,
+}
+KIT_FLAGS = [
+    "--set",
+    "plot_step=1",
+    "--set",
+    "run_eval=false",
+    "--set",
+    "print_step=1000",
+    "--set",
+    "test_delay_epochs=100000",
+    "--set",
+    "num_loader_workers=4",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,8 +80,13 @@ def gpu_memory_sampler() -> tuple[threading.Event, list[int]]:
     def sample() -> None:
         while not stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5, check=False).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=False,
+                ).stdout
                 peak[0] = max(peak[0], max(int(v) for v in out.split()))
             except (OSError, ValueError, subprocess.SubprocessError):
                 return
@@ -94,8 +114,11 @@ def smoothed(curve: dict[int, float], at: list[int], window: int = 25) -> list[f
 
 
 def compile_line(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if "Compiled GlowTTS's decoder" in line
-             or "Compiling the decoder failed" in line]
+    lines = [
+        line.strip()
+        for line in log.read_text(errors="replace").splitlines()
+        if "Compiled GlowTTS's decoder" in line or "Compiling the decoder failed" in line
+    ]
     return lines[-1] if lines else "no compile"
 
 
@@ -108,10 +131,30 @@ def curves(prepared: Path, work: Path, steps: int, tiny: bool = False) -> dict[s
     kit_tiny = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")] if tiny else []
     variants = {
         "stock (matched)": [PY, "bench/stock_recipe.py", *common, "--batch-size", "8", "--matched", "--output-path"],
-        "kit seed 1": [PY, "train_ruslan_glowtts.py", "--preset", "default", *common, *KIT_FLAGS, *kit_tiny,
-                       "--seed", "1", "--output-path"],
-        "kit seed 2": [PY, "train_ruslan_glowtts.py", "--preset", "default", *common, *KIT_FLAGS, *kit_tiny,
-                       "--seed", "2", "--output-path"],
+        "kit seed 1": [
+            PY,
+            "train_ruslan_glowtts.py",
+            "--preset",
+            "default",
+            *common,
+            *KIT_FLAGS,
+            *kit_tiny,
+            "--seed",
+            "1",
+            "--output-path",
+        ],
+        "kit seed 2": [
+            PY,
+            "train_ruslan_glowtts.py",
+            "--preset",
+            "default",
+            *common,
+            *KIT_FLAGS,
+            *kit_tiny,
+            "--seed",
+            "2",
+            "--output-path",
+        ],
     }
     runs: dict[str, Any] = {}
     for name, command in variants.items():
@@ -126,15 +169,26 @@ def curves(prepared: Path, work: Path, steps: int, tiny: bool = False) -> dict[s
         finally:
             stop.set()
         curve = losses(Path(run["run_dir"]))
-        run.update(peak_gpu_mib=peak[0], curve=curve, losses_finite=all(math.isfinite(v) for v in curve.values()),
-                   compile=compile_line(output / "log.txt") if "kit" in name else "")
+        run.update(
+            peak_gpu_mib=peak[0],
+            curve=curve,
+            losses_finite=all(math.isfinite(v) for v in curve.values()),
+            compile=compile_line(output / "log.txt") if "kit" in name else "",
+        )
         runs[name] = run
-        print(f"{name}: {run['samples_per_s']:.1f} samples/s, first step after {run['first_step_s']:.1f} s, "
-              f"peak GPU {peak[0]} MiB, {run['compile']}", flush=True)
+        print(
+            f"{name}: {run['samples_per_s']:.1f} samples/s, first step after {run['first_step_s']:.1f} s, "
+            f"peak GPU {peak[0]} MiB, {run['compile']}",
+            flush=True,
+        )
     at = list(range(50, steps + 1, 50))
     table = {name: smoothed(run["curve"], at) for name, run in runs.items() if "curve" in run}
-    return {"steps": steps, "at": at, "smoothed": table,
-            "runs": {name: {k: v for k, v in run.items() if k != "curve"} for name, run in runs.items()}}
+    return {
+        "steps": steps,
+        "at": at,
+        "smoothed": table,
+        "runs": {name: {k: v for k, v in run.items() if k != "curve"} for name, run in runs.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,20 +222,38 @@ def _stock_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> An
     from TTS.tts.datasets import load_tts_samples
     from TTS.tts.models.glow_tts import GlowTTS
 
-    config = GlowTTSConfig(batch_size=8, num_loader_workers=0, run_eval=False, test_delay_epochs=-1,
-                           text_cleaner="basic_cleaners", use_phonemes=False, characters=russian_characters(),
-                           mixed_precision=precision == "bf16", precision="bf16", print_step=25, plot_step=25,
-                           data_dep_init_steps=0, output_path=str(work / f"stock_{precision}"), save_step=10**9,
-                           datasets=[BaseDatasetConfig(formatter="ruslan", meta_file_train=batching.META,
-                                                       path=str(prepared))])
+    config = GlowTTSConfig(
+        batch_size=8,
+        num_loader_workers=0,
+        run_eval=False,
+        test_delay_epochs=-1,
+        text_cleaner="basic_cleaners",
+        use_phonemes=False,
+        characters=russian_characters(),
+        mixed_precision=precision == "bf16",
+        precision="bf16",
+        print_step=25,
+        plot_step=25,
+        data_dep_init_steps=0,
+        output_path=str(work / f"stock_{precision}"),
+        save_step=10**9,
+        datasets=[BaseDatasetConfig(formatter="ruslan", meta_file_train=batching.META, path=str(prepared))],
+    )
     config.audio.sample_rate = batching.RATE
     if tiny:
         for key, value in TINY.items():
             setattr(config, key, value)
     samples, _ = load_tts_samples(config, eval_split=False)
     model = GlowTTS(config)
-    trainer = Trainer(TrainerArgs(), config, config.output_path, model=model, train_samples=samples,
-                      eval_samples=samples[:1], parse_command_line_args=False)
+    trainer = Trainer(
+        TrainerArgs(),
+        config,
+        config.output_path,
+        model=model,
+        train_samples=samples,
+        eval_samples=samples[:1],
+        parse_command_line_args=False,
+    )
     return trainer, config, samples
 
 
@@ -197,18 +269,33 @@ def _kit_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
     from ruslan_glowtts.training.run import resolve_precision
     from ruslan_glowtts.training.trainer import KitTrainer
 
-    sets = ["num_loader_workers=0", "run_eval=false", "data_dep_init_steps=0", "health.checkpoint_every=0",
-            f"output_path={json.dumps(str(work / f'kit_{precision}'))}",
-            f"mixed_precision={'true' if precision == 'bf16' else 'false'}",
-            *([f"{key}={value}" for key, value in TINY.items()] if tiny else [])]
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=prepared,
-                             cli_layers=[(parse_set_option(s), "gpu_check") for s in sets])
+    sets = [
+        "num_loader_workers=0",
+        "run_eval=false",
+        "data_dep_init_steps=0",
+        "health.checkpoint_every=0",
+        f"output_path={json.dumps(str(work / f'kit_{precision}'))}",
+        f"mixed_precision={'true' if precision == 'bf16' else 'false'}",
+        *([f"{key}={value}" for key, value in TINY.items()] if tiny else []),
+    ]
+    config, _ = build_config(
+        preset=load_preset("stable"),
+        dataset_path=prepared,
+        cli_layers=[(parse_set_option(s), "gpu_check") for s in sets],
+    )
     resolve_precision(config)
     samples, _ = load_tts_samples(config, eval_split=False)
     model = RuslanGlowTTS(config)
     compiled = compilation.attach(model, config.compile_model, cuda_graphs=config.compile_cuda_graphs)
-    trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=model, train_samples=samples,
-                         eval_samples=samples[:1], parse_command_line_args=False)
+    trainer = KitTrainer(
+        TrainerArgs(),
+        config,
+        config.output_path,
+        model=model,
+        train_samples=samples,
+        eval_samples=samples[:1],
+        parse_command_line_args=False,
+    )
     if model.pads_lengths() and torch.cuda.is_available() and not (compiled is not None and compiled.cuda_graphs):
         torch.backends.cudnn.benchmark = True  # as the GlowTTS recipe sets it: padded shapes repeat
     return trainer, config, samples, compiled
@@ -263,8 +350,12 @@ def _profile(trainer: Any, batches: list[Any], kit: bool, step_s: float) -> dict
             busy += stop - max(start, end)
             end = stop
     per_step = busy / 1e6 / len(batches)  # microseconds -> seconds
-    return {"kernel_launches_per_step": launches / len(batches), "graph_launches_per_step": graphs / len(batches),
-            "gpu_kernel_s_per_step": per_step, "gpu_busy_share": per_step / step_s if step_s else math.nan}
+    return {
+        "kernel_launches_per_step": launches / len(batches),
+        "graph_launches_per_step": graphs / len(batches),
+        "gpu_kernel_s_per_step": per_step,
+        "gpu_busy_share": per_step / step_s if step_s else math.nan,
+    }
 
 
 def _mas_identical(kit_trainer: Any, batches: list[Any]) -> dict[str, Any]:
@@ -304,9 +395,23 @@ def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = Fal
     for precision in precisions:
         for kind in ("stock", "kit"):
             out = work / f"part_{kind}_{precision}.json"
-            command = [PY, str(Path(__file__)), "--part", f"{kind}:{precision}", "--prepared", str(prepared),
-                       "--work", str(work), "--part-out", str(out), "--timed", str(timed), "--warmup", str(warmup),
-                       *(["--tiny"] if tiny else [])]
+            command = [
+                PY,
+                str(Path(__file__)),
+                "--part",
+                f"{kind}:{precision}",
+                "--prepared",
+                str(prepared),
+                "--work",
+                str(work),
+                "--part-out",
+                str(out),
+                "--timed",
+                str(timed),
+                "--warmup",
+                str(warmup),
+                *(["--tiny"] if tiny else []),
+            ]
             code = subprocess.call(command, cwd=REPO)
             part = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
             for batch in (8, 32):
@@ -315,8 +420,9 @@ def matrix(prepared: Path, work: Path, timed: int, warmup: int, tiny: bool = Fal
     return results
 
 
-def matrix_part(kind: str, precision: str, prepared: Path, work: Path, timed: int, warmup: int, tiny: bool,
-                out: Path) -> None:
+def matrix_part(
+    kind: str, precision: str, prepared: Path, work: Path, timed: int, warmup: int, tiny: bool, out: Path
+) -> None:
     """One model in one precision, batch 8 then 32; results written to `out` after each."""
     import torch
 
@@ -350,8 +456,11 @@ def matrix_part(kind: str, precision: str, prepared: Path, work: Path, timed: in
             sync()
             step_s = (time.perf_counter() - started) / timed
             entry: dict[str, Any] = {
-                "samples_per_s": batch / step_s, "step_ms": 1000 * step_s, "warmup_s": warm_s,
-                "setup_s": setup_s, "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0,
+                "samples_per_s": batch / step_s,
+                "step_ms": 1000 * step_s,
+                "warmup_s": warm_s,
+                "setup_s": setup_s,
+                "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0,
                 "syncs_per_step": _syncs(trainer, batches[:5], kind == "kit"),
             }
             if kind == "kit":  # timed steps whose values the host had to wait for (GPU > 2 steps behind)
@@ -364,9 +473,12 @@ def matrix_part(kind: str, precision: str, prepared: Path, work: Path, timed: in
             if kind == "kit" and precision == "fp32" and batch == 8:
                 entry["alignment_vs_cython"] = _mas_identical(trainer, batches[:4])
             results[name] = entry
-            print(f"{name}: {entry['samples_per_s']:.1f} samples/s ({entry['step_ms']:.1f} ms/step), "
-                  f"syncs/step {entry['syncs_per_step']}, launches/step {entry.get('kernel_launches_per_step')}, "
-                  f"GPU busy {entry.get('gpu_busy_share')}, warm-up {warm_s:.1f} s", flush=True)
+            print(
+                f"{name}: {entry['samples_per_s']:.1f} samples/s ({entry['step_ms']:.1f} ms/step), "
+                f"syncs/step {entry['syncs_per_step']}, launches/step {entry.get('kernel_launches_per_step')}, "
+                f"GPU busy {entry.get('gpu_busy_share')}, warm-up {warm_s:.1f} s",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001 - record it, go on
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
             print(f"{name}: FAILED {exc}", flush=True)
@@ -379,17 +491,31 @@ def matrix_part(kind: str, precision: str, prepared: Path, work: Path, timed: in
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"## GPU check: {results['device']}", "",
-             (f"torch {results['torch']}; {results['files']} generated utterances with RUSLAN's length spread; "
-              "full-size GlowTTS."), ""]
+    lines = [
+        f"## GPU check: {results['device']}",
+        "",
+        (
+            f"torch {results['torch']}; {results['files']} generated utterances with RUSLAN's length spread; "
+            "full-size GlowTTS."
+        ),
+        "",
+    ]
     m = results.get("matrix", {})
     if m:
-        header = ("| precision | batch | stock samples/s | kit samples/s | kit / stock | stock syncs/step "
-                  "| kit syncs/step | stock launches/step | kit launches/step | stock GPU busy | kit GPU busy "
-                  "| stock peak MiB | kit peak MiB | kit compiles (s) |")
-        lines += [(f"Step matrix (one process, the same batches for both; loader excluded; {results['timed']} timed "
-                   f"steps after {results['warmup']} untimed pass(es) over the same batches):"),
-                  "", header, "|" + "---|" * 14]
+        header = (
+            "| precision | batch | stock samples/s | kit samples/s | kit / stock | stock syncs/step "
+            "| kit syncs/step | stock launches/step | kit launches/step | stock GPU busy | kit GPU busy "
+            "| stock peak MiB | kit peak MiB | kit compiles (s) |"
+        )
+        lines += [
+            (
+                f"Step matrix (one process, the same batches for both; loader excluded; {results['timed']} timed "
+                f"steps after {results['warmup']} untimed pass(es) over the same batches):"
+            ),
+            "",
+            header,
+            "|" + "---|" * 14,
+        ]
         for precision in ("fp32", "bf16"):
             for batch in (8, 32):
                 s, k = m.get(f"stock {precision} b{batch}", {}), m.get(f"kit {precision} b{batch}", {})
@@ -400,30 +526,52 @@ def report(results: dict[str, Any]) -> str:
                     value = entry.get(key)
                     return "error" if "error" in entry else ("" if value is None else format(value, spec))
 
-                ratio = (f"{k['samples_per_s'] / s['samples_per_s']:.2f}x"
-                         if "samples_per_s" in s and "samples_per_s" in k else "")
-                lines.append(f"| {precision} | {batch} | {fmt(s, 'samples_per_s')} | {fmt(k, 'samples_per_s')} | {ratio} "
-                             f"| {fmt(s, 'syncs_per_step')} | {fmt(k, 'syncs_per_step')} "
-                             f"| {fmt(s, 'kernel_launches_per_step', '.0f')} | {fmt(k, 'kernel_launches_per_step', '.0f')} "
-                             f"| {fmt(s, 'gpu_busy_share', '.0%')} | {fmt(k, 'gpu_busy_share', '.0%')} "
-                             f"| {fmt(s, 'peak_allocated_mib', '.0f')} | {fmt(k, 'peak_allocated_mib', '.0f')} "
-                             f"| {k.get('compiles', '')} ({k.get('compile_s', '')}) |")
+                ratio = (
+                    f"{k['samples_per_s'] / s['samples_per_s']:.2f}x"
+                    if "samples_per_s" in s and "samples_per_s" in k
+                    else ""
+                )
+                lines.append(
+                    f"| {precision} | {batch} | {fmt(s, 'samples_per_s')} | {fmt(k, 'samples_per_s')} | {ratio} "
+                    f"| {fmt(s, 'syncs_per_step')} | {fmt(k, 'syncs_per_step')} "
+                    f"| {fmt(s, 'kernel_launches_per_step', '.0f')} | {fmt(k, 'kernel_launches_per_step', '.0f')} "
+                    f"| {fmt(s, 'gpu_busy_share', '.0%')} | {fmt(k, 'gpu_busy_share', '.0%')} "
+                    f"| {fmt(s, 'peak_allocated_mib', '.0f')} | {fmt(k, 'peak_allocated_mib', '.0f')} "
+                    f"| {k.get('compiles', '')} ({k.get('compile_s', '')}) |"
+                )
         mas = m.get("kit fp32 b8", {}).get("alignment_vs_cython")
         if mas:
-            lines += ["", (f"GPU alignment search vs Coqui's Cython on {mas['checked']} real batches: "
-                           f"{mas.get('differ', '?')} differ.")]
+            lines += [
+                "",
+                (
+                    f"GPU alignment search vs Coqui's Cython on {mas['checked']} real batches: "
+                    f"{mas.get('differ', '?')} differ."
+                ),
+            ]
     c = results.get("curves", {})
     if c:
-        lines += ["", f"Entry points (subprocesses, real loaders), batch 8, fp32, {c['steps']} steps:", "",
-                  "| run | samples/s | first step after (s) | peak GPU MiB | losses finite | compile |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Entry points (subprocesses, real loaders), batch 8, fp32, {c['steps']} steps:",
+            "",
+            "| run | samples/s | first step after (s) | peak GPU MiB | losses finite | compile |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, run in c["runs"].items():
             if "error" in run:
                 lines.append(f"| {name} | failed: {run['error'][:120]} | | | | |")
                 continue
-            lines.append(f"| {name} | {run['samples_per_s']:.1f} | {run['first_step_s']:.1f} | {run['peak_gpu_mib']} "
-                         f"| {run['losses_finite']} | {run['compile']} |")
-        lines += ["", "Training loss, mean of the 25 steps up to each step:", "",
-                  "| step | " + " | ".join(c["smoothed"]) + " |", "|---|" + "---|" * len(c["smoothed"])]
+            lines.append(
+                f"| {name} | {run['samples_per_s']:.1f} | {run['first_step_s']:.1f} | {run['peak_gpu_mib']} "
+                f"| {run['losses_finite']} | {run['compile']} |"
+            )
+        lines += [
+            "",
+            "Training loss, mean of the 25 steps up to each step:",
+            "",
+            "| step | " + " | ".join(c["smoothed"]) + " |",
+            "|---|" + "---|" * len(c["smoothed"]),
+        ]
         for i, step in enumerate(c["at"]):
             lines.append(f"| {step} | " + " | ".join(str(v[i]) for v in c["smoothed"].values()) + " |")
     for part in ("corpus_error", "curves_error", "matrix_error"):
@@ -445,18 +593,35 @@ def fp16_amp_scaler(prepared: Path, work: Path, steps: int, batch: int) -> dict[
     from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG
 
     output = work / "kit_fp16"
-    command = [PY, "train_ruslan_glowtts.py", "--preset", "stable", "--dataset-path", str(prepared), "--max-steps",
-               str(steps), "--output-path", str(output), "--set", "precision=fp16", "--set", f"batch_size={batch}",
-               *KIT_FLAGS]
+    command = [
+        PY,
+        "train_ruslan_glowtts.py",
+        "--preset",
+        "stable",
+        "--dataset-path",
+        str(prepared),
+        "--max-steps",
+        str(steps),
+        "--output-path",
+        str(output),
+        "--set",
+        "precision=fp16",
+        "--set",
+        f"batch_size={batch}",
+        *KIT_FLAGS,
+    ]
     code = subprocess.call(command, cwd=REPO)
     run_dirs = [p for p in output.iterdir() if p.is_dir()] if output.is_dir() else []
     if len(run_dirs) != 1:
         return {"exit_code": code, "ok": False, "run_dirs": [str(p) for p in run_dirs]}
     (run_dir,) = run_dirs
     scale = read_run(run_dir).scalars.get(AMP_SCALER_TAG)
-    result = {"exit_code": code, "amp_scaler_points": 0 if scale is None else len(scale.values),
-              "diagnose_sees_fp16": bool(run_context(run_dir)["fp16"] and scale is not None),
-              "verdict": diagnose(run_dir).verdict}
+    result = {
+        "exit_code": code,
+        "amp_scaler_points": 0 if scale is None else len(scale.values),
+        "diagnose_sees_fp16": bool(run_context(run_dir)["fp16"] and scale is not None),
+        "verdict": diagnose(run_dir).verdict,
+    }
     result["ok"] = code == 0 and result["amp_scaler_points"] > 0 and result["diagnose_sees_fp16"]
     return result
 
@@ -467,16 +632,24 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2000, help="generated utterances (RUSLAN's length spread)")
     p.add_argument("--curve-steps", type=int, default=300, help="steps of each entry-point run (0: skip them)")
     p.add_argument("--timed", type=int, default=30, help="timed steps per variant in the step matrix (0: skip it)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed passes over the timed batches first (compiles, "
-                   "CUDA graph recordings, cudnn's choices)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed passes over the timed batches first (compiles, CUDA graph recordings, cudnn's choices)",
+    )
     p.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--only-fp16", action="store_true", help="only the fp16 amp_scaler check")
     p.add_argument("--part", help=argparse.SUPPRESS)  # KIND:PRECISION, one process of the step matrix
     p.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--tiny", action="store_true", help="the tests' tiny model in the step matrix and the kit's "
-                   "curves (a quick self-check of this script on a CPU; the stock curve stays full-size)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tests' tiny model in the step matrix and the kit's "
+        "curves (a quick self-check of this script on a CPU; the stock curve stays full-size)",
+    )
     args = p.parse_args()
     if args.part:
         kind, precision = args.part.split(":")
@@ -490,13 +663,34 @@ def main() -> None:
     print(f"device: {device}; torch {torch.__version__}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    results: dict[str, Any] = {"device": device, "torch": torch.__version__, "files": args.files,
-                               "timed": args.timed, "warmup": args.warmup}
+    results: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "files": args.files,
+        "timed": args.timed,
+        "warmup": args.warmup,
+    }
     started = time.perf_counter()
     batching.make_length_corpus(work / "src", args.files, seed=0)
-    subprocess.run([PY, "-m", "ruslan_glowtts.prepare", "--src", str(work / "src"), "--dst", str(work / "prepared"),
-                    "--jobs", str(args.jobs), "--max-duration", "16"], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "ruslan_glowtts.prepare",
+            "--src",
+            str(work / "src"),
+            "--dst",
+            str(work / "prepared"),
+            "--jobs",
+            str(args.jobs),
+            "--max-duration",
+            "16",
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     prepared = work / "prepared"
     results["corpus_s"] = round(time.perf_counter() - started, 1)
     print(f"corpus: {args.files} utterances prepared in {results['corpus_s']} s", flush=True)

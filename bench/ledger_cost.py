@@ -38,8 +38,15 @@ def measure(config: Any, batch: int, steps: int) -> dict[str, Any]:
     resolve_precision(config)  # as train() does: no bf16 autocast on a CPU
     samples, _ = load_tts_samples(config, eval_split=False)
     torch.manual_seed(0)
-    trainer = KitTrainer(TrainerArgs(), config, config.output_path, model=RuslanGlowTTS(config),
-                         train_samples=samples, eval_samples=samples[:1], parse_command_line_args=False)
+    trainer = KitTrainer(
+        TrainerArgs(),
+        config,
+        config.output_path,
+        model=RuslanGlowTTS(config),
+        train_samples=samples,
+        eval_samples=samples[:1],
+        parse_command_line_args=False,
+    )
     data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
     trainer.total_steps_done = 1  # optimize() does not advance it; stay off the checkpoint boundary
     spent = [0.0]
@@ -76,36 +83,57 @@ def measure(config: Any, batch: int, steps: int) -> dict[str, Any]:
     trainer.dashboard_logger.finish()
     coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
     shares = sorted(b / a for a, b in zip(step_s, ledger_s, strict=True))
-    return {"step_s": statistics.median(step_s), "ledger_s": statistics.median(ledger_s),
-            "ledger_max_s": max(ledger_s), "terms_s": terms_s, "share": statistics.median(shares),
-            "share_max": shares[-1], "steps": len(step_s), "batch": batch,
-            "bytes_per_sighting": path.stat().st_size / max(len(lines), 1), "threads": torch.get_num_threads(),
-            "frames": int(data["mel_lengths"].max())}
+    return {
+        "step_s": statistics.median(step_s),
+        "ledger_s": statistics.median(ledger_s),
+        "ledger_max_s": max(ledger_s),
+        "terms_s": terms_s,
+        "share": statistics.median(shares),
+        "share_max": shares[-1],
+        "steps": len(step_s),
+        "batch": batch,
+        "bytes_per_sighting": path.stat().st_size / max(len(lines), 1),
+        "threads": torch.get_num_threads(),
+        "frames": int(data["mel_lengths"].max()),
+    }
 
 
 def section(r: dict[str, Any], machine: str, quick: bool) -> str:
     ruslan_mb = r["bytes_per_sighting"] * 32 * 100_000 / 2**20
     lines = [
-        "## 7. Utterance ledger", "",
-        (f"`{'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] + ' ' if os.environ.get('OMP_NUM_THREADS') else ''}"
-        f"python bench/run.py ledger{' --quick' if quick else ''}` (bench/ledger_cost.py) writes this section; "
-        f"{machine}. Full-size GlowTTS, fp32 on CPU ({r['threads']} torch thread(s)), batch {r['batch']} (longest "
-        f"utterance {r['frames']} mel frames), {r['steps']} steps of `KitTrainer.optimize` on one batch; the ledger's own call "
-        "(`UtteranceLedger.record`: the per-sample terms, the host copy, formatting, one `os.write`) timed inside "
-        "each step."), "",
-        "| | |", "|---|---|",
+        "## 7. Utterance ledger",
+        "",
+        (
+            f"`{'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] + ' ' if os.environ.get('OMP_NUM_THREADS') else ''}"
+            f"python bench/run.py ledger{' --quick' if quick else ''}` (bench/ledger_cost.py) writes this section; "
+            f"{machine}. Full-size GlowTTS, fp32 on CPU ({r['threads']} torch thread(s)), batch {r['batch']} (longest "
+            f"utterance {r['frames']} mel frames), {r['steps']} steps of `KitTrainer.optimize` on one batch; the ledger's own call "
+            "(`UtteranceLedger.record`: the per-sample terms, the host copy, formatting, one `os.write`) timed inside "
+            "each step."
+        ),
+        "",
+        "| | |",
+        "|---|---|",
         f"| optimize(), median | {r['step_s'] * 1000:.0f} ms |",
         f"| the ledger in it, median (max) | {r['ledger_s'] * 1000:.2f} ms ({r['ledger_max_s'] * 1000:.2f} ms) |",
-        (f"| share of the step, median (max) | {r['share']:.3%} ({r['share_max']:.3%}): "
-        f"{'met' if r['share'] <= 0.01 else 'missed'} (target <= 1 %) |"),
+        (
+            f"| share of the step, median (max) | {r['share']:.3%} ({r['share_max']:.3%}): "
+            f"{'met' if r['share'] <= 0.01 else 'missed'} (target <= 1 %) |"
+        ),
         f"| of which the per-sample terms | {r['terms_s'] * 1000:.2f} ms |",
-        (f"| file size | {r['bytes_per_sighting']:.0f} bytes per utterance per update; e.g. ~{ruslan_mb:.0f} MB per rank "
-        "for 100,000 updates at batch 32 |"), "",
-        ("On a GPU the step never waits for the ledger: the terms are computed on the device, copied to pinned "
-        "host memory with `non_blocking=True`, and a CUDA event is recorded; the lines are written once "
-        "`event.query()` says the copy is done (checked at the next update, never waited for), and only "
-        "`flush`/`close` (end of the run) wait. No `.item()`, `.tolist()` or `float()` touches a device tensor "
-        "in the step (ruslan_glowtts/monitor/ledger.py)."), "",
+        (
+            f"| file size | {r['bytes_per_sighting']:.0f} bytes per utterance per update; e.g. ~{ruslan_mb:.0f} MB per rank "
+            "for 100,000 updates at batch 32 |"
+        ),
+        "",
+        (
+            "On a GPU the step never waits for the ledger: the terms are computed on the device, copied to pinned "
+            "host memory with `non_blocking=True`, and a CUDA event is recorded; the lines are written once "
+            "`event.query()` says the copy is done (checked at the next update, never waited for), and only "
+            "`flush`/`close` (end of the run) wait. No `.item()`, `.tolist()` or `float()` touches a device tensor "
+            "in the step (ruslan_glowtts/monitor/ledger.py)."
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -117,7 +145,7 @@ def write_section(doc: Path, text: str) -> None:
     start = current.find("## 7. Utterance ledger")
     if start >= 0:
         end = current.find("\n## ", start + 1)
-        current = current[:start] + text + (current[end + 1:] if end >= 0 else "")
+        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
     elif (gpu := current.find("## GPU")) >= 0:
         current = current[:gpu] + text + current[gpu:]
     else:

@@ -70,8 +70,17 @@ def children_cpu() -> float:
 
 
 def run_prepare(src: Path, dst: Path, jobs: int) -> dict[str, Any]:
-    command = [sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst),
-               "--jobs", str(jobs)]
+    command = [
+        sys.executable,
+        "-m",
+        "ruslan_glowtts.prepare",
+        "--src",
+        str(src),
+        "--dst",
+        str(dst),
+        "--jobs",
+        str(jobs),
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak_tree = 0

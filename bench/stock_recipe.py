@@ -41,15 +41,19 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many trainer steps (benchmarks)")
     p.add_argument("--resample", action="store_true", help="audio.resample = true (44.1 kHz input)")
     p.add_argument("--sample-rate", type=int, default=22050)
-    p.add_argument("--matched", action="store_true",
-                   help="for loss curves beside the kit's: warmup counted in steps (scheduler_after_epoch = "
-                        "false) and shuffled batches; everything else stays Coqui's")
+    p.add_argument(
+        "--matched",
+        action="store_true",
+        help="for loss curves beside the kit's: warmup counted in steps (scheduler_after_epoch = "
+        "false) and shuffled batches; everything else stays Coqui's",
+    )
     p.add_argument("--seed", type=int, default=54321, help="Coqui's training_seed")
     p.add_argument("--mixed-precision", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args()
 
-    dataset_config = BaseDatasetConfig(formatter="ruslan", meta_file_train="metadata_RUSLAN_22200.csv",
-                                       path=args.dataset_path)
+    dataset_config = BaseDatasetConfig(
+        formatter="ruslan", meta_file_train="metadata_RUSLAN_22200.csv", path=args.dataset_path
+    )
     config = GlowTTSConfig(
         batch_size=args.batch_size,
         eval_batch_size=16,
@@ -85,9 +89,16 @@ def main() -> None:
             trainer.dashboard_logger.flush()
             os._exit(0)  # the stock Trainer has no max-steps; leave without its interrupt handling
 
-    trainer = Trainer(TrainerArgs(), config, args.output_path, model=model, train_samples=train_samples,
-                      eval_samples=eval_samples, parse_command_line_args=False,
-                      callbacks={"on_train_step_end": stop_at_max_steps})
+    trainer = Trainer(
+        TrainerArgs(),
+        config,
+        args.output_path,
+        model=model,
+        train_samples=train_samples,
+        eval_samples=eval_samples,
+        parse_command_line_args=False,
+        callbacks={"on_train_step_end": stop_at_max_steps},
+    )
     trainer.fit()
 
 

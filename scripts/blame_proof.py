@@ -49,11 +49,26 @@ UNFITTABLE = ("partial", "overlong", "reversed", "noise")
 # The tests' tiny GlowTTS (tests/helpers.py TINY_MODEL) at a learning rate that makes the loss
 # fall within a few hundred steps; figures and audio only every 1000 steps (they cost more
 # than the step itself).
-TINY = ["hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=32", "num_flow_blocks_dec=2",
-        "num_block_layers=2", "encoder_params.num_layers=1", "encoder_params.hidden_channels_ffn=64",
-        "data_dep_init_steps=2", "batch_size=4", "eval_batch_size=4", "num_loader_workers=0",
-        "num_eval_loader_workers=0", "test_delay_epochs=100000", "plot_step=1000", "print_step=1000",
-        "run_eval=false", "lr=1e-3", "lr_scheduler_params.warmup_steps=100"]
+TINY = [
+    "hidden_channels_enc=32",
+    "hidden_channels_dec=32",
+    "hidden_channels_dp=32",
+    "num_flow_blocks_dec=2",
+    "num_block_layers=2",
+    "encoder_params.num_layers=1",
+    "encoder_params.hidden_channels_ffn=64",
+    "data_dep_init_steps=2",
+    "batch_size=4",
+    "eval_batch_size=4",
+    "num_loader_workers=0",
+    "num_eval_loader_workers=0",
+    "test_delay_epochs=100000",
+    "plot_step=1000",
+    "print_step=1000",
+    "run_eval=false",
+    "lr=1e-3",
+    "lr_scheduler_params.warmup_steps=100",
+]
 
 
 @dataclass
@@ -121,8 +136,13 @@ def make_corpus(root: Path, *, plants: bool = True, seed: int = 0) -> Corpus:
         a, b = extra[6]
         wav, text = pair(a, b)
         lengths = [len(pair(*p)[0]) for p in pairs[:CLEAN]]
-        other = pairs[int(np.argmin([abs(n - len(wav)) if p != (a, b) else 1 << 40
-                                     for n, p in zip(lengths, pairs[:CLEAN], strict=True)]))]
+        other = pairs[
+            int(
+                np.argmin(
+                    [abs(n - len(wav)) if p != (a, b) else 1 << 40 for n, p in zip(lengths, pairs[:CLEAN], strict=True)]
+                )
+            )
+        ]
         add(pair(*other)[0], text, "swapped")
     (root / META).write_text("".join(lines), encoding="utf-8")
     return corpus
@@ -142,8 +162,9 @@ def _run(command: list[str], *, timeout: int = 1800) -> subprocess.CompletedProc
 def prepare(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
     # One job: 47 files take seconds, and no worker pool is forked (under a heavy load a forked
     # worker was once seen stuck on a lock it inherited, and the proof waited for it forever).
-    done = _run([sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst),
-                 "--jobs", "1", *extra])
+    done = _run(
+        [sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst), "--jobs", "1", *extra]
+    )
     if done.returncode != 0:
         raise RuntimeError(f"prepare failed ({done.returncode}): {done.stderr[-2000:]}")
     return done
@@ -151,8 +172,24 @@ def prepare(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def train(dataset: Path, output: Path, *, seed: int, steps: int, extra: tuple[str, ...] = ()) -> Path:
     sets = [arg for option in TINY for arg in ("--set", option)]
-    done = _run([sys.executable, "train_ruslan_glowtts.py", "--preset", "default", "--dataset-path", str(dataset),
-                 "--output-path", str(output), "--max-steps", str(steps), "--seed", str(seed), *sets, *extra])
+    done = _run(
+        [
+            sys.executable,
+            "train_ruslan_glowtts.py",
+            "--preset",
+            "default",
+            "--dataset-path",
+            str(dataset),
+            "--output-path",
+            str(output),
+            "--max-steps",
+            str(steps),
+            "--seed",
+            str(seed),
+            *sets,
+            *extra,
+        ]
+    )
     if done.returncode != 0:
         raise RuntimeError(f"training failed ({done.returncode}): {done.stderr[-3000:]}")
     (run,) = [p for p in output.iterdir() if p.is_dir()]
@@ -178,14 +215,18 @@ def score(suspects: dict[str, Any], corpus: Corpus) -> dict[str, Any]:
     outliers are its head above the listing threshold), and what was listed."""
     ranked = [row["id"] for row in suspects["ranking"]]
     listed = [row["id"] for row in suspects["loss_outliers"]]
-    return {"precision_at_k": precision_at_k(ranked, corpus.unfittable),
-            "rank": {id_: (ranked.index(id_) + 1 if id_ in ranked else None) for id_ in corpus.planted},
-            "z": {row["id"]: row["score"] for row in suspects["ranking"] if row["id"] in corpus.planted},
-            "listed": listed, "listed_planted": [i for i in listed if i in corpus.planted],
-            "listed_clean": [i for i in listed if i not in corpus.planted],
-            "best_clean_z": max((row["score"] for row in suspects["ranking"] if row["id"] not in corpus.planted),
-                                default=None),
-            "spike_suspects": [row["id"] for row in suspects["spike_suspects"]]}
+    return {
+        "precision_at_k": precision_at_k(ranked, corpus.unfittable),
+        "rank": {id_: (ranked.index(id_) + 1 if id_ in ranked else None) for id_ in corpus.planted},
+        "z": {row["id"]: row["score"] for row in suspects["ranking"] if row["id"] in corpus.planted},
+        "listed": listed,
+        "listed_planted": [i for i in listed if i in corpus.planted],
+        "listed_clean": [i for i in listed if i not in corpus.planted],
+        "best_clean_z": max(
+            (row["score"] for row in suspects["ranking"] if row["id"] not in corpus.planted), default=None
+        ),
+        "spike_suspects": [row["id"] for row in suspects["spike_suspects"]],
+    }
 
 
 def clean_loss(run: Path, clean_ids: set[str], last_steps: int) -> dict[str, float]:
@@ -215,7 +256,7 @@ def clean_loss_at_sightings(runs: list[Path], clean_ids: set[str], last: int = 5
         order = np.argsort(ledger.step, kind="stable")
         per_run.append({id_: (ledger.nll + ledger.dur)[order][ids[order] == id_] for id_ in clean_ids})
     k = min(len(values) for run in per_run for values in run.values())
-    return [float(np.mean([values[k - last:k].mean() for values in run.values()])) for run in per_run] + [k]
+    return [float(np.mean([values[k - last : k].mean() for values in run.values()])) for run in per_run] + [k]
 
 
 def flagged_updates(run: Path) -> int:
@@ -224,8 +265,9 @@ def flagged_updates(run: Path) -> int:
     return len(read_ledgers(ledger_files([run])).flags)
 
 
-def prove(work: Path, *, steps: int, seeds: tuple[int, ...] = (1, 2), retrain: bool = True,
-          log: Any = print) -> dict[str, Any]:
+def prove(
+    work: Path, *, steps: int, seeds: tuple[int, ...] = (1, 2), retrain: bool = True, log: Any = print
+) -> dict[str, Any]:
     """Everything the docs page reports, measured now."""
     started = time.monotonic()
     planted = make_corpus(work / "planted_src")
@@ -235,20 +277,34 @@ def prove(work: Path, *, steps: int, seeds: tuple[int, ...] = (1, 2), retrain: b
     prepare(clean.root, work / "clean")
     report = json.loads((prepared / "report.json").read_text(encoding="utf-8"))
     problems = {f["id"]: [p["code"] for p in f["problems"]] for f in report["files"] if f.get("problems")}
-    result: dict[str, Any] = {"steps": steps, "planted": planted.planted, "k": len(planted.unfittable),
-                              "utterances": report["summary"]["usable"], "prepare_problems": problems,
-                              "prepare_summary": prepare_out.stdout.strip().splitlines()[:3], "seeds": {}}
-    clean_ids = {line.split("|")[0] for line in (prepared / META).read_text(encoding="utf-8").splitlines()
-                 if line.split("|")[0] not in planted.planted}
+    result: dict[str, Any] = {
+        "steps": steps,
+        "planted": planted.planted,
+        "k": len(planted.unfittable),
+        "utterances": report["summary"]["usable"],
+        "prepare_problems": problems,
+        "prepare_summary": prepare_out.stdout.strip().splitlines()[:3],
+        "seeds": {},
+    }
+    clean_ids = {
+        line.split("|")[0]
+        for line in (prepared / META).read_text(encoding="utf-8").splitlines()
+        if line.split("|")[0] not in planted.planted
+    }
     for seed in seeds:
         log(f"seed {seed}: training {steps} steps on the planted corpus")
         run = train(prepared, work / f"runs_seed{seed}", seed=seed, steps=steps)
         code, text, data = diagnose(run)
-        result["seeds"][seed] = {"run": str(run), "exit_code": code, "text": text, "suspects": data["suspects"],
-                                 **score(data["suspects"], planted),
-                                 "clean_loss": clean_loss(run, clean_ids, steps // 4),
-                                 "flagged_updates": flagged_updates(run),
-                                 "max_grad_norm": data["stats"].get("grad_norm", {}).get("max")}
+        result["seeds"][seed] = {
+            "run": str(run),
+            "exit_code": code,
+            "text": text,
+            "suspects": data["suspects"],
+            **score(data["suspects"], planted),
+            "clean_loss": clean_loss(run, clean_ids, steps // 4),
+            "flagged_updates": flagged_updates(run),
+            "max_grad_norm": data["stats"].get("grad_norm", {}).get("max"),
+        }
     log(f"clean corpus: training {steps} steps")
     clean_run = train(work / "clean", work / "runs_clean", seed=seeds[0], steps=steps)
     code, text, data = diagnose(clean_run)
@@ -257,15 +313,23 @@ def prove(work: Path, *, steps: int, seeds: tuple[int, ...] = (1, 2), retrain: b
         first = result["seeds"][seeds[0]]
         suspects_file = Path(first["run"]) / "suspects.txt"
         log(f"seed {seeds[0]}: retraining with --exclude-utterances {suspects_file}")
-        again = train(prepared, work / "runs_excluded", seed=seeds[0], steps=steps,
-                      extra=("--exclude-utterances", str(suspects_file)))
+        again = train(
+            prepared,
+            work / "runs_excluded",
+            seed=seeds[0],
+            steps=steps,
+            extra=("--exclude-utterances", str(suspects_file)),
+        )
         meta = json.loads((again / "run.json").read_text(encoding="utf-8"))
         *matched, sightings = clean_loss_at_sightings([Path(first["run"]), again], clean_ids)
-        result["retrain"] = {"run": str(again), "exclusion": meta.get("exclude_utterances"),
-                             "suspects_file": suspects_file.read_text(encoding="utf-8"),
-                             "clean_loss": clean_loss(again, clean_ids, steps // 4),
-                             "matched": {"before": matched[0], "after": matched[1], "sightings": sightings},
-                             "flagged_updates": flagged_updates(again)}
+        result["retrain"] = {
+            "run": str(again),
+            "exclusion": meta.get("exclude_utterances"),
+            "suspects_file": suspects_file.read_text(encoding="utf-8"),
+            "clean_loss": clean_loss(again, clean_ids, steps // 4),
+            "matched": {"before": matched[0], "after": matched[1], "sightings": sightings},
+            "flagged_updates": flagged_updates(again),
+        }
     result["seconds"] = round(time.monotonic() - started)
     return result
 
@@ -283,69 +347,128 @@ def page(r: dict[str, Any], work: Path, command: str) -> str:
     seeds = list(r["seeds"])
     kinds = ", ".join(f"`{id_}` {kind}" for id_, kind in r["planted"].items())
     lines = [
-        "# Blame the data: planted faults", "",
-        (f"Made by `{command}` ({r['seconds'] // 60} min {r['seconds'] % 60} s here); every number and "
-        "output below is from that run. The corpus, the training and the comparison are described in "
-        "`scripts/blame_proof.py`; `tests/test_suspects.py` runs the same proof (same steps and seeds) once per "
-        "test session and checks the goals below."), "",
-        (f"Corpus: {r['utterances']} utterances prepared by `python -m ruslan_glowtts.prepare`: "
-        f"{r['utterances'] - len(r['planted'])} clean (two espeak-ng sentences each) and "
-        f"{len(r['planted'])} planted: {kinds}. "
-        f"k = {r['k']} of them cannot be fitted to their text (partial, overlong, reversed, noise); "
-        "the swapped one can be learnt by heart and is reported apart."), "",
-        "What prepare's per-file checks said about the planted ones (all are trained on):", "",
+        "# Blame the data: planted faults",
+        "",
+        (
+            f"Made by `{command}` ({r['seconds'] // 60} min {r['seconds'] % 60} s here); every number and "
+            "output below is from that run. The corpus, the training and the comparison are described in "
+            "`scripts/blame_proof.py`; `tests/test_suspects.py` runs the same proof (same steps and seeds) once per "
+            "test session and checks the goals below."
+        ),
+        "",
+        (
+            f"Corpus: {r['utterances']} utterances prepared by `python -m ruslan_glowtts.prepare`: "
+            f"{r['utterances'] - len(r['planted'])} clean (two espeak-ng sentences each) and "
+            f"{len(r['planted'])} planted: {kinds}. "
+            f"k = {r['k']} of them cannot be fitted to their text (partial, overlong, reversed, noise); "
+            "the swapped one can be learnt by heart and is reported apart."
+        ),
+        "",
+        "What prepare's per-file checks said about the planted ones (all are trained on):",
+        "",
     ]
-    lines += [f"- `{id_}` ({kind}): {', '.join(r['prepare_problems'].get(id_, [])) or 'no problem'}"
-              for id_, kind in r["planted"].items()]
-    lines += ["", (f"Training: the tests' tiny GlowTTS, preset default with lr 1e-3 and a 100-step warmup, batch 4, "
-              f"{r['steps']} steps, CPU, one thread."), "", "## Result", "",
-              ("Precision at k is taken on diagnose's loss ranking (every utterance seen often enough, by its "
-              "largest |robust z|); the listed loss outliers (suspects.txt) are the head of that ranking with "
-              "|z| >= 3 that stayed on their side of the corpus."), "",
-              "| | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    lines.append(f"| precision at k = {r['k']} | "
-                 + " | ".join(f"{r['seeds'][s]['precision_at_k']:.2f}" for s in seeds) + " |")
-    lines.append("| listed loss outliers: planted / clean | " + " | ".join(
-        f"{len(r['seeds'][s]['listed_planted'])} / {len(r['seeds'][s]['listed_clean'])}" for s in seeds) + " |")
-    lines.append("| highest clean utterance, \\|z\\| | " + " | ".join(
-        f"{r['seeds'][s]['best_clean_z']:.1f}" for s in seeds) + " |")
+    lines += [
+        f"- `{id_}` ({kind}): {', '.join(r['prepare_problems'].get(id_, [])) or 'no problem'}"
+        for id_, kind in r["planted"].items()
+    ]
+    lines += [
+        "",
+        (
+            f"Training: the tests' tiny GlowTTS, preset default with lr 1e-3 and a 100-step warmup, batch 4, "
+            f"{r['steps']} steps, CPU, one thread."
+        ),
+        "",
+        "## Result",
+        "",
+        (
+            "Precision at k is taken on diagnose's loss ranking (every utterance seen often enough, by its "
+            "largest |robust z|); the listed loss outliers (suspects.txt) are the head of that ranking with "
+            "|z| >= 3 that stayed on their side of the corpus."
+        ),
+        "",
+        "| | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    lines.append(
+        f"| precision at k = {r['k']} | " + " | ".join(f"{r['seeds'][s]['precision_at_k']:.2f}" for s in seeds) + " |"
+    )
+    lines.append(
+        "| listed loss outliers: planted / clean | "
+        + " | ".join(f"{len(r['seeds'][s]['listed_planted'])} / {len(r['seeds'][s]['listed_clean'])}" for s in seeds)
+        + " |"
+    )
+    lines.append(
+        "| highest clean utterance, \\|z\\| | "
+        + " | ".join(f"{r['seeds'][s]['best_clean_z']:.1f}" for s in seeds)
+        + " |"
+    )
     for id_, kind in r["planted"].items():
         cells = []
         for s in seeds:
             seed = r["seeds"][s]
             rank, z = seed["rank"].get(id_), seed["z"].get(id_)
-            cells.append((f"rank {rank}, \\|z\\| {z:.1f}" if rank else "not ranked")
-                         + (", listed" if id_ in seed["listed"] else ""))
+            cells.append(
+                (f"rank {rank}, \\|z\\| {z:.1f}" if rank else "not ranked")
+                + (", listed" if id_ in seed["listed"] else "")
+            )
         lines.append(f"| `{id_}` {kind} | " + " | ".join(cells) + " |")
-    lines.append("| spike suspects | " + " | ".join(
-        ", ".join(r["seeds"][s]["spike_suspects"]) or "none" for s in seeds) + " |")
-    lines.append("| flagged updates (guard) | " + " | ".join(str(r["seeds"][s]["flagged_updates"]) for s in seeds)
-                 + " |")
+    lines.append(
+        "| spike suspects | " + " | ".join(", ".join(r["seeds"][s]["spike_suspects"]) or "none" for s in seeds) + " |"
+    )
+    lines.append(
+        "| flagged updates (guard) | " + " | ".join(str(r["seeds"][s]["flagged_updates"]) for s in seeds) + " |"
+    )
     clean = r["clean"]["suspects"]
-    lines += ["", (f"Clean corpus (the same {r['utterances'] - len(r['planted'])} clean utterances alone, seed "
-              f"{seeds[0]}): {len(clean['loss_outliers'])} loss outliers, {len(clean['spike_suspects'])} spike "
-              f"suspects; evidence: {clean['evidence']}.")]
+    lines += [
+        "",
+        (
+            f"Clean corpus (the same {r['utterances'] - len(r['planted'])} clean utterances alone, seed "
+            f"{seeds[0]}): {len(clean['loss_outliers'])} loss outliers, {len(clean['spike_suspects'])} spike "
+            f"suspects; evidence: {clean['evidence']}."
+        ),
+    ]
     lines += ["", "## What it shows", ""] + _findings(r, seeds)
     if "retrain" in r:
         before, after = r["seeds"][seeds[0]]["clean_loss"], r["retrain"]["clean_loss"]
         matched = r["retrain"]["matched"]
         excluded = r["retrain"]["exclusion"] or {}
-        lines += ["", "## Retraining without the suspects", "",
-                  (f"Seed {seeds[0]} again, same settings, with `--exclude-utterances suspects.txt` "
-                  f"({excluded.get('excluded', 0)} utterances left out). Loss on the clean utterances, from the "
-                  "ledgers (what the model scored on them while training):"), "",
-                  ("| | loss (NLL + duration), last "
-                  f"{r['steps'] // 4} steps | per-frame NLL | duration loss | loss at the same exposure (sightings "
-                  f"{matched['sightings'] - 4}-{matched['sightings']} of each clean utterance) | flagged updates |"),
-                  "|---|---|---|---|---|---|",
-                  (f"| with the planted utterances | {before['loss']:.4f} | {before['nll']:.4f} | {before['dur']:.4f} | "
-                  f"{matched['before']:.4f} | {r['seeds'][seeds[0]]['flagged_updates']} |"),
-                  (f"| with diagnose's exclusions | {after['loss']:.4f} | {after['nll']:.4f} | {after['dur']:.4f} | "
-                  f"{matched['after']:.4f} | {r['retrain']['flagged_updates']} |"), "",
-                  ("In as many steps, the run without the suspects passes over its smaller corpus more often; the "
-                  "same-exposure column compares each clean utterance after the same number of sightings in both "
-                  "runs, so that this is not counted as a gain."), "",
-                  "suspects.txt as diagnose wrote it:", "", "```", r["retrain"]["suspects_file"].rstrip(), "```"]
+        lines += [
+            "",
+            "## Retraining without the suspects",
+            "",
+            (
+                f"Seed {seeds[0]} again, same settings, with `--exclude-utterances suspects.txt` "
+                f"({excluded.get('excluded', 0)} utterances left out). Loss on the clean utterances, from the "
+                "ledgers (what the model scored on them while training):"
+            ),
+            "",
+            (
+                "| | loss (NLL + duration), last "
+                f"{r['steps'] // 4} steps | per-frame NLL | duration loss | loss at the same exposure (sightings "
+                f"{matched['sightings'] - 4}-{matched['sightings']} of each clean utterance) | flagged updates |"
+            ),
+            "|---|---|---|---|---|---|",
+            (
+                f"| with the planted utterances | {before['loss']:.4f} | {before['nll']:.4f} | {before['dur']:.4f} | "
+                f"{matched['before']:.4f} | {r['seeds'][seeds[0]]['flagged_updates']} |"
+            ),
+            (
+                f"| with diagnose's exclusions | {after['loss']:.4f} | {after['nll']:.4f} | {after['dur']:.4f} | "
+                f"{matched['after']:.4f} | {r['retrain']['flagged_updates']} |"
+            ),
+            "",
+            (
+                "In as many steps, the run without the suspects passes over its smaller corpus more often; the "
+                "same-exposure column compares each clean utterance after the same number of sightings in both "
+                "runs, so that this is not counted as a gain."
+            ),
+            "",
+            "suspects.txt as diagnose wrote it:",
+            "",
+            "```",
+            r["retrain"]["suspects_file"].rstrip(),
+            "```",
+        ]
     for s in seeds:
         lines += ["", f"## diagnose, seed {s}", "", "```", _tail(r["seeds"][s]["text"], root), "```"]
     lines += ["", "## diagnose, clean corpus", "", "```", _tail(r["clean"]["text"], root), "```", ""]
@@ -358,26 +481,46 @@ def _findings(r: dict[str, Any], seeds: list[int]) -> list[str]:
     for s in seeds:
         seed = r["seeds"][s]
         listed = [f"{r['planted'][i]} `{i}`" for i in seed["listed_planted"]]
-        missed = [f"{r['planted'][i]} `{i}` (rank {seed['rank'][i]}, |z| {seed['z'].get(i, float('nan')):.1f})"
-                  for i in r["planted"] if i not in seed["listed"] and r["planted"][i] in UNFITTABLE]
-        out.append(f"- Seed {s}: precision at k = {r['k']} is {seed['precision_at_k']:.2f}; listed: "
-                   f"{', '.join(listed) or 'none'}; {len(seed['listed_clean'])} clean utterance(s) listed. "
-                   + (f"Not listed: {', '.join(missed)}, against clean utterances up to |z| "
-                      f"{seed['best_clean_z']:.1f}." if missed else "Every unfittable plant is listed."))
+        missed = [
+            f"{r['planted'][i]} `{i}` (rank {seed['rank'][i]}, |z| {seed['z'].get(i, float('nan')):.1f})"
+            for i in r["planted"]
+            if i not in seed["listed"] and r["planted"][i] in UNFITTABLE
+        ]
+        out.append(
+            f"- Seed {s}: precision at k = {r['k']} is {seed['precision_at_k']:.2f}; listed: "
+            f"{', '.join(listed) or 'none'}; {len(seed['listed_clean'])} clean utterance(s) listed. "
+            + (
+                f"Not listed: {', '.join(missed)}, against clean utterances up to |z| {seed['best_clean_z']:.1f}."
+                if missed
+                else "Every unfittable plant is listed."
+            )
+        )
         if seed["flagged_updates"]:
-            out.append(f"  Its guard flagged {seed['flagged_updates']} updates (grad_norm up to "
-                       f"{seed['max_grad_norm']:.0f}); spike suspects: "
-                       f"{', '.join(seed['spike_suspects']) or 'none, no utterance is in them more often than chance'}.")
+            out.append(
+                f"  Its guard flagged {seed['flagged_updates']} updates (grad_norm up to "
+                f"{seed['max_grad_norm']:.0f}); spike suspects: "
+                f"{', '.join(seed['spike_suspects']) or 'none, no utterance is in them more often than chance'}."
+            )
     swapped = [i for i, kind in r["planted"].items() if kind == "swapped"]
     for i in swapped:
-        out.append(f"- The swapped utterance `{i}` ranks " + ", ".join(
-            f"{r['seeds'][s]['rank'][i]} (|z| {r['seeds'][s]['z'].get(i, float('nan')):.1f})" for s in seeds)
-            + ": " + ("found." if any(i in r["seeds"][s]["listed"] for s in seeds) else
-                      "not found; its audio is speech of the right length, which this small model learns by heart."))
-    out.append("- Which term caught what: a transcript covering part of its audio gives each token too many "
-               "frames (duration loss far above the corpus); a text much longer than its audio, and noise (no "
-               "speech for the alignment to follow), give the tokens far fewer frames than the duration predictor "
-               "expects (duration loss far below); so both directions of both terms count.")
+        out.append(
+            f"- The swapped utterance `{i}` ranks "
+            + ", ".join(
+                f"{r['seeds'][s]['rank'][i]} (|z| {r['seeds'][s]['z'].get(i, float('nan')):.1f})" for s in seeds
+            )
+            + ": "
+            + (
+                "found."
+                if any(i in r["seeds"][s]["listed"] for s in seeds)
+                else "not found; its audio is speech of the right length, which this small model learns by heart."
+            )
+        )
+    out.append(
+        "- Which term caught what: a transcript covering part of its audio gives each token too many "
+        "frames (duration loss far above the corpus); a text much longer than its audio, and noise (no "
+        "speech for the alignment to follow), give the tokens far fewer frames than the duration predictor "
+        "expects (duration loss far below); so both directions of both terms count."
+    )
     return out
 
 

@@ -57,12 +57,20 @@ def guard_replay(run_dir: Path) -> tuple[list[Alarm], str, int, int]:
     tag, grad = events.get("Health/grad_norm", "TrainIterStats/grad_norm")
     loss = events.get("TrainIterStats/loss")
     losses = dict(zip(loss[1].steps.tolist(), loss[1].values.tolist(), strict=True)) if loss else {}
-    every = max(int(sorted(b - a for a, b in zip(grad.steps[:-1], grad.steps[1:]))[(len(grad) - 1) // 2]), 1) \
-        if len(grad) > 1 else 1
+    every = (
+        max(int(sorted(b - a for a, b in zip(grad.steps[:-1], grad.steps[1:]))[(len(grad) - 1) // 2]), 1)
+        if len(grad) > 1
+        else 1
+    )
     values = [math.nan if v == 0 else v for v in grad.values.tolist()]
     settings: RuleSettings = DEFAULTS.for_points(every)
-    alarms, _ = replay(values, settings, steps=grad.steps.tolist(),
-                       losses=[losses.get(s) for s in grad.steps.tolist()], realarm_after=GUARD_REALARM)
+    alarms, _ = replay(
+        values,
+        settings,
+        steps=grad.steps.tolist(),
+        losses=[losses.get(s) for s in grad.steps.tolist()],
+        realarm_after=GUARD_REALARM,
+    )
     return alarms, tag, every, int(grad.steps[-1])
 
 
@@ -100,22 +108,31 @@ def render(judged: list[Judged]) -> str:
         clip = "none" if j.process["grad_clip"] >= 1e5 else f"{j.process['grad_clip']:g}"
         what = j.label["what"] + (f" at step {j.label['onset_step']}" if j.label.get("onset_step") is not None else "")
         alarm = f"step {j.guard_alarm.step}, {j.guard_alarm.kind}" if j.guard_alarm else "none"
-        lines.append(f"| `{j.name}` | {j.process['runner']} | {j.process['lr']:g} | {clip} | {j.steps_per_point} "
-                     f"| {j.last_step} | {what} | {alarm} | {j.verdict} (exit {j.diagnosis.exit_code}) | {j.ending} |")
-    lines += ["", "Real stock blow-ups: with Coqui's train figures on (its default), a diverging run at lr 0.6 or",
-              "more dies within five steps of a memory error in Coqui's own `train_log` (Griffin-Lim on an absurd",
-              "predicted mel), before its curves show much. With the figures off (`_nofig`, `log_model_step`",
-              "off), the same runs blow up in the open: grad_norm 4.9 -> 161 -> 1.1e5 -> 5e16 at lr 1, and at",
-              "lr 0.6 a climb to 2.6e6 that settles at 1e3-1e4 and never comes back; the guard's catastrophic",
-              "rule fires within five steps of the onset, well inside its 50 grace steps, and diagnose says",
-              "diverged. At lr 3 Coqui dies of `NaN loss` at step 3 after one logged point: Coqui prints that",
-              "error to the console only, so the folder says just that the run crashed.", "",
-              "What the corpus does not show (within ~15 minutes of shared CPU): no real run took the",
-              "sigmoid shape (smooth rise to ~100, jump to ~500, smooth rise to ~600); the synthetic traces of",
-              "`tests/test_health_detector.py` and `tests/test_diagnose.py` still cover it. No stock run shows a",
-              "multi-step blow-up ending in Coqui's `NaN loss` in its log: the issue's stock blow-up (grad_norm",
-              "4 -> 4.2e9 in 28 steps, then `NaN loss`) is replayed from its numbers in",
-              "`tests/test_diagnose.py` and `tests/test_explosion_rules.py`.", "", "Notes from the labels:", ""]
+        lines.append(
+            f"| `{j.name}` | {j.process['runner']} | {j.process['lr']:g} | {clip} | {j.steps_per_point} "
+            f"| {j.last_step} | {what} | {alarm} | {j.verdict} (exit {j.diagnosis.exit_code}) | {j.ending} |"
+        )
+    lines += [
+        "",
+        "Real stock blow-ups: with Coqui's train figures on (its default), a diverging run at lr 0.6 or",
+        "more dies within five steps of a memory error in Coqui's own `train_log` (Griffin-Lim on an absurd",
+        "predicted mel), before its curves show much. With the figures off (`_nofig`, `log_model_step`",
+        "off), the same runs blow up in the open: grad_norm 4.9 -> 161 -> 1.1e5 -> 5e16 at lr 1, and at",
+        "lr 0.6 a climb to 2.6e6 that settles at 1e3-1e4 and never comes back; the guard's catastrophic",
+        "rule fires within five steps of the onset, well inside its 50 grace steps, and diagnose says",
+        "diverged. At lr 3 Coqui dies of `NaN loss` at step 3 after one logged point: Coqui prints that",
+        "error to the console only, so the folder says just that the run crashed.",
+        "",
+        "What the corpus does not show (within ~15 minutes of shared CPU): no real run took the",
+        "sigmoid shape (smooth rise to ~100, jump to ~500, smooth rise to ~600); the synthetic traces of",
+        "`tests/test_health_detector.py` and `tests/test_diagnose.py` still cover it. No stock run shows a",
+        "multi-step blow-up ending in Coqui's `NaN loss` in its log: the issue's stock blow-up (grad_norm",
+        "4 -> 4.2e9 in 28 steps, then `NaN loss`) is replayed from its numbers in",
+        "`tests/test_diagnose.py` and `tests/test_explosion_rules.py`.",
+        "",
+        "Notes from the labels:",
+        "",
+    ]
     lines += [f"- `{j.name}`: {j.label['note']}" for j in judged if j.label.get("note")]
     return "\n".join(lines) + "\n"
 

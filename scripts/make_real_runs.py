@@ -38,8 +38,16 @@ MEMORY_LIMIT = 8 * 2**30
 RUN_TIMEOUT_S = 300
 
 # The tests' tiny GlowTTS (tests/helpers.py TINY_MODEL), as config fields.
-TINY = {"hidden_channels_enc": 32, "hidden_channels_dec": 32, "hidden_channels_dp": 32, "num_flow_blocks_dec": 2,
-        "num_block_layers": 2, "data_dep_init_steps": 2, "batch_size": 4, "eval_batch_size": 4}
+TINY = {
+    "hidden_channels_enc": 32,
+    "hidden_channels_dec": 32,
+    "hidden_channels_dp": 32,
+    "num_flow_blocks_dec": 2,
+    "num_block_layers": 2,
+    "data_dep_init_steps": 2,
+    "batch_size": 4,
+    "eval_batch_size": 4,
+}
 TINY_ENCODER = {"num_layers": 1, "hidden_channels_ffn": 64}
 
 # name: (runner, lr, grad_clip, steps, seed, plot_step, NoamLR warmup). grad_clip 1e6 = no
@@ -81,8 +89,17 @@ def resample_sample(dst: Path) -> Path:
     return dst
 
 
-def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int,
-                warmup: int, figures: bool = True) -> None:
+def stock_child(
+    data: Path,
+    out: Path,
+    lr: float,
+    clip: float,
+    steps: int,
+    seed: int,
+    plot_step: int,
+    warmup: int,
+    figures: bool = True,
+) -> None:
     """Coqui's recipe the 0.28 way: GlowTTSConfig + GlowTTS + Trainer, nothing of the kit."""
     import random
 
@@ -94,18 +111,46 @@ def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed:
     from TTS.tts.datasets import load_tts_samples
     from TTS.tts.models.glow_tts import GlowTTS
 
-    dataset = BaseDatasetConfig(formatter="ruslan", meta_file_train="metadata_RUSLAN_22200.csv", path=str(data),
-                                language="ru")
-    chars = CharactersConfig(characters_class="TTS.tts.utils.text.characters.Graphemes", pad="<PAD>", eos="<EOS>",
-                             bos="<BOS>", blank="<BLNK>", characters="абвгдеёжзийклмнопрстуфхцчшщъыьэюя",
-                             punctuations="!,-.:;?«»—… ")
-    config = GlowTTSConfig(run_name=f"stock_lr{lr:g}", output_path=str(out), datasets=[dataset], characters=chars,
-                           text_cleaner="basic_cleaners", use_phonemes=False, lr=lr, grad_clip=clip,
-                           lr_scheduler="NoamLR" if warmup else None, lr_scheduler_params={"warmup_steps": warmup},
-                           scheduler_after_epoch=False, epochs=10_000, run_eval=False, test_delay_epochs=10_000,
-                           num_loader_workers=0, num_eval_loader_workers=0, plot_step=plot_step, print_step=25,
-                           save_step=1, save_n_checkpoints=1, save_checkpoints=True, save_best_after=10**9, training_seed=seed,
-                           eval_split_size=2, shuffle=True, **TINY)
+    dataset = BaseDatasetConfig(
+        formatter="ruslan", meta_file_train="metadata_RUSLAN_22200.csv", path=str(data), language="ru"
+    )
+    chars = CharactersConfig(
+        characters_class="TTS.tts.utils.text.characters.Graphemes",
+        pad="<PAD>",
+        eos="<EOS>",
+        bos="<BOS>",
+        blank="<BLNK>",
+        characters="абвгдеёжзийклмнопрстуфхцчшщъыьэюя",
+        punctuations="!,-.:;?«»—… ",
+    )
+    config = GlowTTSConfig(
+        run_name=f"stock_lr{lr:g}",
+        output_path=str(out),
+        datasets=[dataset],
+        characters=chars,
+        text_cleaner="basic_cleaners",
+        use_phonemes=False,
+        lr=lr,
+        grad_clip=clip,
+        lr_scheduler="NoamLR" if warmup else None,
+        lr_scheduler_params={"warmup_steps": warmup},
+        scheduler_after_epoch=False,
+        epochs=10_000,
+        run_eval=False,
+        test_delay_epochs=10_000,
+        num_loader_workers=0,
+        num_eval_loader_workers=0,
+        plot_step=plot_step,
+        print_step=25,
+        save_step=1,
+        save_n_checkpoints=1,
+        save_checkpoints=True,
+        save_best_after=10**9,
+        training_seed=seed,
+        eval_split_size=2,
+        shuffle=True,
+        **TINY,
+    )
     if not figures:
         # Coqui draws its train figures and Griffin-Lim audio every log_model_step (default: every
         # save_step, here every step); a wrecked duration predictor makes that ask for hundreds of GB
@@ -124,19 +169,48 @@ def stock_child(data: Path, out: Path, lr: float, clip: float, steps: int, seed:
         if trainer.total_steps_done >= steps:
             raise KeyboardInterrupt  # Coqui's own clean exit (saves, exit 130)
 
-    trainer = Trainer(TrainerArgs(), config, str(out), model=model, train_samples=train, eval_samples=evals,
-                      parse_command_line_args=False, callbacks={"on_train_step_end": on_step_end})
+    trainer = Trainer(
+        TrainerArgs(),
+        config,
+        str(out),
+        model=model,
+        train_samples=train,
+        eval_samples=evals,
+        parse_command_line_args=False,
+        callbacks={"on_train_step_end": on_step_end},
+    )
     trainer.fit()
 
 
-def kit_command(data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int,
-                warmup: int) -> list[str]:
+def kit_command(
+    data: Path, out: Path, lr: float, clip: float, steps: int, seed: int, plot_step: int, warmup: int
+) -> list[str]:
     sets = [f"{k}={v}" for k, v in TINY.items()] + [f"encoder_params.{k}={v}" for k, v in TINY_ENCODER.items()]
-    sets += [f"lr={lr!r}", f"grad_clip={clip!r}", "run_eval=false", "test_delay_epochs=10000", f"plot_step={plot_step}",
-             "num_loader_workers=0", "num_eval_loader_workers=0", "save_step=100000",
-             f"lr_scheduler_params.warmup_steps={warmup}"]
-    cmd = [sys.executable, str(REPO / "train_ruslan_glowtts.py"), "--preset", "default", "--dataset-path", str(data),
-           "--output-path", str(out), "--seed", str(seed), "--max-steps", str(steps)]
+    sets += [
+        f"lr={lr!r}",
+        f"grad_clip={clip!r}",
+        "run_eval=false",
+        "test_delay_epochs=10000",
+        f"plot_step={plot_step}",
+        "num_loader_workers=0",
+        "num_eval_loader_workers=0",
+        "save_step=100000",
+        f"lr_scheduler_params.warmup_steps={warmup}",
+    ]
+    cmd = [
+        sys.executable,
+        str(REPO / "train_ruslan_glowtts.py"),
+        "--preset",
+        "default",
+        "--dataset-path",
+        str(data),
+        "--output-path",
+        str(out),
+        "--seed",
+        str(seed),
+        "--max-steps",
+        str(steps),
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -154,8 +228,13 @@ def scalars_only(src: Path, dst: Path) -> None:
         for record in RawEventFileLoader(str(src)).Load():  # raw: no conversion of scalars to tensors
             event = Event.FromString(record)
             if event.HasField("summary"):
-                keep = [v for v in event.summary.value if v.metadata.plugin_data.plugin_name not in ("images", "audio")
-                        and not v.HasField("image") and not v.HasField("audio")]
+                keep = [
+                    v
+                    for v in event.summary.value
+                    if v.metadata.plugin_data.plugin_name not in ("images", "audio")
+                    and not v.HasField("image")
+                    and not v.HasField("audio")
+                ]
                 if not keep:
                     continue
                 del event.summary.value[:]
@@ -188,25 +267,58 @@ def make(name: str, data: Path, work: Path) -> None:
     runner, lr, clip, steps, seed, plot_step, warmup = LADDER[name]
     out = work / name
     if runner == "stock":
-        cmd = [sys.executable, __file__, "--stock-child", str(data), str(out), repr(lr), repr(clip), str(steps),
-               str(seed), str(plot_step), str(warmup), str(int(name not in NO_FIGURES))]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--stock-child",
+            str(data),
+            str(out),
+            repr(lr),
+            repr(clip),
+            str(steps),
+            str(seed),
+            str(plot_step),
+            str(warmup),
+            str(int(name not in NO_FIGURES)),
+        ]
     else:
         cmd = kit_command(data, out, lr, clip, steps, seed, plot_step, warmup)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     started = time.time()
+
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=RUN_TIMEOUT_S,
-                              preexec_fn=limit_memory, check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=RUN_TIMEOUT_S,
+            preexec_fn=limit_memory,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
-        proc = subprocess.CompletedProcess(cmd, -9, "", (exc.stderr or b"").decode("utf-8", "replace")
-                                           if isinstance(exc.stderr, bytes) else exc.stderr or "")
+        proc = subprocess.CompletedProcess(
+            cmd,
+            -9,
+            "",
+            (exc.stderr or b"").decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr or "",
+        )
     runs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
     stderr = proc.stderr.strip().splitlines()
-    process = {"runner": runner, "lr": lr, "grad_clip": clip, "steps": steps, "seed": seed, "exit_code": proc.returncode,
-               "stderr_tail": stderr[-8:], "cpu_seconds_wall": round(time.time() - started, 1)}
+    process = {
+        "runner": runner,
+        "lr": lr,
+        "grad_clip": clip,
+        "steps": steps,
+        "seed": seed,
+        "exit_code": proc.returncode,
+        "stderr_tail": stderr[-8:],
+        "cpu_seconds_wall": round(time.time() - started, 1),
+    }
     print(f"{name}: exit {proc.returncode} in {process['cpu_seconds_wall']} s, {len(runs)} run folder(s)", flush=True)
     if len(runs) != 1:
         print("\n".join(stderr[-30:]), file=sys.stderr)
@@ -221,8 +333,17 @@ def main() -> int:
     args = p.parse_args()
     if args.stock_child:
         data, out, lr, clip, steps, seed, plot_step, warmup, figures = args.stock_child
-        stock_child(Path(data), Path(out), float(lr), float(clip), int(steps), int(seed), int(plot_step), int(warmup),
-                    figures=figures == "1")
+        stock_child(
+            Path(data),
+            Path(out),
+            float(lr),
+            float(clip),
+            int(steps),
+            int(seed),
+            int(plot_step),
+            int(warmup),
+            figures=figures == "1",
+        )
         return 0
     with tempfile.TemporaryDirectory(prefix="real_runs_") as tmp:
         data = resample_sample(Path(tmp) / "sample22k")

@@ -65,8 +65,19 @@ def tiny_glowtts_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFac
     import train_ruslan_glowtts
 
     output = tmp_path_factory.mktemp("glowtts") / "runs"
-    code = train_ruslan_glowtts.main(["--preset", "stable", "--dataset-path", str(prepared_sample),
-                                      "--output-path", str(output), "--max-steps", str(SMOKE_STEPS), *tiny_args()])
+    code = train_ruslan_glowtts.main(
+        [
+            "--preset",
+            "stable",
+            "--dataset-path",
+            str(prepared_sample),
+            "--output-path",
+            str(output),
+            "--max-steps",
+            str(SMOKE_STEPS),
+            *tiny_args(),
+        ]
+    )
     assert code == 0
     (run,) = run_dirs(output)
     return run
@@ -77,8 +88,21 @@ def base_run(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A finished 4-step tiny GlowTTS run with checkpoints at steps 2 and 4, made by the script as a
     subprocess (read-only: copy it). tests/test_faults.py and tests/test_run_faults.py build on it."""
     output = tmp_path_factory.mktemp("base_runs")
-    result = run_cli([sys.executable, GLOWTTS_SCRIPT, "--dataset-path", str(prepared_sample), "--output-path",
-                      str(output), *tiny_args(), "--max-steps", "4", "--set", "save_step=2"])
+    result = run_cli(
+        [
+            sys.executable,
+            GLOWTTS_SCRIPT,
+            "--dataset-path",
+            str(prepared_sample),
+            "--output-path",
+            str(output),
+            *tiny_args(),
+            "--max-steps",
+            "4",
+            "--set",
+            "save_step=2",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = run_dirs(output)
     assert {p.name for p in run.glob("checkpoint_*.pth")} == {"checkpoint_2.pth", "checkpoint_4.pth"}
@@ -111,8 +135,19 @@ def tiny_vocoder_run(prepared_sample: Path, tiny_glowtts_run: Path, tmp_path_fac
     output = tmp_path_factory.mktemp("hifigan") / "runs"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(GAN, "train_step", train_step)
-        code = train_ruslan_hifigan.main(["--dataset-path", str(prepared_sample), "--tts-run", str(tiny_glowtts_run),
-                                          "--output-path", str(output), "--max-steps", "4", *tiny_vocoder_args()])
+        code = train_ruslan_hifigan.main(
+            [
+                "--dataset-path",
+                str(prepared_sample),
+                "--tts-run",
+                str(tiny_glowtts_run),
+                "--output-path",
+                str(output),
+                "--max-steps",
+                "4",
+                *tiny_vocoder_args(),
+            ]
+        )
     assert code == 0
     (run,) = run_dirs(output)
     return run

@@ -22,12 +22,21 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
 # the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic.
 TINY_MODEL = [
-    "hidden_channels_enc=32", "hidden_channels_dec=32", "hidden_channels_dp=32",
-    "num_flow_blocks_dec=2", "num_block_layers=2",
-    "encoder_params.num_layers=1", "encoder_params.hidden_channels_ffn=64",
-    "data_dep_init_steps=2", "batch_size=4", "eval_batch_size=4",
-    "num_loader_workers=0", "num_eval_loader_workers=0",
-    "test_delay_epochs=1000", "plot_step=1", "print_step=50",
+    "hidden_channels_enc=32",
+    "hidden_channels_dec=32",
+    "hidden_channels_dp=32",
+    "num_flow_blocks_dec=2",
+    "num_block_layers=2",
+    "encoder_params.num_layers=1",
+    "encoder_params.hidden_channels_ffn=64",
+    "data_dep_init_steps=2",
+    "batch_size=4",
+    "eval_batch_size=4",
+    "num_loader_workers=0",
+    "num_eval_loader_workers=0",
+    "test_delay_epochs=1000",
+    "plot_step=1",
+    "print_step=50",
 ]
 
 
@@ -48,11 +57,21 @@ def tiny_args(*extra: str) -> list[str]:
 # (it is 70 M parameters: ~8 s per step on 2 cores). 1024-sample segments (the mel-L1 loss needs
 # more than n_fft / 2), no loader workers, no eval within the few steps.
 TINY_VOCODER = [
-    "generator_model_params.upsample_factors=[8, 8, 4]", "generator_model_params.upsample_kernel_sizes=[16, 16, 8]",
-    "generator_model_params.upsample_initial_channel=16", "generator_model_params.resblock_kernel_sizes=[3]",
-    "generator_model_params.resblock_dilation_sizes=[[1, 3, 5]]", "steps_to_start_discriminator=2",
-    "batch_size=2", "eval_batch_size=1", "seq_len=1024", "pad_short=0", "eval_split_size=2",
-    "num_loader_workers=0", "num_eval_loader_workers=0", "print_step=1", "plot_step=1",
+    "generator_model_params.upsample_factors=[8, 8, 4]",
+    "generator_model_params.upsample_kernel_sizes=[16, 16, 8]",
+    "generator_model_params.upsample_initial_channel=16",
+    "generator_model_params.resblock_kernel_sizes=[3]",
+    "generator_model_params.resblock_dilation_sizes=[[1, 3, 5]]",
+    "steps_to_start_discriminator=2",
+    "batch_size=2",
+    "eval_batch_size=1",
+    "seq_len=1024",
+    "pad_short=0",
+    "eval_split_size=2",
+    "num_loader_workers=0",
+    "num_eval_loader_workers=0",
+    "print_step=1",
+    "plot_step=1",
 ]
 
 
@@ -83,7 +102,7 @@ def nan_wavs(corpus: Path, count: int) -> list[Path]:
     victims = sorted((corpus / "RUSLAN").glob("*.wav"))[:count]
     for wav in victims:
         audio, rate = sf.read(wav, dtype="float32")
-        audio[len(audio) // 3: len(audio) // 3 + 50] = np.nan
+        audio[len(audio) // 3 : len(audio) // 3 + 50] = np.nan
         sf.write(wav, audio, rate, subtype="FLOAT")
     return victims
 
@@ -106,8 +125,11 @@ def tiny_config(*extra: str):
     from ruslan_glowtts.common.presets import load_preset
     from ruslan_glowtts.training.config import build_config, parse_set_option
 
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=None,
-                             cli_layers=[(parse_set_option(s), "test") for s in [*TINY_MODEL, *extra]])
+    config, _ = build_config(
+        preset=load_preset("stable"),
+        dataset_path=None,
+        cli_layers=[(parse_set_option(s), "test") for s in [*TINY_MODEL, *extra]],
+    )
     return config
 
 
@@ -125,8 +147,9 @@ def tiny_model(*extra: str):
 
 
 def run_cli(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=timeout, check=False
+    )
 
 
 def no_traceback(text: str) -> None:
@@ -145,13 +168,21 @@ def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: s
     return lines[0]
 
 
-def start_and_signal(argv: list[str], marker: str, signum: int, timeout: float = 240, *,
-                     group: bool = False) -> tuple[int, str]:
+def start_and_signal(
+    argv: list[str], marker: str, signum: int, timeout: float = 240, *, group: bool = False
+) -> tuple[int, str]:
     """Start argv, send `signum` once `marker` appears in its output, return (code, output).
     With group, the signal goes to the whole process group, as a terminal's Ctrl-C, SLURM and
     `timeout` do."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=SUBPROCESS_ENV,
-                            cwd=REPO, start_new_session=group)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        start_new_session=group,
+    )
     output: list[str] = []
     deadline = time.monotonic() + timeout
     try:

@@ -43,8 +43,10 @@ def _random_case(generator: torch.Generator, ties: bool) -> tuple[torch.Tensor, 
     value = torch.randn(batch, width, frames, generator=generator) * 3
     if ties:
         value = value.round()  # many equal neighbours: the backtrack's tie rule decides
-    mask = ((torch.arange(width)[None, :, None] < x_lengths[:, None, None])
-            & (torch.arange(frames)[None, None, :] < y_lengths[:, None, None])).float()
+    mask = (
+        (torch.arange(width)[None, :, None] < x_lengths[:, None, None])
+        & (torch.arange(frames)[None, None, :] < y_lengths[:, None, None])
+    ).float()
     return value, mask
 
 

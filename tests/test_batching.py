@@ -61,7 +61,7 @@ def test_buckets_pad_little_where_random_batches_pad_much():
     lengths = ruslan_like_frames()
     sampler = LengthBucketBatchSampler(lengths, batch_size=8, seed=0)
     order = np.random.default_rng(0).permutation(len(lengths))
-    random_batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+    random_batches = [order[i : i + 8] for i in range(0, len(order), 8)]
     assert padded_share(random_batches, lengths) > 0.3
     assert padded_share(sampler.epoch_batches(0), lengths) < 0.05
 
@@ -84,8 +84,12 @@ def test_frame_budget_is_respected():
 def test_grad_accum_and_ranks_get_whole_windows(max_frames):
     lengths = ruslan_like_frames(1001)
     for epoch in range(3):
-        ranks = [LengthBucketBatchSampler(lengths, batch_size=8, max_frames=max_frames, seed=2, num_replicas=2,
-                                          rank=r, multiple_of=3) for r in range(2)]
+        ranks = [
+            LengthBucketBatchSampler(
+                lengths, batch_size=8, max_frames=max_frames, seed=2, num_replicas=2, rank=r, multiple_of=3
+            )
+            for r in range(2)
+        ]
         per_rank = [s.rank_batches(epoch) for s in ranks]
         assert len(per_rank[0]) == len(per_rank[1]) and len(per_rank[0]) % 3 == 0
         seen = Counter(flat(per_rank[0]) + flat(per_rank[1]))
@@ -116,8 +120,11 @@ def _ddp_worker(rank: int, world: int, port: int, dataset: str, out: str) -> Non
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         sets = ["batch_size=2", "num_loader_workers=0", "grad_accum_steps=2"]
-        config, _ = build_config(preset=load_preset("stable"), dataset_path=Path(dataset),
-                                 cli_layers=[(parse_set_option(s), "test") for s in sets])
+        config, _ = build_config(
+            preset=load_preset("stable"),
+            dataset_path=Path(dataset),
+            cli_layers=[(parse_set_option(s), "test") for s in sets],
+        )
         samples, _ = load_tts_samples(config, eval_split=False)
         loader = RuslanGlowTTS(config).get_data_loader(config, samples=samples, verbose=False)
         names = {}
@@ -189,8 +196,9 @@ def _config(dataset: Path | None, *sets: str):
     from ruslan_glowtts.common.presets import load_preset
     from ruslan_glowtts.training.config import build_config, parse_set_option
 
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
-                             cli_layers=[(parse_set_option(s), "test") for s in sets])
+    config, _ = build_config(
+        preset=load_preset("stable"), dataset_path=dataset, cli_layers=[(parse_set_option(s), "test") for s in sets]
+    )
     return config
 
 
@@ -225,8 +233,9 @@ def test_training_loader_buckets_the_filtered_sample_list(prepared_sample):
     eval_loader = model.get_data_loader(config, is_eval=True, samples=samples, verbose=False)
     assert not isinstance(eval_loader.batch_sampler, LengthBucketBatchSampler)  # evaluation stays Coqui's
     off = _config(prepared_sample, "batch_size=4", "num_loader_workers=0", "bucket_by_length=false")
-    assert not isinstance(model.get_data_loader(off, samples=samples, verbose=False).batch_sampler,
-                          LengthBucketBatchSampler)
+    assert not isinstance(
+        model.get_data_loader(off, samples=samples, verbose=False).batch_sampler, LengthBucketBatchSampler
+    )
 
 
 def test_bucket_length_grid():
@@ -252,8 +261,11 @@ def test_padding_to_the_grid_changes_no_loss():
     model = tiny_model()
     model.eval()  # no dropout: the same numbers with and without the padding
     g = torch.Generator().manual_seed(0)
-    batch = {"token_id": torch.randint(1, 30, (3, 21), generator=g), "mel": torch.randn(3, 75, 80, generator=g),
-             "stop_targets": torch.zeros(3, 75)}
+    batch = {
+        "token_id": torch.randint(1, 30, (3, 21), generator=g),
+        "mel": torch.randn(3, 75, 80, generator=g),
+        "stop_targets": torch.zeros(3, 75),
+    }
     x_lengths, y_lengths = torch.tensor([21, 17, 9]), torch.tensor([75, 60, 40])
     padded = dict(batch)
     pad_to_buckets(padded)
@@ -264,7 +276,17 @@ def test_padding_to_the_grid_changes_no_loss():
     with torch.no_grad():
         for b in (batch, padded):
             out = model(b["token_id"], x_lengths, b["mel"], y_lengths)
-            losses.append(criterion(out["z"], out["y_mean"], out["y_log_scale"], out["logdet"], y_lengths,
-                                    out["durations_log"], out["total_durations_log"], x_lengths))
+            losses.append(
+                criterion(
+                    out["z"],
+                    out["y_mean"],
+                    out["y_log_scale"],
+                    out["logdet"],
+                    y_lengths,
+                    out["durations_log"],
+                    out["total_durations_log"],
+                    x_lengths,
+                )
+            )
     for key in ("loss", "log_mle", "loss_dur"):
         assert torch.allclose(losses[0][key], losses[1][key], rtol=1e-5), key

@@ -18,14 +18,17 @@ def _assert_one_line_error(code: int, out: str, err: str, message: str) -> None:
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--preset", "nope"], "unknown preset 'nope'. Available: default, safer, safest, stable"),
-    (["--set", "lrr=1"], "unknown config key 'lrr'. Did you mean: lr?"),
-    (["--set", "lr=fast"], "wrong type for 'lr'"),
-    (["--max-steps", "-3"], "expected a positive integer"),
-    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    ([], "--dataset-path DIR is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'. Available: default, safer, safest, stable"),
+        (["--set", "lrr=1"], "unknown config key 'lrr'. Did you mean: lr?"),
+        (["--set", "lr=fast"], "wrong type for 'lr'"),
+        (["--max-steps", "-3"], "expected a positive integer"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        ([], "--dataset-path DIR is required"),
+    ],
+)
 def test_bad_arguments(run_main, tmp_path, argv, message):
     code, out, err = run_main(*argv, "--output-path", str(tmp_path / "runs"))
     _assert_one_line_error(code, out, err, message)
@@ -61,8 +64,14 @@ def test_missing_restore_checkpoint(run_main, tmp_path):
 # What `python -m trainer.distribute --script train_ruslan_glowtts.py --gpus 0,1 -- ARGS` runs per GPU:
 # script, --continue_path=, --restore_path=, --group_id=group_<time>, --use_ddp=true, ARGS, --rank=N.
 def _distributed_argv(user_args: list[str], rank: int, continue_path: str = "") -> list[str]:
-    return [f"--continue_path={continue_path}", "--restore_path=", "--group_id=group_2026_11_28-001122",
-            "--use_ddp=true", *user_args, f"--rank={rank}"]
+    return [
+        f"--continue_path={continue_path}",
+        "--restore_path=",
+        "--group_id=group_2026_11_28-001122",
+        "--use_ddp=true",
+        *user_args,
+        f"--rank={rank}",
+    ]
 
 
 def test_distribute_arguments_are_accepted(run_main):

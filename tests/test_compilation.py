@@ -23,8 +23,12 @@ def _batch(batch: int, chars: int, frames: int, seed: int) -> tuple[torch.Tensor
     x_lengths[0] = chars
     y_lengths = torch.randint(chars, frames + 1, (batch,), generator=generator)
     y_lengths[0] = frames
-    return (torch.randint(1, 30, (batch, chars), generator=generator), x_lengths,
-            torch.randn(batch, frames, 80, generator=generator), y_lengths)
+    return (
+        torch.randint(1, 30, (batch, chars), generator=generator),
+        x_lengths,
+        torch.randn(batch, frames, 80, generator=generator),
+        y_lengths,
+    )
 
 
 def _loss_and_grads(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[float, list[torch.Tensor]]:
@@ -32,8 +36,16 @@ def _loss_and_grads(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> 
     model.zero_grad()
     torch.manual_seed(7)  # the same dropout masks for every model
     out = model(x, x_lengths, y, y_lengths)
-    losses = model.get_criterion()(out["z"], out["y_mean"], out["y_log_scale"], out["logdet"], y_lengths,
-                                   out["durations_log"], out["total_durations_log"], x_lengths)
+    losses = model.get_criterion()(
+        out["z"],
+        out["y_mean"],
+        out["y_log_scale"],
+        out["logdet"],
+        y_lengths,
+        out["durations_log"],
+        out["total_durations_log"],
+        x_lengths,
+    )
     losses["loss"].backward()
     return float(losses["loss"]), [p.grad.clone() for p in model.parameters()]
 
@@ -140,14 +152,27 @@ def test_a_compiled_training_run_logs_the_eager_runs_losses(sample_22k, tmp_path
     # The whole kit step (guarded update, deferred logging, padded batches) with the decoder
     # compiled (aot_eager) and without: the same loss at every step.
     attach = compilation.attach
-    monkeypatch.setattr(compilation, "attach",
-                        lambda model, setting, **kwargs: attach(model, setting, backend="aot_eager"))
+    monkeypatch.setattr(
+        compilation, "attach", lambda model, setting, **kwargs: attach(model, setting, backend="aot_eager")
+    )
     curves = {}
     for setting in ("off", "on"):
         output = tmp_path / setting
-        outcome = train(request_from_args(parse_args(
-            ["--dataset-path", str(sample_22k), "--output-path", str(output), "--max-steps", "7",
-             *tiny_args("--set", f"compile_model={setting}", "--set", "pad_lengths=on")])))
+        outcome = train(
+            request_from_args(
+                parse_args(
+                    [
+                        "--dataset-path",
+                        str(sample_22k),
+                        "--output-path",
+                        str(output),
+                        "--max-steps",
+                        "7",
+                        *tiny_args("--set", f"compile_model={setting}", "--set", "pad_lengths=on"),
+                    ]
+                )
+            )
+        )
         assert outcome.status == "max_steps", outcome.message
         (run,) = run_dirs(output)
         curves[setting] = read_scalars(run, "TrainIterStats/loss")

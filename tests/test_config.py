@@ -26,7 +26,8 @@ def test_layers_apply_in_fixed_order(tmp_path, caplog):
     (dataset / "dataset.toml").write_text("lr = 7e-4\nmax_text_len = 180\nbatch_size = 2\n", encoding="utf-8")
     with caplog.at_level(logging.INFO, logger="ruslan_glowtts"):
         config, overrides = build_config(
-            preset=load_preset("stable"), dataset_path=dataset,
+            preset=load_preset("stable"),
+            dataset_path=dataset,
             cli_layers=[(parse_set_option("batch_size=3"), "--set")],
         )
     assert config.max_text_len == 180  # dataset beats base (250)
@@ -41,12 +42,20 @@ def test_layers_apply_in_fixed_order(tmp_path, caplog):
     assert "Overriding: batch_size = 3  (--set)" in messages
 
 
-@pytest.mark.parametrize("option, value", [
-    ("lr=3e-4", 3e-4), ("audio.sample_rate=22050", 22050), ("run_eval=false", False),
-    ("text_cleaner=basic_cleaners", "basic_cleaners"), ("run_name=123", "123"),
-    ("lr_scheduler_params.warmup_steps=100", 100), ("health.policy=stop", "stop"),
-    ('test_sentences=["Привет."]', ["Привет."]), ("grad_clip=1", 1.0),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("lr=3e-4", 3e-4),
+        ("audio.sample_rate=22050", 22050),
+        ("run_eval=false", False),
+        ("text_cleaner=basic_cleaners", "basic_cleaners"),
+        ("run_name=123", "123"),
+        ("lr_scheduler_params.warmup_steps=100", 100),
+        ("health.policy=stop", "stop"),
+        ('test_sentences=["Привет."]', ["Привет."]),
+        ("grad_clip=1", 1.0),
+    ],
+)
 def test_set_accepts_typed_values(option, value):
     config, _ = build_config(preset=load_preset("stable"), cli_layers=[(parse_set_option(option), "--set")])
     key = option.split("=")[0]
@@ -56,17 +65,20 @@ def test_set_accepts_typed_values(option, value):
     assert node == value and type(node) is type(value)
 
 
-@pytest.mark.parametrize("option, message", [
-    ("lrr=1e-4", "unknown config key 'lrr'. Did you mean: lr?"),
-    ("audio.sample_rat=22050", "Did you mean: audio.sample_rate"),
-    ("lr=fast", "wrong type for 'lr': expected a number, got 'fast'"),
-    ("batch_size=8.5", "wrong type for 'batch_size': expected an integer"),
-    ("run_eval=1", "wrong type for 'run_eval': expected true or false"),
-    ("lr_scheduler_params.warmup_steps=soon", "wrong type for 'lr_scheduler_params.warmup_steps'"),
-    ("novalue", "--set expects KEY=VALUE"),
-    ("health.policy=panic", "health.policy must be warn, stop or escalate"),
-    ("batch_size=0", "batch_size and eval_batch_size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("lrr=1e-4", "unknown config key 'lrr'. Did you mean: lr?"),
+        ("audio.sample_rat=22050", "Did you mean: audio.sample_rate"),
+        ("lr=fast", "wrong type for 'lr': expected a number, got 'fast'"),
+        ("batch_size=8.5", "wrong type for 'batch_size': expected an integer"),
+        ("run_eval=1", "wrong type for 'run_eval': expected true or false"),
+        ("lr_scheduler_params.warmup_steps=soon", "wrong type for 'lr_scheduler_params.warmup_steps'"),
+        ("novalue", "--set expects KEY=VALUE"),
+        ("health.policy=panic", "health.policy must be warn, stop or escalate"),
+        ("batch_size=0", "batch_size and eval_batch_size must be >= 1"),
+    ],
+)
 def test_set_rejects_bad_keys_and_values(option, message):
     with pytest.raises(UserError) as info:
         build_config(preset=load_preset("stable"), cli_layers=[(parse_set_option(option), "--set")])
@@ -74,8 +86,19 @@ def test_set_rejects_bad_keys_and_values(option, message):
 
 
 def test_print_config_needs_no_data_and_shows_resolved_values(run_main, tmp_path):
-    code, out, err = run_main("--preset", "stable", "--set", "lr=3e-4", "--grad-accum", "2", "--seed", "7",
-                              "--output-path", str(tmp_path / "elsewhere"), "--print-config")
+    code, out, err = run_main(
+        "--preset",
+        "stable",
+        "--set",
+        "lr=3e-4",
+        "--grad-accum",
+        "2",
+        "--seed",
+        "7",
+        "--output-path",
+        str(tmp_path / "elsewhere"),
+        "--print-config",
+    )
     assert code == 0, err
     config = json.loads(out)
     assert (config["lr"], config["grad_accum_steps"], config["training_seed"]) == (3e-4, 2, 7)
@@ -112,8 +135,11 @@ def test_override_round_trips_through_run_json_entries(tmp_path):
     dataset = tmp_path / "data"
     dataset.mkdir()
     (dataset / "dataset.toml").write_text("max_text_len = 180\n", encoding="utf-8")
-    _, overrides = build_config(preset=load_preset("stable"), dataset_path=dataset,
-                                cli_layers=[(parse_set_option("lr=3e-4"), "--set"), ({"training_seed": 7}, "--seed")])
+    _, overrides = build_config(
+        preset=load_preset("stable"),
+        dataset_path=dataset,
+        cli_layers=[(parse_set_option("lr=3e-4"), "--set"), ({"training_seed": 7}, "--seed")],
+    )
     entries = json.loads(json.dumps([o.to_json() for o in overrides]))  # as written to and read from run.json
     assert [Override.from_json(e) for e in entries] == overrides
     assert {o.layer for o in overrides} == set(Layer)
@@ -121,11 +147,18 @@ def test_override_round_trips_through_run_json_entries(tmp_path):
     assert {"key": "training_seed", "value": 7, "source": "--seed", "layer": "command_line"} in entries
 
 
-@pytest.mark.parametrize("text, layer", [
-    ("--set", Layer.COMMAND_LINE), ("--auto-escalate", Layer.COMMAND_LINE), ("preset stable", Layer.PRESET),
-    ("dataset /data/x/dataset.toml", Layer.DATASET), ("base ruslan_glowtts.toml", Layer.BASE),
-    ("base", Layer.BASE), ("dataset.toml", Layer.DATASET),  # the words prepare passes
-])
+@pytest.mark.parametrize(
+    "text, layer",
+    [
+        ("--set", Layer.COMMAND_LINE),
+        ("--auto-escalate", Layer.COMMAND_LINE),
+        ("preset stable", Layer.PRESET),
+        ("dataset /data/x/dataset.toml", Layer.DATASET),
+        ("base ruslan_glowtts.toml", Layer.BASE),
+        ("base", Layer.BASE),
+        ("dataset.toml", Layer.DATASET),  # the words prepare passes
+    ],
+)
 def test_old_run_json_entries_get_their_layer_from_the_source_text(text, layer):
     override = Override.from_json({"key": "lr", "value": 1e-3, "source": text})
     assert override.layer is layer and override.source.text == text
@@ -138,8 +171,11 @@ def test_an_unknown_source_text_is_refused():
 
 
 def test_recorded_real_runs_still_read():
-    entries = [e for run in sorted(REAL_RUNS.glob("*/run.json"))
-               for e in json.loads(run.read_text(encoding="utf-8")).get("overrides", [])]
+    entries = [
+        e
+        for run in sorted(REAL_RUNS.glob("*/run.json"))
+        for e in json.loads(run.read_text(encoding="utf-8")).get("overrides", [])
+    ]
     assert entries
     overrides = [Override.from_json(e) for e in entries]
     assert {o.layer for o in overrides} == {Layer.PRESET, Layer.COMMAND_LINE}

@@ -29,8 +29,10 @@ def _private_use(line: str, private: set[str]) -> bool:
 
 
 def test_diagnose_starts_without_torch_or_coqui():
-    code = ("import ruslan_glowtts.monitor.diagnose, sys; "
-            "assert not {'torch', 'trainer', 'TTS'} & set(sys.modules), sorted({'torch', 'trainer', 'TTS'} & set(sys.modules))")
+    code = (
+        "import ruslan_glowtts.monitor.diagnose, sys; "
+        "assert not {'torch', 'trainer', 'TTS'} & set(sys.modules), sorted({'torch', 'trainer', 'TTS'} & set(sys.modules))"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -90,16 +92,20 @@ def test_every_public_trainer_attribute_the_kit_uses_is_pinned():
     methods = {name.split(".")[1] for name in pinned if name.startswith("Trainer.")}  # pinned with their code
     texts = _kit_texts()
     # KitTrainerBase (coqui_compat.py) counts here: its self.x are Trainer attributes too
-    subclass_lines = _coqui_subclass_lines({path: ast.parse(text) for path, text in texts.items()},
-                                           COQUI_BASES - {"KitTrainerBase"})
+    subclass_lines = _coqui_subclass_lines(
+        {path: ast.parse(text) for path, text in texts.items()}, COQUI_BASES - {"KitTrainerBase"}
+    )
     used: dict[str, str] = {}
     for path, text in texts.items():
         for number, line in enumerate(text.splitlines(), 1):
             owners = r"trainer|self" if number in subclass_lines[path] else r"trainer"
             for name in re.findall(rf"\b(?:{owners})\.([a-z]\w*)", line):
                 used.setdefault(name, f"{path.relative_to(REPO)}:{number}")
-    unpinned = {name: where for name, where in used.items()
-                if name in coqui and name not in methods and name not in cc.TRAINER_ATTRIBUTES}
+    unpinned = {
+        name: where
+        for name, where in used.items()
+        if name in coqui and name not in methods and name not in cc.TRAINER_ATTRIBUTES
+    }
     assert unpinned == {}, f"add these to coqui_compat.TRAINER_ATTRIBUTES: {unpinned}"
     assert set(cc.TRAINER_ATTRIBUTES) <= set(used), "pinned but no longer used: drop them from TRAINER_ATTRIBUTES"
 
@@ -107,7 +113,8 @@ def test_every_public_trainer_attribute_the_kit_uses_is_pinned():
 def test_version_outside_the_range_is_one_line_with_what_to_do(monkeypatch, caplog):
     installed = {"coqui-tts": "0.29.1", "coqui-tts-trainer": "0.4.0"}
     assert cc.version_problems(installed) == [
-        "coqui-tts 0.29.1 is installed; this kit was written for coqui-tts 0.28.x"]
+        "coqui-tts 0.29.1 is installed; this kit was written for coqui-tts 0.28.x"
+    ]
     assert cc.version_problems({"coqui-tts": "0.28.3", "coqui-tts-trainer": "0.4.2"}) == []
     assert "not installed" in cc.version_problems({"coqui-tts": "0.28.0"})[0]
 
@@ -116,8 +123,10 @@ def test_version_outside_the_range_is_one_line_with_what_to_do(monkeypatch, capl
     monkeypatch.delenv(cc.ALLOW_ENV, raising=False)
     with pytest.raises(UserError) as error:
         cc.require_supported_coqui()
-    assert str(error.value) == ("coqui-tts 0.29.1 is installed; this kit was written for coqui-tts 0.28.x: "
-                                "pip install -r requirements.txt, or set RUSLAN_KIT_ALLOW_COQUI=1 to try anyway")
+    assert str(error.value) == (
+        "coqui-tts 0.29.1 is installed; this kit was written for coqui-tts 0.28.x: "
+        "pip install -r requirements.txt, or set RUSLAN_KIT_ALLOW_COQUI=1 to try anyway"
+    )
 
     monkeypatch.setenv(cc.ALLOW_ENV, "1")
     monkeypatch.setattr(cc, "contract_problems", lambda: ["Trainer.optimize source changed"])
@@ -159,8 +168,17 @@ def test_a_run_with_a_grad_scaler_logs_amp_scaler_as_coqui_does(prepared_sample,
     import train_ruslan_glowtts
 
     output = tmp_path / "runs"
-    code = train_ruslan_glowtts.main(["--dataset-path", str(prepared_sample), "--output-path", str(output),
-                                      "--max-steps", "3", *tiny_args("--set", "use_grad_scaler=true")])
+    code = train_ruslan_glowtts.main(
+        [
+            "--dataset-path",
+            str(prepared_sample),
+            "--output-path",
+            str(output),
+            "--max-steps",
+            "3",
+            *tiny_args("--set", "use_grad_scaler=true"),
+        ]
+    )
     assert code == 0
     (run,) = run_dirs(output)
     scale = read_scalars(run, cc.AMP_SCALER_TAG)
@@ -190,8 +208,12 @@ def _coqui_private_names() -> set[str]:
     from TTS.tts.models.glow_tts import GlowTTS
     from TTS.vocoder.models.gan import GAN
 
-    names = {n for cls in (Trainer, TTSDataset, GlowTTS, GAN) for n in dir(cls)
-             if n.startswith("_") and not n.startswith("__")}
+    names = {
+        n
+        for cls in (Trainer, TTSDataset, GlowTTS, GAN)
+        for n in dir(cls)
+        if n.startswith("_") and not n.startswith("__")
+    }
     return names | set(re.findall(r"self\.(_[a-z]\w*)", inspect.getsource(trainer.trainer)))
 
 
@@ -204,10 +226,18 @@ def _coqui_subclass_lines(trees: dict[Path, ast.AST], bases: set[str] = COQUI_BA
     classes = {path: [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] for path, tree in trees.items()}
     derived = set(bases)
     for _ in range(4):  # KitTrainer(KitTrainerBase), HifiganTrainer(KitTrainer), ...
-        derived |= {c.name for cs in classes.values() for c in cs
-                    if any(ast.unparse(b).split(".")[-1] in derived for b in c.bases)}
-    return {path: {line for c in cs if c.name in derived and c.name not in bases
-                   for line in range(c.lineno, c.end_lineno + 1)} for path, cs in classes.items()}
+        derived |= {
+            c.name
+            for cs in classes.values()
+            for c in cs
+            if any(ast.unparse(b).split(".")[-1] in derived for b in c.bases)
+        }
+    return {
+        path: {
+            line for c in cs if c.name in derived and c.name not in bases for line in range(c.lineno, c.end_lineno + 1)
+        }
+        for path, cs in classes.items()
+    }
 
 
 def _package_findings(private: set[str]) -> list[str]:
@@ -249,14 +279,21 @@ def test_the_grep_above_catches_the_forms_the_kit_used_to_have(tmp_path, monkeyp
         "        self._epoch_batches = 0\n"  # the kit's own attribute: allowed
         "        return super()._pick_target_avg_loss(keep)\n"
         "trainer.io.save_fsspec = save\n"
-        "kind = 'nan_loss' if \"NaN loss\" in message else 'crashed'\n", encoding="utf-8")
+        "kind = 'nan_loss' if \"NaN loss\" in message else 'crashed'\n",
+        encoding="utf-8",
+    )
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "timing.py").write_text("trainer.optimize(batch)\ntrainer._close()\n", encoding="utf-8")
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "check.py").write_text(
         "result = {'fp16_amp_scaler': ok}\n"  # a name that contains the key: allowed
-        "scale = loss_dict['amp_scaler']\n", encoding="utf-8")
+        "scale = loss_dict['amp_scaler']\n",
+        encoding="utf-8",
+    )
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     found = [f.split(": ", 1)[0] for f in _package_findings(_coqui_private_names())]
-    assert found == [*(f"ruslan_glowtts/uses.py:{n}" for n in (4, 6, 7, 9, 10, 11)), "bench/timing.py:2",
-                     "scripts/check.py:2"], found
+    assert found == [
+        *(f"ruslan_glowtts/uses.py:{n}" for n in (4, 6, 7, 9, 10, 11)),
+        "bench/timing.py:2",
+        "scripts/check.py:2",
+    ], found

@@ -15,8 +15,9 @@ from tests.helpers import SAMPLE, copy_corpus
 
 
 def _config(dataset, *sets):
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
-                             cli_layers=[(parse_set_option(s), "--set") for s in sets])
+    config, _ = build_config(
+        preset=load_preset("stable"), dataset_path=dataset, cli_layers=[(parse_set_option(s), "--set") for s in sets]
+    )
     return config
 
 
@@ -73,10 +74,15 @@ def test_bom_and_crlf_are_read_as_prepare_reads_them(tmp_path, sample_22k):
     assert "000000_RUSLAN.wav" in samples  # the first id, without the BOM
 
 
-@pytest.mark.parametrize("bad_line, code", [
-    ("000003_RUSLAN|Повтор.", "duplicate_id"), ("../RUSLAN/000003_RUSLAN|Побег.", "unsafe_id"),
-    ("000030_RUSLAN|Текст|ещё", "extra_columns"), ("000031_RUSLAN|   ", "empty_text"),
-])
+@pytest.mark.parametrize(
+    "bad_line, code",
+    [
+        ("000003_RUSLAN|Повтор.", "duplicate_id"),
+        ("../RUSLAN/000003_RUSLAN|Побег.", "unsafe_id"),
+        ("000030_RUSLAN|Текст|ещё", "extra_columns"),
+        ("000031_RUSLAN|   ", "empty_text"),
+    ],
+)
 def test_training_refuses_the_lines_prepare_excludes(tmp_path, sample_22k, bad_line, code):
     corpus = copy_corpus(sample_22k, tmp_path / "corpus")
     meta = corpus / "metadata_RUSLAN_22200.csv"

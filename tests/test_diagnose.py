@@ -44,13 +44,24 @@ def falling_loss(steps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return 0.5 + 4.0 * np.exp(-steps / 5000) + rng.normal(0, 0.05, len(steps))
 
 
-def make_run(run_dir: Path, grad: np.ndarray, *, loss: np.ndarray | None = None, seed: int = 0,
-             meta: dict | None = None, config: dict | None = None, checkpoints: tuple[str, ...] = (),
-             extra: dict[str, tuple] | None = None) -> Path:
+def make_run(
+    run_dir: Path,
+    grad: np.ndarray,
+    *,
+    loss: np.ndarray | None = None,
+    seed: int = 0,
+    meta: dict | None = None,
+    config: dict | None = None,
+    checkpoints: tuple[str, ...] = (),
+    extra: dict[str, tuple] | None = None,
+) -> Path:
     rng = np.random.default_rng(seed)
     steps = np.arange(len(grad)) * STEP
-    series = {GRAD: (steps, grad), LOSS: (steps, falling_loss(steps, rng) if loss is None else loss),
-              "TrainIterStats/current_lr": (steps, np.full(len(grad), 2e-4))}
+    series = {
+        GRAD: (steps, grad),
+        LOSS: (steps, falling_loss(steps, rng) if loss is None else loss),
+        "TrainIterStats/current_lr": (steps, np.full(len(grad), 2e-4)),
+    }
     write_events(run_dir, {**series, **(extra or {})})
     if meta is not None:
         (run_dir / "run.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -62,13 +73,20 @@ def make_run(run_dir: Path, grad: np.ndarray, *, loss: np.ndarray | None = None,
 
 
 def kit_meta(preset: str = "stable", chain: tuple[str, ...] = ("stable", "safer", "safest"), **extra) -> dict:
-    return {"preset": preset, "tier_chain": list(chain), "dataset_path": "/data/RUSLAN prepared",
-            "status": "running", "overrides": [
-                {"key": "lr", "value": 2e-4, "source": "preset stable"},
-                {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
-                {"key": "batch_size", "value": 16, "source": "--set"},  # safer sets batch_size: not carried
-                {"key": "run_name", "value": "my run", "source": "--set"},
-                {"key": "training_seed", "value": 7, "source": "--seed"}], **extra}
+    return {
+        "preset": preset,
+        "tier_chain": list(chain),
+        "dataset_path": "/data/RUSLAN prepared",
+        "status": "running",
+        "overrides": [
+            {"key": "lr", "value": 2e-4, "source": "preset stable"},
+            {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
+            {"key": "batch_size", "value": 16, "source": "--set"},  # safer sets batch_size: not carried
+            {"key": "run_name", "value": "my run", "source": "--set"},
+            {"key": "training_seed", "value": 7, "source": "--seed"},
+        ],
+        **extra,
+    }
 
 
 def healthy_grad(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -98,15 +116,20 @@ def test_healthy_noisy_run(tmp_path):
 
 
 def test_sigmoid_explosion_is_exploding_and_recommends_the_next_tier(tmp_path):
-    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta(),
-                   checkpoints=("checkpoint_5000.pth", "checkpoint_12500.pth", "known_good.pth"))
+    run = make_run(
+        tmp_path / "run",
+        sigmoid_explosion(np.random.default_rng(2)),
+        meta=kit_meta(),
+        checkpoints=("checkpoint_5000.pth", "checkpoint_12500.pth", "known_good.pth"),
+    )
     d = dg.diagnose(run)
     assert d.verdict == "exploding" and d.exit_code == 3
     assert d.recommended_preset == "safer"
     assert d.command == (
         "python train_ruslan_glowtts.py --preset safer --dataset-path '/data/RUSLAN prepared' "
         f"--restore-path {run / 'known_good.pth'} --set hidden_channels_enc=32 "
-        "--set 'run_name=\"my run\"' --seed 7")
+        "--set 'run_name=\"my run\"' --seed 7"
+    )
     (jump,) = d.stats["grad_norm"]["jumps"]
     # the jump rule fires once the new level holds for its window (2 points at 25 steps per point)
     assert 400 * STEP <= jump["step"] <= 402 * STEP and 4 < jump["factor"] < 6.5  # 100 -> 500
@@ -119,8 +142,12 @@ def test_sigmoid_explosion_is_exploding_and_recommends_the_next_tier(tmp_path):
 
 
 def test_without_known_good_the_checkpoint_before_the_explosion_is_chosen(tmp_path):
-    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta(),
-                   checkpoints=("checkpoint_5000.pth", "best_model_7500.pth", "checkpoint_12500.pth"))
+    run = make_run(
+        tmp_path / "run",
+        sigmoid_explosion(np.random.default_rng(2)),
+        meta=kit_meta(),
+        checkpoints=("checkpoint_5000.pth", "best_model_7500.pth", "checkpoint_12500.pth"),
+    )
     d = dg.diagnose(run)
     assert d.run["onset_step"] is not None and 7500 < d.run["onset_step"] < 12500
     assert f"--restore-path {run / 'best_model_7500.pth'}" in d.command
@@ -128,14 +155,20 @@ def test_without_known_good_the_checkpoint_before_the_explosion_is_chosen(tmp_pa
 
 def test_plain_coqui_run_infers_its_tier_from_config(tmp_path):
     config = {"model": "glow_tts", "lr": 1e-3, "grad_clip": 5.0, "datasets": [{"path": "/data/RUSLAN"}]}
-    run = make_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(3)), config=config,
-                   checkpoints=("checkpoint_20000.pth",))
+    run = make_run(
+        tmp_path / "run",
+        sigmoid_explosion(np.random.default_rng(3)),
+        config=config,
+        checkpoints=("checkpoint_20000.pth",),
+    )
     d = dg.diagnose(run)
     assert d.verdict == "exploding" and d.recommended_preset == "stable"
     assert d.run["tier_chain"] == ["default", "stable", "safer", "safest"]
     # The only checkpoint was saved after the trouble began: still offered, with a note.
-    assert d.command == ("python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN "
-                         f"--restore-path {run / 'checkpoint_20000.pth'}")
+    assert d.command == (
+        "python train_ruslan_glowtts.py --preset stable --dataset-path /data/RUSLAN "
+        f"--restore-path {run / 'checkpoint_20000.pth'}"
+    )
     assert "after the trouble began" in d.run["checkpoint_note"]
 
 
@@ -165,8 +198,9 @@ def test_constant_rise_to_1000_is_exploding(tmp_path):
 def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
     rng = np.random.default_rng(6)
     # x7.5 in 100 points (2,500 steps): x2.2 over the trend window's 1,600 steps (64 points)
-    grad = np.concatenate([10 * np.exp(rng.normal(0, 0.2, 300)),
-                           np.geomspace(12, 90, 100) * np.exp(rng.normal(0, 0.05, 100))])
+    grad = np.concatenate(
+        [10 * np.exp(rng.normal(0, 0.2, 300)), np.geomspace(12, 90, 100) * np.exp(rng.normal(0, 0.05, 100))]
+    )
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "exploding" and d.stats["grad_norm"]["max"] < 100
     assert any("trend rule" in r for r in d.reasons)
@@ -174,8 +208,9 @@ def test_rise_above_the_band_is_exploding_before_it_reaches_100(tmp_path):
 
 def test_rise_inside_the_band_is_a_warning(tmp_path):
     rng = np.random.default_rng(7)
-    grad = np.concatenate([4 * np.exp(rng.normal(0, 0.1, 300)),
-                           np.geomspace(5, 30, 80) * np.exp(rng.normal(0, 0.05, 80))])
+    grad = np.concatenate(
+        [4 * np.exp(rng.normal(0, 0.1, 300)), np.geomspace(5, 30, 80) * np.exp(rng.normal(0, 0.05, 80))]
+    )
     d = dg.diagnose(make_run(tmp_path / "run", grad, meta=kit_meta()))
     assert d.verdict == "warning" and d.exit_code == 1 and d.command is None
     assert d.next_tier_command.startswith("python train_ruslan_glowtts.py --preset safer")
@@ -188,9 +223,14 @@ def test_nan_burst_in_the_guards_grad_norm_is_diverged(tmp_path):
     grad[205] = np.inf
     run = make_run(tmp_path / "run", grad, meta=kit_meta(), checkpoints=("checkpoint_2500.pth",))
     # With the guard, Health/grad_norm is the raw norm (NaN written as is), read before Coqui's.
-    write_events(run, {"Health/grad_norm": (np.arange(300) * STEP, grad),
-                       "Health/skipped_steps": (np.array([200, 203, 205, 206, 209]) * STEP, np.arange(1, 6))},
-                 suffix=".guard")
+    write_events(
+        run,
+        {
+            "Health/grad_norm": (np.arange(300) * STEP, grad),
+            "Health/skipped_steps": (np.array([200, 203, 205, 206, 209]) * STEP, np.arange(1, 6)),
+        },
+        suffix=".guard",
+    )
     d = dg.diagnose(run)
     assert d.verdict == "diverged" and d.exit_code == 3
     assert d.stats["grad_norm"]["tag"] == "Health/grad_norm" and d.stats["grad_norm"]["nonfinite"] == 5
@@ -239,9 +279,15 @@ def test_single_spike_above_100_is_a_warning(tmp_path):
 
 def test_recent_guard_alarm_is_a_warning(tmp_path):
     grad = healthy_grad(400, np.random.default_rng(14))
-    run = make_run(tmp_path / "run", grad, meta=kit_meta(), extra={
-        "Health/alarm": (np.array([390 * STEP]), np.array([1.0])),
-        "Health/escalation": (np.array([0]), np.array([1.0]))})
+    run = make_run(
+        tmp_path / "run",
+        grad,
+        meta=kit_meta(),
+        extra={
+            "Health/alarm": (np.array([390 * STEP]), np.array([1.0])),
+            "Health/escalation": (np.array([0]), np.array([1.0])),
+        },
+    )
     d = dg.diagnose(run)
     assert d.verdict == "warning" and any("alarm" in r for r in d.reasons)
     assert d.markers["alarms"] == [390 * STEP] and d.markers["escalations"] == [0]
@@ -250,8 +296,13 @@ def test_recent_guard_alarm_is_a_warning(tmp_path):
 
 def test_escalation_lineage_is_reported(tmp_path):
     parent = make_run(tmp_path / "parent", sigmoid_explosion(np.random.default_rng(2)), meta=kit_meta())
-    child = make_run(tmp_path / "child", healthy_grad(300, np.random.default_rng(15)), meta=kit_meta(
-        "safer", ("safer", "safest"), parent_run=str(parent), reason="grad_norm above 100", escalation_index=1))
+    child = make_run(
+        tmp_path / "child",
+        healthy_grad(300, np.random.default_rng(15)),
+        meta=kit_meta(
+            "safer", ("safer", "safest"), parent_run=str(parent), reason="grad_norm above 100", escalation_index=1
+        ),
+    )
     d = dg.diagnose(child)
     assert [item["run"] for item in d.run["lineage"]] == [str(parent), str(child)]
     assert any("started by escalation: grad_norm above 100" in r for r in d.reasons)
@@ -307,11 +358,14 @@ def test_cli_exit_codes_json_and_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "run folder not found"),
-    (lambda p: p.write_text("x"), "not a folder"),
-    (lambda p: p.mkdir(), "no TensorBoard event files"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "run folder not found"),
+        (lambda p: p.write_text("x"), "not a folder"),
+        (lambda p: p.mkdir(), "no TensorBoard event files"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, message):
     target = tmp_path / "target"
     setup(target)
@@ -372,8 +426,9 @@ COQUI_CRASH_LOG = """ > CHECKPOINT : runs/x/checkpoint_27.pth
  ! Run is kept in runs/x
 """
 # The blow-up of a stock run at constant lr 0.3 without clipping, as described in issue 10.
-BLOW_UP = np.array([4, 5, 6, 4, 5, 8, 6, 5, 7, 6, 9, 8, 11, 10, 12, 15, 14, 20, 25, 40, 77, 133, 304, 8_304,
-                    3.8e7, 4.2e9], dtype=float)
+BLOW_UP = np.array(
+    [4, 5, 6, 4, 5, 8, 6, 5, 7, 6, 9, 8, 11, 10, 12, 15, 14, 20, 25, 40, 77, 133, 304, 8_304, 3.8e7, 4.2e9], dtype=float
+)
 
 
 def stock_run(run_dir: Path, grad: np.ndarray, log: str | None, loss: np.ndarray | None = None) -> Path:
@@ -381,8 +436,9 @@ def stock_run(run_dir: Path, grad: np.ndarray, log: str | None, loss: np.ndarray
     steps = np.arange(1, len(grad) + 1)
     loss = np.geomspace(3.2, 195, len(grad)) if loss is None else loss
     write_events(run_dir, {GRAD: (steps, grad), LOSS: (steps, loss)})
-    (run_dir / "config.json").write_text(json.dumps({"lr": 0.3, "grad_clip": 1e6,
-                                                     "datasets": [{"path": "/data/RUSLAN"}]}), encoding="utf-8")
+    (run_dir / "config.json").write_text(
+        json.dumps({"lr": 0.3, "grad_clip": 1e6, "datasets": [{"path": "/data/RUSLAN"}]}), encoding="utf-8"
+    )
     (run_dir / "checkpoint_25.pth").write_bytes(b"")
     if log is not None:
         (run_dir / "trainer_0_log.txt").write_text(log, encoding="utf-8")
@@ -419,8 +475,9 @@ def test_catastrophic_blow_up_still_running_is_not_too_early(tmp_path):
 
 
 def test_a_crash_without_a_blow_up_never_says_keep_training(tmp_path):
-    d = dg.diagnose(stock_run(tmp_path / "run", np.array([4.9, 5.2, 4.4]), COQUI_CRASH_LOG,
-                              loss=np.array([4.0, 3.9, 3.8])))
+    d = dg.diagnose(
+        stock_run(tmp_path / "run", np.array([4.9, 5.2, 4.4]), COQUI_CRASH_LOG, loss=np.array([4.0, 3.9, 3.8]))
+    )
     assert d.verdict == "too_early" and "not training any more" in d.recommendation
     assert "keep training" not in d.recommendation
 
@@ -435,8 +492,14 @@ def test_corrupt_event_file_is_named_and_not_judged(tmp_path):
     run = make_run(tmp_path / "run", healthy_grad(300, np.random.default_rng(23)), meta=kit_meta())
     bad = run / "events.out.tfevents.9999999999.host.1.0"
     bad.write_bytes(b"\x00garbage, not a TFRecord" * 50)
-    proc = subprocess.run([sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)], capture_output=True,
-                          text=True, cwd=REPO, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("warning: ") and bad.name in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -448,8 +511,12 @@ def test_fp16_scaler_calibration_is_not_a_divergence(tmp_path):
     grad = healthy_grad(300, np.random.default_rng(24))
     grad[:6] = 0.0
     steps = np.arange(300) * STEP
-    run = make_run(tmp_path / "run", grad, config={"lr": 2e-4, "grad_clip": 1.0, "mixed_precision": True},
-                   extra={"TrainIterStats/amp_scaler": (steps, np.full(300, 2.0**10))})
+    run = make_run(
+        tmp_path / "run",
+        grad,
+        config={"lr": 2e-4, "grad_clip": 1.0, "mixed_precision": True},
+        extra={"TrainIterStats/amp_scaler": (steps, np.full(300, 2.0**10))},
+    )
     d = dg.diagnose(run)
     assert d.verdict in ("healthy", "warning") and "nonfinite" not in d.stats["rules"], d.reasons
 
@@ -482,27 +549,36 @@ def test_signal_and_bad_data_endings_are_read_from_run_json(tmp_path, status, ki
 
 def _judged_evidence(grad: np.ndarray) -> v.Evidence:
     steps = np.arange(len(grad), dtype=np.int64) * STEP
-    run = RunEvents(Path("run"), [], {GRAD: Series(steps, grad),
-                                      LOSS: Series(steps, falling_loss(steps, np.random.default_rng(0)))})
+    run = RunEvents(
+        Path("run"), [], {GRAD: Series(steps, grad), LOSS: Series(steps, falling_loss(steps, np.random.default_rng(0)))}
+    )
     return v.gather_evidence(run, RuleSettings(), {}, False, {"kind": "unknown"})
 
 
 def test_each_verdict_function_answers_only_for_its_own_verdict():
-    functions = {v.Verdict.DIVERGED: v.diverged, v.Verdict.EXPLODING: v.exploding, v.Verdict.TOO_EARLY: v.too_early,
-                 v.Verdict.WARNING: v.warning}
+    functions = {
+        v.Verdict.DIVERGED: v.diverged,
+        v.Verdict.EXPLODING: v.exploding,
+        v.Verdict.TOO_EARLY: v.too_early,
+        v.Verdict.WARNING: v.warning,
+    }
     rng = np.random.default_rng(26)
     spike = 10 * np.exp(rng.normal(0, 0.25, 400))
     spike[300] = 700.0
     zeros_at_end = healthy_grad(300, rng)
     zeros_at_end[-3:] = 0.0
-    cases = {v.Verdict.DIVERGED: zeros_at_end, v.Verdict.EXPLODING: sigmoid_explosion(np.random.default_rng(2)),
-             v.Verdict.TOO_EARLY: healthy_grad(20, rng), v.Verdict.WARNING: spike}
+    cases = {
+        v.Verdict.DIVERGED: zeros_at_end,
+        v.Verdict.EXPLODING: sigmoid_explosion(np.random.default_rng(2)),
+        v.Verdict.TOO_EARLY: healthy_grad(20, rng),
+        v.Verdict.WARNING: spike,
+    }
     for expected, grad in cases.items():
         evidence = _judged_evidence(grad)
         judgement = functions[expected](evidence)
         assert isinstance(judgement, v.Judgement) and judgement.verdict is expected and judgement.reasons
         # the verdicts before it in the order do not apply
-        for earlier in list(functions)[:list(functions).index(expected)]:
+        for earlier in list(functions)[: list(functions).index(expected)]:
             assert functions[earlier](evidence) is None, (expected, earlier)
     evidence = _judged_evidence(healthy_grad(600, np.random.default_rng(1)))
     assert all(function(evidence) is None for function in functions.values())

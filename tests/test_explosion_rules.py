@@ -77,8 +77,9 @@ def test_the_same_explosion_fires_every_update_and_every_plot_step(every):
 
 
 def test_a_runs_own_settings_steer_the_rules():
-    settings = RuleSettings.from_mapping({"grad_norm_limit": 30.0, "level_window": 10, "policy": "warn",
-                                          "healthy_max": "oops", "jump_factor": True})
+    settings = RuleSettings.from_mapping(
+        {"grad_norm_limit": 30.0, "level_window": 10, "policy": "warn", "healthy_max": "oops", "jump_factor": True}
+    )
     assert settings.grad_norm_limit == 30.0 and settings.level_window == 10
     assert settings.healthy_max == DEFAULTS.healthy_max and settings.jump_factor == DEFAULTS.jump_factor
     assert RuleSettings.from_mapping(None) == DEFAULTS
@@ -94,8 +95,12 @@ def test_health_config_takes_every_rule_default_from_the_rules():
 
 
 def test_each_threshold_default_is_written_in_exactly_one_place():
-    sources = [p for d in ("ruslan_glowtts", "configs", "presets") for p in (REPO / d).rglob("*")
-               if p.suffix in (".py", ".toml")] + [REPO / "train_ruslan_glowtts.py"]
+    sources = [
+        p
+        for d in ("ruslan_glowtts", "configs", "presets")
+        for p in (REPO / d).rglob("*")
+        if p.suffix in (".py", ".toml")
+    ] + [REPO / "train_ruslan_glowtts.py"]
     for f in fields(RuleSettings):
         # `name: type = number` (Python) or `name = number` (TOML), dotted health.name too
         pattern = re.compile(rf"(?<![\w.]){f.name}\s*(?::\s*\w+\s*)?=\s*[-+]?[0-9]", re.MULTILINE)
@@ -107,8 +112,10 @@ def test_the_rules_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, ruslan_glowtts.monitor.explosion_rules, ruslan_glowtts.monitor.diagnose; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, ruslan_glowtts.monitor.explosion_rules, ruslan_glowtts.monitor.diagnose; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 

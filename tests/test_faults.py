@@ -34,8 +34,16 @@ pytestmark = pytest.mark.slow
 
 
 def _train_argv(dataset: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, GLOWTTS_SCRIPT, "--dataset-path", str(dataset), "--output-path", str(output),
-            *tiny_args(), *extra]
+    return [
+        sys.executable,
+        GLOWTTS_SCRIPT,
+        "--dataset-path",
+        str(dataset),
+        "--output-path",
+        str(output),
+        *tiny_args(),
+        *extra,
+    ]
 
 
 def _meta(run: Path) -> dict:
@@ -51,10 +59,10 @@ def _copy_run(run: Path, dst: Path) -> Path:
 # -- signals -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("signum", "code", "status"), [(signal.SIGTERM, 143, "terminated"),
-                                                        (signal.SIGINT, 130, "interrupted")])
-def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_sample, tmp_path, signum, code,
-                                                                        status):
+@pytest.mark.parametrize(
+    ("signum", "code", "status"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_sample, tmp_path, signum, code, status):
     output = tmp_path / "runs"
     argv = _train_argv(prepared_sample, output, "--set", "print_step=1", "--set", "save_step=1000")
     returncode, text = start_and_signal(argv, "GLOBAL_STEP: 4", signum)
@@ -78,8 +86,16 @@ def test_signal_mid_training_saves_and_continue_resumes_from_that_step(prepared_
 def test_ctrl_c_in_a_terminal_with_loader_workers(prepared_sample, tmp_path):
     # A terminal's Ctrl-C reaches the loader workers too; they must not print tracebacks.
     output = tmp_path / "runs"
-    argv = _train_argv(prepared_sample, output, "--set", "print_step=1", "--set", "num_loader_workers=2",
-                       "--set", "num_eval_loader_workers=1")
+    argv = _train_argv(
+        prepared_sample,
+        output,
+        "--set",
+        "print_step=1",
+        "--set",
+        "num_loader_workers=2",
+        "--set",
+        "num_eval_loader_workers=1",
+    )
     returncode, text = start_and_signal(argv, "GLOBAL_STEP: 3", signal.SIGINT, group=True)
     no_traceback(text)
     assert returncode == 130, text[-3000:]
@@ -88,8 +104,13 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(prepared_sample, tmp_path):
     assert meta["status"] == "interrupted" and (run / f"checkpoint_{meta['final_step']}.pth").is_file()
 
 
-@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "interrupted (Ctrl-C) during start-up"),
-                                                      (signal.SIGTERM, 143, "terminated (SIGTERM) during start-up")])
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGINT, 130, "interrupted (Ctrl-C) during start-up"),
+        (signal.SIGTERM, 143, "terminated (SIGTERM) during start-up"),
+    ],
+)
 def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, code, line):
     # -X importtime reports each finished import on stderr: once the kit's cli is imported, the
     # script is in main(), with seconds of torch/Coqui imports and checks still ahead.
@@ -103,8 +124,18 @@ def test_signal_during_start_up_is_one_line(prepared_sample, tmp_path, signum, c
 
 def test_signal_during_vocoder_start_up_is_one_line(prepared_sample, tmp_path):
     # The HiFi-GAN script shares the start-up guard (ruslan_glowtts/common/cli.py).
-    argv = [sys.executable, "-X", "importtime", str(REPO / "train_ruslan_hifigan.py"), "--dataset-path",
-            str(prepared_sample), "--output-path", str(tmp_path / "runs"), "--max-steps", "2"]
+    argv = [
+        sys.executable,
+        "-X",
+        "importtime",
+        str(REPO / "train_ruslan_hifigan.py"),
+        "--dataset-path",
+        str(prepared_sample),
+        "--output-path",
+        str(tmp_path / "runs"),
+        "--max-steps",
+        "2",
+    ]
     returncode, text = start_and_signal(argv, "ruslan_glowtts.training.run", signal.SIGINT, timeout=120)
     no_traceback(text)
     assert returncode == 130, text[-2000:]
@@ -164,8 +195,16 @@ def test_restore_path_to_a_file_that_is_not_a_checkpoint(prepared_sample, tmp_pa
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_restore_path_from_a_model_of_another_size(base_run, prepared_sample, tmp_path, allow):
-    argv = _train_argv(prepared_sample, tmp_path / "runs", "--restore-path", str(base_run / "checkpoint_4.pth"),
-                       "--set", "hidden_channels_enc=48", "--max-steps", "1")
+    argv = _train_argv(
+        prepared_sample,
+        tmp_path / "runs",
+        "--restore-path",
+        str(base_run / "checkpoint_4.pth"),
+        "--set",
+        "hidden_channels_enc=48",
+        "--max-steps",
+        "1",
+    )
     if not allow:
         one_line_error(run_cli(argv), 2, "layers of the config's model match", "--allow-partial-restore")
         assert not (tmp_path / "runs").exists()
@@ -181,8 +220,9 @@ def test_restore_path_from_a_model_of_another_size(base_run, prepared_sample, tm
 
 
 def test_caps_that_leave_no_utterance_stop_before_any_folder(prepared_sample, tmp_path):
-    result = run_cli(_train_argv(prepared_sample, tmp_path / "runs", "--set", "max_audio_len=15",
-                              "--set", "min_audio_len=0"))
+    result = run_cli(
+        _train_argv(prepared_sample, tmp_path / "runs", "--set", "max_audio_len=15", "--set", "min_audio_len=0")
+    )
     one_line_error(result, 2, "the length caps leave 0 of", "in samples")
     assert not (tmp_path / "runs").exists()
 
@@ -287,10 +327,15 @@ def test_prepare_exit_2_leaves_no_trace_in_dst(tmp_path):
 # -- view_tensorboard ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "fragment"), [(["--port", "99999"], "expected a port number 1-65535"),
-                                                (["--port", "http"], "expected a port number"),
-                                                (["--host", "a..b"], "not a valid host name"),
-                                                (["--host", "203.0.113.7"], "is 203.0.113.7 an address of this")])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--port", "99999"], "expected a port number 1-65535"),
+        (["--port", "http"], "expected a port number"),
+        (["--host", "a..b"], "not a valid host name"),
+        (["--host", "203.0.113.7"], "is 203.0.113.7 an address of this"),
+    ],
+)
 def test_view_tensorboard_bad_port_or_host_is_one_line(base_run, args, fragment):
     result = run_cli([sys.executable, str(REPO / "view_tensorboard.py"), str(base_run.parent), *args], timeout=120)
     one_line_error(result, 2, fragment)

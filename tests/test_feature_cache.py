@@ -28,8 +28,9 @@ def prepared(prepared_sample):
 
 
 def _training_config(dataset, *sets):
-    config, _ = build_config(preset=load_preset("stable"), dataset_path=dataset,
-                             cli_layers=[(parse_set_option(s), "--set") for s in sets])
+    config, _ = build_config(
+        preset=load_preset("stable"), dataset_path=dataset, cli_layers=[(parse_set_option(s), "--set") for s in sets]
+    )
     return config
 
 

@@ -63,8 +63,11 @@ class ReadRecorder:
 
 
 def _train(dataset: Path, output: Path, steps: int, callbacks: dict | None = None):
-    request = request_from_args(parse_args(["--dataset-path", str(dataset), "--output-path", str(output),
-                                            "--max-steps", str(steps), *tiny_args()]))
+    request = request_from_args(
+        parse_args(
+            ["--dataset-path", str(dataset), "--output-path", str(output), "--max-steps", str(steps), *tiny_args()]
+        )
+    )
     if callbacks:
         request = request.with_callbacks(callbacks)
     outcome = train(request)
@@ -91,8 +94,10 @@ def test_a_nonfinite_update_is_skipped_on_the_device_without_a_read(sample_22k, 
 
     def poison(trainer):
         if trainer.total_steps_done == 4:
+
             def before_clipping():
                 next(p for p in trainer.model.parameters() if p.grad is not None).grad.view(-1)[0] = math.nan
+
             trainer.model.before_gradient_clipping = before_clipping
             seen["before"] = [p.detach().clone() for p in trainer.model.parameters()]
             seen["step_count"] = float(trainer.optimizer[0].step_count)

@@ -27,13 +27,24 @@ from tests.helpers import REPO, copy_corpus, read_scalars, run_dirs, tiny_args
 pytestmark = pytest.mark.slow
 
 # Small detector windows so that a tiny run of a few dozen steps can show an explosion.
-FAST_HEALTH = ["--set", "health.grace_steps=3", "--set", "health.level_window=5", "--set", "health.jump_window=3",
-               "--set", "health.baseline_window=16", "--set", "health.checkpoint_every=3"]
+FAST_HEALTH = [
+    "--set",
+    "health.grace_steps=3",
+    "--set",
+    "health.level_window=5",
+    "--set",
+    "health.jump_window=3",
+    "--set",
+    "health.baseline_window=16",
+    "--set",
+    "health.checkpoint_every=3",
+]
 
 
 def _request(dataset: Path, output: Path, *extra: str):
-    return request_from_args(parse_args(["--dataset-path", str(dataset), "--output-path", str(output),
-                                         *tiny_args(), *extra]))
+    return request_from_args(
+        parse_args(["--dataset-path", str(dataset), "--output-path", str(output), *tiny_args(), *extra])
+    )
 
 
 def _snapshot(trainer) -> list[torch.Tensor]:
@@ -127,7 +138,7 @@ def test_nan_audio_in_the_data_is_skipped_in_training_and_eval(sample_22k, tmp_p
     train_wav = next(w for w in wavs if str(w) != eval_sample["audio_file"])
     for wav in (train_wav, Path(eval_sample["audio_file"])):
         audio, rate = sf.read(wav, dtype="float32")
-        audio[len(audio) // 3: len(audio) // 3 + 50] = np.nan
+        audio[len(audio) // 3 : len(audio) // 3 + 50] = np.nan
         sf.write(wav, audio, rate, subtype="FLOAT")
     outcome = train(_request(corpus, tmp_path / "runs", "--max-steps", "16"))  # > 2 epochs of 6 batches
     assert outcome.status == "max_steps", outcome.message
@@ -142,10 +153,12 @@ def test_nan_audio_in_the_data_is_skipped_in_training_and_eval(sample_22k, tmp_p
 
 
 def test_every_step_nonfinite_stops_instead_of_looping(sample_22k, tmp_path):
-    request = _request(sample_22k, tmp_path / "runs", "--max-steps", "200",
-                       "--set", "health.max_consecutive_nonfinite=5")
-    request = request.with_callbacks({"on_init_end": lambda t: setattr(
-        t.model, "before_gradient_clipping", lambda: _poison_grad(t, math.nan))})
+    request = _request(
+        sample_22k, tmp_path / "runs", "--max-steps", "200", "--set", "health.max_consecutive_nonfinite=5"
+    )
+    request = request.with_callbacks(
+        {"on_init_end": lambda t: setattr(t.model, "before_gradient_clipping", lambda: _poison_grad(t, math.nan))}
+    )
     outcome = train(request)
     assert outcome.status == "exploded" and outcome.exit_code == EXIT_EXPLODED
     assert "all non-finite" in outcome.message and outcome.step < 20
@@ -153,10 +166,13 @@ def test_every_step_nonfinite_stops_instead_of_looping(sample_22k, tmp_path):
 
 def _blow_up_from(step: int, factor: float = 1e4):
     """Scale every gradient from `step` on: pre-clip norms jump far past the limit."""
+
     def start(trainer) -> None:
         if trainer.total_steps_done >= step:
             trainer.model.before_gradient_clipping = lambda: [
-                p.grad.mul_(factor) for p in trainer.model.parameters() if p.grad is not None]
+                p.grad.mul_(factor) for p in trainer.model.parameters() if p.grad is not None
+            ]
+
     return start
 
 
@@ -197,8 +213,20 @@ def test_warn_policy_keeps_training_and_says_what_to_do(sample_22k, tmp_path, ca
 def test_auto_escalate_recovers_from_an_absurd_learning_rate(sample_22k, tmp_path):
     # lr 5 with no clipping and a 3-step warmup blows GlowTTS up within a few dozen steps; the
     # next tier's preset replaces all three, so the chain must recover by itself.
-    request = _request(sample_22k, tmp_path / "runs", "--max-steps", "60", "--auto-escalate", *FAST_HEALTH,
-                       "--set", "lr=5.0", "--set", "grad_clip=0.0", "--set", "lr_scheduler_params.warmup_steps=3")
+    request = _request(
+        sample_22k,
+        tmp_path / "runs",
+        "--max-steps",
+        "60",
+        "--auto-escalate",
+        *FAST_HEALTH,
+        "--set",
+        "lr=5.0",
+        "--set",
+        "grad_clip=0.0",
+        "--set",
+        "lr_scheduler_params.warmup_steps=3",
+    )
     outcome = train(request)
     assert outcome.status == "max_steps" and outcome.exit_code == 0, outcome.message
     runs = run_dirs(tmp_path / "runs")
@@ -220,14 +248,24 @@ def test_auto_escalate_recovers_from_an_absurd_learning_rate(sample_22k, tmp_pat
 
 def test_ctrl_c_saves_exits_130_and_resumes(sample_22k, tmp_path):
     output = tmp_path / "runs"
-    cmd = [sys.executable, str(REPO / "train_ruslan_glowtts.py"), "--dataset-path", str(sample_22k),
-           "--output-path", str(output), "--max-steps", "100000", *tiny_args()]
+    cmd = [
+        sys.executable,
+        str(REPO / "train_ruslan_glowtts.py"),
+        "--dataset-path",
+        str(sample_22k),
+        "--output-path",
+        str(output),
+        "--max-steps",
+        "100000",
+        *tiny_args(),
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     # Coqui logs "> TRAINING (" once fit() runs, where the kit's signal handling is in place; a
     # Ctrl-C before that is the start-up case (tests/test_faults.py).
-    while time.time() < deadline and not any("> TRAINING (" in log.read_text(errors="replace")
-                                             for log in output.glob("*/trainer_0_log.txt")):
+    while time.time() < deadline and not any(
+        "> TRAINING (" in log.read_text(errors="replace") for log in output.glob("*/trainer_0_log.txt")
+    ):
         time.sleep(0.5)
     time.sleep(4)  # a few steps in
     proc.send_signal(signal.SIGINT)

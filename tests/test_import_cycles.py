@@ -61,7 +61,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
     def walk(node: str, path: list[str]) -> None:
         if node in path:
-            cycle = path[path.index(node):]
+            cycle = path[path.index(node) :]
             if frozenset(cycle) not in done:
                 done.add(frozenset(cycle))
                 found.append([*cycle, node])
@@ -85,12 +85,15 @@ def test_the_cycle_check_finds_a_cycle_through_a_package_and_ignores_lazy_import
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "sub" / "__init__.py").write_text("from pkg.sub.b import B\n")
-    (package / "a.py").write_text("from typing import TYPE_CHECKING\nfrom pkg.sub import b\n"
-                                  "if TYPE_CHECKING:\n    from pkg import c\n")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom pkg.sub import b\nif TYPE_CHECKING:\n    from pkg import c\n"
+    )
     (package / "sub" / "b.py").write_text("import pkg.a\nB = 1\ndef f():\n    from pkg import c\n")
     (package / "c.py").write_text("from pkg.a import x\n")
     graph = import_graph(package)
     assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.a"}
     # a -> sub (whose __init__ imports b) -> b -> a, and a -> b -> a; c is only imported lazily
-    assert {frozenset(cycle) for cycle in cycles(graph)} == {frozenset({"pkg.a", "pkg.sub", "pkg.sub.b"}),
-                                                             frozenset({"pkg.a", "pkg.sub.b"})}
+    assert {frozenset(cycle) for cycle in cycles(graph)} == {
+        frozenset({"pkg.a", "pkg.sub", "pkg.sub.b"}),
+        frozenset({"pkg.a", "pkg.sub.b"}),
+    }

@@ -32,8 +32,9 @@ def tiny_model():
     from ruslan_glowtts.training.config import build_config, parse_set_option
     from ruslan_glowtts.training.model import RuslanGlowTTS
 
-    config, _ = build_config(preset=load_preset("stable"), cli_layers=[(parse_set_option(o), "test")
-                                                                      for o in TINY_MODEL], quiet=True)
+    config, _ = build_config(
+        preset=load_preset("stable"), cli_layers=[(parse_set_option(o), "test") for o in TINY_MODEL], quiet=True
+    )
     torch.manual_seed(0)
     model = RuslanGlowTTS(config)
     model.run_data_dep_init = False
@@ -49,9 +50,15 @@ def _batch(lengths: list[tuple[int, int]], seed: int = 0) -> dict:
     for i, (t, m) in enumerate(lengths):
         text[i, :t] = torch.randint(1, 40, (t,), generator=generator)
         mel[i, :m] = torch.randn(m, 80, generator=generator)
-    return {"text_input": text, "text_lengths": torch.tensor([t for t, _ in lengths]), "mel_input": mel,
-            "mel_lengths": torch.tensor([m for _, m in lengths]), "d_vectors": None, "speaker_ids": None,
-            "audio_unique_names": [f"ruslan#RUSLAN/{i:06d}_RUSLAN" for i in range(len(lengths))]}
+    return {
+        "text_input": text,
+        "text_lengths": torch.tensor([t for t, _ in lengths]),
+        "mel_input": mel,
+        "mel_lengths": torch.tensor([m for _, m in lengths]),
+        "d_vectors": None,
+        "speaker_ids": None,
+        "audio_unique_names": [f"ruslan#RUSLAN/{i:06d}_RUSLAN" for i in range(len(lengths))],
+    }
 
 
 def test_per_sample_terms_add_up_to_coquis_batch_losses(tiny_model):
@@ -260,10 +267,27 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
 
     # A kill -9 gives no chance to flush anything: every line must already be whole on disk.
     output = tmp_path / "runs"
-    command = [sys.executable, "train_ruslan_glowtts.py", "--dataset-path", str(prepared_sample), "--output-path",
-               str(output), "--max-steps", "400", "--set", "save_step=4", *tiny_args()]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "train_ruslan_glowtts.py",
+        "--dataset-path",
+        str(prepared_sample),
+        "--output-path",
+        str(output),
+        "--max-steps",
+        "400",
+        "--set",
+        "save_step=4",
+        *tiny_args(),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -293,6 +317,11 @@ def test_ledger_of_a_run_killed_with_sigkill_then_continued(prepared_sample, tmp
     # the batches of every update of the resumed segment are there (4 utterances each, the last may be short)
     counts = [int(((after.step == s) & (after.batch >= before.batches)).sum()) for s in resumed]
     assert min(counts) >= 1 and max(counts) == 4
-    done = subprocess.run([sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)], cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "ruslan_glowtts.diagnose", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert "Traceback" not in done.stderr and "Suspects:" in done.stdout, done.stderr

@@ -30,9 +30,22 @@ def test_tts_cli_speaks_russian_from_the_checkpoint(smoke_run, tmp_path):
     assert tts.is_file(), f"Coqui's tts CLI not found at {tts}"
     wav = tmp_path / "out.wav"
     result = subprocess.run(
-        [str(tts), "--text", SENTENCE, "--model_path", str(smoke_run / f"checkpoint_{SMOKE_STEPS}.pth"),
-         "--config_path", str(smoke_run / "config.json"), "--out_path", str(wav)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            str(tts),
+            "--text",
+            SENTENCE,
+            "--model_path",
+            str(smoke_run / f"checkpoint_{SMOKE_STEPS}.pth"),
+            "--config_path",
+            str(smoke_run / "config.json"),
+            "--out_path",
+            str(wav),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     info = sf.info(wav)
     assert info.samplerate == 22050 and info.frames > 0 and info.channels == 1
@@ -54,5 +67,6 @@ def test_diagnose_a_real_run_gives_verdict_json_and_png(smoke_run, tmp_path, cap
     dataset = json.loads((smoke_run / "run.json").read_text(encoding="utf-8"))["dataset_path"]
     assert report["next_tier_command"].startswith(
         f"python train_ruslan_glowtts.py --preset safer --dataset-path {dataset} "
-        f"--restore-path {smoke_run / f'checkpoint_{SMOKE_STEPS}.pth'} --set hidden_channels_enc=32")
+        f"--restore-path {smoke_run / f'checkpoint_{SMOKE_STEPS}.pth'} --set hidden_channels_enc=32"
+    )
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

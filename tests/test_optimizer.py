@@ -25,8 +25,16 @@ def _random_batch(generator: torch.Generator) -> tuple[torch.Tensor, ...]:
 def _loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     x, x_lengths, y, y_lengths = batch
     out = model.forward(x, x_lengths, y, y_lengths)
-    losses = model.get_criterion()(out["z"], out["y_mean"], out["y_log_scale"], out["logdet"], y_lengths,
-                                   out["durations_log"], out["total_durations_log"], x_lengths)
+    losses = model.get_criterion()(
+        out["z"],
+        out["y_mean"],
+        out["y_log_scale"],
+        out["logdet"],
+        y_lengths,
+        out["durations_log"],
+        out["total_durations_log"],
+        x_lengths,
+    )
     return losses["loss"]
 
 
@@ -140,14 +148,16 @@ def test_state_dict_round_trip_and_coquis_state_loads():
     other = FlatRAdam(copy.deepcopy(model).parameters(), **KWARGS)
     other.load_state_dict(saved)
     assert torch.equal(other.exp_avg, flat.exp_avg) and float(other.step_count) == 4
-    assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(other._params, other._views(other.flat_grad),
-                                                                 strict=True))
+    assert all(
+        p.grad.data_ptr() == v.data_ptr() for p, v in zip(other._params, other._views(other.flat_grad), strict=True)
+    )
 
 
 def test_make_radam_picks_the_implementation():
     model = tiny_model()
     assert isinstance(make_radam(model.parameters(), impl="coqui", lr=1e-3, optimizer_params={}), CoquiRAdam)
-    assert isinstance(make_radam(model.parameters(), impl="flat", lr=1e-3, optimizer_params={"betas": [0.9, 0.998]}),
-                      FlatRAdam)
+    assert isinstance(
+        make_radam(model.parameters(), impl="flat", lr=1e-3, optimizer_params={"betas": [0.9, 0.998]}), FlatRAdam
+    )
     with pytest.raises(ValueError, match="radam_impl"):
         make_radam(model.parameters(), impl="fast", lr=1e-3, optimizer_params={})

@@ -83,13 +83,19 @@ def make_defective_corpus(root: Path) -> Path:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def output_mtimes(dst: Path) -> dict[str, int]:
-    return {str(p.relative_to(dst)): p.stat().st_mtime_ns for p in sorted(dst.rglob("*"))
-            if p.is_file() and ".prepare" not in p.parts and p.name != "report.json"}
+    return {
+        str(p.relative_to(dst)): p.stat().st_mtime_ns
+        for p in sorted(dst.rglob("*"))
+        if p.is_file() and ".prepare" not in p.parts and p.name != "report.json"
+    }
 
 
 def read_report(dst: Path) -> dict:
@@ -133,10 +139,17 @@ def test_every_defect_is_reported_and_handled(defective):
         by_id.setdefault(entry["id"], set()).update(p["code"] for p in entry["problems"])
 
     expected_excluded = {
-        "000002_RUSLAN": "non_finite", "000003_RUSLAN": "clipped", "000004_RUSLAN": "unreadable",
-        "000005_RUSLAN": "empty_audio", "000006_RUSLAN": "missing_file", "000007_RUSLAN": "too_long",
-        "000009_RUSLAN": "latin_letters", "000011_RUSLAN": "empty_text", "000012_RUSLAN": "extra_columns",
-        "000014_RUSLAN": "near_silent", "../../evil": "unsafe_id",
+        "000002_RUSLAN": "non_finite",
+        "000003_RUSLAN": "clipped",
+        "000004_RUSLAN": "unreadable",
+        "000005_RUSLAN": "empty_audio",
+        "000006_RUSLAN": "missing_file",
+        "000007_RUSLAN": "too_long",
+        "000009_RUSLAN": "latin_letters",
+        "000011_RUSLAN": "empty_text",
+        "000012_RUSLAN": "extra_columns",
+        "000014_RUSLAN": "near_silent",
+        "../../evil": "unsafe_id",
     }
     for id_, code in expected_excluded.items():
         assert code in by_id[id_], (id_, by_id.get(id_))
@@ -152,20 +165,39 @@ def test_every_defect_is_reported_and_handled(defective):
     written = read_report(dst)["files"]
     assert written == report["files"] and all(
         list(p) == ["code", "action", "detail"] and p["action"] in ("excluded", "fixed", "warning")
-        for entry in written for p in entry["problems"])
+        for entry in written
+        for p in entry["problems"]
+    )
 
     line_problems = {(e["line"], p["code"]) for e in report["files"] for p in e["problems"]}
     assert (26, "no_separator") in line_problems and (27, "duplicate_id") in line_problems
     assert (25, "unsafe_id") in line_problems
-    for code in ("non_finite", "clipped", "unreadable", "empty_audio", "missing_file", "too_long", "latin_letters",
-                 "empty_text", "extra_columns", "near_silent", "unsafe_id", "no_separator", "duplicate_id",
-                 "multichannel"):
+    for code in (
+        "non_finite",
+        "clipped",
+        "unreadable",
+        "empty_audio",
+        "missing_file",
+        "too_long",
+        "latin_letters",
+        "empty_text",
+        "extra_columns",
+        "near_silent",
+        "unsafe_id",
+        "no_separator",
+        "duplicate_id",
+        "multichannel",
+    ):
         assert report["problems"][code]["count"] == 1, code
         assert report["problems"][code]["meaning"]
     assert report["metadata"]["bom"] is True and report["metadata"]["crlf_lines"] == 27
     assert report["metadata"]["trailing_whitespace_lines"] == 2  # 000011 (blank text) and 000020
-    assert report["summary"] == {**report["summary"], "lines": 27, "usable": len(EXPECTED_USABLE),
-                                 "excluded": 27 - len(EXPECTED_USABLE)}
+    assert report["summary"] == {
+        **report["summary"],
+        "lines": 27,
+        "usable": len(EXPECTED_USABLE),
+        "excluded": 27 - len(EXPECTED_USABLE),
+    }
 
     digits = next(e for e in report["files"] if e["id"] == "000008_RUSLAN")
     assert digits["usable"] and "numbers" in digits["text"]["changes"]
@@ -181,7 +213,8 @@ def test_prepared_folder_is_ready_for_training(defective):
     lines = (dst / META).read_text(encoding="utf-8").splitlines()
     assert {line.split("|")[0] for line in lines} == EXPECTED_USABLE
     assert "В тысяча восемьсот двенадцатом году было двадцать пять процентов и три целых пять десятых дня." in (
-        line.split("|")[1] for line in lines)
+        line.split("|")[1] for line in lines
+    )
     for line in lines:
         id_, text = line.split("|")
         assert not any(c.isdigit() or "a" <= c.lower() <= "z" or c == "+" for c in text), line
@@ -206,10 +239,15 @@ def test_prepare_and_training_give_the_same_vocabulary_verdict(defective):
     config, _ = build_config(preset=load_preset(DEFAULT_PRESET), dataset_path=dst)
     train, evals = load_samples(config)
     assert not check_vocabulary(train + evals, config)  # every line prepare keeps, training accepts
-    sources = dict(line.split("|", 1) for line in (src / META).read_text(encoding="utf-8-sig").splitlines()
-                   if line.count("|") == 1)
-    refused = [(e["id"], p["detail"]) for e in report["files"] for p in e["problems"]
-               if p["code"] in ("latin_letters", "out_of_vocabulary")]
+    sources = dict(
+        line.split("|", 1) for line in (src / META).read_text(encoding="utf-8-sig").splitlines() if line.count("|") == 1
+    )
+    refused = [
+        (e["id"], p["detail"])
+        for e in report["files"]
+        for p in e["problems"]
+        if p["code"] in ("latin_letters", "out_of_vocabulary")
+    ]
     assert [id_ for id_, _ in refused] == ["000009_RUSLAN"]
     for id_, detail in refused:  # ... and a line prepare excludes, training refuses for the same characters
         sample = {"text": normalize_text(sources[id_]).text + "\n", "audio_file": f"{id_}.wav", "language": "ru"}
@@ -221,8 +259,9 @@ def test_prepare_and_training_give_the_same_vocabulary_verdict(defective):
 
 def test_source_is_untouched_and_escaping_ids_are_not_followed(defective):
     src, dst, before, _ = defective
-    assert tree_digest(src.parent / "src") == {k.removeprefix("src/"): v for k, v in before.items()
-                                                if k.startswith("src/")}
+    assert tree_digest(src.parent / "src") == {
+        k.removeprefix("src/"): v for k, v in before.items() if k.startswith("src/")
+    }
     assert (src.parent / "evil.wav").read_bytes() == _wav(src, 0).read_bytes()
     assert not list(dst.rglob("evil*"))
 
@@ -260,7 +299,8 @@ def test_changed_source_and_options_redo_only_what_they_affect(tmp_path, capsys)
     assert report["run"]["processed"] == 1 and report["run"]["reused"] == 23
     assert "000000_RUSLAN|Мор+оз и солнце; день чудесный!" in (dst / META).read_text(encoding="utf-8")
     assert 'characters.characters = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя+"' in (dst / "dataset.toml").read_text(
-        encoding="utf-8")
+        encoding="utf-8"
+    )
     assert_training_resolves_what_prepare_used(dst)  # the kept '+' included
 
 
@@ -273,7 +313,9 @@ def test_trim_silence_fixes_long_edges(tmp_path, capsys):
     report = read_report(dst)
     (entry,) = [e for e in report["files"] if e["id"] == "000015_RUSLAN"]
     assert {(p["code"], p["action"]) for p in entry["problems"]} == {
-        ("long_leading_silence", "fixed"), ("long_trailing_silence", "fixed")}
+        ("long_leading_silence", "fixed"),
+        ("long_trailing_silence", "fixed"),
+    }
     trimmed = sf.info(dst / "RUSLAN" / "000015_RUSLAN.wav").duration
     assert trimmed < len(audio) / rate + 0.5  # ~4 s of silence gone, 0.1 s kept at each edge
 
@@ -322,9 +364,13 @@ def test_killed_run_leaves_no_half_written_file_and_resumes(tmp_path, capsys):
             more.append(f"{new_id}|{text}")
     (src / META).write_text("\n".join(lines + more) + "\n", encoding="utf-8")
     dst = tmp_path / "dst"
-    process = subprocess.Popen([sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst),
-                                "--jobs", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ruslan_glowtts.prepare", "--src", str(src), "--dst", str(dst), "--jobs", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if len(list((dst / "RUSLAN").glob("*.wav"))) >= 40:
@@ -400,8 +446,9 @@ def test_nothing_usable_exits_3_with_a_report(tmp_path, capsys):
 def test_training_on_the_prepared_corpus(defective, run_main, tmp_path):
     _, dst, _, _ = defective
     output = tmp_path / "runs"
-    code, _out, err = run_main("--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4",
-                               *tiny_args())
+    code, _out, err = run_main(
+        "--dataset-path", str(dst), "--output-path", str(output), "--max-steps", "4", *tiny_args()
+    )
     assert code == 0, err
     (run,) = run_dirs(output)
     assert (run / "checkpoint_4.pth").is_file()

@@ -11,14 +11,38 @@ from ruslan_glowtts.common.presets import available_presets, load_preset, tier_c
 
 # The values each tier promises in README.md and in its own file.
 DOCUMENTED = {
-    "default": {"lr": 1e-3, "grad_clip": 5.0, "warmup": 4000, "batch_size": 8,
-                "grad_accum_steps": 1, "mixed_precision": False},
-    "stable": {"lr": 2e-4, "grad_clip": 1.0, "warmup": 8000, "batch_size": 8,
-               "grad_accum_steps": 1, "mixed_precision": True},
-    "safer": {"lr": 1e-4, "grad_clip": 0.5, "warmup": 8000, "batch_size": 4,
-              "grad_accum_steps": 2, "mixed_precision": True},
-    "safest": {"lr": 5e-5, "grad_clip": 0.3, "warmup": 16000, "batch_size": 4,
-               "grad_accum_steps": 2, "mixed_precision": False},
+    "default": {
+        "lr": 1e-3,
+        "grad_clip": 5.0,
+        "warmup": 4000,
+        "batch_size": 8,
+        "grad_accum_steps": 1,
+        "mixed_precision": False,
+    },
+    "stable": {
+        "lr": 2e-4,
+        "grad_clip": 1.0,
+        "warmup": 8000,
+        "batch_size": 8,
+        "grad_accum_steps": 1,
+        "mixed_precision": True,
+    },
+    "safer": {
+        "lr": 1e-4,
+        "grad_clip": 0.5,
+        "warmup": 8000,
+        "batch_size": 4,
+        "grad_accum_steps": 2,
+        "mixed_precision": True,
+    },
+    "safest": {
+        "lr": 5e-5,
+        "grad_clip": 0.3,
+        "warmup": 16000,
+        "batch_size": 4,
+        "grad_accum_steps": 2,
+        "mixed_precision": False,
+    },
 }
 
 
@@ -82,7 +106,9 @@ def test_list_presets_shows_values_and_fallbacks(run_main):
 
 
 def test_unknown_preset_lists_available_ones():
-    with pytest.raises(UserError, match=r"unknown preset 'stabel'. Did you mean 'stable'\? Available: default, safer, safest, stable"):
+    with pytest.raises(
+        UserError, match=r"unknown preset 'stabel'. Did you mean 'stable'\? Available: default, safer, safest, stable"
+    ):
         load_preset("stabel")
 
 
@@ -95,13 +121,16 @@ def test_user_preset_file_by_path(tmp_path, run_main):
     assert [p.name for p in tier_chain(load_preset(str(mine)))] == ["mine", "safer", "safest"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("lr = [", "malformed preset file"),
-    ("description = 'x'\nlr = 1e-4\n", "unknown top-level key"),
-    ("[config]\nlrr = 1e-4\n", "unknown config key 'lrr'. Did you mean: lr"),
-    ("[config]\nlr = 'fast'\n", "wrong type for 'lr'"),
-    ("fallback = 'nowhere'\n", "unknown preset 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("lr = [", "malformed preset file"),
+        ("description = 'x'\nlr = 1e-4\n", "unknown top-level key"),
+        ("[config]\nlrr = 1e-4\n", "unknown config key 'lrr'. Did you mean: lr"),
+        ("[config]\nlr = 'fast'\n", "wrong type for 'lr'"),
+        ("fallback = 'nowhere'\n", "unknown preset 'nowhere'"),
+    ],
+)
 def test_malformed_preset_files_fail_with_one_line(tmp_path, run_main, content, message):
     bad = tmp_path / "bad.toml"
     bad.write_text(content, encoding="utf-8")

@@ -55,13 +55,24 @@ def _script(model: str) -> str:
 
 def _tiny(model: str, *extra: str) -> list[str]:
     # The vocoder's discriminator (70 M parameters, ~8 s a step on 2 cores) starts at step 100: never here.
-    return tiny_args(*extra) if model == "glowtts" else tiny_vocoder_args("--set", "steps_to_start_discriminator=100",
-                                                                          *extra)
+    return (
+        tiny_args(*extra)
+        if model == "glowtts"
+        else tiny_vocoder_args("--set", "steps_to_start_discriminator=100", *extra)
+    )
 
 
 def _new_run(model: str, dataset: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, _script(model), "--dataset-path", str(dataset), "--output-path", str(output),
-            *_tiny(model), *extra]
+    return [
+        sys.executable,
+        _script(model),
+        "--dataset-path",
+        str(dataset),
+        "--output-path",
+        str(output),
+        *_tiny(model),
+        *extra,
+    ]
 
 
 def _continue(model: str, run: Path, *extra: str) -> list[str]:
@@ -74,8 +85,11 @@ def _meta(run: Path) -> dict:
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file below `folder` with its size and modification time: what "untouched" means."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +122,9 @@ def _checkpoint(run: Path) -> Path:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_continue_path_of_the_other_models_run_is_refused_before_anything_is_written(model, base_runs,
-                                                                                     prepared_sample, tmp_path):
+def test_continue_path_of_the_other_models_run_is_refused_before_anything_is_written(
+    model, base_runs, prepared_sample, tmp_path
+):
     other = _copy_run(base_runs[OTHER[model]], tmp_path)
     before = _snapshot(other)
     result = run_cli(_continue(model, other, "--dataset-path", str(prepared_sample), "--max-steps", "6"))
@@ -120,22 +135,26 @@ def test_continue_path_of_the_other_models_run_is_refused_before_anything_is_wri
 @pytest.mark.parametrize("model", MODELS)
 def test_restore_path_of_the_other_models_checkpoint_is_refused(model, base_runs, prepared_sample, tmp_path):
     checkpoint = _checkpoint(base_runs[OTHER[model]])
-    result = run_cli(_new_run(model, prepared_sample, tmp_path / "runs", "--restore-path", str(checkpoint),
-                              "--max-steps", "1"))
-    one_line_error(result, 2, "--restore-path",
-                   f"is a {NAMES[OTHER[model]]} checkpoint, not a {NAMES[model]} checkpoint")
+    result = run_cli(
+        _new_run(model, prepared_sample, tmp_path / "runs", "--restore-path", str(checkpoint), "--max-steps", "1")
+    )
+    one_line_error(
+        result, 2, "--restore-path", f"is a {NAMES[OTHER[model]]} checkpoint, not a {NAMES[model]} checkpoint"
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_tts_run_must_be_a_glowtts_run(vocoder_base_run, prepared_sample, tmp_path):
-    result = run_cli(_new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(vocoder_base_run),
-                              "--max-steps", "1"))
+    result = run_cli(
+        _new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(vocoder_base_run), "--max-steps", "1")
+    )
     one_line_error(result, 2, "--tts-run", "is a HiFi-GAN run, not a GlowTTS run")
     stray = tmp_path / "stray" / "config.json"
     stray.parent.mkdir()
     stray.write_text(json.dumps({"lr": 1e-3}), encoding="utf-8")  # any JSON file named config.json
-    result = run_cli(_new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(stray),
-                              "--max-steps", "1"))
+    result = run_cli(
+        _new_run("hifigan", prepared_sample, tmp_path / "runs", "--tts-run", str(stray), "--max-steps", "1")
+    )
     one_line_error(result, 2, "--tts-run", "not a GlowTTS run")
     assert not (tmp_path / "runs").exists()
 
@@ -152,8 +171,12 @@ def test_diagnose_refuses_a_vocoder_run(vocoder_base_run):
 def test_new_runs_started_together_get_a_folder_each(model, prepared_sample, tmp_path):
     output = tmp_path / "runs"
     argv = _new_run(model, prepared_sample, output, "--max-steps", "2")
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=SUBPROCESS_ENV,
-                              cwd=REPO) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=SUBPROCESS_ENV, cwd=REPO
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     for proc, text in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, text[-3000:]
@@ -168,8 +191,14 @@ def test_new_runs_started_together_get_a_folder_each(model, prepared_sample, tmp
 @pytest.mark.parametrize("model", MODELS)
 def test_a_second_continue_of_a_running_run_is_refused_and_a_stale_lock_taken_over(model, base_runs, tmp_path):
     run = _copy_run(base_runs[model], tmp_path)
-    first = subprocess.Popen(_continue(model, run, "--max-steps", "100000"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=SUBPROCESS_ENV, cwd=REPO)
+    first = subprocess.Popen(
+        _continue(model, run, "--max-steps", "100000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+    )
     try:
         assert first.stdout is not None
         for line in first.stdout:  # the lock is held from before the model is restored
@@ -247,8 +276,19 @@ def test_max_steps_is_exact_across_resumes(model, base_runs, tmp_path):
 def test_sigterm_to_the_process_group_ends_the_run_like_sigterm_to_the_main_process(model, prepared_sample, tmp_path):
     # SLURM, `timeout` and `kill -- -PGID` signal every process of the group: the loader workers too.
     output = tmp_path / "runs"
-    argv = _new_run(model, prepared_sample, output, "--set", "num_loader_workers=2", "--set", "print_step=1",
-                    "--set", "save_step=100000", "--max-steps", "100000")
+    argv = _new_run(
+        model,
+        prepared_sample,
+        output,
+        "--set",
+        "num_loader_workers=2",
+        "--set",
+        "print_step=1",
+        "--set",
+        "save_step=100000",
+        "--max-steps",
+        "100000",
+    )
     returncode, text = start_and_signal(argv, "GLOBAL_STEP: 2", signal.SIGTERM, group=True)
     no_traceback(text)
     assert returncode == 143, text[-3000:]
@@ -267,8 +307,9 @@ def _tmpfs(where: Path, size: str, *, read_only: bool = False) -> Iterator[Path]
     """A small tmpfs mounted at `where` (root only: skipped elsewhere)."""
     where.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                             text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
     try:
@@ -329,16 +370,26 @@ def _loop(tmp_path: Path) -> Path:
 
 
 PATH_CASES = {
-    "dataset_symlink_loop": (lambda t, d, r: ["--dataset-path", str(_loop(t)), "--output-path", str(t / "runs")],
-                             ("--dataset-path", "symlink loop")),
-    "output_symlink_loop": (lambda t, d, r: ["--dataset-path", str(d), "--output-path", str(_loop(t))],
-                            ("--output-path", "symlink loop")),
-    "dataset_is_a_file": (lambda t, d, r: ["--dataset-path", str(d / "metadata_RUSLAN_22200.csv"),
-                                           "--output-path", str(t / "runs")], ("--dataset-path", "is a file")),
-    "output_is_a_file": (lambda t, d, r: ["--dataset-path", str(d), "--output-path",
-                                          str(d / "metadata_RUSLAN_22200.csv")], ("--output-path", "is a file")),
-    "restore_is_a_folder": (lambda t, d, r: ["--dataset-path", str(d), "--output-path", str(t / "runs"),
-                                             "--restore-path", str(r)], ("--restore-path", "is a folder")),
+    "dataset_symlink_loop": (
+        lambda t, d, r: ["--dataset-path", str(_loop(t)), "--output-path", str(t / "runs")],
+        ("--dataset-path", "symlink loop"),
+    ),
+    "output_symlink_loop": (
+        lambda t, d, r: ["--dataset-path", str(d), "--output-path", str(_loop(t))],
+        ("--output-path", "symlink loop"),
+    ),
+    "dataset_is_a_file": (
+        lambda t, d, r: ["--dataset-path", str(d / "metadata_RUSLAN_22200.csv"), "--output-path", str(t / "runs")],
+        ("--dataset-path", "is a file"),
+    ),
+    "output_is_a_file": (
+        lambda t, d, r: ["--dataset-path", str(d), "--output-path", str(d / "metadata_RUSLAN_22200.csv")],
+        ("--output-path", "is a file"),
+    ),
+    "restore_is_a_folder": (
+        lambda t, d, r: ["--dataset-path", str(d), "--output-path", str(t / "runs"), "--restore-path", str(r)],
+        ("--restore-path", "is a folder"),
+    ),
 }
 
 
@@ -418,8 +469,11 @@ def test_synthesize_a_truncated_checkpoint_is_one_line_and_makes_no_out_folder(f
     data = _checkpoint(base_runs[model]).read_bytes()
     (run / "checkpoint_9.pth").write_bytes(data[: len(data) // 2])
     runs = {"--tts": base_runs["glowtts"], "--vocoder": base_runs["hifigan"], flag: run}
-    result = run_cli(_synthesize("--tts", runs["--tts"], "--vocoder", runs["--vocoder"], "--text", "Привет.",
-                                 "--out", tmp_path / "out"))
+    result = run_cli(
+        _synthesize(
+            "--tts", runs["--tts"], "--vocoder", runs["--vocoder"], "--text", "Привет.", "--out", tmp_path / "out"
+        )
+    )
     one_line_error(result, 2, flag, "cannot be loaded")
     assert not (tmp_path / "out").exists()
 
@@ -449,8 +503,9 @@ def test_synthesize_sigterm_keeps_an_index_of_the_wavs_written(base_run, tmp_pat
     sentences = tmp_path / "s.txt"
     sentences.write_text("".join(f"Предложение номер {n}.\n" for n in range(1, 200)), encoding="utf-8")
     out = tmp_path / "out"
-    returncode, text = start_and_signal(_synthesize("--tts", base_run, "--file", sentences, "--out", out),
-                                        "002.wav", signal.SIGTERM)
+    returncode, text = start_and_signal(
+        _synthesize("--tts", base_run, "--file", sentences, "--out", out), "002.wav", signal.SIGTERM
+    )
     no_traceback(text)
     assert returncode == 143, text[-3000:]
     wavs = sorted(p.name for p in out.glob("*.wav"))

@@ -26,12 +26,20 @@ def test_old_run_json_reads_with_its_next_command_split_off_and_unknown_fields_k
     assert record.message.endswith("training has diverged") and ". Next:" not in record.message
     assert record.next_command.startswith("python train_ruslan_glowtts.py --preset stable")
 
-    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "tier_chain": None, "future_field": 7}),
-                                       encoding="utf-8")
+    (tmp_path / "run.json").write_text(
+        json.dumps({"status": "running", "tier_chain": None, "future_field": 7}), encoding="utf-8"
+    )
     record = RunRecord.read(tmp_path)
     assert record.tier_chain == [] and record.extra == {"future_field": 7}
-    record.end(tmp_path, status="max_steps", exit_code=0, final_step=3, message="stopped at step 3", next_command="",
-               ended_at="now")
+    record.end(
+        tmp_path,
+        status="max_steps",
+        exit_code=0,
+        final_step=3,
+        message="stopped at step 3",
+        next_command="",
+        ended_at="now",
+    )
     written = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
     assert written["future_field"] == 7 and written["status"] == "max_steps" and written["final_step"] == 3
 
@@ -58,8 +66,9 @@ def test_a_held_lock_refuses_a_second_holder_and_a_stale_one_is_taken_over(tmp_p
             runs.RunLock(tmp_path).acquire()  # flock: another open file, as another process would have
     assert not (tmp_path / LOCK_FILE).exists()
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout)}), encoding="utf-8")
     with caplog.at_level(logging.WARNING), runs.RunLock(tmp_path):
         pass

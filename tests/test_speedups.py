@@ -15,8 +15,18 @@ pytestmark = pytest.mark.slow
 
 
 def _losses(run_main, dataset: Path, output: Path, steps: int, *extra: str) -> dict[int, float]:
-    code, _, err = run_main("--dataset-path", str(dataset), "--output-path", str(output),
-                            "--max-steps", str(steps), "--seed", "1234", *tiny_args(), *extra)
+    code, _, err = run_main(
+        "--dataset-path",
+        str(dataset),
+        "--output-path",
+        str(output),
+        "--max-steps",
+        str(steps),
+        "--seed",
+        "1234",
+        *tiny_args(),
+        *extra,
+    )
     assert code == 0, err
     (run,) = run_dirs(output)
     losses = read_scalars(run, "TrainIterStats/loss")

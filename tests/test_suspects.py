@@ -33,8 +33,17 @@ from tests.test_diagnose import healthy_grad, kit_meta, make_run, sigmoid_explos
 IDS = [f"{i:06d}_RUSLAN" for i in range(40)]
 
 
-def write_ledger(run_dir: Path, *, steps: int = 400, batch: int = 4, bad: dict[str, str] | None = None,
-                 flag_with: str | None = None, seed: int = 0, ids: list[str] = IDS, rank: int = 0) -> Path:
+def write_ledger(
+    run_dir: Path,
+    *,
+    steps: int = 400,
+    batch: int = 4,
+    bad: dict[str, str] | None = None,
+    flag_with: str | None = None,
+    seed: int = 0,
+    ids: list[str] = IDS,
+    rank: int = 0,
+) -> Path:
     """A ledger like a training run's: every epoch a shuffled pass over `ids` in batches, a corpus
     NLL and duration loss that fall, utterance-level and per-sighting noise. bad: id -> "high_nll"
     (stays high while the rest fall) or "low_dur" (far below). flag_with: the guard flags 60 % of
@@ -54,8 +63,12 @@ def write_ledger(run_dir: Path, *, steps: int = 400, batch: int = 4, bad: dict[s
             kind = (bad or {}).get(id_)
             nll.append(0.5 + (1.5 if kind == "high_nll" else corpus) + offset[id_] + rng.normal(0, 0.05))
             dur.append((0.05 if kind == "low_dur" else 0.4 + corpus) + offset[id_] + rng.normal(0, 0.03))
-        ledger.add(step, [f"ruslan#RUSLAN/{n}" for n in names], torch.tensor([[40, 300]] * len(names)),
-                   torch.tensor(list(zip(nll, dur, strict=True))))
+        ledger.add(
+            step,
+            [f"ruslan#RUSLAN/{n}" for n in names],
+            torch.tensor([[40, 300]] * len(names)),
+            torch.tensor(list(zip(nll, dur, strict=True))),
+        )
         if (flag_with in names and rng.random() < 0.6) or rng.random() < 0.01:
             ledger.mark(step, "spike", 500.0, 1.0)
     ledger.close()
@@ -86,8 +99,12 @@ def test_a_clean_corpus_lists_no_suspects(tmp_path):
 def test_an_utterance_in_the_flagged_updates_more_often_than_chance_is_a_spike_suspect(tmp_path):
     s = find_suspects([write_ledger(tmp_path / "run", flag_with=IDS[3], seed=4)])
     (row,) = s.spike_suspects
-    assert row["id"] == IDS[3] and row["lift"] > 5 and row["p_corrected"] < 1e-3 and row["kinds"] == {"spike": row[
-        "in_flagged"]}
+    assert (
+        row["id"] == IDS[3]
+        and row["lift"] > 5
+        and row["p_corrected"] < 1e-3
+        and row["kinds"] == {"spike": row["in_flagged"]}
+    )
     assert row["in_flagged"] <= row["seen"] and row["expected"] < row["in_flagged"]
     assert s.evidence == "strong" and s.flag_kinds["spike"] == s.flagged
 
@@ -139,10 +156,14 @@ def test_binomial_tail():
 
 
 def test_with_exclusion_adds_or_replaces_the_flag():
-    assert with_exclusion("python train.py --preset safer", "/r/s.txt") == \
-        "python train.py --preset safer --exclude-utterances /r/s.txt"
-    assert with_exclusion("python train.py --exclude-utterances old.txt --seed 3", "/r/my s.txt") == \
-        "python train.py --seed 3 --exclude-utterances '/r/my s.txt'"
+    assert (
+        with_exclusion("python train.py --preset safer", "/r/s.txt")
+        == "python train.py --preset safer --exclude-utterances /r/s.txt"
+    )
+    assert (
+        with_exclusion("python train.py --exclude-utterances old.txt --seed 3", "/r/my s.txt")
+        == "python train.py --seed 3 --exclude-utterances '/r/my s.txt'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,10 +181,18 @@ def _kit_run(path: Path, grad: np.ndarray, dataset: Path | None = None, **meta) 
 def _prepared_facts(root: Path) -> Path:
     """What diagnose joins from a prepared folder: report.json problems, normalised text."""
     root.mkdir()
-    (root / "metadata_RUSLAN_22200.csv").write_text("".join(f"{i}|Текст номер {n}.\n" for n, i in enumerate(IDS)),
-                                                    encoding="utf-8")
-    (root / "report.json").write_text(json.dumps({"source": "/data/RUSLAN", "destination": str(root), "files": [
-        {"id": IDS[7], "problems": [{"code": "unusual_speaking_rate", "action": "warning"}]}]}))
+    (root / "metadata_RUSLAN_22200.csv").write_text(
+        "".join(f"{i}|Текст номер {n}.\n" for n, i in enumerate(IDS)), encoding="utf-8"
+    )
+    (root / "report.json").write_text(
+        json.dumps(
+            {
+                "source": "/data/RUSLAN",
+                "destination": str(root),
+                "files": [{"id": IDS[7], "problems": [{"code": "unusual_speaking_rate", "action": "warning"}]}],
+            }
+        )
+    )
     return root
 
 
@@ -178,12 +207,14 @@ def test_diagnose_prints_the_section_writes_suspects_txt_and_excludes_in_the_nex
     assert f"{IDS[7]}  " in out and "unusual_speaking_rate | Текст номер 7." in out
     lines = out.splitlines()
     command = lines[lines.index(next(line for line in lines if line.startswith("Next:"))) + 1].strip()
-    assert command.startswith("python train_ruslan_glowtts.py --preset safer") and \
-        command.endswith(f"--exclude-utterances {suspects}")
+    assert command.startswith("python train_ruslan_glowtts.py --preset safer") and command.endswith(
+        f"--exclude-utterances {suspects}"
+    )
     assert f"--exclude {suspects}" in out  # prepare's way, from report.json's source and destination
     text = suspects.read_text(encoding="utf-8")
-    assert f"{IDS[7]}  # loss outlier: per-frame NLL above the corpus" in text and "prepare: unusual_speaking_rate" \
-        in text
+    assert (
+        f"{IDS[7]}  # loss outlier: per-frame NLL above the corpus" in text and "prepare: unusual_speaking_rate" in text
+    )
     assert read_exclusion(suspects, "--exclude-utterances").ids == (IDS[7],)  # the file is an exclusion file
     # JSON: the same section, and the command with the exclusion
     assert dg.main([str(run), "--json"]) == 3
@@ -194,8 +225,11 @@ def test_diagnose_prints_the_section_writes_suspects_txt_and_excludes_in_the_nex
 
 
 def test_the_next_tier_command_keeps_the_runs_own_exclusion(tmp_path):
-    run = _kit_run(tmp_path / "run", sigmoid_explosion(np.random.default_rng(2)),
-                   exclude_utterances={"file": "/lists/my suspects.txt", "sha256": "ab" * 32, "ids": [IDS[1]]})
+    run = _kit_run(
+        tmp_path / "run",
+        sigmoid_explosion(np.random.default_rng(2)),
+        exclude_utterances={"file": "/lists/my suspects.txt", "sha256": "ab" * 32, "ids": [IDS[1]]},
+    )
     assert dg.diagnose(run).command.endswith("--exclude-utterances '/lists/my suspects.txt'")
     write_ledger(run, bad={IDS[7]: "high_nll"})  # new suspects: suspects.txt holds both, and replaces the flag
     dg.main([str(run)])
@@ -234,8 +268,9 @@ def test_the_plot_adds_a_data_map(tmp_path, capsys):
 
 
 def _diagnose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruslan_glowtts.diagnose", *args], cwd=REPO, capture_output=True,
-                          text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ruslan_glowtts.diagnose", *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
 
 
 def test_bad_ledgers_and_runs_never_give_a_traceback(tmp_path):
@@ -248,8 +283,12 @@ def test_bad_ledgers_and_runs_never_give_a_traceback(tmp_path):
     write_ledger(readonly, bad={IDS[7]: "high_nll"})
     readonly.chmod(0o555)
     try:
-        done = [_diagnose(str(no_ledger)), _diagnose(str(torn)), _diagnose(str(torn), str(tmp_path / "nothing")),
-                _diagnose(str(readonly))]
+        done = [
+            _diagnose(str(no_ledger)),
+            _diagnose(str(torn)),
+            _diagnose(str(torn), str(tmp_path / "nothing")),
+            _diagnose(str(readonly)),
+        ]
     finally:
         readonly.chmod(0o755)
     for result in done:
@@ -265,11 +304,14 @@ def test_bad_ledgers_and_runs_never_give_a_traceback(tmp_path):
 # Exclusion files: reading, prepare --exclude, training --exclude-utterances
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"000001_RUSLAN extra words\n", "expected one utterance id per line"),
-    (b"000001_RUSLAN|text\n", "expected one utterance id per line"),
-    (b"\xff\xfe\x00\x01binary", "not a UTF-8 text file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"000001_RUSLAN extra words\n", "expected one utterance id per line"),
+        (b"000001_RUSLAN|text\n", "expected one utterance id per line"),
+        (b"\xff\xfe\x00\x01binary", "not a UTF-8 text file"),
+    ],
+)
 def test_a_malformed_exclusion_file_is_one_line(tmp_path, content, message):
     path = tmp_path / "list.txt"
     path.write_bytes(content)
@@ -300,10 +342,24 @@ def test_bad_exclusion_input_on_the_command_lines_is_one_line_and_exit_2(tmp_pat
     dst = tmp_path / "dst"
     runs = tmp_path / "runs"
     results = [
-        _cli("train_ruslan_glowtts.py", "--dataset-path", str(sample_22k), "--output-path", str(runs),
-             "--exclude-utterances", missing),
-        _cli("train_ruslan_glowtts.py", "--dataset-path", str(sample_22k), "--output-path", str(runs),
-             "--exclude-utterances", str(bad)),
+        _cli(
+            "train_ruslan_glowtts.py",
+            "--dataset-path",
+            str(sample_22k),
+            "--output-path",
+            str(runs),
+            "--exclude-utterances",
+            missing,
+        ),
+        _cli(
+            "train_ruslan_glowtts.py",
+            "--dataset-path",
+            str(sample_22k),
+            "--output-path",
+            str(runs),
+            "--exclude-utterances",
+            str(bad),
+        ),
         _cli("train_ruslan_glowtts.py", "--continue-path", str(tmp_path), "--exclude-utterances", str(bad)),
         _cli("-m", "ruslan_glowtts.prepare", "--src", str(sample_22k), "--dst", str(dst), "--exclude", missing),
     ]
@@ -339,9 +395,23 @@ def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k,
     assert len(warnings) == 1 and "1 of 3 id(s)" in warnings[0]
     # training --exclude-utterances on the full sample: recorded in run.json, shown in the config log
     # (in-process, as the other training tests: the tool wrapper's stderr handler would outlive this test)
-    outcome = train(request_from_args(parse_args(["--dataset-path", str(sample_22k), "--output-path",
-                                                  str(tmp_path / "runs"), "--max-steps", "5", "--exclude-utterances",
-                                                  str(listed), *tiny_args()])))
+    outcome = train(
+        request_from_args(
+            parse_args(
+                [
+                    "--dataset-path",
+                    str(sample_22k),
+                    "--output-path",
+                    str(tmp_path / "runs"),
+                    "--max-steps",
+                    "5",
+                    "--exclude-utterances",
+                    str(listed),
+                    *tiny_args(),
+                ]
+            )
+        )
+    )
     assert outcome.status == "max_steps", outcome.message
     (run,) = run_dirs(tmp_path / "runs")
     meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
@@ -349,8 +419,9 @@ def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k,
     assert exclusion["file"] == str(listed) and exclusion["sha256"] == record["sha256"]
     assert exclusion["excluded"] == 2 and exclusion["unknown"] == ["not_in_the_corpus"]
     messages = [r.getMessage() for r in caplog.records]  # the console's config log
-    assert any(m.startswith(f"Excluding: 3 utterance id(s) from {listed} (sha256 {record['sha256'][:12]})")
-               for m in messages)
+    assert any(
+        m.startswith(f"Excluding: 3 utterance id(s) from {listed} (sha256 {record['sha256'][:12]})") for m in messages
+    )
     assert sum("not in the dataset" in m for m in messages) == 1
     seen = set(read_ledgers(ledger_files([run])).ids)
     assert seen and not seen & {"000003_RUSLAN", "000005_RUSLAN"}
@@ -366,6 +437,7 @@ def test_exclusion_round_trip_through_prepare_and_training(tmp_path, sample_22k,
 def _poison_updates_holding(target: str) -> dict:
     """Trainer callbacks: every update whose batch holds `target` gets a NaN gradient (the guard
     skips it), as an utterance that makes the gradients blow up would."""
+
     def setup(trainer) -> None:
         if hasattr(trainer.guard.record_batch, "watching"):
             return
@@ -382,6 +454,7 @@ def _poison_updates_holding(target: str) -> dict:
         watch.watching = True
         trainer.guard.record_batch = watch
         trainer.model.before_gradient_clipping = poison
+
     return {"on_train_step_start": setup}  # the guard exists once the Trainer is built
 
 
@@ -393,9 +466,23 @@ def test_an_utterance_behind_skipped_updates_is_named_in_a_real_run(sample_22k, 
     target = "000007_RUSLAN"
     # Random batches: on 23 utterances length buckets would batch the same four together every
     # epoch, and no ledger could tell them apart (a synthetic test covers that note).
-    request = request_from_args(parse_args(["--dataset-path", str(sample_22k), "--output-path", str(tmp_path / "runs"),
-                                            "--max-steps", "80", *tiny_args(), "--set", "plot_step=100",
-                                            "--set", "bucket_by_length=false"]))
+    request = request_from_args(
+        parse_args(
+            [
+                "--dataset-path",
+                str(sample_22k),
+                "--output-path",
+                str(tmp_path / "runs"),
+                "--max-steps",
+                "80",
+                *tiny_args(),
+                "--set",
+                "plot_step=100",
+                "--set",
+                "bucket_by_length=false",
+            ]
+        )
+    )
     outcome = train(request.with_callbacks(_poison_updates_holding(target)))
     assert outcome.status == "max_steps", outcome.message
     (run,) = run_dirs(tmp_path / "runs")
@@ -408,8 +495,9 @@ def test_an_utterance_behind_skipped_updates_is_named_in_a_real_run(sample_22k, 
     (row,) = found.spike_suspects
     assert row["id"] == target and row["in_flagged"] == row["seen"] and row["kinds"]["skipped"] == row["seen"]
     assert row["lift"] > 3 and found.evidence == "strong"
-    assert f"{target}  # spike suspect: in {row['seen']} of {row['seen']} flagged updates' batches" in \
-        (run / SUSPECTS_FILE).read_text(encoding="utf-8")
+    assert f"{target}  # spike suspect: in {row['seen']} of {row['seen']} flagged updates' batches" in (
+        run / SUSPECTS_FILE
+    ).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,5 +548,6 @@ def test_retraining_without_the_suspects_fits_the_clean_utterances_better(plante
     after = planted_proof["retrain"]
     assert after["exclusion"]["excluded"] == len(before["listed"]) and after["exclusion"]["unknown"] == []
     # at the same exposure of each clean utterance (fewer utterances give more passes in as many steps)
-    assert (after["matched"]["after"] < after["matched"]["before"]
-            or after["flagged_updates"] < before["flagged_updates"]), after["matched"]
+    assert (
+        after["matched"]["after"] < after["matched"]["before"] or after["flagged_updates"] < before["flagged_updates"]
+    ), after["matched"]

@@ -33,9 +33,14 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 def test_differences_name_every_unconverted_setting():
     assert differences(KIT_AUDIO, dict(KIT_AUDIO)) == []
     assert differences(KIT_AUDIO, HIFIGAN_V2_AUDIO) == [
-        "mel_fmax 11025 (unset: Nyquist) vs 8000", "log_func np.log10 vs np.log", "spec_gain 20 vs 1"]
+        "mel_fmax 11025 (unset: Nyquist) vs 8000",
+        "log_func np.log10 vs np.log",
+        "spec_gain 20 vs 1",
+    ]
     assert differences(KIT_AUDIO, AUDIO_24K) == [
-        "sample_rate 22050 vs 24000", "mel_fmax 11025 (unset: Nyquist) vs 12000 (unset: Nyquist)"]
+        "sample_rate 22050 vs 24000",
+        "mel_fmax 11025 (unset: Nyquist) vs 12000 (unset: Nyquist)",
+    ]
     # normalisation is converted by Coqui's Synthesizer: not a mismatch
     assert differences(KIT_AUDIO, KIT_AUDIO | {"max_norm": 1.0, "symmetric_norm": False}) == []
     # hop and window given in milliseconds resolve as Coqui's AudioProcessor does
@@ -53,10 +58,16 @@ def _vocoder_with(tiny_vocoder_run: Path, tmp_path: Path, audio: dict) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("audio,named", [(HIFIGAN_V2_AUDIO, ("mel_fmax", "log_func", "spec_gain")),
-                                          (AUDIO_24K, ("sample_rate 22050 vs 24000", "mel_fmax"))])
-def test_a_mismatched_vocoder_is_refused_naming_the_settings(tiny_glowtts_run, tiny_vocoder_run, tmp_path, capsys,
-                                                             audio, named):
+@pytest.mark.parametrize(
+    "audio,named",
+    [
+        (HIFIGAN_V2_AUDIO, ("mel_fmax", "log_func", "spec_gain")),
+        (AUDIO_24K, ("sample_rate 22050 vs 24000", "mel_fmax")),
+    ],
+)
+def test_a_mismatched_vocoder_is_refused_naming_the_settings(
+    tiny_glowtts_run, tiny_vocoder_run, tmp_path, capsys, audio, named
+):
     vocoder = _vocoder_with(tiny_vocoder_run, tmp_path, audio)
     out = tmp_path / "out"
     code, _, err = _main(capsys, "--tts", tiny_glowtts_run, "--vocoder", vocoder, "--text", "Привет.", "--out", out)
@@ -100,8 +111,9 @@ def test_one_wav_per_sentence_with_the_vocoder(tiny_glowtts_run, tiny_vocoder_ru
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("В 1812 году началась война.\n\nМороз и солнце; день чудесный!\n", encoding="utf-8")
     out = tmp_path / "out"
-    code, stdout, _ = _main(capsys, "--tts", tiny_glowtts_run, "--vocoder", tiny_vocoder_run, "--file", sentences,
-                            "--out", out)
+    code, stdout, _ = _main(
+        capsys, "--tts", tiny_glowtts_run, "--vocoder", tiny_vocoder_run, "--file", sentences, "--out", out
+    )
     assert code == 0 and "with HiFi-GAN" in stdout
     assert sorted(p.name for p in out.glob("*.wav")) == ["001.wav", "002.wav"]
     for wav in out.glob("*.wav"):
@@ -129,8 +141,12 @@ def test_coqui_tts_ignores_vocoder_name_with_a_model_path(tiny_glowtts_run):
     from TTS.api import TTS
 
     checkpoint = tiny_glowtts_run / f"checkpoint_{SMOKE_STEPS}.pth"
-    api = TTS(model_path=str(checkpoint), config_path=str(tiny_glowtts_run / "config.json"),
-              vocoder_name="vocoder_models/en/ljspeech/hifigan_v2", progress_bar=False)
+    api = TTS(
+        model_path=str(checkpoint),
+        config_path=str(tiny_glowtts_run / "config.json"),
+        vocoder_name="vocoder_models/en/ljspeech/hifigan_v2",
+        progress_bar=False,
+    )
     assert api.synthesizer is not None and api.synthesizer.vocoder_model is None
 
 

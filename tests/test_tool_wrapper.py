@@ -74,11 +74,13 @@ def test_a_crash_keeps_its_traceback():
 
 
 def test_a_closed_stdout_is_exit_141_without_traceback():
-    code = ("from ruslan_glowtts.common.cli import run_tool\n"
-            "def main(argv):\n"
-            "    for i in range(10**6): print('line', i)\n"
-            "    return 0\n"
-            "raise SystemExit(run_tool(main, []))\n")
+    code = (
+        "from ruslan_glowtts.common.cli import run_tool\n"
+        "def main(argv):\n"
+        "    for i in range(10**6): print('line', i)\n"
+        "    return 0\n"
+        "raise SystemExit(run_tool(main, []))\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.read(10)
@@ -100,9 +102,14 @@ def test_decorator_keeps_main_callable_in_process(capsys):
 
 # -- every command goes through the wrapper ------------------------------------------------------
 
-WRAPPED_MAINS = ["train_ruslan_glowtts", "train_ruslan_hifigan", "ruslan_glowtts.prep.cli",
-                 "ruslan_glowtts.voice.synthesize", "ruslan_glowtts.monitor.tensorboard_launcher",
-                 "ruslan_glowtts.monitor.diagnose"]
+WRAPPED_MAINS = [
+    "train_ruslan_glowtts",
+    "train_ruslan_hifigan",
+    "ruslan_glowtts.prep.cli",
+    "ruslan_glowtts.voice.synthesize",
+    "ruslan_glowtts.monitor.tensorboard_launcher",
+    "ruslan_glowtts.monitor.diagnose",
+]
 
 
 @pytest.mark.parametrize("module", WRAPPED_MAINS)
@@ -119,11 +126,14 @@ def _run_as_script_target(path: Path) -> str:
     raise AssertionError(f"{path} does not call common.cli.run_as_script")
 
 
-@pytest.mark.parametrize(("script", "module"), [
-    ("ruslan_glowtts/prepare.py", "ruslan_glowtts.prep.cli"),
-    ("ruslan_glowtts/synthesize.py", "ruslan_glowtts.voice.synthesize"),
-    ("view_tensorboard.py", "ruslan_glowtts.monitor.tensorboard_launcher"),
-])
+@pytest.mark.parametrize(
+    ("script", "module"),
+    [
+        ("ruslan_glowtts/prepare.py", "ruslan_glowtts.prep.cli"),
+        ("ruslan_glowtts/synthesize.py", "ruslan_glowtts.voice.synthesize"),
+        ("view_tensorboard.py", "ruslan_glowtts.monitor.tensorboard_launcher"),
+    ],
+)
 def test_scripts_import_their_tool_under_the_guard(script, module):
     assert _run_as_script_target(REPO / script) == module
     assert module in WRAPPED_MAINS
@@ -139,13 +149,20 @@ def test_training_scripts_import_only_the_wrapper_before_main(script):
 
 
 def test_python_m_prepare_bad_arguments_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "ruslan_glowtts.prepare", "--src"], capture_output=True,
-                            text=True, cwd=REPO, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruslan_glowtts.prepare", "--src"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: argument --src: expected one argument") and result.stderr.count("\n") == 1
 
 
 # -- the writable-folder check shared by prepare and the training scripts ---------------------------
+
 
 def test_check_writable_creates_nothing(tmp_path):
     target = tmp_path / "a" / "b"

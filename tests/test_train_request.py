@@ -19,16 +19,24 @@ from tests.helpers import SAMPLE
 
 
 def _request(tmp_path: Path, *extra: str) -> TrainRequest:
-    return request_from_args(parse_args(["--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"),
-                                         "--preset", "stable", *extra]))
+    return request_from_args(
+        parse_args(
+            ["--dataset-path", str(SAMPLE), "--output-path", str(tmp_path / "runs"), "--preset", "stable", *extra]
+        )
+    )
 
 
 def test_the_request_is_split_by_kind_and_frozen(tmp_path):
     request = _request(tmp_path, "--set", "lr=3e-4", "--max-steps", "5")
     assert request.job.preset.name == "stable" and request.job.max_steps == 5
     assert request.launch == Launch() and request.lineage == Lineage() and not request.hooks.callbacks
-    for part, name in ((request, "job"), (request.job, "config"), (request.launch, "rank"),
-                       (request.lineage, "index"), (request.hooks, "callbacks")):
+    for part, name in (
+        (request, "job"),
+        (request.job, "config"),
+        (request.launch, "rank"),
+        (request.lineage, "index"),
+        (request.hooks, "callbacks"),
+    ):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(part, name, None)
     hooked = request.with_callbacks({"on_init_end": print})
@@ -48,8 +56,9 @@ def test_escalation_builds_the_next_tier_request_and_leaves_the_old_one(tmp_path
     assert (request.job, request.lineage, request.job.config.to_dict()) == before
     assert nxt is not None and nxt.launch is request.launch and nxt.hooks is request.hooks
     assert nxt.job.preset.name == "safer" and nxt.job.restore_path is None  # no known-good yet
-    assert nxt.lineage == Lineage(parent_run=run_dir, reason="grad_norm exploded", index=1, start_step=0,
-                                  exclude_samples=("a", "b"))
+    assert nxt.lineage == Lineage(
+        parent_run=run_dir, reason="grad_norm exploded", index=1, start_step=0, exclude_samples=("a", "b")
+    )
     assert nxt.job.config.training_seed == 6  # a new batch order
     flags = {o.source.text: o.value for o in nxt.job.overrides if o.layer is Layer.COMMAND_LINE}
     assert "--set" not in flags and flags["--seed"] == 5  # safer sets lr: the user's --set lr is dropped
@@ -62,16 +71,28 @@ def test_continue_path_reads_command_line_overrides_of_an_old_run_json(tmp_path,
     config, _ = build_config(preset=load_preset("stable"), dataset_path=SAMPLE)
     config.save_json(str(run / "config.json"))
     # run.json as written before overrides recorded their layer
-    (run / "run.json").write_text(json.dumps({"preset": "stable", "overrides": [
-        {"key": "lr", "value": 2e-4, "source": "preset stable"},
-        {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
-        {"key": "training_seed", "value": 9, "source": "--seed"}]}), encoding="utf-8")
-    monkeypatch.setattr(runs, "loadable_checkpoint",
-                        lambda run_dir: runs.Checkpoint(run_dir / "checkpoint_4.pth", 4, {}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "preset": "stable",
+                "overrides": [
+                    {"key": "lr", "value": 2e-4, "source": "preset stable"},
+                    {"key": "hidden_channels_enc", "value": 32, "source": "--set"},
+                    {"key": "training_seed", "value": 9, "source": "--seed"},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(
+        runs, "loadable_checkpoint", lambda run_dir: runs.Checkpoint(run_dir / "checkpoint_4.pth", 4, {})
+    )
 
     request = request_from_args(parse_args(["--continue-path", str(run)]))
 
     assert request.job.continue_path == run and request.job.resume_from == run / "checkpoint_4.pth"
     assert request.job.resume_step == 4
     assert [(o.key, o.source.text, o.layer) for o in request.job.overrides] == [
-        ("hidden_channels_enc", "--set", Layer.COMMAND_LINE), ("training_seed", "--seed", Layer.COMMAND_LINE)]
+        ("hidden_channels_enc", "--set", Layer.COMMAND_LINE),
+        ("training_seed", "--seed", Layer.COMMAND_LINE),
+    ]

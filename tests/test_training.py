@@ -59,8 +59,9 @@ def test_resume_continues_the_step_count(smoke_run, tmp_path, prepared_sample):
 
     run = Path(shutil.copytree(smoke_run, tmp_path / smoke_run.name))
     end = SMOKE_STEPS + 4
-    code = train_ruslan_glowtts.main(["--continue-path", str(run), "--dataset-path", str(prepared_sample),
-                                      "--max-steps", str(end)])
+    code = train_ruslan_glowtts.main(
+        ["--continue-path", str(run), "--dataset-path", str(prepared_sample), "--max-steps", str(end)]
+    )
     assert code == 0
     assert (run / f"checkpoint_{end}.pth").is_file()
     steps = read_scalars(run, "TrainIterStats/loss")

@@ -68,8 +68,13 @@ def test_serves_latest_run_on_loopback_then_stops_clean(logdir):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     busy_port = busy.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(REPO / "view_tensorboard.py"), str(logdir), "--port", str(busy_port)],
-                            cwd=logdir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "view_tensorboard.py"), str(logdir), "--port", str(busy_port)],
+        cwd=logdir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
     seen: list[str] = []
@@ -108,8 +113,9 @@ def _one_line_error(capsys, argv: list[str], message: str) -> None:
 
 def test_no_runs_says_where_it_looked_and_how_to_train(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
-    _one_line_error(capsys, [str(tmp_path / "runs")],
-                    f"no runs found in {tmp_path / 'runs'} (looked for events.out.tfevents.*")
+    _one_line_error(
+        capsys, [str(tmp_path / "runs")], f"no runs found in {tmp_path / 'runs'} (looked for events.out.tfevents.*"
+    )
     _one_line_error(capsys, [str(tmp_path / "missing")], "python train_ruslan_glowtts.py --dataset-path DIR")
 
 

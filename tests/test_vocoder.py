@@ -37,7 +37,8 @@ def test_audio_settings_default_to_the_glowtts_base_config():
     assert math.prod(config.generator_model_params["upsample_factors"]) == config.audio.hop_length == 256
     assert config.l1_spec_loss_params["n_mels"] == 80 and config.l1_spec_loss_params["mel_fmax"] is None
     assert {"key": "lr_gen", "value": 1e-4, "source": "preset default", "layer": "preset"} in [
-        o.to_json() for o in overrides]
+        o.to_json() for o in overrides
+    ]
 
 
 def test_audio_settings_come_from_a_glowtts_run(tmp_path):
@@ -56,8 +57,14 @@ def test_changing_the_features_or_a_bad_generator_is_refused(capsys):
     (line,) = err.strip().splitlines()
     assert code == 2 and line.startswith("error: ") and "mel_fmax 11025 (unset: Nyquist) vs 8000" in line
     assert "log_func np.log10 vs np.log" in line
-    code, _, err = _main(capsys, "--print-config", "--set", "generator_model_params.upsample_factors=[8, 8, 2]",
-                         "--set", "generator_model_params.upsample_kernel_sizes=[16, 16, 4]")
+    code, _, err = _main(
+        capsys,
+        "--print-config",
+        "--set",
+        "generator_model_params.upsample_factors=[8, 8, 2]",
+        "--set",
+        "generator_model_params.upsample_kernel_sizes=[16, 16, 4]",
+    )
     assert code == 2 and "multiply to 128, not to audio.hop_length 256" in err
     code, _, err = _main(capsys, "--print-config", "--set", "seq_len=512")
     assert code == 2 and "seq_len 512 must be longer than audio.fft_size / 2 (512)" in err
@@ -95,8 +102,11 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path):
 
 
 def test_the_vocoder_reads_prepares_cached_mels(prepared_sample):
-    config, _, _ = build_vocoder_config(preset=load_vocoder_preset("default"), dataset_path=prepared_sample,
-                                        cli_layers=[({"eval_split_size": 2}, "--set")])
+    config, _, _ = build_vocoder_config(
+        preset=load_vocoder_preset("default"),
+        dataset_path=prepared_sample,
+        cli_layers=[({"eval_split_size": 2}, "--set")],
+    )
     eval_items, train_items = load_vocoder_samples(config)
     assert len(eval_items) == 2 and len(train_items) == 22
     wav, mel = train_items[0]  # (wav, cached mel) pairs: GANDataset then reads the mel file
@@ -138,14 +148,36 @@ def test_continue_path_refuses_new_settings(tiny_vocoder_run: Path, capsys):
 def test_generator_only_steps_save_known_good_and_restore(prepared_sample, tmp_path, capsys):
     # Before steps_to_start_discriminator there is no discriminator loss, Coqui's target loss: the
     # --max-steps checkpoint must still be saved (Coqui's own save raises there).
-    generator_only = tiny_vocoder_args("--set", "steps_to_start_discriminator=100", "--set", "health.checkpoint_every=1")
-    code, _out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "a"),
-                          "--max-steps", "2", *generator_only)
+    generator_only = tiny_vocoder_args(
+        "--set", "steps_to_start_discriminator=100", "--set", "health.checkpoint_every=1"
+    )
+    code, _out, _ = _main(
+        capsys,
+        "--dataset-path",
+        str(prepared_sample),
+        "--output-path",
+        str(tmp_path / "a"),
+        "--max-steps",
+        "2",
+        *generator_only,
+    )
     (run,) = run_dirs(tmp_path / "a")
     assert code == 0 and (run / "checkpoint_2.pth").is_file() and (run / "known_good.pth").is_file()
     assert json.loads((run / "known_good.json").read_text(encoding="utf-8"))["step"] == 1
-    code, _out, _ = _main(capsys, "--dataset-path", str(prepared_sample), "--output-path", str(tmp_path / "b"),
-                          "--max-steps", "1", "--restore-path", str(run / "known_good.pth"), *generator_only)
+    code, _out, _ = _main(
+        capsys,
+        "--dataset-path",
+        str(prepared_sample),
+        "--output-path",
+        str(tmp_path / "b"),
+        "--max-steps",
+        "1",
+        "--restore-path",
+        str(run / "known_good.pth"),
+        *generator_only,
+    )
     (restored,) = run_dirs(tmp_path / "b")
     assert code == 0 and (restored / "checkpoint_1.pth").is_file()
-    assert json.loads((restored / "run.json").read_text(encoding="utf-8"))["restore_path"] == str(run / "known_good.pth")
+    assert json.loads((restored / "run.json").read_text(encoding="utf-8"))["restore_path"] == str(
+        run / "known_good.pth"
+    )

@@ -16,8 +16,12 @@ def healthy_trace(n: int, seed: int = 0) -> np.ndarray:
     data-dependent init, then a slowly wandering level with log-normal noise, plus rare isolated
     spikes (real healthy runs have them; one spike is not an explosion)."""
     rng = np.random.default_rng(seed)
-    early = np.concatenate([rng.uniform(lo, hi, size=int(rng.integers(20, 60)))
-                            for lo, hi in [(30, 50), (5, 12), (25, 50), (3, 8), (15, 45), (8, 20)] * 2])
+    early = np.concatenate(
+        [
+            rng.uniform(lo, hi, size=int(rng.integers(20, 60)))
+            for lo, hi in [(30, 50), (5, 12), (25, 50), (3, 8), (15, 45), (8, 20)] * 2
+        ]
+    )
     level = np.exp(np.cumsum(rng.normal(0, 0.01, n)) * 0.5 + math.log(12))
     trace = np.clip(level * np.exp(rng.normal(0, 0.35, n)), 1, 50)
     trace[: len(early)] = early[:n]

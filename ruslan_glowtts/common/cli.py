@@ -60,8 +60,10 @@ TERMINATED = "terminated (SIGTERM)"
 STARTUP_INTERRUPTED = "interrupted (Ctrl-C) during start-up: nothing was done"
 STARTUP_TERMINATED = "terminated (SIGTERM) during start-up: nothing was done"
 # The training scripts: their Trainer saves a checkpoint and exits 130/143 itself once it runs.
-TRAINING_START_UP = {"interrupted": "interrupted (Ctrl-C) during start-up: nothing was trained or saved",
-                     "terminated": "terminated (SIGTERM) during start-up: nothing was trained or saved"}
+TRAINING_START_UP = {
+    "interrupted": "interrupted (Ctrl-C) during start-up: nothing was trained or saved",
+    "terminated": "terminated (SIGTERM) during start-up: nothing was trained or saved",
+}
 
 NOISY_LOGGERS = ("matplotlib", "numba", "fsspec", "PIL")
 
@@ -104,8 +106,14 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_tool(main: Main, argv: list[str] | None = None, *, log_level: int | None = logging.INFO,
-             interrupted: str = INTERRUPTED, terminated: str = TERMINATED) -> int:
+def run_tool(
+    main: Main,
+    argv: list[str] | None = None,
+    *,
+    log_level: int | None = logging.INFO,
+    interrupted: str = INTERRUPTED,
+    terminated: str = TERMINATED,
+) -> int:
     """Run `main(argv)` with the kit's exit codes (see the module docstring); returns the code."""
     if log_level is not None:
         setup_logging(log_level)
@@ -137,8 +145,9 @@ def run_tool(main: Main, argv: list[str] | None = None, *, log_level: int | None
             signal.signal(signal.SIGTERM, previous)
 
 
-def tool(*, log_level: int | None = logging.INFO, interrupted: str = INTERRUPTED,
-         terminated: str = TERMINATED) -> Callable[[Main], Main]:
+def tool(
+    *, log_level: int | None = logging.INFO, interrupted: str = INTERRUPTED, terminated: str = TERMINATED
+) -> Callable[[Main], Main]:
     """Decorator form of run_tool: `@tool(...) def main(argv) -> int` gives `main(argv=None) -> int`.
     The wrapped function stays reachable as `main.__wrapped__`; `main.tool_options` records the
     options (the tests check that every command's main is wrapped)."""
@@ -148,15 +157,23 @@ def tool(*, log_level: int | None = logging.INFO, interrupted: str = INTERRUPTED
         def main(argv: list[str] | None = None) -> int:
             return run_tool(fn, argv, log_level=log_level, interrupted=interrupted, terminated=terminated)
 
-        main.tool_options = {"log_level": log_level, "interrupted": interrupted,  # type: ignore[attr-defined]
-                             "terminated": terminated}
+        main.tool_options = {  # type: ignore[attr-defined]
+            "log_level": log_level,
+            "interrupted": interrupted,
+            "terminated": terminated,
+        }
         return main
 
     return wrap
 
 
-def run_as_script(module: str, argv: list[str] | None = None, *, interrupted: str = STARTUP_INTERRUPTED,
-                  terminated: str = STARTUP_TERMINATED) -> NoReturn:
+def run_as_script(
+    module: str,
+    argv: list[str] | None = None,
+    *,
+    interrupted: str = STARTUP_INTERRUPTED,
+    terminated: str = STARTUP_TERMINATED,
+) -> NoReturn:
     """A script's or `python -m`'s last line: import `module` under the guard (a signal during its
     imports is one line: `interrupted`/`terminated`), then exit with its wrapped main(argv)."""
 

@@ -46,8 +46,15 @@ class Exclusion:
         missing = self.unknown(known)
         if missing:
             shown = ", ".join(missing[:_SHOWN]) + (" ..." if len(missing) > _SHOWN else "")
-            logger.warning("warning: %s %s: %d of %d id(s) are not in %s (%s): nothing to leave out for them",
-                           flag, self.path, len(missing), len(self.ids), where, shown)
+            logger.warning(
+                "warning: %s %s: %d of %d id(s) are not in %s (%s): nothing to leave out for them",
+                flag,
+                self.path,
+                len(missing),
+                len(self.ids),
+                where,
+                shown,
+            )
         return missing
 
     def to_json(self, **counts: Any) -> dict[str, Any]:
@@ -80,8 +87,10 @@ def read_exclusion(path: Path, flag: str) -> Exclusion:
         if not entry:
             continue
         if "\0" in entry or len(entry.split()) > 1 or "|" in entry or "/" in entry:
-            raise UserError(f"{flag} {path}:{number}: expected one utterance id per line (e.g. 000123_RUSLAN, "
-                            f"a comment after #), got {entry[:60]!r}")
+            raise UserError(
+                f"{flag} {path}:{number}: expected one utterance id per line (e.g. 000123_RUSLAN, "
+                f"a comment after #), got {entry[:60]!r}"
+            )
         ids[entry] = None
     if not ids:
         logger.warning("warning: %s %s lists no utterance id: nothing is left out", flag, path)

@@ -42,8 +42,9 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def carried_flags(overrides: list[dict[str, Any]], next_preset: str | None, presets_dir: Path = PRESETS_DIR
-                  ) -> list[str]:
+def carried_flags(
+    overrides: list[dict[str, Any]], next_preset: str | None, presets_dir: Path = PRESETS_DIR
+) -> list[str]:
     """The user's own command-line settings, minus the keys the next tier sets: a restored
     checkpoint needs the same model shape, and the new tier's values must win. With no next
     preset (the same run again, e.g. without some utterances) every setting is carried."""
@@ -62,9 +63,15 @@ def carried_flags(overrides: list[dict[str, Any]], next_preset: str | None, pres
     return flags
 
 
-def next_tier_command(next_preset: str, dataset_path: str | None, overrides: list[dict[str, Any]],
-                      restore: Path | None, *, script: str = "train_ruslan_glowtts.py",
-                      presets_dir: Path = PRESETS_DIR) -> str:
+def next_tier_command(
+    next_preset: str,
+    dataset_path: str | None,
+    overrides: list[dict[str, Any]],
+    restore: Path | None,
+    *,
+    script: str = "train_ruslan_glowtts.py",
+    presets_dir: Path = PRESETS_DIR,
+) -> str:
     """`python SCRIPT --preset NEXT ...`, restoring `restore` when given (GlowTTS's script and
     presets unless told otherwise: the vocoder has its own)."""
     parts = ["python", script, "--preset", next_preset, "--dataset-path", dataset_path or "DATASET_DIR"]

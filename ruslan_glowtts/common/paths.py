@@ -18,7 +18,7 @@ from ruslan_glowtts.common.errors import UserError
 
 
 def _kind(path: Path, flag: str) -> str:
-    """"missing", "folder", "file" or "other" for what `path` is (following symlinks)."""
+    """ "missing", "folder", "file" or "other" for what `path` is (following symlinks)."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -61,8 +61,11 @@ def output_folder(path: Path, flag: str) -> None:
         existing = existing.parent
     if kind != "folder":
         where = "" if existing == path.absolute() else f": {existing}"
-        raise UserError(f"{flag} {path} is not writable{where} is a file, not a folder" if where
-                        else f"{flag} {path} is a file, not a folder")
+        raise UserError(
+            f"{flag} {path} is not writable{where} is a file, not a folder"
+            if where
+            else f"{flag} {path} is a file, not a folder"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".writable-"):
             pass

@@ -38,8 +38,9 @@ def _looks_like_path(name_or_path: str) -> bool:
     return name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
 
 
-def load_recorded_preset(name: str | None, path: str | None, presets_dir: Path = PRESETS_DIR,
-                         default: str = DEFAULT_PRESET) -> Preset:
+def load_recorded_preset(
+    name: str | None, path: str | None, presets_dir: Path = PRESETS_DIR, default: str = DEFAULT_PRESET
+) -> Preset:
     """The preset a run recorded in its run.json (`preset`, `preset_path`): its file while that exists,
     else the bundled preset of its name (a run folder copied to another machine or checkout records
     the old path)."""
@@ -94,7 +95,9 @@ def _key_values(preset: Preset) -> str:
     parts = [
         f"lr {cfg['lr']:g}" if "lr" in cfg else None,
         f"clip {cfg['grad_clip']:g}" if "grad_clip" in cfg else None,
-        f"warmup {cfg['lr_scheduler_params']['warmup_steps']}" if "warmup_steps" in cfg.get("lr_scheduler_params", {}) else None,
+        f"warmup {cfg['lr_scheduler_params']['warmup_steps']}"
+        if "warmup_steps" in cfg.get("lr_scheduler_params", {})
+        else None,
         f"batch {cfg['batch_size']}" if "batch_size" in cfg else None,
         f"x{cfg['grad_accum_steps']} accum" if cfg.get("grad_accum_steps", 1) > 1 else None,
     ]

@@ -127,8 +127,9 @@ class RunRecord:
         return {**data, **self.extra}
 
     def write(self, run_dir: Path) -> None:
-        write_text(Path(run_dir) / RUN_META,
-                   json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=str) + "\n")
+        write_text(
+            Path(run_dir) / RUN_META, json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=str) + "\n"
+        )
 
     def start(self, run_dir: Path, *, started_at: str, environment: dict[str, Any]) -> None:
         """A new run: this record, running from now."""
@@ -139,8 +140,10 @@ class RunRecord:
 
     def resume(self, run_dir: Path, *, at: str, from_step: int, environment: dict[str, Any], **changed: Any) -> None:
         """--continue-path: running again from `from_step`; the previous ending moves into `resumes`."""
-        self.resumes = [*self.resumes, {"at": at, "from_step": from_step, "previous_status": self.status,
-                                        **environment}]
+        self.resumes = [
+            *self.resumes,
+            {"at": at, "from_step": from_step, "previous_status": self.status, **environment},
+        ]
         self.status = RUNNING
         self.exit_code = self.final_step = self.ended_at = None
         self.message = self.next_command = ""
@@ -148,8 +151,18 @@ class RunRecord:
             setattr(self, name, value)
         self.write(run_dir)
 
-    def end(self, run_dir: Path, *, status: str, exit_code: int, final_step: int, message: str, next_command: str,
-            ended_at: str, **more: Any) -> None:
+    def end(
+        self,
+        run_dir: Path,
+        *,
+        status: str,
+        exit_code: int,
+        final_step: int,
+        message: str,
+        next_command: str,
+        ended_at: str,
+        **more: Any,
+    ) -> None:
         self.status, self.exit_code, self.final_step = status, exit_code, final_step
         self.message, self.next_command, self.ended_at = message, next_command, ended_at
         for name, value in more.items():

@@ -108,12 +108,17 @@ class RunLock:
                 os.close(fd)
                 since = f", since {holder['since']}" if holder.get("since") else ""
                 where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
-                raise UserError(f"{self.flag} {self.run_dir} is in use by process {holder.get('pid', '?')}{where}"
-                                f"{since}: two processes must not train into one run folder; wait for it to "
-                                "end, or stop it first") from None
+                raise UserError(
+                    f"{self.flag} {self.run_dir} is in use by process {holder.get('pid', '?')}{where}"
+                    f"{since}: two processes must not train into one run folder; wait for it to "
+                    "end, or stop it first"
+                ) from None
             except OSError as exc:  # a file system without flock (some network mounts)
-                logger.warning(" ! Cannot lock %s (%s): make sure no other process trains in this run folder",
-                               self.path, exc.strerror or exc)
+                logger.warning(
+                    " ! Cannot lock %s (%s): make sure no other process trains in this run folder",
+                    self.path,
+                    exc.strerror or exc,
+                )
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -126,8 +131,11 @@ class RunLock:
             raise UserError(f"{self.flag} {self.run_dir}: cannot take its lock {self.path}: it keeps changing")
         stale = _read_holder(fd)
         if stale.get("pid") not in (None, os.getpid()):
-            logger.warning(" ! Taking over the stale lock of process %s in %s (that process is no longer running)",
-                           stale["pid"], self.run_dir)
+            logger.warning(
+                " ! Taking over the stale lock of process %s in %s (that process is no longer running)",
+                stale["pid"],
+                self.run_dir,
+            )
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(), "command": sys.argv}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
@@ -179,8 +187,9 @@ def read_config_file(path: Path, flag: str, given: Path | None = None) -> dict[s
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{flag} {given}: its {path.name} cannot be read ({exc}); a copy cut off? Copy the run "
-                        "folder again") from None
+        raise UserError(
+            f"{flag} {given}: its {path.name} cannot be read ({exc}); a copy cut off? Copy the run folder again"
+        ) from None
     if not isinstance(config, dict):
         raise UserError(f"{flag} {given}: its {path.name} is not a config (no JSON object)")
     return config
@@ -223,8 +232,19 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            AttributeError, ModuleNotFoundError, IndexError, KeyError, TypeError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        AttributeError,
+        ModuleNotFoundError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         size = path.stat().st_size if path.exists() else 0
         raise CheckpointProblem(f"cannot be loaded ({size} bytes: {text[:120]})") from None
@@ -288,8 +308,11 @@ def loadable_checkpoint(run_dir: Path, flag: str = "--continue-path") -> Checkpo
             first_problem = first_problem or f" ({path.name} {problem})"
             logger.warning(" ! %s %s: trying the previous checkpoint", path.name, problem)
     known_good_path = run_dir / KNOWN_GOOD
-    hint = (f"; start a new run from its last known-good weights with --restore-path {known_good_path}"
-            if known_good_path.is_file() else "; start a new run")
+    hint = (
+        f"; start a new run from its last known-good weights with --restore-path {known_good_path}"
+        if known_good_path.is_file()
+        else "; start a new run"
+    )
     if not candidates:
         raise UserError(f"{flag} {run_dir}: the run has no checkpoint to resume from{hint}")
     raise UserError(f"{flag} {run_dir}: none of its {len(candidates)} checkpoints loads{first_problem}{hint}")
@@ -306,8 +329,7 @@ def known_good(run_dir: Path) -> tuple[Path | None, int]:
 def is_disk_error(exc: BaseException) -> bool:
     """An OSError from the storage, not from the code: a full disk or quota, an I/O error, a
     read-only or too-large file. The run reports it in one line instead of a traceback."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS,
-                                                      errno.EFBIG)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,10 +342,16 @@ def now() -> str:
 
 def _git_commit() -> str | None:
     try:
-        commit = subprocess.run(["git", "-C", str(KIT_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(KIT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(KIT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(KIT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")

@@ -29,8 +29,9 @@ from ruslan_glowtts.common.run_layout import EVENTS_GLOB, HEALTH_PREFIX
 
 logger = logging.getLogger(__name__)
 
-TENSORBOARD_MISSING = ("TensorBoard is not installed for {python}: pip install tensorboard==2.21.0 "
-                       "(see requirements.txt)")
+TENSORBOARD_MISSING = (
+    "TensorBoard is not installed for {python}: pip install tensorboard==2.21.0 (see requirements.txt)"
+)
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,7 @@ def read_run(run_dir: Path) -> RunEvents:
 
     # Size guidance 0 keeps every scalar (and the few Health/ text entries); images, audio and
     # histograms are parsed anyway but not needed, so keep one of each.
-    guidance = {ea.SCALARS: 0, ea.TENSORS: 0, ea.IMAGES: 1, ea.AUDIO: 1, ea.HISTOGRAMS: 1,
-                ea.COMPRESSED_HISTOGRAMS: 1}
+    guidance = {ea.SCALARS: 0, ea.TENSORS: 0, ea.IMAGES: 1, ea.AUDIO: 1, ea.HISTOGRAMS: 1, ea.COMPRESSED_HISTOGRAMS: 1}
     loaded = []
     unreadable: list[tuple[Path, str]] = []
     for path in files:
@@ -177,8 +177,13 @@ def read_run(run_dir: Path) -> RunEvents:
                 continue
             for event in acc.Tensors(tag):
                 text = tensor_util.make_ndarray(event.tensor_proto).reshape(-1)
-                texts.append((event.step, tag.removesuffix("/text_summary"),
-                              " ".join(t.decode("utf-8", "replace") for t in text)))
+                texts.append(
+                    (
+                        event.step,
+                        tag.removesuffix("/text_summary"),
+                        " ".join(t.decode("utf-8", "replace") for t in text),
+                    )
+                )
     run = RunEvents(run_dir, files, unreadable=unreadable)
     run.scalars = {tag: _latest_per_step(events) for tag, events in per_tag.items()}
     run.texts = sorted(texts)
@@ -190,6 +195,8 @@ def _no_events_message(run_dir: Path) -> str:
     message = f"no TensorBoard event files ({EVENTS_GLOB}) in {run_dir}"
     runs = [p for p in folders_with_events(run_dir) if p != run_dir]
     if runs:
-        return (f"{message}; it holds {len(runs)} run folder(s), diagnose one of them, e.g. "
-                f"python -m ruslan_glowtts.diagnose {runs[-1]}")
+        return (
+            f"{message}; it holds {len(runs)} run folder(s), diagnose one of them, e.g. "
+            f"python -m ruslan_glowtts.diagnose {runs[-1]}"
+        )
     return f"{message}; a run writes them from its first step (is this a run folder?)"

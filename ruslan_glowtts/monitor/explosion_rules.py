@@ -101,8 +101,9 @@ class RuleSettings:
         """The same rules for a trace that holds one point every `every` updates (see module doc)."""
         if every <= 1:
             return self
-        scaled = {name: max(floor(self), math.ceil(getattr(self, name) / every))
-                  for name, floor in _POINT_FLOORS.items()}
+        scaled = {
+            name: max(floor(self), math.ceil(getattr(self, name) / every)) for name, floor in _POINT_FLOORS.items()
+        }
         return replace(self, **scaled)
 
 
@@ -180,8 +181,9 @@ class Detector:
         self.realarm_after = realarm_after
         self.unit = unit  # what one observation is, for the messages: "updates" (guard) or "points" (diagnose)
         # log norms after grace, as many as the longest window needs
-        self.logs = _Ring(max(settings.trend_window, settings.baseline_window + settings.jump_window,
-                              settings.level_window))
+        self.logs = _Ring(
+            max(settings.trend_window, settings.baseline_window + settings.jump_window, settings.level_window)
+        )
         # finite norms from the first update on: the last catastrophic_points, and the ones before
         # them (the level a catastrophic rise is measured from)
         self.recent: deque[float] = deque(maxlen=settings.catastrophic_points)
@@ -230,12 +232,22 @@ class Detector:
         while self.nonfinite_updates and self.nonfinite_updates[0] <= self.updates - self.settings.nonfinite_window:
             self.nonfinite_updates.popleft()
         if self.consecutive_nonfinite >= self.settings.max_consecutive_nonfinite:
-            return [Alarm("diverged", step, f"the last {self.consecutive_nonfinite} {self.unit} were all non-finite "
-                                            "(NaN/Inf loss or gradients): training has diverged")]
+            return [
+                Alarm(
+                    "diverged",
+                    step,
+                    f"the last {self.consecutive_nonfinite} {self.unit} were all non-finite "
+                    "(NaN/Inf loss or gradients): training has diverged",
+                )
+            ]
         if len(self.nonfinite_updates) >= self.settings.nonfinite_burst:
             count = len(self.nonfinite_updates)
-            alarm = Alarm("nonfinite", step, f"{count} non-finite {self.unit} within the last "
-                                             f"{self.settings.nonfinite_window} {self.unit}", {"count": count})
+            alarm = Alarm(
+                "nonfinite",
+                step,
+                f"{count} non-finite {self.unit} within the last {self.settings.nonfinite_window} {self.unit}",
+                {"count": count},
+            )
             return [alarm] if self._fire(alarm) else []
         return []
 
@@ -260,14 +272,23 @@ class Detector:
         if low <= rules.grad_norm_limit:
             return None  # the common case: nothing to compute
         if low >= rules.catastrophic_factor * rules.grad_norm_limit:
-            return Alarm("catastrophic", step, f"grad_norm {low:.3g} or more for {k} {self.unit} in a row, "
-                                               f"{low / rules.grad_norm_limit:.0f}x the limit "
-                                               f"{rules.grad_norm_limit:g}",
-                         {"low": low})
+            return Alarm(
+                "catastrophic",
+                step,
+                f"grad_norm {low:.3g} or more for {k} {self.unit} in a row, "
+                f"{low / rules.grad_norm_limit:.0f}x the limit "
+                f"{rules.grad_norm_limit:g}",
+                {"low": low},
+            )
         level = float(np.median(self.history)) if self.history else math.inf
         if low >= rules.catastrophic_rise * level:
-            return Alarm("catastrophic", step, f"grad_norm rose x{low / level:.0f} from its level {level:.3g} to "
-                                               f"{low:.3g} for {k} {self.unit} in a row", {"low": low, "level": level})
+            return Alarm(
+                "catastrophic",
+                step,
+                f"grad_norm rose x{low / level:.0f} from its level {level:.3g} to "
+                f"{low:.3g} for {k} {self.unit} in a row",
+                {"low": low, "level": level},
+            )
         return None
 
     def _loss(self, step: int, loss: float | None) -> Alarm | None:
@@ -281,9 +302,13 @@ class Detector:
         floor = self.loss_floor
         self.loss_floor = min(self.loss_floor, sorted(self.recent_loss)[len(self.recent_loss) // 2])
         if math.isfinite(floor) and low >= floor + (rules.loss_factor - 1) * max(abs(floor), 1.0):
-            return Alarm("catastrophic", step, f"loss grew from {floor:.3g} to {low:.3g} (an order of magnitude) "
-                                               f"for {rules.catastrophic_points} {self.unit} in a row",
-                         {"loss_low": low, "loss_floor": floor})
+            return Alarm(
+                "catastrophic",
+                step,
+                f"loss grew from {floor:.3g} to {low:.3g} (an order of magnitude) "
+                f"for {rules.catastrophic_points} {self.unit} in a row",
+                {"loss_low": low, "loss_floor": floor},
+            )
         return None
 
     def _level(self, step: int) -> Alarm | None:
@@ -292,8 +317,13 @@ class Detector:
             return None
         med = math.exp(median(self.logs.last(w)))
         if med > self.settings.grad_norm_limit:
-            return Alarm("level", step, f"grad_norm median {med:.0f} over the last {w} {self.unit} is above "
-                                        f"the limit {self.settings.grad_norm_limit:g}", {"median": med})
+            return Alarm(
+                "level",
+                step,
+                f"grad_norm median {med:.0f} over the last {w} {self.unit} is above "
+                f"the limit {self.settings.grad_norm_limit:g}",
+                {"median": med},
+            )
         return None
 
     def _jump(self, step: int) -> Alarm | None:
@@ -303,8 +333,13 @@ class Detector:
         recent = math.exp(median(self.logs.last(w)))
         baseline = math.exp(median(self.logs.last(b, skip=w)))
         if recent > self.settings.healthy_max and recent >= self.settings.jump_factor * baseline:
-            return Alarm("jump", step, f"grad_norm jumped x{recent / baseline:.1f} (median {baseline:.0f} -> "
-                                       f"{recent:.0f} within {w} {self.unit})", {"from": baseline, "to": recent})
+            return Alarm(
+                "jump",
+                step,
+                f"grad_norm jumped x{recent / baseline:.1f} (median {baseline:.0f} -> "
+                f"{recent:.0f} within {w} {self.unit})",
+                {"from": baseline, "to": recent},
+            )
         return None
 
     def _trend(self, step: int) -> Alarm | None:
@@ -314,8 +349,12 @@ class Detector:
             return None
         first, last, rising = quarter_growth(self.logs.last(w))
         if rising and last > self.settings.healthy_max and last >= self.settings.trend_factor * first:
-            return Alarm("trend", step, f"grad_norm rising steadily: median {first:.0f} -> {last:.0f} "
-                                        f"over the last {w} {self.unit}", {"from": first, "to": last})
+            return Alarm(
+                "trend",
+                step,
+                f"grad_norm rising steadily: median {first:.0f} -> {last:.0f} over the last {w} {self.unit}",
+                {"from": first, "to": last},
+            )
         return None
 
     def _spike(self, step: int, grad_norm: float, log_norm: float) -> Alarm | None:
@@ -330,8 +369,9 @@ class Detector:
         center, mad = self._spike_scale
         z = (log_norm - center) / mad
         if z > self.settings.spike_z:
-            return Alarm("spike", step, f"grad_norm spike {grad_norm:.1f} (robust z {z:.1f} against the last {b})",
-                         {"z": z})
+            return Alarm(
+                "spike", step, f"grad_norm spike {grad_norm:.1f} (robust z {z:.1f} against the last {b})", {"z": z}
+            )
         return None
 
     # -- state ----------------------------------------------------------------------------------
@@ -352,8 +392,9 @@ class Detector:
         return med is None or med <= self.settings.grad_norm_limit
 
 
-def replay(values: Any, settings: RuleSettings = DEFAULTS, *, steps: Any = None, losses: Any = None,
-           realarm_after: int = 1000) -> tuple[list[Alarm], Detector]:
+def replay(
+    values: Any, settings: RuleSettings = DEFAULTS, *, steps: Any = None, losses: Any = None, realarm_after: int = 1000
+) -> tuple[list[Alarm], Detector]:
     """Feed a whole trace to a fresh Detector; (alarms, detector)."""
     detector = Detector(settings, realarm_after=realarm_after)
     alarms: list[Alarm] = []

@@ -86,8 +86,10 @@ class KnownGoodCheckpoints:
             return
         if healthy and not self._tainted and self._candidate_step is not None and self._candidate.is_file():
             os.replace(self._candidate, self.path)
-            write_text(self.run_dir / KNOWN_GOOD_META,
-                       json.dumps({"step": self._candidate_step, "confirmed_at_step": step}, indent=2) + "\n")
+            write_text(
+                self.run_dir / KNOWN_GOOD_META,
+                json.dumps({"step": self._candidate_step, "confirmed_at_step": step}, indent=2) + "\n",
+            )
             logger.info(" > Known-good checkpoint: step %d (healthy through step %d)", self._candidate_step, step)
         if not healthy or self._tainted:
             self._candidate.unlink(missing_ok=True)
@@ -126,8 +128,9 @@ class HealthGuard:
 
     MAX_ALARMS_KEPT = 50
 
-    def __init__(self, cfg: HealthConfig, run_dir: Path, *, rank: int = 0,
-                 next_command: Callable[[], str] = lambda: "") -> None:
+    def __init__(
+        self, cfg: HealthConfig, run_dir: Path, *, rank: int = 0, next_command: Callable[[], str] = lambda: ""
+    ) -> None:
         self.cfg = cfg
         self.rank = rank
         self.detector = Detector(RuleSettings.from_config(cfg), realarm_after=_REALARM_AFTER)
@@ -206,8 +209,9 @@ class HealthGuard:
             del self.summary.alarms[: -self.MAX_ALARMS_KEPT]
             self._log(trainer, HEALTH_ALARM, 1.0, alarm.step)
             if self.rank == 0:
-                trainer.dashboard_logger.add_text(HEALTH_ALARM, f"{alarm.kind}: {alarm.message}. {self._advice()}",
-                                                  alarm.step)
+                trainer.dashboard_logger.add_text(
+                    HEALTH_ALARM, f"{alarm.kind}: {alarm.message}. {self._advice()}", alarm.step
+                )
             fatal = alarm.kind == "diverged"
             if fatal or self.cfg.policy in ("stop", "escalate"):
                 self.pending_stop = alarm
@@ -222,9 +226,16 @@ class HealthGuard:
 
     def _banner(self, alarm: Alarm) -> None:
         line = "=" * 78
-        logger.warning("\n%s\n ! grad_norm EXPLOSION (%s) at step %d: %s.\n ! %s\n ! Policy 'warn': training "
-                       "continues. --on-explosion stop or --auto-escalate act on it.\n%s",
-                       line, alarm.kind, alarm.step, alarm.message, self._advice(), line)
+        logger.warning(
+            "\n%s\n ! grad_norm EXPLOSION (%s) at step %d: %s.\n ! %s\n ! Policy 'warn': training "
+            "continues. --on-explosion stop or --auto-escalate act on it.\n%s",
+            line,
+            alarm.kind,
+            alarm.step,
+            alarm.message,
+            self._advice(),
+            line,
+        )
 
     # -- after each step -----------------------------------------------------------------------
     def end_of_step(self, trainer: Trainer) -> None:

@@ -117,8 +117,9 @@ class UtteranceLedger:
         self._window: list[_Pending] = []  # micro-batches of the update being accumulated
 
     # -- the interface the trainer and the guard call --------------------------------------------
-    def record(self, step: int, batch: dict[str, Any], outputs: dict[str, Any] | None, *,
-               accumulating: bool = False) -> None:
+    def record(
+        self, step: int, batch: dict[str, Any], outputs: dict[str, Any] | None, *, accumulating: bool = False
+    ) -> None:
         """One training (micro-)batch of update `step`: its names and lengths from `batch`, its
         terms from the model `outputs` (None after a NaN loss: the terms are written as nan).
         accumulating: a micro-batch whose update happens at a later step (--grad-accum): its
@@ -132,8 +133,15 @@ class UtteranceLedger:
         terms = per_sample_terms(outputs, batch) if outputs is not None else None
         self.add(step, names, lengths, terms, accumulating=accumulating)
 
-    def add(self, step: int, names: Sequence[str], lengths: torch.Tensor, terms: torch.Tensor | None, *,
-            accumulating: bool = False) -> None:
+    def add(
+        self,
+        step: int,
+        names: Sequence[str],
+        lengths: torch.Tensor,
+        terms: torch.Tensor | None,
+        *,
+        accumulating: bool = False,
+    ) -> None:
         """names: B sample names; lengths: [B, 2] (text, mel); terms: [B, 2] (NLL, duration) or
         None. Device tensors are copied to the host without blocking; see the module docstring."""
         if not self.enabled:
@@ -213,28 +221,37 @@ class UtteranceLedger:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 step = re.match(r"[uf]\t(\d+)", text)
                 opened = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-                text = (f"{HEADER_PREFIX} v{VERSION} rank={self.rank} pid={os.getpid()} opened={opened} "
-                        f"first_step={step.group(1) if step else '?'}\n" + text)
+                text = (
+                    f"{HEADER_PREFIX} v{VERSION} rank={self.rank} pid={os.getpid()} opened={opened} "
+                    f"first_step={step.group(1) if step else '?'}\n" + text
+                )
             data = text.encode("utf-8")
             while data:  # one write for a batch; loop only if the kernel took part of it
-                data = data[os.write(self._fd, data):]
+                data = data[os.write(self._fd, data) :]
         except OSError as exc:
             self.enabled = False
             self._pending.clear()
             self._window.clear()
-            logger.warning(" ! The utterance ledger %s cannot be written (%s): it is off for the rest of this "
-                           "run; training continues", self.path, exc.strerror or exc)
+            logger.warning(
+                " ! The utterance ledger %s cannot be written (%s): it is off for the rest of this "
+                "run; training continues",
+                self.path,
+                exc.strerror or exc,
+            )
 
 
 def _num(value: float) -> str:
-    return f"{value:.6g}" if math.isfinite(value) else ("nan" if math.isnan(value) else
-                                                         ("inf" if value > 0 else "-inf"))
+    return (
+        f"{value:.6g}" if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    )
 
 
 def _lines(step: int, ids: list[str], host: Any) -> str:
     rows = host.tolist()  # a host tensor: no device sync here
-    return "".join(f"u\t{step}\t{id_}\t{int(t)}\t{int(m)}\t{_num(nll)}\t{_num(dur)}\n"
-                   for id_, (t, m, nll, dur) in zip(ids, rows, strict=True))
+    return "".join(
+        f"u\t{step}\t{id_}\t{int(t)}\t{int(m)}\t{_num(nll)}\t{_num(dur)}\n"
+        for id_, (t, m, nll, dur) in zip(ids, rows, strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +300,18 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
     batch_of: dict[tuple[int, int, int], int] = {}
     # Typed arrays, not lists: a long run's ledger holds millions of sightings (8 bytes a value).
     cols: dict[str, array[Any]]
-    cols = {name: array(code) for name, code in (("utt", "q"), ("batch", "q"), ("step", "q"), ("text_len", "d"),
-                                                  ("mel_len", "d"), ("nll", "d"), ("dur", "d"))}
+    cols = {
+        name: array(code)
+        for name, code in (
+            ("utt", "q"),
+            ("batch", "q"),
+            ("step", "q"),
+            ("text_len", "d"),
+            ("mel_len", "d"),
+            ("nll", "d"),
+            ("dur", "d"),
+        )
+    }
     pending_flags: list[tuple[tuple[int, int, int], tuple[str, float, float]]] = []
     for file_no, path in enumerate(files):
         path = Path(path)
@@ -294,8 +321,9 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
                 out.files.append(path)
                 for number, raw in enumerate(handle, 1):
                     if not raw.endswith(b"\n"):  # only the last line can lack it: a crash during its write
-                        out.problems.append(f"{path.name}: its last line is incomplete (a crash while writing it?): "
-                                            "skipped")
+                        out.problems.append(
+                            f"{path.name}: its last line is incomplete (a crash while writing it?): skipped"
+                        )
                         break
                     line = raw[:-1].decode("utf-8", "replace")
                     if line.startswith(HEADER_PREFIX):
@@ -312,8 +340,9 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
                             for name, value in zip(cols, (u, b, step, *values), strict=True):
                                 cols[name].append(value)
                         elif parts[0] == "f" and len(parts) == 5:
-                            pending_flags.append(((file_no, segment, int(parts[1])),
-                                                  (parts[2], float(parts[3]), float(parts[4]))))
+                            pending_flags.append(
+                                ((file_no, segment, int(parts[1])), (parts[2], float(parts[3]), float(parts[4])))
+                            )
                         elif line:
                             raise ValueError
                     except ValueError:
@@ -323,8 +352,9 @@ def read_ledgers(files: Iterable[Path]) -> Ledger:
             out.problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
             continue
         if bad:
-            out.problems.append(f"{path.name}: {bad} line(s) that are not ledger lines skipped (first: line "
-                                f"{first_bad})")
+            out.problems.append(
+                f"{path.name}: {bad} line(s) that are not ledger lines skipped (first: line {first_bad})"
+            )
     for key, flag in pending_flags:
         flagged = batch_of.get(key)
         if flagged is None:

@@ -36,7 +36,6 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HTTP_TIMEOUT_S = 60.0
 
 
-
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -54,21 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Ctrl-C stops TensorBoard. From another machine, keep the default host and tunnel: "
         "ssh -L 6006:127.0.0.1:6006 USER@TRAINING_HOST",
     )
-    p.add_argument("logdir", nargs="?", type=Path, default=DEFAULT_LOGDIR, metavar="LOGDIR",
-                   help="a folder of runs (the trainer's --output-path, default runs/) or one run folder")
+    p.add_argument(
+        "logdir",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_LOGDIR,
+        metavar="LOGDIR",
+        help="a folder of runs (the trainer's --output-path, default runs/) or one run folder",
+    )
     p.add_argument("--all", action="store_true", help="show every run under LOGDIR, not only the latest")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="N",
-                   help=f"port to serve on (default {DEFAULT_PORT}; a free one is picked if it is busy)")
-    p.add_argument("--host", default=DEFAULT_HOST, metavar="H",
-                   help=f"address to bind (default {DEFAULT_HOST}: this machine only). 0.0.0.0 makes the logs "
-                   "readable from the network")
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help=f"port to serve on (default {DEFAULT_PORT}; a free one is picked if it is busy)",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        metavar="H",
+        help=f"address to bind (default {DEFAULT_HOST}: this machine only). 0.0.0.0 makes the logs "
+        "readable from the network",
+    )
     return p
 
 
 def find_runs(logdir: Path) -> list[Path]:
     """Run folders (folders holding event files) under `logdir`, itself included; latest last."""
-    how = (f"Train one first: python train_ruslan_glowtts.py --dataset-path DIR (runs go to {DEFAULT_LOGDIR}/), "
-           "or name the folder that holds your runs: python view_tensorboard.py PATH")
+    how = (
+        f"Train one first: python train_ruslan_glowtts.py --dataset-path DIR (runs go to {DEFAULT_LOGDIR}/), "
+        "or name the folder that holds your runs: python view_tensorboard.py PATH"
+    )
     if not logdir.exists():
         raise UserError(f"no runs found: {logdir} does not exist. {how}")
     if not logdir.is_dir():
@@ -82,9 +98,11 @@ def find_runs(logdir: Path) -> list[Path]:
 def host_warning(host: str) -> str | None:
     if host in LOOPBACK:
         return None
-    return (f"warning: serving on {host}: anyone who can reach this machine can read these logs and hear the "
-            "test audio, without a password. To view from another machine, prefer the default 127.0.0.1 and "
-            "an SSH tunnel: ssh -L 6006:127.0.0.1:6006 USER@TRAINING_HOST")
+    return (
+        f"warning: serving on {host}: anyone who can reach this machine can read these logs and hear the "
+        "test audio, without a password. To view from another machine, prefer the default 127.0.0.1 and "
+        "an SSH tunnel: ssh -L 6006:127.0.0.1:6006 USER@TRAINING_HOST"
+    )
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -102,8 +120,9 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES) and port:
                 return False  # busy, or a privileged port: another port will do
-            raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (is {host} an address of "
-                            "this machine?)") from None
+            raise UserError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (is {host} an address of this machine?)"
+            ) from None
     return True
 
 
@@ -122,8 +141,21 @@ def start_tensorboard(logdir: Path, host: str, port: int) -> tuple[str, Any]:
 
     def launch(on_port: int) -> str:
         tb = program.TensorBoard(server_class=server_class)
-        tb.configure(argv=[None, "--logdir", str(logdir), "--host", host, "--port", str(on_port),
-                           "--load_fast", "false", "--samples_per_plugin", "scalars=0"])
+        tb.configure(
+            argv=[
+                None,
+                "--logdir",
+                str(logdir),
+                "--host",
+                host,
+                "--port",
+                str(on_port),
+                "--load_fast",
+                "false",
+                "--samples_per_plugin",
+                "scalars=0",
+            ]
+        )
         return tb.launch()
 
     if not port_is_free(host, port):

@@ -109,9 +109,16 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
         info = sf.info(str(path))
     except (RuntimeError, ValueError, TypeError, OSError) as exc:  # libsndfile's errors are RuntimeErrors
         return SourceAudio(None, problems=[problem("unreadable", str(exc).strip())])
-    result = SourceAudio(None, info.samplerate, info={
-        "rate": info.samplerate, "channels": info.channels, "subtype": info.subtype,
-        "seconds": round(info.frames / info.samplerate, 3) if info.samplerate else 0.0})
+    result = SourceAudio(
+        None,
+        info.samplerate,
+        info={
+            "rate": info.samplerate,
+            "channels": info.channels,
+            "subtype": info.subtype,
+            "seconds": round(info.frames / info.samplerate, 3) if info.samplerate else 0.0,
+        },
+    )
     if info.frames <= 0 or info.samplerate <= 0:
         result.problems.append(problem("empty_audio", f"{info.frames} frames"))
         return result
@@ -131,8 +138,12 @@ def read_and_check(path: Path, target_rate: int, limits: AudioLimits) -> SourceA
         # libsndfile derives `frames` from the file's size, so only the header's own data size
         # tells that the file was cut (a copy or download that stopped early).
         announced, present = declared / info.samplerate, len(data) / info.samplerate
-        result.problems.append(problem("truncated", f"{len(data)} of {declared} frames: the header announces "
-                                       f"{announced:.2f} s, {present:.2f} s present"))
+        result.problems.append(
+            problem(
+                "truncated",
+                f"{len(data)} of {declared} frames: the header announces {announced:.2f} s, {present:.2f} s present",
+            )
+        )
     elif len(data) < info.frames:
         result.problems.append(problem("truncated", f"{len(data)} of {info.frames} frames"))
 
@@ -163,8 +174,12 @@ def _level_checks(audio: np.ndarray, limits: AudioLimits, info: dict[str, Any]) 
     clipped = float(np.count_nonzero(magnitude >= FULL_SCALE)) / len(audio)
     dc = float(audio.mean())
     rms = float(np.sqrt(np.dot(audio, audio) / len(audio)))
-    info.update(peak=round(peak, 5), clipped_ratio=round(clipped, 6), dc_offset=round(dc, 5),
-                rms_db=round(20 * np.log10(max(rms, 1e-10)), 2))
+    info.update(
+        peak=round(peak, 5),
+        clipped_ratio=round(clipped, 6),
+        dc_offset=round(dc, 5),
+        rms_db=round(20 * np.log10(max(rms, 1e-10)), 2),
+    )
     if peak > 1.0:
         # Float WAVs keep values beyond full scale, so nothing is clipped yet: scale instead.
         found.append(problem("out_of_range", f"peak {peak:.3f}"))
@@ -191,8 +206,9 @@ def _apply_fixes(audio: np.ndarray, problems: list[Problem], info: dict[str, Any
     return audio
 
 
-def edge_silence(audio: np.ndarray, rate: int, *, trim_db: float, frame_length: int,
-                 hop_length: int) -> tuple[int, int]:
+def edge_silence(
+    audio: np.ndarray, rate: int, *, trim_db: float, frame_length: int, hop_length: int
+) -> tuple[int, int]:
     """(first, last) sample of the non-silent part, as Coqui's own trim finds it (librosa, trim_db
     below the loudest frame)."""
     _, (start, end) = librosa.effects.trim(audio, top_db=trim_db, frame_length=frame_length, hop_length=hop_length)

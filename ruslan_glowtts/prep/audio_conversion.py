@@ -30,7 +30,7 @@ def resample(audio: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 
 def trim(audio: np.ndarray, rate: int, start: int, end: int) -> np.ndarray:
     margin = int(TRIM_MARGIN_SECONDS * rate)
-    return audio[max(0, start - margin):min(len(audio), end + margin)]
+    return audio[max(0, start - margin) : min(len(audio), end + margin)]
 
 
 def to_pcm16(audio: np.ndarray) -> np.ndarray:

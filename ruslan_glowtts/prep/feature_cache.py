@@ -104,8 +104,9 @@ class FeatureCache:
         self._wav_dirs = {os.path.abspath(wav_dir), os.path.realpath(wav_dir)}
 
     @classmethod
-    def for_config(cls, dataset_root: Path, audio_config: Any, *,
-                   meta_file: str = METADATA_FILE) -> FeatureCache | None:
+    def for_config(
+        cls, dataset_root: Path, audio_config: Any, *, meta_file: str = METADATA_FILE
+    ) -> FeatureCache | None:
         """The cache for these audio settings, or None (logged) when there is no usable one."""
         root = Path(dataset_root)
         folder = cache_folder(root, audio_config)
@@ -124,8 +125,10 @@ class FeatureCache:
         except FileNotFoundError:
             others = sorted(p.parent.name for p in (root / FEATURES_DIR).glob("*/" + MANIFEST))
             detail = f"; caches exist for other audio settings: {', '.join(others)}" if others else ""
-            return (f"none for these audio settings in {root / FEATURES_DIR} (key {folder.name}){detail}; "
-                    f"`python -m ruslan_glowtts.prepare` builds it")
+            return (
+                f"none for these audio settings in {root / FEATURES_DIR} (key {folder.name}){detail}; "
+                f"`python -m ruslan_glowtts.prepare` builds it"
+            )
         except (OSError, ValueError) as exc:
             return f"unreadable manifest {folder / MANIFEST}: {exc}"
         if manifest.get("audio") != json.loads(json.dumps(audio_settings(audio_config), default=str)):

@@ -34,8 +34,10 @@ LENGTH_PROBLEMS: Legend = {
     "too_long": ("excluded", "audio longer than --max-duration (very long utterances destabilise training)"),
     "text_too_short": ("excluded", "normalised text shorter than --min-text-len characters"),
     "text_too_long": ("excluded", "normalised text longer than --max-text-len characters"),
-    "unusual_speaking_rate": ("warning", ("characters per second far from the corpus median: the text may not "
-                               "match the audio")),
+    "unusual_speaking_rate": (
+        "warning",
+        ("characters per second far from the corpus median: the text may not match the audio"),
+    ),
 }
 SPEAKING_RATE_FACTOR = 2.5  # flagged when chars/s is beyond median x or / this
 AUDIO_CAP_STEP_SECONDS = 0.5
@@ -68,8 +70,11 @@ def speaking_rate_outliers(rates: dict[str, float]) -> dict[str, str]:
     if len(rates) < 5:  # no meaningful median on a handful of lines
         return {}
     median = float(np.median(list(rates.values())))
-    return {id_: f"{rate:.1f} chars/s, median {median:.1f}" for id_, rate in rates.items()
-            if rate > median * SPEAKING_RATE_FACTOR or rate < median / SPEAKING_RATE_FACTOR}
+    return {
+        id_: f"{rate:.1f} chars/s, median {median:.1f}"
+        for id_, rate in rates.items()
+        if rate > median * SPEAKING_RATE_FACTOR or rate < median / SPEAKING_RATE_FACTOR
+    }
 
 
 def describe(values: list[float], digits: int = 2) -> dict[str, float]:
@@ -82,8 +87,9 @@ def describe(values: list[float], digits: int = 2) -> dict[str, float]:
     return {k: (v if k == "count" else round(float(v), digits)) for k, v in stats.items()}
 
 
-def recommend_caps(frames: list[int], chars: list[int], *, rate: int, percentile: float,
-                   bounds: LengthBounds) -> dict[str, Any]:
+def recommend_caps(
+    frames: list[int], chars: list[int], *, rate: int, percentile: float, bounds: LengthBounds
+) -> dict[str, Any]:
     """Training caps at `percentile` of the usable utterances, rounded up to 0.5 s / 10 characters."""
     if not frames:
         return {}
@@ -113,8 +119,10 @@ def dataset_fragment(caps: dict[str, Any], *, sample_rate: int, characters: str 
     ]
     if caps:
         lines += [
-            (f"# Length caps at the {caps['percentile']:g}th percentile of this corpus "
-             "(see report.json, 'recommended'):"),
+            (
+                f"# Length caps at the {caps['percentile']:g}th percentile of this corpus "
+                "(see report.json, 'recommended'):"
+            ),
             f"# {caps['dropped_at_training']} utterance(s) are longer and are skipped by Coqui's length filter.",
             f"min_audio_len = {caps['min_audio_len']}",
             f"max_audio_len = {caps['max_audio_len']}    # {caps['max_audio_seconds']:g} s",
@@ -122,6 +130,8 @@ def dataset_fragment(caps: dict[str, Any], *, sample_rate: int, characters: str 
             f"max_text_len = {caps['max_text_len']}      # characters, counted as Coqui does (+1 for the newline)",
         ]
     if characters is not None:
-        lines += ["# The text keeps '+' stress marks (--stress keep): the vocabulary must include it.",
-                  f"characters.characters = {json.dumps(characters, ensure_ascii=False)}"]
+        lines += [
+            "# The text keeps '+' stress marks (--stress keep): the vocabulary must include it.",
+            f"characters.characters = {json.dumps(characters, ensure_ascii=False)}",
+        ]
     return "\n".join(lines) + "\n"

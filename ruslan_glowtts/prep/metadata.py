@@ -30,8 +30,10 @@ LINE_PROBLEMS: Legend = {
     "extra_columns": ("excluded", "the line has more than one '|' (expected exactly id|text)"),
     "empty_id": ("excluded", "the id before '|' is empty"),
     "empty_text": ("excluded", "the text after '|' is empty"),
-    "unsafe_id": ("excluded", ("the id is not a plain file name (e.g. contains '/' or '..'): "
-                   "it could escape the corpus root")),
+    "unsafe_id": (
+        "excluded",
+        ("the id is not a plain file name (e.g. contains '/' or '..'): it could escape the corpus root"),
+    ),
     "duplicate_id": ("excluded", "the id already appeared on an earlier line; the first one is kept"),
 }
 
@@ -97,8 +99,10 @@ def read_metadata(path: Path) -> MetadataScan:
         scan.lines += 1
         _parse_line(scan, number, line, seen)
     if scan.lines and undecodable > scan.lines // 2:
-        raise UserError(f"{path} is not UTF-8 text ({undecodable} of {scan.lines} lines fail to decode); "
-                        "convert it, e.g. `iconv -f cp1251 -t utf-8`")
+        raise UserError(
+            f"{path} is not UTF-8 text ({undecodable} of {scan.lines} lines fail to decode); "
+            "convert it, e.g. `iconv -f cp1251 -t utf-8`"
+        )
     return scan
 
 

@@ -131,14 +131,18 @@ def _check_paths(options: PrepareOptions) -> tuple[Path, Path, Path]:
         raise UserError(f"--src {src}: no such folder")
     meta = (options.meta or src / METADATA_FILE).expanduser()
     if not meta.is_file():
-        raise UserError(f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/; "
-                        "pass --meta FILE for another name)")
+        raise UserError(
+            f"metadata file not found: {meta} (a RUSLAN folder holds {METADATA_FILE} and {WAV_DIR}/; "
+            "pass --meta FILE for another name)"
+        )
     if not (src / WAV_DIR).is_dir():
         raise UserError(f"{src / WAV_DIR}: no such folder (RUSLAN keeps its audio in {WAV_DIR}/<id>.wav)")
     src_real, dst_real = src.resolve(), dst.resolve()
     if dst_real == src_real or dst_real.is_relative_to(src_real):
-        raise UserError(f"--dst {dst} is inside --src {src}: choose a folder outside the source corpus, "
-                        "which prepare never writes to")
+        raise UserError(
+            f"--dst {dst} is inside --src {src}: choose a folder outside the source corpus, "
+            "which prepare never writes to"
+        )
     if dst.exists() and not dst.is_dir():
         raise UserError(f"--dst {dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not (dst / STATE_DIR).is_dir():
@@ -198,8 +202,9 @@ def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Uttera
         missing = sorted(set(vocabulary.unknown(normalised.text)))
         if missing:
             code = "latin_letters" if any("a" <= c <= "z" for c in missing) else "out_of_vocabulary"
-            utterance.problems.append(Problem.of(TEXT_PROBLEMS, code,
-                                                 f"{''.join(missing)!r} in {normalised.text[:80]!r}"))
+            utterance.problems.append(
+                Problem.of(TEXT_PROBLEMS, code, f"{''.join(missing)!r} in {normalised.text[:80]!r}")
+            )
         elif not any(c.isalpha() for c in normalised.text):
             utterance.problems.append(Problem.of(TEXT_PROBLEMS, "no_letters", repr(normalised.text)))
         utterances.append(utterance)
@@ -208,9 +213,15 @@ def _normalise(scan: Any, config: Any, text_options: TextOptions) -> list[Uttera
 
 
 def _options_digest(settings: WorkerSettings) -> str:
-    shaping = {"pipeline": PIPELINE_VERSION, "target_rate": settings.target_rate, "trim_silence": settings.trim_silence,
-               "trim_db": settings.trim_db, "frame_length": settings.frame_length, "hop_length": settings.hop_length,
-               "limits": asdict(settings.limits)}
+    shaping = {
+        "pipeline": PIPELINE_VERSION,
+        "target_rate": settings.target_rate,
+        "trim_silence": settings.trim_silence,
+        "trim_db": settings.trim_db,
+        "frame_length": settings.frame_length,
+        "hop_length": settings.hop_length,
+        "limits": asdict(settings.limits),
+    }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -220,8 +231,9 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _run_jobs(jobs: list[Job], settings: WorkerSettings, workers: int,
-              handle: Callable[[dict[str, Any]], None]) -> tuple[float, float]:
+def _run_jobs(
+    jobs: list[Job], settings: WorkerSettings, workers: int, handle: Callable[[dict[str, Any]], None]
+) -> tuple[float, float]:
     """Run the jobs, calling `handle` with each result in the parent. Returns the wall and CPU
     seconds of processing (after the one-time warm-up): the part of a run that grows with the corpus."""
     if not jobs:
@@ -306,8 +318,14 @@ def _remove_if_empty(paths: list[Path]) -> None:
                 path.rmdir()
 
 
-def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started: float,
-             on_result: Callable[[dict[str, Any]], None] | None) -> PrepareResult:
+def _prepare(
+    options: PrepareOptions,
+    src: Path,
+    dst: Path,
+    meta: Path,
+    started: float,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> PrepareResult:
     exclusion = read_exclusion(options.exclude, "--exclude") if options.exclude is not None else None
     base = _resolve_config(options.preset, {})
     rate = base.audio.sample_rate
@@ -328,35 +346,64 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
     utterances = _normalise(scan, config, options.text)
     exclusion_record = _mark_excluded(utterances, exclusion) if exclusion is not None else None
     settings = WorkerSettings(
-        target_rate=rate, trim_silence=options.trim_silence, trim_db=config.audio.trim_db,
-        frame_length=config.audio.win_length, hop_length=config.audio.hop_length, limits=options.limits,
-        audio_config=config.audio if options.features else None)
+        target_rate=rate,
+        trim_silence=options.trim_silence,
+        trim_db=config.audio.trim_db,
+        frame_length=config.audio.win_length,
+        hop_length=config.audio.hop_length,
+        limits=options.limits,
+        audio_config=config.audio if options.features else None,
+    )
     rows, run = _process_files(utterances, settings, options, src, dst, feature_dir, on_result)
     _merge_audio(utterances, rows, rate, options.bounds)
 
     usable = [u for u in utterances if u.usable]
     write_text(dst / METADATA_FILE, "".join(f"{u.id}|{u.text}\n" for u in usable), only_if_changed=True)
-    caps = recommend_caps([u.frames for u in usable], [len(u.text) for u in usable], rate=rate,
-                          percentile=options.cap_percentile, bounds=options.bounds)
-    write_text(dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters),
-               only_if_changed=True)
+    caps = recommend_caps(
+        [u.frames for u in usable],
+        [len(u.text) for u in usable],
+        rate=rate,
+        percentile=options.cap_percentile,
+        bounds=options.bounds,
+    )
+    write_text(
+        dst / DATASET_TOML, dataset_fragment(caps, sample_rate=rate, characters=stress_characters), only_if_changed=True
+    )
     cached = 0
     if options.features:
         cached = sum(1 for u in usable if rows[u.id].feature_key == feature_dir.name)
-        write_manifest(feature_dir, config.audio, features=cached, utterances=len(usable),
-                       metadata_sha256=file_digest(dst / METADATA_FILE))
-    histogram = write_histogram(dst, utterances, rate=rate, caps=caps,
-                                digest_file=dst / STATE_DIR / "histogram.sha256")
+        write_manifest(
+            feature_dir,
+            config.audio,
+            features=cached,
+            utterances=len(usable),
+            metadata_sha256=file_digest(dst / METADATA_FILE),
+        )
+    histogram = write_histogram(dst, utterances, rate=rate, caps=caps, digest_file=dst / STATE_DIR / "histogram.sha256")
     header = {
-        "source": str(src), "destination": str(dst), "metadata_file": str(meta),
+        "source": str(src),
+        "destination": str(dst),
+        "metadata_file": str(meta),
         "options": _jsonable({**asdict(options), "src": str(src), "dst": str(dst), "meta": str(meta)}),
-        "training": {"sample_rate": rate, "characters": stress_characters or characters,
-                     "punctuations": config.characters.punctuations, "text_cleaner": config.text_cleaner},
-        "metadata": {"lines": scan.lines, "bom": scan.bom, "crlf_lines": scan.crlf_lines,
-                     "trailing_whitespace_lines": scan.trailing_whitespace_lines},
-        "outputs": {"metadata": METADATA_FILE, "dataset_config": DATASET_TOML, "histogram": histogram.name,
-                    "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
-                    "features_cached": cached},
+        "training": {
+            "sample_rate": rate,
+            "characters": stress_characters or characters,
+            "punctuations": config.characters.punctuations,
+            "text_cleaner": config.text_cleaner,
+        },
+        "metadata": {
+            "lines": scan.lines,
+            "bom": scan.bom,
+            "crlf_lines": scan.crlf_lines,
+            "trailing_whitespace_lines": scan.trailing_whitespace_lines,
+        },
+        "outputs": {
+            "metadata": METADATA_FILE,
+            "dataset_config": DATASET_TOML,
+            "histogram": histogram.name,
+            "features": f"{FEATURES_DIR}/{feature_dir.name}" if options.features else None,
+            "features_cached": cached,
+        },
         "exclusion": exclusion_record,
     }
     run["seconds"] = round(time.monotonic() - started, 2)
@@ -365,18 +412,30 @@ def _prepare(options: PrepareOptions, src: Path, dst: Path, meta: Path, started:
     return PrepareResult(dst, report)
 
 
-def _process_files(utterances: list[Utterance], settings: WorkerSettings, options: PrepareOptions, src: Path,
-                   dst: Path, feature_dir: Path, on_result: Callable[[dict[str, Any]], None] | None,
-                   ) -> tuple[dict[str, StateRow], dict[str, Any]]:
+def _process_files(
+    utterances: list[Utterance],
+    settings: WorkerSettings,
+    options: PrepareOptions,
+    src: Path,
+    dst: Path,
+    feature_dir: Path,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> tuple[dict[str, StateRow], dict[str, Any]]:
     """Bring every file's outputs up to date; returns the state rows (one per processed id) and run counts."""
     digest, key = _options_digest(settings), feature_dir.name
-    run: dict[str, Any] = {"processed": 0, "reused": 0, "features_computed": 0, "processing_seconds": 0.0,
-                           "processing_cpu_seconds": 0.0}
+    run: dict[str, Any] = {
+        "processed": 0,
+        "reused": 0,
+        "features_computed": 0,
+        "processing_seconds": 0.0,
+        "processing_cpu_seconds": 0.0,
+    }
     state = PrepareState(dst / STATE_DIR / "state.sqlite")
     try:
         rows = state.load()
-        jobs, signatures, run["reused"] = _plan(utterances, rows, src, dst,
-                                                feature_dir if options.features else None, digest, key)
+        jobs, signatures, run["reused"] = _plan(
+            utterances, rows, src, dst, feature_dir if options.features else None, digest, key
+        )
         _prune(rows, set(signatures), state, dst, feature_dir)
         if any(job.convert for job in jobs):
             invalidate(feature_dir)  # a cache is only trusted again once a run completes it
@@ -407,8 +466,7 @@ def _mark_excluded(utterances: list[Utterance], exclusion: Exclusion) -> dict[st
     """--exclude: the listed ids are left out like any excluded utterance (no audio processed,
     outputs of an earlier run removed), and reported with the code listed_for_exclusion."""
     listed = set(exclusion.ids)
-    unknown = exclusion.warn_unknown([u.id for u in utterances if not _line_problem(u)], "--exclude",
-                                     "the metadata")
+    unknown = exclusion.warn_unknown([u.id for u in utterances if not _line_problem(u)], "--exclude", "the metadata")
     excluded = 0
     for u in utterances:
         if u.id in listed and not _line_problem(u):
@@ -423,8 +481,15 @@ def _line_problem(utterance: Utterance) -> bool:
     return any(p.code in LINE_PROBLEMS for p in utterance.problems)
 
 
-def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst: Path, feature_dir: Path | None,
-          digest: str, key: str) -> tuple[list[Job], dict[str, str], int]:
+def _plan(
+    utterances: list[Utterance],
+    rows: dict[str, StateRow],
+    src: Path,
+    dst: Path,
+    feature_dir: Path | None,
+    digest: str,
+    key: str,
+) -> tuple[list[Job], dict[str, str], int]:
     """The jobs this run must do; files whose source, options and outputs are unchanged are skipped."""
     jobs, signatures, reused = [], {}, 0
     for u in utterances:
@@ -443,12 +508,20 @@ def _plan(utterances: list[Utterance], rows: dict[str, StateRow], src: Path, dst
         wav = wav_path(dst, u.id)
         features = feature_dir / f"{u.id}.npy" if feature_dir is not None else None
         row = rows.get(u.id)
-        current = (row is not None and row.source == signatures[u.id] and row.options == digest
-                   and (not row.record["usable"] or wav.is_file()))
+        current = (
+            row is not None
+            and row.source == signatures[u.id]
+            and row.options == digest
+            and (not row.record["usable"] or wav.is_file())
+        )
         if not current:
             jobs.append(Job(u.id, str(source), str(wav), str(features) if features else None, convert=True))
-        elif (row is not None and features is not None and row.record["usable"]
-              and (row.feature_key != key or not features.is_file())):
+        elif (
+            row is not None
+            and features is not None
+            and row.record["usable"]
+            and (row.feature_key != key or not features.is_file())
+        ):
             jobs.append(Job(u.id, str(source), str(wav), str(features), convert=False))
         else:
             reused += 1

@@ -47,6 +47,8 @@ class Problem:
 
 # `prepare --exclude FILE` (ruslan_glowtts/common/exclusions.py): ids the user asked to leave out.
 EXCLUDE_PROBLEMS: Legend = {
-    "listed_for_exclusion": ("excluded", ("listed in the --exclude file (e.g. diagnose's suspects.txt): left out "
-                             "on request")),
+    "listed_for_exclusion": (
+        "excluded",
+        ("listed in the --exclude file (e.g. diagnose's suspects.txt): left out on request"),
+    ),
 }

@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 
 # Text changes that are pure typography: counted, but not listed per file.
 ROUTINE_TEXT_CHANGES = {"unicode", "whitespace", "quotes", "dashes", "punctuation"}
-MEANINGS: dict[str, str] = {code: meaning for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS,
-                                                         EXCLUDE_PROBLEMS)
-                            for code, (_, meaning) in table.items()}
+MEANINGS: dict[str, str] = {
+    code: meaning
+    for table in (LINE_PROBLEMS, AUDIO_PROBLEMS, TEXT_PROBLEMS, LENGTH_PROBLEMS, EXCLUDE_PROBLEMS)
+    for code, (_, meaning) in table.items()
+}
 
 
 @dataclass
@@ -55,15 +57,20 @@ class Utterance:
         listed_changes = [c for c in self.text_changes if c not in ROUTINE_TEXT_CHANGES]
         if not self.problems and not listed_changes:
             return None
-        entry: dict[str, Any] = {"line": self.line, "id": self.id, "usable": self.usable,
-                                 "problems": [p.to_json() for p in self.problems]}
+        entry: dict[str, Any] = {
+            "line": self.line,
+            "id": self.id,
+            "usable": self.usable,
+            "problems": [p.to_json() for p in self.problems],
+        }
         if self.text_changes:
             entry["text"] = {"source": self.source_text, "normalised": self.text, "changes": list(self.text_changes)}
         return entry
 
 
-def build_report(utterances: list[Utterance], *, header: dict[str, Any], caps: dict[str, Any],
-                 rate: int, run: dict[str, Any]) -> dict[str, Any]:
+def build_report(
+    utterances: list[Utterance], *, header: dict[str, Any], caps: dict[str, Any], rate: int, run: dict[str, Any]
+) -> dict[str, Any]:
     usable = [u for u in utterances if u.usable]
     counts: Counter = Counter()
     actions: dict[str, Counter] = {}
@@ -110,8 +117,9 @@ def write_report(dst: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def write_histogram(dst: Path, utterances: list[Utterance], *, rate: int, caps: dict[str, Any],
-                    digest_file: Path) -> Path:
+def write_histogram(
+    dst: Path, utterances: list[Utterance], *, rate: int, caps: dict[str, Any], digest_file: Path
+) -> Path:
     """Durations and text lengths of the usable utterances, with the recommended caps marked.
     Skipped (matplotlib costs seconds) when its inputs are those of the existing PNG."""
     path = dst / HISTOGRAM
@@ -132,10 +140,15 @@ def write_histogram(dst: Path, utterances: list[Utterance], *, rate: int, caps: 
     right.hist([len(u.text) for u in usable], bins=60, color="#66aa55")
     right.set(title="Normalised text length", xlabel="characters", ylabel="utterances")
     if caps:
-        left.axvline(caps["max_audio_len"] / rate, color="#cc3311", linestyle="--",
-                     label=f"max_audio_len ({caps['max_audio_len'] / rate:g} s)")
-        right.axvline(caps["max_text_len"] - 1, color="#cc3311", linestyle="--",
-                      label=f"max_text_len ({caps['max_text_len']})")
+        left.axvline(
+            caps["max_audio_len"] / rate,
+            color="#cc3311",
+            linestyle="--",
+            label=f"max_audio_len ({caps['max_audio_len'] / rate:g} s)",
+        )
+        right.axvline(
+            caps["max_text_len"] - 1, color="#cc3311", linestyle="--", label=f"max_text_len ({caps['max_text_len']})"
+        )
         left.legend()
         right.legend()
     figure.tight_layout()
@@ -158,11 +171,15 @@ def summary_lines(report: dict[str, Any], dst: Path) -> list[str]:
         lines.append(f"  Text normalised: {', '.join(listed)}")
     caps = report["recommended"]
     if caps:
-        lines.append(f"  Training caps (in {DATASET_TOML}): max_audio_len = {caps['max_audio_len']} "
-                     f"({caps['max_audio_seconds']:g} s), max_text_len = {caps['max_text_len']}; "
-                     f"{caps['dropped_at_training']} longer utterance(s) will be skipped")
+        lines.append(
+            f"  Training caps (in {DATASET_TOML}): max_audio_len = {caps['max_audio_len']} "
+            f"({caps['max_audio_seconds']:g} s), max_text_len = {caps['max_text_len']}; "
+            f"{caps['dropped_at_training']} longer utterance(s) will be skipped"
+        )
     run = report["run"]
-    lines.append(f"  This run: {run['processed']} file(s) processed, {run['reused']} unchanged and skipped, "
-                 f"{run['features_computed']} feature file(s) computed, {run['seconds']:.1f} s")
+    lines.append(
+        f"  This run: {run['processed']} file(s) processed, {run['reused']} unchanged and skipped, "
+        f"{run['features_computed']} feature file(s) computed, {run['seconds']:.1f} s"
+    )
     lines.append(f"  Details: {dst / REPORT} (per file, with line numbers), {dst / HISTOGRAM}")
     return lines

@@ -47,10 +47,17 @@ TEXT_CHANGES: dict[str, str] = {
 
 # code -> (action, what it means): what is still wrong after normalisation.
 TEXT_PROBLEMS: Legend = {
-    "latin_letters": ("excluded", ("Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
-                       "transliterate the line in the source metadata to keep it")),
-    "out_of_vocabulary": ("excluded", ("characters outside the config's characters/punctuations remain "
-                           "after normalisation")),
+    "latin_letters": (
+        "excluded",
+        (
+            "Latin letters remain (names, Roman numerals): not in the Russian vocabulary; "
+            "transliterate the line in the source metadata to keep it"
+        ),
+    ),
+    "out_of_vocabulary": (
+        "excluded",
+        ("characters outside the config's characters/punctuations remain after normalisation"),
+    ),
     "no_letters": ("excluded", "the normalised text has no letters to speak"),
 }
 
@@ -87,39 +94,71 @@ def _cardinal(number: float, gender: str = "m") -> str:
 
 # Suffix of an ordinal ("5-го") -> (case, gender, plural) for num2words.
 ORDINAL_SUFFIXES: dict[str, tuple[str, str, bool]] = {
-    "й": ("n", "m", False), "ый": ("n", "m", False), "ий": ("n", "m", False),
-    "я": ("n", "f", False), "ая": ("n", "f", False),
-    "е": ("n", "n", False), "ое": ("n", "n", False), "ее": ("n", "n", False),
-    "го": ("g", "m", False), "ого": ("g", "m", False),
-    "му": ("d", "m", False), "ому": ("d", "m", False),
-    "м": ("p", "m", False), "ом": ("p", "m", False),
-    "ю": ("a", "f", False), "ую": ("a", "f", False),
+    "й": ("n", "m", False),
+    "ый": ("n", "m", False),
+    "ий": ("n", "m", False),
+    "я": ("n", "f", False),
+    "ая": ("n", "f", False),
+    "е": ("n", "n", False),
+    "ое": ("n", "n", False),
+    "ее": ("n", "n", False),
+    "го": ("g", "m", False),
+    "ого": ("g", "m", False),
+    "му": ("d", "m", False),
+    "ому": ("d", "m", False),
+    "м": ("p", "m", False),
+    "ом": ("p", "m", False),
+    "ю": ("a", "f", False),
+    "ую": ("a", "f", False),
     "ой": ("g", "f", False),
     "ым": ("i", "m", False),
-    "х": ("p", "m", True), "ых": ("p", "m", True),
-    "ми": ("i", "m", True), "ыми": ("i", "m", True),
+    "х": ("p", "m", True),
+    "ых": ("p", "m", True),
+    "ми": ("i", "m", True),
+    "ыми": ("i", "m", True),
     "ые": ("n", "m", True),
 }
 # Forms of "год" after a year -> the case of the ordinal ("в 1812 году" = в тысяча восемьсот двенадцатом году).
 YEAR_WORDS = {"год": "n", "года": "g", "году": "p", "годом": "i", "годе": "p", "годы": "n", "годах": "p"}
 
-MONTHS = ("января", "февраля", "марта", "апреля", "мая", "июня", "июля", "августа", "сентября", "октября",
-          "ноября", "декабря")
+MONTHS = (
+    "января",
+    "февраля",
+    "марта",
+    "апреля",
+    "мая",
+    "июня",
+    "июля",
+    "августа",
+    "сентября",
+    "октября",
+    "ноября",
+    "декабря",
+)
 # A preposition before a date -> the ordinal's case ("до 5 мая" = до пятого мая); otherwise "пятое мая".
 DATE_PREPOSITIONS = {"до": "g", "с": "g", "со": "g", "после": "g", "от": "g", "около": "g", "к": "d"}
 
 # Unit abbreviations after a number: forms for 1, 2-4 and 5+ ("1 рубль, 2 рубля, 5 рублей").
 UNITS: dict[str, tuple[str, str, str]] = {
     "%": ("процент", "процента", "процентов"),
-    "руб.": ("рубль", "рубля", "рублей"), "руб": ("рубль", "рубля", "рублей"), "р.": ("рубль", "рубля", "рублей"),
-    "коп.": ("копейка", "копейки", "копеек"), "коп": ("копейка", "копейки", "копеек"),
+    "руб.": ("рубль", "рубля", "рублей"),
+    "руб": ("рубль", "рубля", "рублей"),
+    "р.": ("рубль", "рубля", "рублей"),
+    "коп.": ("копейка", "копейки", "копеек"),
+    "коп": ("копейка", "копейки", "копеек"),
     "тыс.": ("тысяча", "тысячи", "тысяч"),
-    "млн": ("миллион", "миллиона", "миллионов"), "млн.": ("миллион", "миллиона", "миллионов"),
-    "млрд": ("миллиард", "миллиарда", "миллиардов"), "млрд.": ("миллиард", "миллиарда", "миллиардов"),
+    "млн": ("миллион", "миллиона", "миллионов"),
+    "млн.": ("миллион", "миллиона", "миллионов"),
+    "млрд": ("миллиард", "миллиарда", "миллиардов"),
+    "млрд.": ("миллиард", "миллиарда", "миллиардов"),
     "км/ч": ("километр в час", "километра в час", "километров в час"),
-    "км": ("километр", "километра", "километров"), "кг": ("килограмм", "килограмма", "килограммов"),
-    "см": ("сантиметр", "сантиметра", "сантиметров"), "мм": ("миллиметр", "миллиметра", "миллиметров"),
-    "ч.": ("час", "часа", "часов"), "мин.": ("минута", "минуты", "минут"), "сек.": ("секунда", "секунды", "секунд"),
+    "км": ("километр", "километра", "километров"),
+    "кг": ("килограмм", "килограмма", "килограммов"),
+    "см": ("сантиметр", "сантиметра", "сантиметров"),
+    "мм": ("миллиметр", "миллиметра", "миллиметров"),
+    "ч.": ("час", "часа", "часов"),
+    "мин.": ("минута", "минуты", "минут"),
+    "сек.": ("секунда", "секунды", "секунд"),
 }
 FEMININE_UNITS = {"копейка", "минута", "секунда", "тысяча"}  # одна копейка, две минуты
 _UNIT_PATTERN = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
@@ -128,8 +167,10 @@ _NUMBER = r"\d+(?:,\d+)?"
 _GROUPED = re.compile(r"(?<![\d,])\d{1,3}(?:[ \u00a0\u202f\u2009]\d{3})+(?![\d,])")
 _ORDINAL = re.compile(r"(\d+)-(" + "|".join(sorted(ORDINAL_SUFFIXES, key=len, reverse=True)) + r")(?![а-яё])")
 _YEAR = re.compile(r"(?:(?<![а-яёА-ЯЁ])([вВкК])\s+)?(\d{1,4})\s*(" + "|".join(YEAR_WORDS) + r"|гг\.|г\.)(?![а-яё])")
-_DATE = re.compile(r"(?:(?<![а-яёА-ЯЁ])(" + "|".join(DATE_PREPOSITIONS) + r")\s+)?(\d{1,2})\s+("
-                   + "|".join(MONTHS) + r")(?![а-яё])", re.IGNORECASE)
+_DATE = re.compile(
+    r"(?:(?<![а-яёА-ЯЁ])(" + "|".join(DATE_PREPOSITIONS) + r")\s+)?(\d{1,2})\s+(" + "|".join(MONTHS) + r")(?![а-яё])",
+    re.IGNORECASE,
+)
 _WITH_UNIT = re.compile(rf"({_NUMBER})\s*({_UNIT_PATTERN})(?![а-яёА-ЯЁ])")
 _DECIMAL = re.compile(r"(\d+),(\d+)")
 _INTEGER = re.compile(r"\d+")
@@ -146,7 +187,7 @@ def _spell_ordinal(match: re.Match) -> str:
 
 def _spell_year(match: re.Match) -> str:
     preposition, year, word = match.group(1), match.group(2), match.group(3)
-    at_end = not match.string[match.end():].strip(" »")
+    at_end = not match.string[match.end() :].strip(" »")
     if word == "г.":  # "в 1812 г." = в ... году; "1 января 1812 г." = ... года
         word = "году" if preposition else "года"
     elif word == "гг.":
@@ -175,7 +216,7 @@ def _spell_with_unit(match: re.Match) -> str:
     else:
         form = _RU.pluralize(number, (one, few, many))
     words = _cardinal(number, gender="f" if one in FEMININE_UNITS and isinstance(number, int) else "m")
-    at_end = not match.string[match.end():].strip(" »")
+    at_end = not match.string[match.end() :].strip(" »")
     end = "." if at_end and match.group(2).endswith(".") else ""
     return f"{words} {form}{end}"
 
@@ -225,17 +266,20 @@ ABBREVIATIONS: list[tuple[str, str]] = [
     (r"млн\.?(?![а-яё])", "миллионов"),
     (r"млрд\.?(?![а-яё])", "миллиардов"),
 ]
-_ABBREVIATIONS = [(re.compile(r"(?<![а-яёА-ЯЁ])" + pattern, re.IGNORECASE), expansion)
-                  for pattern, expansion in ABBREVIATIONS]
+_ABBREVIATIONS = [
+    (re.compile(r"(?<![а-яёА-ЯЁ])" + pattern, re.IGNORECASE), expansion) for pattern, expansion in ABBREVIATIONS
+]
 
 
 def _expand_abbreviations(text: str) -> str:
     for pattern, expansion in _ABBREVIATIONS:
+
         def replace(match: re.Match, expansion: str = expansion) -> str:
             words = expansion.capitalize() if match.group(0)[0].isupper() else expansion
             # The abbreviation's dot also ended the sentence ("... и т. д."): keep one.
-            at_end = not match.string[match.end():].strip(" »")
+            at_end = not match.string[match.end() :].strip(" »")
             return words + ("." if at_end and match.group(0).endswith(".") else "")
+
         text = pattern.sub(replace, text)
     return text
 

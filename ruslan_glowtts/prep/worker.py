@@ -120,8 +120,15 @@ def process(job: Job) -> dict[str, Any]:
         return _process(job)
     except Exception as exc:  # one bad file must not stop 22,000 others (logged with its traceback)
         logger.debug("processing %s failed", job.source, exc_info=True)
-        return {"id": job.id, "converted": job.convert, "usable": False, "frames": 0, "features": False,
-                "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}").to_json()], "source": {}}
+        return {
+            "id": job.id,
+            "converted": job.convert,
+            "usable": False,
+            "frames": 0,
+            "features": False,
+            "problems": [problem("processing_error", f"{type(exc).__name__}: {exc}").to_json()],
+            "source": {},
+        }
 
 
 def _process(job: Job) -> dict[str, Any]:
@@ -139,16 +146,27 @@ def _process(job: Job) -> dict[str, Any]:
         features.unlink(missing_ok=True)
     source = read_and_check(Path(job.source), settings.target_rate, settings.limits)
     # The record is stored as JSON in prepare's state database: problems in their JSON form.
-    record: dict[str, Any] = {"id": job.id, "converted": True, "usable": source.usable, "frames": 0,
-                              "features": False, "problems": [p.to_json() for p in source.problems],
-                              "source": source.info}
+    record: dict[str, Any] = {
+        "id": job.id,
+        "converted": True,
+        "usable": source.usable,
+        "frames": 0,
+        "features": False,
+        "problems": [p.to_json() for p in source.problems],
+        "source": source.info,
+    }
     if source.audio is None:  # not usable
         wav.unlink(missing_ok=True)  # an earlier run's copy of a file that is now excluded
         return record
 
     audio = resample(source.audio, source.rate, settings.target_rate)
-    start, end = edge_silence(audio, settings.target_rate, trim_db=settings.trim_db,
-                              frame_length=settings.frame_length, hop_length=settings.hop_length)
+    start, end = edge_silence(
+        audio,
+        settings.target_rate,
+        trim_db=settings.trim_db,
+        frame_length=settings.frame_length,
+        hop_length=settings.hop_length,
+    )
     lead, trail = start / settings.target_rate, (len(audio) - end) / settings.target_rate
     record["source"].update(leading_silence=round(lead, 3), trailing_silence=round(trail, 3))
     action: Action | None = "fixed" if settings.trim_silence else None

@@ -38,8 +38,15 @@ def _kernel() -> Any:
 
     # Unannotated on purpose: triton.jit reads parameter annotations (constexpr, type specialisation).
     @triton.jit
-    def mas_kernel(value_ptr, path_ptr, t_x_ptr, t_y_ptr, stride_b, stride_x,  # type: ignore[no-untyped-def]
-                   BLOCK_X: tl.constexpr):
+    def mas_kernel(  # type: ignore[no-untyped-def]
+        value_ptr,
+        path_ptr,
+        t_x_ptr,
+        t_y_ptr,
+        stride_b,
+        stride_x,
+        BLOCK_X: tl.constexpr,
+    ):
         b = tl.program_id(0)
         t_x = tl.load(t_x_ptr + b)
         t_y = tl.load(t_y_ptr + b)
@@ -89,8 +96,9 @@ def maximum_path_triton(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     batch, width, frames = values.shape
     if batch and width and frames:
         block = max(16, 1 << (width - 1).bit_length())
-        _kernel()[(batch,)](values, path, t_x, t_y, width * frames, frames, BLOCK_X=block,
-                            num_warps=4 if block >= 256 else 1)
+        _kernel()[(batch,)](
+            values, path, t_x, t_y, width * frames, frames, BLOCK_X=block, num_warps=4 if block >= 256 else 1
+        )
     return path.to(dtype=value.dtype)
 
 
@@ -111,5 +119,8 @@ _failed = False
 def _fail(exc: Exception) -> None:
     global _failed
     _failed = True
-    logger.warning(" ! Alignment search on the GPU failed (%s: %s); using Coqui's CPU version (a host round trip "
-                   "per step)", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    logger.warning(
+        " ! Alignment search on the GPU failed (%s: %s); using Coqui's CPU version (a host round trip per step)",
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+    )

@@ -68,9 +68,18 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     training seed. num_replicas/rank: DDP. multiple_of: grad_accum_steps.
     """
 
-    def __init__(self, lengths: Sequence[int] | np.ndarray, *, batch_size: int, max_frames: int = 0,
-                 pool_batches: int = 64, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 multiple_of: int = 1) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int,
+        max_frames: int = 0,
+        pool_batches: int = 64,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        multiple_of: int = 1,
+    ) -> None:
         super().__init__()
         if batch_size < 1 or pool_batches < 1 or multiple_of < 1 or max_frames < 0:
             raise ValueError("batch_size, pool_batches and multiple_of must be >= 1, max_frames >= 0")
@@ -93,8 +102,12 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self._cache: tuple[int, list[list[int]]] | None = None
         too_long = int((self.lengths > max_frames).sum()) if max_frames else 0
         if too_long:
-            logger.warning(" ! %d utterances are longer than max_frames_per_batch = %d frames: each gets a "
-                           "batch of its own (lower max_audio_len or raise the budget)", too_long, max_frames)
+            logger.warning(
+                " ! %d utterances are longer than max_frames_per_batch = %d frames: each gets a "
+                "batch of its own (lower max_audio_len or raise the budget)",
+                too_long,
+                max_frames,
+            )
 
     # -- the epoch's batches -------------------------------------------------------------------
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -109,7 +122,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         order = rng.permutation(len(self.lengths))
         batches: list[list[int]] = []
         for start in range(0, len(order), self.pool_size):
-            pool = order[start:start + self.pool_size]
+            pool = order[start : start + self.pool_size]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]  # ties keep the random order
             batches += self._cut(pool)
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -121,7 +134,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def _cut(self, pool: np.ndarray) -> list[list[int]]:
         if not self.max_frames:
-            return [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+            return [pool[i : i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
         batches: list[list[int]] = []
         current: list[int] = []
         for index in pool.tolist():  # ascending lengths: the newest is the longest
@@ -136,7 +149,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     def rank_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches of an epoch (cached: DataLoader and Coqui ask len() repeatedly)."""
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, self.epoch_batches(epoch)[self.rank::self.num_replicas])
+            self._cache = (epoch, self.epoch_batches(epoch)[self.rank :: self.num_replicas])
         return self._cache[1]
 
     # -- Sampler protocol ----------------------------------------------------------------------

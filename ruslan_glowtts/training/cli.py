@@ -34,35 +34,69 @@ class GlowTTSRecipe(ModelRecipe):
     presets_dir = PRESETS_DIR
     default_preset = DEFAULT_PRESET
     description = "Train GlowTTS on RUSLAN with a stability preset (Coqui TTS)."
-    epilog = ("Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
-              "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C, "
-              "143 SIGTERM.")
+    epilog = (
+        "Layers: configs/ruslan_glowtts.toml < DATASET/dataset.toml < preset < --set and flags. "
+        "Exit codes: 0 ok, 1 crash (run kept), 2 bad input, 3 stopped by the health guard, 130 Ctrl-C, "
+        "143 SIGTERM."
+    )
     dataset_required = "--dataset-path DIR is required (try data/sample after `make sample`, see README)"
-    continue_refuses = (("--grad-accum", "grad_accum"), ("--auto-escalate", "auto_escalate"),
-                        ("--max-escalations", "max_escalations"), ("--exclude-utterances", "exclude_utterances"))
+    continue_refuses = (
+        ("--grad-accum", "grad_accum"),
+        ("--auto-escalate", "auto_escalate"),
+        ("--max-escalations", "max_escalations"),
+        ("--exclude-utterances", "exclude_utterances"),
+    )
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--grad-accum", type=positive_int, metavar="N",
-                       help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)")
-        p.add_argument("--allow-partial-restore", action="store_true",
-                       help="with --restore-path: accept a checkpoint whose layers do not all match the config "
-                       "(the matching ones are restored, the rest start fresh)")
-        p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
-                       help="speak the TensorBoard test sentences through this HiFi-GAN run "
-                       "(train_ruslan_hifigan.py) instead of Griffin-Lim; its audio features must match the run's")
-        p.add_argument("--exclude-utterances", type=Path, metavar="FILE",
-                       help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
-                       "suspects.txt diagnose writes; recorded in run.json with the file's hash")
-        p.add_argument("--allow-unknown-chars", action="store_true",
-                       help="train even if the text has characters outside the vocabulary (they are dropped)")
-        p.add_argument("--on-explosion", choices=("warn", "stop", "escalate"),
-                       help="what a grad_norm explosion does: warn (default: banner, keep training), stop "
-                       "(exit 3 with the next command), escalate (same as --auto-escalate)")
-        p.add_argument("--auto-escalate", action="store_true",
-                       help="on an explosion, roll back to the last known-good weights and continue on the "
-                       "preset's fallback tier, by itself")
-        p.add_argument("--max-escalations", type=positive_int, metavar="N",
-                       help="with --auto-escalate: tier switches before giving up (default 3)")
+        p.add_argument(
+            "--grad-accum",
+            type=positive_int,
+            metavar="N",
+            help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)",
+        )
+        p.add_argument(
+            "--allow-partial-restore",
+            action="store_true",
+            help="with --restore-path: accept a checkpoint whose layers do not all match the config "
+            "(the matching ones are restored, the rest start fresh)",
+        )
+        p.add_argument(
+            "--vocoder",
+            type=Path,
+            metavar="RUN_OR_CKPT",
+            help="speak the TensorBoard test sentences through this HiFi-GAN run "
+            "(train_ruslan_hifigan.py) instead of Griffin-Lim; its audio features must match the run's",
+        )
+        p.add_argument(
+            "--exclude-utterances",
+            type=Path,
+            metavar="FILE",
+            help="leave out the utterance ids listed in FILE (one per line, # comments), e.g. the "
+            "suspects.txt diagnose writes; recorded in run.json with the file's hash",
+        )
+        p.add_argument(
+            "--allow-unknown-chars",
+            action="store_true",
+            help="train even if the text has characters outside the vocabulary (they are dropped)",
+        )
+        p.add_argument(
+            "--on-explosion",
+            choices=("warn", "stop", "escalate"),
+            help="what a grad_norm explosion does: warn (default: banner, keep training), stop "
+            "(exit 3 with the next command), escalate (same as --auto-escalate)",
+        )
+        p.add_argument(
+            "--auto-escalate",
+            action="store_true",
+            help="on an explosion, roll back to the last known-good weights and continue on the "
+            "preset's fallback tier, by itself",
+        )
+        p.add_argument(
+            "--max-escalations",
+            type=positive_int,
+            metavar="N",
+            help="with --auto-escalate: tier switches before giving up (default 3)",
+        )
         # Injected by `python -m trainer.distribute`.
         p.add_argument("--continue_path", dest="continue_path_ddp", default="", help=argparse.SUPPRESS)
         p.add_argument("--restore_path", dest="restore_path_ddp", default="", help=argparse.SUPPRESS)
@@ -79,9 +113,11 @@ class GlowTTSRecipe(ModelRecipe):
 
     def flag_layers(self, args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         policy = "escalate" if args.auto_escalate else args.on_explosion
-        return [("--grad-accum", "grad_accum_steps", args.grad_accum),
-                ("--auto-escalate" if args.auto_escalate else "--on-explosion", "health.policy", policy),
-                ("--max-escalations", "health.max_escalations", args.max_escalations)]
+        return [
+            ("--grad-accum", "grad_accum_steps", args.grad_accum),
+            ("--auto-escalate" if args.auto_escalate else "--on-explosion", "health.policy", policy),
+            ("--max-escalations", "health.max_escalations", args.max_escalations),
+        ]
 
     def job_options(self, args: argparse.Namespace, config: Any) -> dict[str, Any]:
         vocoder = None
@@ -89,9 +125,13 @@ class GlowTTSRecipe(ModelRecipe):
             from ruslan_glowtts.voice.synthesize import vocoder_for_run
 
             vocoder = vocoder_for_run(args.vocoder, config.audio, "this GlowTTS config")
-        return {"allow_unknown_chars": args.allow_unknown_chars, "vocoder": vocoder,
-                "exclusion": _recorded_exclusion(args.continue_path) if args.continue_path is not None
-                else _exclusion(args.exclude_utterances)}
+        return {
+            "allow_unknown_chars": args.allow_unknown_chars,
+            "vocoder": vocoder,
+            "exclusion": _recorded_exclusion(args.continue_path)
+            if args.continue_path is not None
+            else _exclusion(args.exclude_utterances),
+        }
 
     def next_command(self, request: TrainRequest, run_dir: Path | None) -> str:
         command = super().next_command(request, run_dir)
@@ -111,8 +151,9 @@ class GlowTTSRecipe(ModelRecipe):
 
         return RuslanGlowTTSConfig
 
-    def build_config(self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
-                     ) -> tuple[Any, list[Override], dict[str, Any]]:
+    def build_config(
+        self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
+    ) -> tuple[Any, list[Override], dict[str, Any]]:
         from ruslan_glowtts.training.config import build_config
 
         config, overrides = build_config(preset=preset, dataset_path=args.dataset_path, cli_layers=cli_layers)
@@ -130,7 +171,8 @@ class GlowTTSRecipe(ModelRecipe):
         if job.restore_path is not None and config.data_dep_init_steps:
             # Data-dependent init would overwrite the restored ActNorm statistics.
             logging.getLogger(__name__).info(
-                "Overriding: data_dep_init_steps = 0  (--restore-path: keep the restored ActNorm layers)")
+                "Overriding: data_dep_init_steps = 0  (--restore-path: keep the restored ActNorm layers)"
+            )
             config.data_dep_init_steps = 0
 
     def load_data(self, config: Any, request: TrainRequest) -> RunData:
@@ -203,11 +245,18 @@ def speedups(model: Any, config: Any) -> None:
     log = logging.getLogger(__name__)
     compiled = compilation.attach(model, config.compile_model, cuda_graphs=config.compile_cuda_graphs)
     if compiled is not None:
-        log.info("torch.compile: GlowTTS's decoder (%s)%s", "CUDA graphs" if compiled.cuda_graphs else "fused kernels",
-                 "; batches padded to a length grid" if model.pads_lengths() else "")
+        log.info(
+            "torch.compile: GlowTTS's decoder (%s)%s",
+            "CUDA graphs" if compiled.cuda_graphs else "fused kernels",
+            "; batches padded to a length grid" if model.pads_lengths() else "",
+        )
     # cudnn's per-shape search runs on a shape's first use; never inside a CUDA graph capture.
-    if (model.pads_lengths() and torch.cuda.is_available() and not config.cudnn_benchmark
-            and not (compiled is not None and compiled.cuda_graphs)):
+    if (
+        model.pads_lengths()
+        and torch.cuda.is_available()
+        and not config.cudnn_benchmark
+        and not (compiled is not None and compiled.cuda_graphs)
+    ):
         log.info("Overriding: cudnn_benchmark = True  (padded batch shapes repeat: each is tuned once)")
         config.cudnn_benchmark = True
 

@@ -106,19 +106,26 @@ class CompiledDecoder:
         if counters["stats"]["unique_graphs"] != before:
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - started
-            logger.info(" > Compiled GlowTTS's decoder (%d compile%s, %.1f s so far)", self.compiles,
-                        "s" if self.compiles > 1 else "", self.compile_seconds)
+            logger.info(
+                " > Compiled GlowTTS's decoder (%d compile%s, %.1f s so far)",
+                self.compiles,
+                "s" if self.compiles > 1 else "",
+                self.compile_seconds,
+            )
         return result
 
     def fail(self, exc: BaseException) -> None:
         self.failed = True
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        logger.warning(" ! Compiling the decoder failed (%s: %s): training continues without torch.compile "
-                       "(--set compile_model=off skips the attempt)", type(exc).__name__, first)
+        logger.warning(
+            " ! Compiling the decoder failed (%s: %s): training continues without torch.compile "
+            "(--set compile_model=off skips the attempt)",
+            type(exc).__name__,
+            first,
+        )
 
 
-def attach(model: Any, setting: str, *, cuda_graphs: bool = False, backend: str = "inductor"
-           ) -> CompiledDecoder | None:
+def attach(model: Any, setting: str, *, cuda_graphs: bool = False, backend: str = "inductor") -> CompiledDecoder | None:
     """Compile model.decoder when `setting` asks for it; the model's forward uses it in training.
     cuda_graphs (CUDA only): mode "reduce-overhead", its kernels replayed as CUDA graphs."""
     if not wanted(setting):

@@ -235,11 +235,23 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 # Names other trainers use for the kit's keys: spelling distance alone would not find them.
 KEY_ALIASES = {
-    "learning_rate": "lr", "lr_rate": "lr", "gradient_clip": "grad_clip", "clip_grad_norm": "grad_clip",
-    "max_grad_norm": "grad_clip", "gradient_clipping": "grad_clip", "warmup_steps": "lr_scheduler_params.warmup_steps",
-    "warmup": "lr_scheduler_params.warmup_steps", "seed": "training_seed", "num_workers": "num_loader_workers",
-    "workers": "num_loader_workers", "bf16": "precision", "fp16": "precision", "amp": "mixed_precision",
-    "grad_accum": "grad_accum_steps", "gradient_accumulation_steps": "grad_accum_steps", "num_epochs": "epochs",
+    "learning_rate": "lr",
+    "lr_rate": "lr",
+    "gradient_clip": "grad_clip",
+    "clip_grad_norm": "grad_clip",
+    "max_grad_norm": "grad_clip",
+    "gradient_clipping": "grad_clip",
+    "warmup_steps": "lr_scheduler_params.warmup_steps",
+    "warmup": "lr_scheduler_params.warmup_steps",
+    "seed": "training_seed",
+    "num_workers": "num_loader_workers",
+    "workers": "num_loader_workers",
+    "bf16": "precision",
+    "fp16": "precision",
+    "amp": "mixed_precision",
+    "grad_accum": "grad_accum_steps",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "num_epochs": "epochs",
 }
 FLAG_ALIASES = {"max_steps": "--max-steps N", "seed": "--seed N", "grad_accum_steps": "--grad-accum N"}
 
@@ -328,8 +340,9 @@ def set_key(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_layer(tree: dict[str, Any], layer: dict[str, Any], source: Source | str, *, quiet: bool = False,
-                root: type | None = None) -> list[Override]:
+def apply_layer(
+    tree: dict[str, Any], layer: dict[str, Any], source: Source | str, *, quiet: bool = False, root: type | None = None
+) -> list[Override]:
     """Validate `layer` and merge it into `tree` (a config as a dict); log every override.
     `source` as plain words is read with Source.parse (prepare still passes them)."""
     if isinstance(source, str):
@@ -405,8 +418,10 @@ def validate(config: RuslanGlowTTSConfig) -> None:
     if config.audio.sample_rate <= 0:
         problems.append("audio.sample_rate must be > 0")
     if config.min_audio_len > config.max_audio_len:
-        problems.append(f"min_audio_len {config.min_audio_len} > max_audio_len {config.max_audio_len} "
-                        "(both in samples of the audio files)")
+        problems.append(
+            f"min_audio_len {config.min_audio_len} > max_audio_len {config.max_audio_len} "
+            "(both in samples of the audio files)"
+        )
     if config.min_text_len > config.max_text_len:
         problems.append(f"min_text_len {config.min_text_len} > max_text_len {config.max_text_len} (characters)")
     if problems:

@@ -73,7 +73,7 @@ PINNED_SOURCES = {
 # Signatures (names, kinds, defaults; no annotations) of what the kit overrides or calls.
 PINNED_SIGNATURES = {
     "Trainer.optimize": "(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None, "
-                        "step_optimizer=True, num_optimizers=1)",
+    "step_optimizer=True, num_optimizers=1)",
     "Trainer._compute_loss": "(self, batch, criterion, optimizer_idx)",
     "Trainer._set_grad_clip_per_optimizer": "(config, optimizer_idx)",
     "Trainer._fit": "(self)",
@@ -88,7 +88,7 @@ PINNED_SIGNATURES = {
     "BaseTTS.get_data_loader": "(self, config, *, is_eval=False, samples=None, verbose=True)",
     "io.save_fsspec": "(state, path, **kwargs)",
     "io.save_model": "(config, model, output_path, *, current_step, epoch, optimizer=None, scheduler=None, "
-                     "scaler=None, **kwargs)",
+    "scaler=None, **kwargs)",
     "io.keep_n_checkpoints": "(path, n)",
     "generic_utils.get_experiment_folder_path": "(root_path, model_name)",
 }
@@ -99,11 +99,33 @@ CALLBACK_EVENTS = ("on_train_epoch_start", "on_train_step_end")  # the lists the
 # but nothing in Coqui promises them; tests/test_coqui_contract.py checks that every one the kit
 # uses is listed.
 TRAINER_ATTRIBUTES = (
-    "args", "c_logger", "callbacks", "config", "continue_run", "criterion", "dashboard_logger", "epochs_done",
-    "eval_loader", "test_loader",
-    "get_train_dataloader", "grad_accum_steps", "keep_avg_eval", "keep_avg_train", "log_model_step",
-    "master_params", "model", "num_gpus", "optimizer", "output_path", "scaler", "scheduler", "total_steps_done",
-    "train_loader", "update_training_dashboard_logger", "use_accelerate", "use_amp_scaler",
+    "args",
+    "c_logger",
+    "callbacks",
+    "config",
+    "continue_run",
+    "criterion",
+    "dashboard_logger",
+    "epochs_done",
+    "eval_loader",
+    "test_loader",
+    "get_train_dataloader",
+    "grad_accum_steps",
+    "keep_avg_eval",
+    "keep_avg_train",
+    "log_model_step",
+    "master_params",
+    "model",
+    "num_gpus",
+    "optimizer",
+    "output_path",
+    "scaler",
+    "scheduler",
+    "total_steps_done",
+    "train_loader",
+    "update_training_dashboard_logger",
+    "use_accelerate",
+    "use_amp_scaler",
 )
 _SELF_ASSIGNMENT = re.compile(r"\bself\.([A-Za-z]\w*)\s*(?::[^=\n]+)?=(?!=)")  # self.x = / self.x: T =
 
@@ -274,9 +296,17 @@ def install_atomic_checkpoint_writes() -> None:
     trainer.io.save_fsspec = _atomic_save = save_atomically
 
 
-def tts_data_loader(model: Any, config: Any, *, is_eval: bool, samples: list[dict] | None, dataset_class: type,
-                    dataset_kwargs: dict[str, Any], loader_kwargs: dict[str, Any],
-                    batch_sampler: Callable[[Any, bool], Any] | None = None) -> DataLoader:
+def tts_data_loader(
+    model: Any,
+    config: Any,
+    *,
+    is_eval: bool,
+    samples: list[dict] | None,
+    dataset_class: type,
+    dataset_kwargs: dict[str, Any],
+    loader_kwargs: dict[str, Any],
+    batch_sampler: Callable[[Any, bool], Any] | None = None,
+) -> DataLoader:
     """BaseTTS.get_data_loader (coqui-tts 0.28) for a single-speaker grapheme model (no speaker or
     language mappings, f0, energy or linear specs), with the kit's dataset class and worker
     settings; batch_sampler(dataset, distributed), when given, makes the training batches."""
@@ -354,9 +384,16 @@ def patch_wavenet() -> None:
         wavenet.fused_add_tanh_sigmoid_multiply = fused_add_tanh_sigmoid_multiply
 
 
-def glowtts_forward(model: Any, x: Any, x_lengths: Any, y: Any, y_lengths: Any = None,
-                    aux_input: dict[str, Any] | None = None, *, decoder: Callable[..., Any] | None = None,
-                    ) -> dict[str, Any]:
+def glowtts_forward(
+    model: Any,
+    x: Any,
+    x_lengths: Any,
+    y: Any,
+    y_lengths: Any = None,
+    aux_input: dict[str, Any] | None = None,
+    *,
+    decoder: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """GlowTTS.forward (coqui-tts 0.28) with two changes. `decoder` may be a compiled copy of
     model.decoder (training/compile.py). The log-likelihood matrix, the alignment search it feeds
     and compute_outputs run in float32 outside autocast: under bf16 autocast Coqui computes them in
@@ -441,8 +478,9 @@ def _build_trainer_base() -> type:
     class KitTrainerBase(Trainer):
         """Coqui's Trainer with its private parts behind named methods, for KitTrainer."""
 
-        def __init__(self, *args: Any, resume_from: Path | None = None, run_folder: Path | None = None,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, resume_from: Path | None = None, run_folder: Path | None = None, **kwargs: Any
+        ) -> None:
             self.resume_checkpoint = resume_from  # read by init_training, which Coqui's __init__ calls
             self.step_values = StepValueQueue()
             with new_run_folder(run_folder):
@@ -471,11 +509,18 @@ def _build_trainer_base() -> type:
             loader_time = time.time() - loader_start_time
             current_lr = self.optimizer[0].param_groups[0]["lr"]  # before optimize() updates it
             step_optimizer = (step + 1) % self.grad_accum_steps == 0 or step + 1 == batch_n_steps
-            outputs, values, step_time = self.optimize(batch, self.optimizer[0], self.scaler, self.criterion[0],
-                                                       self.scheduler[0], step_optimizer=step_optimizer,
-                                                       num_optimizers=1)
-            self.step_values.put(self.total_steps_done, values,
-                                 (current_lr, step_time, loader_time, step, batch_n_steps))
+            outputs, values, step_time = self.optimize(
+                batch,
+                self.optimizer[0],
+                self.scaler,
+                self.criterion[0],
+                self.scheduler[0],
+                step_optimizer=step_optimizer,
+                num_optimizers=1,
+            )
+            self.step_values.put(
+                self.total_steps_done, values, (current_lr, step_time, loader_time, step, batch_n_steps)
+            )
             self.log_step_values()
             # Coqui saves checkpoint_N here, in the middle of step N+1; KitTrainer saves at the step's end.
             if self.args.rank == 0 and self.total_steps_done % self.log_model_step == 0:
@@ -503,8 +548,13 @@ def _build_trainer_base() -> type:
                 self.keep_avg_train.update_values({f"avg_{k}": v for k, v in loss_dict.items()})
             if read.step % self.config.print_step == 0:
                 loss_dict.update({"step_time": round(step_time, 4), "loader_time": round(loader_time, 4)})
-                self.c_logger.print_train_step(batch_n_steps, epoch_step, read.step, loss_dict,
-                                               self.keep_avg_train.avg_values if self.keep_avg_train is not None else {})
+                self.c_logger.print_train_step(
+                    batch_n_steps,
+                    epoch_step,
+                    read.step,
+                    loss_dict,
+                    self.keep_avg_train.avg_values if self.keep_avg_train is not None else {},
+                )
             if self.args.rank == 0:
                 if read.step % self.config.plot_step == 0:
                     self.dashboard_logger.train_step_stats(read.step, loss_dict)
@@ -512,8 +562,12 @@ def _build_trainer_base() -> type:
 
         # Coqui's is a staticmethod that its __init__ calls as self.init_training(...): the override
         # needs self (resume_checkpoint), which Python allows and mypy does not.
-        def init_training(self, args: Any, coqpit_overrides: list[str],  # type: ignore[override]
-                          config: Any = None) -> tuple[Any, dict]:
+        def init_training(  # type: ignore[override]
+            self,
+            args: Any,
+            coqpit_overrides: list[str],
+            config: Any = None,
+        ) -> tuple[Any, dict]:
             config, new_fields = super().init_training(args, coqpit_overrides, config)
             if args.continue_path and self.resume_checkpoint is not None:
                 # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
@@ -531,8 +585,9 @@ def _build_trainer_base() -> type:
             """Coqui's fit() without its exception handling (which deletes the run folder and exits)."""
             self._fit()
 
-        def compute_loss(self, batch: dict[str, Any], criterion: Any, optimizer_idx: int | None = None
-                         ) -> tuple[Any, dict[str, Any] | None]:
+        def compute_loss(
+            self, batch: dict[str, Any], criterion: Any, optimizer_idx: int | None = None
+        ) -> tuple[Any, dict[str, Any] | None]:
             """Forward pass and loss under Coqui's autocast settings."""
             return self._compute_loss(batch=batch, criterion=criterion, optimizer_idx=optimizer_idx)
 
@@ -560,11 +615,16 @@ def _build_trainer_base() -> type:
                 scheduler.step()
             return update_lr
 
-        def losses_to_log(self, loss_dict: dict[str, Any], *, grad_norm: float, scaler: Any = None,
-                          optimizer_idx: int | None = None) -> dict[str, Any]:
+        def losses_to_log(
+            self, loss_dict: dict[str, Any], *, grad_norm: float, scaler: Any = None, optimizer_idx: int | None = None
+        ) -> dict[str, Any]:
             """The detached loss dict of an applied update, with amp_scaler under fp16 (as Coqui's)."""
-            return self.detach_loss_dict(record_amp_scale(loss_dict, scaler), step_optimizer=True,
-                                         optimizer_idx=optimizer_idx, grad_norm=grad_norm)
+            return self.detach_loss_dict(
+                record_amp_scale(loss_dict, scaler),
+                step_optimizer=True,
+                optimizer_idx=optimizer_idx,
+                grad_norm=grad_norm,
+            )
 
         # -- checkpoints ------------------------------------------------------------------------------
         def model_to_save(self) -> Any:
@@ -588,11 +648,18 @@ def _build_trainer_base() -> type:
             full disk showed the line for a file that was never written."""
             path = Path(self.output_path) / checkpoint_name(self.total_steps_done)
             save_model(
-                self.config, self.model_to_save(), path,
-                current_step=self.total_steps_done, epoch=self.epochs_done, optimizer=self.optimizer,
-                scheduler=self.scheduler, scaler=self.scaler if self.use_amp_scaler else None,
-                model_loss={"train_loss": self.pick_target_avg_loss(self.keep_avg_train),
-                            "eval_loss": self.pick_target_avg_loss(self.keep_avg_eval)},
+                self.config,
+                self.model_to_save(),
+                path,
+                current_step=self.total_steps_done,
+                epoch=self.epochs_done,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler if self.use_amp_scaler else None,
+                model_loss={
+                    "train_loss": self.pick_target_avg_loss(self.keep_avg_train),
+                    "eval_loss": self.pick_target_avg_loss(self.keep_avg_eval),
+                },
                 **self.checkpoint_extras(),
             )
             logger.info("\n > CHECKPOINT : %s", path)
@@ -637,8 +704,16 @@ def _coqui_objects() -> dict[str, Any]:
     from TTS.tts.models.glow_tts import GlowTTS
     from TTS.vocoder.models.gan import GAN
 
-    named = {"Trainer": Trainer, "BaseTTS": BaseTTS, "GAN": GAN, "io": io, "generic_utils": generic_utils,
-             "GlowTTS": GlowTTS, "GlowTTSLoss": GlowTTSLoss, "wavenet": wavenet}
+    named = {
+        "Trainer": Trainer,
+        "BaseTTS": BaseTTS,
+        "GAN": GAN,
+        "io": io,
+        "generic_utils": generic_utils,
+        "GlowTTS": GlowTTS,
+        "GlowTTSLoss": GlowTTSLoss,
+        "wavenet": wavenet,
+    }
     objects = {}
     for name in {*PINNED_SOURCES, *PINNED_SIGNATURES}:
         owner, *path = name.split(".")
@@ -658,8 +733,16 @@ def _nan_loss_problem() -> str | None:
     z = torch.full((1, 2, 3), float("nan"))
     zeros = torch.zeros(1, 2, 3)
     try:
-        GlowTTSLoss()(z, zeros, zeros, torch.zeros(1), torch.tensor([3]), torch.zeros(1, 1, 2), torch.zeros(1, 1, 2),
-                      torch.tensor([2]))
+        GlowTTSLoss()(
+            z,
+            zeros,
+            zeros,
+            torch.zeros(1),
+            torch.tensor([3]),
+            torch.zeros(1, 1, 2),
+            torch.zeros(1, 1, 2),
+            torch.tensor([2]),
+        )
     except RuntimeError as exc:
         if not is_nan_loss_error(exc) or not NAN_LOSS_LOG_PATTERN.search(f"RuntimeError: {exc}"):
             return f"GlowTTSLoss's NaN error reads {str(exc)!r}: is_nan_loss_error/NAN_LOSS_LOG_PATTERN miss it"
@@ -674,8 +757,16 @@ def _checkpoint_problems() -> list[str]:
     problems = []
     model: Any = torch.nn.Linear(1, 1)  # any module will do for a probe (Coqui types it as its TrainerModel)
     with tempfile.TemporaryDirectory() as folder:
-        io.save_checkpoint({"model": "probe"}, model, folder, current_step=1, epoch=0,
-                           optimizer=[torch.optim.SGD(model.parameters(), lr=0.1)], model_loss={}, kit_probe=1)
+        io.save_checkpoint(
+            {"model": "probe"},
+            model,
+            folder,
+            current_step=1,
+            epoch=0,
+            optimizer=[torch.optim.SGD(model.parameters(), lr=0.1)],
+            model_loss={},
+            kit_probe=1,
+        )
         path = Path(folder) / "checkpoint_1.pth"
         if not path.is_file():
             return [f"trainer.io.save_checkpoint no longer writes checkpoint_<step>.pth (found {os.listdir(folder)})"]
@@ -701,8 +792,11 @@ def trainer_attribute_problems(trainer_class: type | None = None, names: tuple[s
 
         trainer_class = Trainer
     found = trainer_attributes(trainer_class)
-    return [f"Trainer no longer has {name} (neither a member nor set on self); the kit uses trainer.{name}"
-            for name in (TRAINER_ATTRIBUTES if names is None else names) if name not in found]
+    return [
+        f"Trainer no longer has {name} (neither a member nor set on self); the kit uses trainer.{name}"
+        for name in (TRAINER_ATTRIBUTES if names is None else names)
+        if name not in found
+    ]
 
 
 def contract_problems() -> list[str]:
@@ -719,8 +813,10 @@ def contract_problems() -> list[str]:
     for name, expected in PINNED_SOURCES.items():
         obj = objects[name]
         if obj is not None and (found := _source_hash(obj)) != expected:
-            problems.append(f"{name} source changed (hash {found}, pinned {expected}): the kit copies or wraps it; "
-                            "re-read it and port the change to ruslan_glowtts/training/coqui_compat.py")
+            problems.append(
+                f"{name} source changed (hash {found}, pinned {expected}): the kit copies or wraps it; "
+                "re-read it and port the change to ruslan_glowtts/training/coqui_compat.py"
+            )
     from trainer import Trainer, io
     from trainer.callbacks import TrainerCallback
 
@@ -738,8 +834,10 @@ def contract_problems() -> list[str]:
     if "save_fsspec(" not in inspect.getsource(io.save_model):
         problems.append("trainer.io.save_model no longer writes through save_fsspec (atomic checkpoint writes)")
     if "get_experiment_folder_path(" not in inspect.getsource(Trainer.__init__):
-        problems.append("Trainer.__init__ no longer names its run folder with get_experiment_folder_path "
-                        "(new_run_folder: the folder the kit claimed)")
+        problems.append(
+            "Trainer.__init__ no longer names its run folder with get_experiment_folder_path "
+            "(new_run_folder: the folder the kit claimed)"
+        )
     if (nan := _nan_loss_problem()) is not None:
         problems.append(nan)
     problems += _checkpoint_problems()

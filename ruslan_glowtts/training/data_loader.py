@@ -61,8 +61,9 @@ Item = TypeVar("Item")
 _reported: set[str] = set()  # files already named in a warning (per process)
 
 
-def load_or_skip(load: Callable[[int], Item], idx: int, count: int, file_of: Callable[[int], str]
-                 ) -> tuple[Item | None, list[tuple[str, str]]]:
+def load_or_skip(
+    load: Callable[[int], Item], idx: int, count: int, file_of: Callable[[int], str]
+) -> tuple[Item | None, list[tuple[str, str]]]:
     """load(idx), or, when that fails, the next of up to RESCUE_TRIES neighbours that loads; the
     files skipped on the way, with why, each named once in a warning. (None, skipped) when none
     loads (a one-utterance eval set, a run of broken files)."""
@@ -77,8 +78,11 @@ def load_or_skip(load: Callable[[int], Item], idx: int, count: int, file_of: Cal
             skipped.append((filename, why))
             if filename not in _reported:
                 _reported.add(filename)
-                logger.warning(" ! Skipping %s: %s (python -m ruslan_glowtts.prepare checks and excludes such files)",
-                               filename, why)
+                logger.warning(
+                    " ! Skipping %s: %s (python -m ruslan_glowtts.prepare checks and excludes such files)",
+                    filename,
+                    why,
+                )
     return None, skipped
 
 
@@ -107,8 +111,9 @@ class MelFeatures:
 class KitTTSDataset(TTSDataset):
     ap: MelFeatures  # Coqui's AudioProcessor, wrapped in __init__
 
-    def __init__(self, *args: Any, feature_cache: FeatureCache | None = None, pad_lengths: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, feature_cache: FeatureCache | None = None, pad_lengths: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.ap = MelFeatures(self.ap)
         self.feature_cache = feature_cache
@@ -140,8 +145,9 @@ class KitTTSDataset(TTSDataset):
         return item
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        item, skipped = load_or_skip(self._load_checked, idx, len(self.samples),
-                                     lambda index: self.samples[index]["audio_file"])
+        item, skipped = load_or_skip(
+            self._load_checked, idx, len(self.samples), lambda index: self.samples[index]["audio_file"]
+        )
         if item is None:
             return {SKIPPED_KEY: skipped, EMPTY_KEY: True}
         item[SKIPPED_KEY] = skipped

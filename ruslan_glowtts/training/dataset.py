@@ -56,8 +56,15 @@ def ruslan_formatter(root_path: str, meta_file: str, **kwargs: Any) -> list[dict
     byte-order mark in the first id and crash on a line without '|'). Each text keeps the line's
     newline as Coqui's does: the length caps count it (ruslan_glowtts/prep/length_limits.py)."""
     scan = check_metadata(Path(root_path), meta_file)
-    return [{"text": entry.text + "\n", "audio_file": str(wav_path(Path(root_path), entry.id)),
-             "speaker_name": "ruslan", "root_path": root_path} for entry in scan.entries]
+    return [
+        {
+            "text": entry.text + "\n",
+            "audio_file": str(wav_path(Path(root_path), entry.id)),
+            "speaker_name": "ruslan",
+            "root_path": root_path,
+        }
+        for entry in scan.entries
+    ]
 
 
 def split_eval(samples: list[dict[str, Any]], size: float, max_size: int | None) -> tuple[list, list]:
@@ -108,20 +115,25 @@ def read_audio_lengths(samples: list[dict[str, Any]], config: Any) -> tuple[dict
     if unreadable:
         root = Path(config.datasets[0].path)
         shown = ", ".join(Path(name).name for name in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
-        raise UserError(f"{len(unreadable)} of {len(samples)} audio files cannot be read as audio ({shown}); "
-                        f"`{PREPARE_HINT.format(src=root)}` reports and excludes them "
-                        "(or replace them from the source corpus)")
+        raise UserError(
+            f"{len(unreadable)} of {len(samples)} audio files cannot be read as audio ({shown}); "
+            f"`{PREPARE_HINT.format(src=root)}` reports and excludes them "
+            "(or replace them from the source corpus)"
+        )
     return lengths, rates
 
 
-def check_length_caps(train: list[dict[str, Any]], evaluation: list[dict[str, Any]], lengths: dict[str, int],
-                      config: Any) -> None:
+def check_length_caps(
+    train: list[dict[str, Any]], evaluation: list[dict[str, Any]], lengths: dict[str, int], config: Any
+) -> None:
     """Coqui applies min/max_audio_len and min/max_text_len only inside fit() ("No samples left"
     after an untrained checkpoint_0.pth); the kit counts what fits before anything is written."""
+
     def fits(sample: dict[str, Any]) -> bool:
         audio, text = lengths[sample["audio_file"]], len(sample["text"])
-        return (config.min_audio_len <= audio <= config.max_audio_len
-                and config.min_text_len <= text <= config.max_text_len)
+        return (
+            config.min_audio_len <= audio <= config.max_audio_len and config.min_text_len <= text <= config.max_text_len
+        )
 
     n_train, n_eval = sum(map(fits, train)), sum(map(fits, evaluation))
     if n_train >= 1 and n_eval >= 1:
@@ -144,8 +156,11 @@ def check_sample_rate(samples: list[dict[str, Any]], config: Any, rates: Counter
     `rates`: files per sample rate when every header was read already; else a sample is read."""
     target = config.audio.sample_rate
     if config.audio.resample:
-        logger.warning("audio.resample = true: every file is resampled to %d Hz on every load (slow); "
-                       "python -m ruslan_glowtts.prepare resamples once", target)
+        logger.warning(
+            "audio.resample = true: every file is resampled to %d Hz on every load (slow); "
+            "python -m ruslan_glowtts.prepare resamples once",
+            target,
+        )
         return
     if rates is None:
         step = max(1, len(samples) // RATE_CHECK_FILES)
@@ -177,8 +192,7 @@ def check_vocabulary(samples: list[dict[str, Any]], config: Any, *, allow_unknow
     if unknown:
         listed = ", ".join(f"{c!r} x{n} (e.g. {example[c]})" for c, n in unknown.most_common(12))
         more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
-        message = (f"{sum(unknown.values())} characters in the training text are not in the vocabulary: "
-                   f"{listed}{more}.")
+        message = f"{sum(unknown.values())} characters in the training text are not in the vocabulary: {listed}{more}."
         if not allow_unknown:
             raise UserError(
                 f"{message} Normalise the text with `python -m ruslan_glowtts.prepare`, add the characters "

@@ -57,10 +57,18 @@ def _agree(flag: torch.Tensor) -> torch.Tensor:
 Decide = Callable[[int, float, float], bool]  # (step, pre-clip grad_norm, loss) -> apply the update?
 
 
-def guarded_update(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any, *,
-                   loss: torch.Tensor | None, window_finite: torch.Tensor | None = None,
-                   poisoned: bool = False, optimizer_idx: int | None = None,
-                   decide: Decide | None = None) -> UpdateValues:
+def guarded_update(
+    trainer: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    scheduler: Any,
+    *,
+    loss: torch.Tensor | None,
+    window_finite: torch.Tensor | None = None,
+    poisoned: bool = False,
+    optimizer_idx: int | None = None,
+    decide: Decide | None = None,
+) -> UpdateValues:
     """Apply the accumulated gradients unless they or the loss are non-finite (module docstring).
     loss: the update's (last micro-batch's) loss tensor; window_finite: a device flag, false when
     any micro-batch of the accumulation window had a non-finite loss; poisoned: the host already
@@ -71,12 +79,17 @@ def guarded_update(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any, 
     trainer.callbacks.before_gradient_clipping(trainer)
     if isinstance(optimizer, FlatRAdam) and scaler is None and decide is None and optimizer_idx is None:
         return _update_on_device(trainer, optimizer, scheduler, loss, window_finite, poisoned)
-    return _update_on_host(trainer, optimizer, scaler, scheduler, loss, window_finite, poisoned, optimizer_idx,
-                           decide)
+    return _update_on_host(trainer, optimizer, scaler, scheduler, loss, window_finite, poisoned, optimizer_idx, decide)
 
 
-def _update_on_device(trainer: Any, optimizer: FlatRAdam, scheduler: Any, loss: torch.Tensor | None,
-                      window_finite: torch.Tensor | None, poisoned: bool) -> UpdateValues:
+def _update_on_device(
+    trainer: Any,
+    optimizer: FlatRAdam,
+    scheduler: Any,
+    loss: torch.Tensor | None,
+    window_finite: torch.Tensor | None,
+    poisoned: bool,
+) -> UpdateValues:
     norm = optimizer.grad_norm()
     loss_value = loss.detach().float() if loss is not None else torch.full((), math.nan, device=norm.device)
     ok = torch.isfinite(norm) & torch.isfinite(loss_value)
@@ -96,9 +109,17 @@ def _update_on_device(trainer: Any, optimizer: FlatRAdam, scheduler: Any, loss: 
     return UpdateValues({"grad_norm": norm, UPDATE_APPLIED: ok}, judged=False)
 
 
-def _update_on_host(trainer: Any, optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Any,
-                    loss: torch.Tensor | None, window_finite: torch.Tensor | None, poisoned: bool,
-                    optimizer_idx: int | None, decide: Decide | None) -> UpdateValues:
+def _update_on_host(
+    trainer: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    scheduler: Any,
+    loss: torch.Tensor | None,
+    window_finite: torch.Tensor | None,
+    poisoned: bool,
+    optimizer_idx: int | None,
+    decide: Decide | None,
+) -> UpdateValues:
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = list(trainer.master_params(optimizer))

@@ -42,11 +42,21 @@ patch_wavenet()  # the same maths without a CPU tensor as a slice bound (eager a
 
 
 class RuslanGlowTTS(GlowTTS):
-    def forward(self, x: torch.Tensor, x_lengths: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None = None,
-                aux_input: dict[str, Any] | None = None) -> dict[str, Any]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_lengths: torch.Tensor,
+        y: torch.Tensor,
+        y_lengths: torch.Tensor | None = None,
+        aux_input: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         compiled = compiled_decoder(self)
-        use_compiled = (compiled is not None and self.training and torch.is_grad_enabled()
-                        and not getattr(self, "run_data_dep_init", False))
+        use_compiled = (
+            compiled is not None
+            and self.training
+            and torch.is_grad_enabled()
+            and not getattr(self, "run_data_dep_init", False)
+        )
         return glowtts_forward(self, x, x_lengths, y, y_lengths, aux_input, decoder=compiled if use_compiled else None)
 
     def pads_lengths(self) -> bool:
@@ -60,40 +70,68 @@ class RuslanGlowTTS(GlowTTS):
     def get_optimizer(self) -> torch.optim.Optimizer:
         if str(self.config.optimizer).lower() != "radam":
             raise NotImplementedError  # another optimizer named in the config: Coqui builds it
-        return make_radam(self.parameters(), impl=getattr(self.config, "radam_impl", "flat"), lr=self.config.lr,
-                          optimizer_params=dict(self.config.optimizer_params or {}))
+        return make_radam(
+            self.parameters(),
+            impl=getattr(self.config, "radam_impl", "flat"),
+            lr=self.config.lr,
+            optimizer_params=dict(self.config.optimizer_params or {}),
+        )
 
-    def get_data_loader(self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None,
-                        verbose: bool = True) -> DataLoader:
+    def get_data_loader(
+        self, config: Any, *, is_eval: bool = False, samples: list[dict] | None = None, verbose: bool = True
+    ) -> DataLoader:
         # Coqui's BaseTTS.get_data_loader (coqui_compat.tts_data_loader) with the kit's dataset
         # class, persistent loader workers and, for training, length-bucketed batches.
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
         bucketed = not is_eval and getattr(config, "bucket_by_length", False)
         return tts_data_loader(
-            self, config, is_eval=is_eval, samples=samples, dataset_class=KitTTSDataset,
-            dataset_kwargs={"feature_cache": FeatureCache.for_config(Path(config.datasets[0].path), config.audio,
-                                                                     meta_file=config.datasets[0].meta_file_train),
-                            "pad_lengths": not is_eval and self.pads_lengths()},
-            loader_kwargs={"num_workers": workers, "pin_memory": torch.cuda.is_available(),
-                           "persistent_workers": workers > 0, "worker_init_fn": init_loader_worker if workers > 0 else None},
-            batch_sampler=(lambda dataset, distributed: self.length_batch_sampler(config, dataset,
-                                                                                  distributed=distributed))
-            if bucketed else None,
+            self,
+            config,
+            is_eval=is_eval,
+            samples=samples,
+            dataset_class=KitTTSDataset,
+            dataset_kwargs={
+                "feature_cache": FeatureCache.for_config(
+                    Path(config.datasets[0].path), config.audio, meta_file=config.datasets[0].meta_file_train
+                ),
+                "pad_lengths": not is_eval and self.pads_lengths(),
+            },
+            loader_kwargs={
+                "num_workers": workers,
+                "pin_memory": torch.cuda.is_available(),
+                "persistent_workers": workers > 0,
+                "worker_init_fn": init_loader_worker if workers > 0 else None,
+            },
+            batch_sampler=(
+                lambda dataset, distributed: self.length_batch_sampler(config, dataset, distributed=distributed)
+            )
+            if bucketed
+            else None,
         )
 
     @staticmethod
-    def length_batch_sampler(config: Any, dataset: TTSDataset, *, distributed: bool = False) -> LengthBucketBatchSampler:
+    def length_batch_sampler(
+        config: Any, dataset: TTSDataset, *, distributed: bool = False
+    ) -> LengthBucketBatchSampler:
         """Length-bucketed batches over the dataset's final (filtered, re-ordered) sample list;
         the trainer sets the epoch (KitTrainer) so each epoch, and a resumed one, gets its order."""
         replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         sampler = LengthBucketBatchSampler(
-            frames_of(dataset.samples, config.audio.hop_length), batch_size=config.batch_size,
-            max_frames=config.max_frames_per_batch, pool_batches=config.bucket_pool_batches,
-            seed=config.training_seed, num_replicas=replicas, rank=rank,
+            frames_of(dataset.samples, config.audio.hop_length),
+            batch_size=config.batch_size,
+            max_frames=config.max_frames_per_batch,
+            pool_batches=config.bucket_pool_batches,
+            seed=config.training_seed,
+            num_replicas=replicas,
+            rank=rank,
             multiple_of=getattr(config, "grad_accum_steps", 1),
         )
         first = sampler.rank_batches(0)
-        logger.info("Length-bucketed batches: %d per epoch%s, %.1f utterances each on average, %.1f %% padded frames",
-                    len(first), f" on each of {replicas} ranks" if replicas > 1 else "",
-                    sum(map(len, first)) / len(first), 100 * padded_share(first, sampler.lengths))
+        logger.info(
+            "Length-bucketed batches: %d per epoch%s, %.1f utterances each on average, %.1f %% padded frames",
+            len(first),
+            f" on each of {replicas} ranks" if replicas > 1 else "",
+            sum(map(len, first)) / len(first),
+            100 * padded_share(first, sampler.lengths),
+        )
         return sampler

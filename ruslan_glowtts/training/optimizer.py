@@ -41,8 +41,14 @@ IMPLEMENTATIONS = ("flat", "coqui")  # config `radam_impl`: the kit's FlatRAdam,
 class FlatRAdam(torch.optim.Optimizer):
     """Coqui's RAdam (degenerated_to_sgd=True) over flat buffers; step(apply=...) skips on the device."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         if lr < 0.0 or eps < 0.0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid RAdam settings: lr {lr}, eps {eps}, betas {betas}")
         params = [p for p in params if p.requires_grad]
@@ -108,8 +114,9 @@ class FlatRAdam(torch.optim.Optimizer):
         if self._steps_called < 3 or self._steps_called % 1000 == 0:
             rebound = self.rebind_gradients()
             if rebound and self._steps_called > 0:
-                logger.warning(" ! FlatRAdam: %d gradients had been replaced outside the flat buffer; "
-                               "copied back", rebound)
+                logger.warning(
+                    " ! FlatRAdam: %d gradients had been replaced outside the flat buffer; copied back", rebound
+                )
 
     # -- the step ------------------------------------------------------------------------------
     def grad_norm(self) -> torch.Tensor:
@@ -157,8 +164,16 @@ class FlatRAdam(torch.optim.Optimizer):
         n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
         bias1 = 1 - torch.pow(float(beta1), t)
         rectified = n_sma >= 5
-        rect_term = torch.clamp((1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2)
-                                / torch.clamp(n_sma, min=1e-12) * n_sma_max / (n_sma_max - 2), min=0.0)
+        rect_term = torch.clamp(
+            (1 - beta2_t)
+            * (n_sma - 4)
+            / (n_sma_max - 4)
+            * (n_sma - 2)
+            / torch.clamp(n_sma, min=1e-12)
+            * n_sma_max
+            / (n_sma_max - 2),
+            min=0.0,
+        )
         step_size = torch.where(rectified, torch.sqrt(rect_term), torch.ones_like(t)) / bias1
         scale = (-step_size * lr).to(torch.float32) * keep
         if wd != 0:
@@ -185,8 +200,11 @@ class FlatRAdam(torch.optim.Optimizer):
                     m.zero_()
                     v.zero_()
             if len(steps) > 1:
-                logger.warning(" ! The restored optimizer state has per-parameter step counts %s; FlatRAdam keeps one "
-                               "(the largest)", sorted(steps))
+                logger.warning(
+                    " ! The restored optimizer state has per-parameter step counts %s; FlatRAdam keeps one "
+                    "(the largest)",
+                    sorted(steps),
+                )
             self.step_count.fill_(max(steps) if steps else 0.0)
         group = self.param_groups[0]
         group.pop("buffer", None)  # Coqui's RAdam caches step sizes in the group; FlatRAdam computes them
@@ -195,8 +213,9 @@ class FlatRAdam(torch.optim.Optimizer):
         self.rebind_gradients()
 
 
-def make_radam(params: Iterable[torch.nn.Parameter], *, impl: str, lr: float,
-               optimizer_params: dict[str, Any]) -> torch.optim.Optimizer:
+def make_radam(
+    params: Iterable[torch.nn.Parameter], *, impl: str, lr: float, optimizer_params: dict[str, Any]
+) -> torch.optim.Optimizer:
     """GlowTTS's optimizer: the kit's FlatRAdam ("flat") or Coqui's own RAdam ("coqui")."""
     if impl == "coqui":
         from TTS.utils.radam import RAdam

@@ -196,8 +196,9 @@ class ModelRecipe(ABC):
         """The Coqpit config class: --set keys are checked against it; a run's config.json loads into it."""
 
     @abstractmethod
-    def build_config(self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
-                     ) -> tuple[Any, list[Override], dict[str, Any]]:
+    def build_config(
+        self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
+    ) -> tuple[Any, list[Override], dict[str, Any]]:
         """(config, overrides, TrainJob fields it adds) for a new run, every override logged."""
 
     @abstractmethod
@@ -235,8 +236,14 @@ class ModelRecipe(ABC):
             return ""
         restore, _ = runs.known_good(run_dir) if run_dir else (None, 0)
         overrides = [o.to_json() for o in job.overrides if o.layer is Layer.COMMAND_LINE]
-        return next_tier_command(job.preset.fallback, self.dataset_of(job.config), overrides, restore,
-                                 script=self.kind.script, presets_dir=self.presets_dir)
+        return next_tier_command(
+            job.preset.fallback,
+            self.dataset_of(job.config),
+            overrides,
+            restore,
+            script=self.kind.script,
+            presets_dir=self.presets_dir,
+        )
 
     def train(self, request: TrainRequest) -> Outcome:
         """Train the request: one run (GlowTTS overrides this with its escalation chain)."""
@@ -260,18 +267,34 @@ def positive_int(text: str) -> int:
 def build_parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     """The flags both models share, then the model's own."""
     p = OneLineErrorParser(prog=recipe.kind.script, description=recipe.description, epilog=recipe.epilog)
-    p.add_argument("--preset", metavar="NAME|PATH",
-                   help=f"preset (default {recipe.default_preset}); see --list-presets")
+    p.add_argument(
+        "--preset", metavar="NAME|PATH", help=f"preset (default {recipe.default_preset}); see --list-presets"
+    )
     p.add_argument("--list-presets", action="store_true", help="list the presets, their values and fallbacks, and exit")
-    p.add_argument("--dataset-path", type=Path, metavar="DIR",
-                   help="RUSLAN folder (metadata_RUSLAN_22200.csv + RUSLAN/*.wav), ideally prepared by "
-                   "`python -m ruslan_glowtts.prepare` (its feature cache is then used)")
+    p.add_argument(
+        "--dataset-path",
+        type=Path,
+        metavar="DIR",
+        help="RUSLAN folder (metadata_RUSLAN_22200.csv + RUSLAN/*.wav), ideally prepared by "
+        "`python -m ruslan_glowtts.prepare` (its feature cache is then used)",
+    )
     p.add_argument("--output-path", type=Path, metavar="DIR", help="where run folders go (default runs/)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set batch_size=16 (repeatable; TOML values)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set batch_size=16 (repeatable; TOML values)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--max-steps", type=positive_int, default=0, metavar="N",
-                   help="stop cleanly with a checkpoint once the run has trained N steps in all (resumes included)")
+    p.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=0,
+        metavar="N",
+        help="stop cleanly with a checkpoint once the run has trained N steps in all (resumes included)",
+    )
     p.add_argument("--continue-path", type=Path, metavar="RUN_DIR", help="resume a run from its last checkpoint")
     p.add_argument("--restore-path", type=Path, metavar="CKPT", help="start a new run from these weights (fine-tune)")
     p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
@@ -279,8 +302,13 @@ def build_parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     return p
 
 
-_CONTINUE_REFUSES = (("--preset", "preset"), ("--set", "sets"), ("--seed", "seed"), ("--output-path", "output_path"),
-                     ("--on-explosion", "on_explosion"))
+_CONTINUE_REFUSES = (
+    ("--preset", "preset"),
+    ("--set", "sets"),
+    ("--seed", "seed"),
+    ("--output-path", "output_path"),
+    ("--on-explosion", "on_explosion"),
+)
 
 
 def parse_args(recipe: ModelRecipe, argv: list[str] | None = None) -> argparse.Namespace:
@@ -294,7 +322,8 @@ def parse_args(recipe: ModelRecipe, argv: list[str] | None = None) -> argparse.N
             raise UserError(
                 f"{', '.join(given)} cannot be combined with --continue-path: a resumed run keeps its own "
                 "config.json. To change settings, start a new run from its weights with --restore-path "
-                "RUN_DIR/checkpoint_N.pth (or edit RUN_DIR/config.json)")
+                "RUN_DIR/checkpoint_N.pth (or edit RUN_DIR/config.json)"
+            )
     return args
 
 
@@ -302,8 +331,9 @@ def request_from_args(recipe: ModelRecipe, args: argparse.Namespace) -> TrainReq
     """Resolve the config for these arguments (logging every override) into a TrainRequest.
     Every check that can refuse the command runs here or in the recipe's load_data, before
     anything is written."""
-    launch = Launch(rank=getattr(args, "rank", 0), group_id=getattr(args, "group_id", ""),
-                    use_ddp=getattr(args, "use_ddp", False))
+    launch = Launch(
+        rank=getattr(args, "rank", 0), group_id=getattr(args, "group_id", ""), use_ddp=getattr(args, "use_ddp", False)
+    )
     if args.dataset_path is not None:
         input_folder(args.dataset_path, "--dataset-path")
     job = _resumed_job(recipe, args) if args.continue_path is not None else _new_job(recipe, args)
@@ -319,8 +349,10 @@ def _resumed_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
     try:
         config.load_json(str(run_dir / CONFIG_FILE))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"--continue-path {run_dir}: its config.json does not load as a {recipe.kind.name} "
-                        f"config ({type(exc).__name__}: {exc})") from None
+        raise UserError(
+            f"--continue-path {run_dir}: its config.json does not load as a {recipe.kind.name} "
+            f"config ({type(exc).__name__}: {exc})"
+        ) from None
     if args.dataset_path is not None:
         recipe.set_dataset(config, args.dataset_path.resolve())
     # Coqui resumes from checkpoint_N/best_model_N (known_good.pth holds weights only, no
@@ -330,17 +362,27 @@ def _resumed_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
     preset = load_recorded_preset(record.preset, record.preset_path, recipe.presets_dir, recipe.default_preset)
     logger.info("Continuing %s with its own config.json (preset %s)", run_dir, preset.name)
     if record.status in ("exploded", "escalated"):
-        logger.warning(" ! This run was stopped by the health guard (%s); its last checkpoint may hold the "
-                       "exploding state. The next tier, from the known-good weights, is usually better: %s",
-                       record.message, record.next_command or "see run.json")
+        logger.warning(
+            " ! This run was stopped by the health guard (%s); its last checkpoint may hold the "
+            "exploding state. The next tier, from the known-good weights, is usually better: %s",
+            record.message,
+            record.next_command or "see run.json",
+        )
     # An escalation from here rebuilds the config from the run's original command-line settings.
     recorded = [Override.from_json(o) for o in record.overrides]  # old runs: no "layer" key
     logger.info("Resuming from %s", checkpoint.path.name)
     dataset = recipe.dataset_of(config)
-    return TrainJob(config, preset, tuple(o for o in recorded if o.layer is Layer.COMMAND_LINE),
-                    dataset_path=Path(dataset) if dataset else None, max_steps=args.max_steps,
-                    continue_path=run_dir, resume_from=checkpoint.path, resume_step=checkpoint.step,
-                    **recipe.job_options(args, config))
+    return TrainJob(
+        config,
+        preset,
+        tuple(o for o in recorded if o.layer is Layer.COMMAND_LINE),
+        dataset_path=Path(dataset) if dataset else None,
+        max_steps=args.max_steps,
+        continue_path=run_dir,
+        resume_from=checkpoint.path,
+        resume_step=checkpoint.step,
+        **recipe.job_options(args, config),
+    )
 
 
 def _new_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
@@ -348,9 +390,11 @@ def _new_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
 
     preset = load_preset(args.preset or recipe.default_preset, recipe.presets_dir)
     cli_layers = [(parse_set_option(option, recipe.config_class), "--set") for option in args.sets]
-    flags = [("--seed", "training_seed", args.seed),
-             ("--output-path", "output_path", str(args.output_path) if args.output_path else None),
-             *recipe.flag_layers(args)]
+    flags = [
+        ("--seed", "training_seed", args.seed),
+        ("--output-path", "output_path", str(args.output_path) if args.output_path else None),
+        *recipe.flag_layers(args),
+    ]
     for flag, key, value in flags:
         if value is not None:
             layer: dict[str, Any] = {}
@@ -363,10 +407,17 @@ def _new_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
         if args.dataset_path is None:
             raise UserError(recipe.dataset_required)
         output_folder(Path(config.output_path), "--output-path")
-    return TrainJob(config, preset, tuple(overrides), dataset_path=args.dataset_path, max_steps=args.max_steps,
-                    restore_path=args.restore_path,
-                    allow_partial_restore=getattr(args, "allow_partial_restore", False),
-                    **recipe.job_options(args, config), **added)
+    return TrainJob(
+        config,
+        preset,
+        tuple(overrides),
+        dataset_path=args.dataset_path,
+        max_steps=args.max_steps,
+        restore_path=args.restore_path,
+        allow_partial_restore=getattr(args, "allow_partial_restore", False),
+        **recipe.job_options(args, config),
+        **added,
+    )
 
 
 def command_main(recipe: ModelRecipe, argv: list[str] | None) -> int:
@@ -459,12 +510,16 @@ def check_restore_matches(model: Any, path: Path, *, allow_partial: bool) -> Non
     if not (missing or reshaped or unused):
         return
     matching = len(own) - len(missing) - len(reshaped)
-    summary = (f"{matching} of {len(own)} layers of the config's model match {path} ({len(reshaped)} with another "
-               f"shape, e.g. {(reshaped or missing or unused)[0]}; {len(missing)} missing; {len(unused)} unused)")
+    summary = (
+        f"{matching} of {len(own)} layers of the config's model match {path} ({len(reshaped)} with another "
+        f"shape, e.g. {(reshaped or missing or unused)[0]}; {len(missing)} missing; {len(unused)} unused)"
+    )
     if not allow_partial:
-        raise UserError(f"--restore-path: {summary}. The checkpoint is of another model size or config; restore "
-                        "it with its own config's model settings, or pass --allow-partial-restore to restore the "
-                        "matching layers and start the rest fresh")
+        raise UserError(
+            f"--restore-path: {summary}. The checkpoint is of another model size or config; restore "
+            "it with its own config's model settings, or pass --allow-partial-restore to restore the "
+            "matching layers and start the rest fresh"
+        )
     logger.warning(" ! --allow-partial-restore: restoring only %s; the other layers start from scratch", summary)
 
 
@@ -476,9 +531,13 @@ def train_run(recipe: ModelRecipe, request: TrainRequest) -> Outcome:
     job, launch = request.job, request.launch
     if job.continue_path is not None and job.max_steps and job.resume_step >= job.max_steps:
         release_logs()
-        return Outcome("max_steps", EXIT_OK, job.resume_step,
-                       f"already at step {job.resume_step} (--max-steps {job.max_steps}): nothing to train",
-                       run_dir=job.continue_path)
+        return Outcome(
+            "max_steps",
+            EXIT_OK,
+            job.resume_step,
+            f"already at step {job.resume_step} (--max-steps {job.max_steps}): nothing to train",
+            run_dir=job.continue_path,
+        )
     # This run's own config: the adjustments below (device precision, restore, run name) are the
     # run's, and the request stays as given (an escalation rebuilds its config from the layers).
     config = copy.deepcopy(job.config)
@@ -490,8 +549,13 @@ def train_run(recipe: ModelRecipe, request: TrainRequest) -> Outcome:
         data = recipe.load_data(config, request)
         precision = resolve_precision(config)
         recipe.adjust_config(config, job)
-        logger.info("Training on %d utterances, evaluating on %d; device %s, %s", len(data.train_samples),
-                    len(data.eval_samples), device_name(), precision)
+        logger.info(
+            "Training on %d utterances, evaluating on %d; device %s, %s",
+            len(data.train_samples),
+            len(data.eval_samples),
+            device_name(),
+            precision,
+        )
         seed_everything(config.training_seed)
         model = recipe.make_model(config, job)
         if job.restore_path is not None:
@@ -507,20 +571,34 @@ def train_run(recipe: ModelRecipe, request: TrainRequest) -> Outcome:
     return outcome
 
 
-def _fit(recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, data: RunData, run_dir: Path,
-         precision: str) -> Outcome:
+def _fit(
+    recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, data: RunData, run_dir: Path, precision: str
+) -> Outcome:
     from trainer import TrainerArgs
 
     from ruslan_glowtts.training.coqui_compat import set_global_step
 
     job, launch, lineage = request.job, request.launch, request.lineage
-    args = TrainerArgs(continue_path=str(job.continue_path or ""), restore_path=str(job.restore_path or ""),
-                       grad_accum_steps=config.grad_accum_steps, rank=launch.rank, group_id=launch.group_id,
-                       use_ddp=launch.use_ddp)
+    args = TrainerArgs(
+        continue_path=str(job.continue_path or ""),
+        restore_path=str(job.restore_path or ""),
+        grad_accum_steps=config.grad_accum_steps,
+        rank=launch.rank,
+        group_id=launch.group_id,
+        use_ddp=launch.use_ddp,
+    )
     trainer = recipe.trainer_class()(
-        args, config, config.output_path, model=model, train_samples=data.train_samples,
-        eval_samples=data.eval_samples, parse_command_line_args=False, callbacks=dict(request.hooks.callbacks),
-        max_steps=job.max_steps, resume_from=job.resume_from, run_folder=run_dir,
+        args,
+        config,
+        config.output_path,
+        model=model,
+        train_samples=data.train_samples,
+        eval_samples=data.eval_samples,
+        parse_command_line_args=False,
+        callbacks=dict(request.hooks.callbacks),
+        max_steps=job.max_steps,
+        resume_from=job.resume_from,
+        run_folder=run_dir,
         num_samples=len(data.train_samples) + len(data.eval_samples),
         next_command=lambda: recipe.next_command(request, run_dir),
     )
@@ -529,8 +607,9 @@ def _fit(recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, da
     record = RunRecord.read(run_dir)
     if launch.rank == 0:
         if job.continue_path is not None:
-            record.resume(run_dir, at=runs.now(), from_step=job.resume_step, environment=runs.environment(),
-                          precision=precision)
+            record.resume(
+                run_dir, at=runs.now(), from_step=job.resume_step, environment=runs.environment(), precision=precision
+            )
         else:
             _start_record(record, recipe, request, run_dir, precision, data.skipped, data.exclusion)
         if lineage.parent_run is not None:
@@ -544,14 +623,29 @@ def _fit(recipe: ModelRecipe, request: TrainRequest, config: Any, model: Any, da
         if not outcome.next_command:
             outcome.message += ". No tier left: check the data with prepare's report"
     if launch.rank == 0:
-        record.end(run_dir, status=outcome.status, exit_code=outcome.exit_code, final_step=outcome.step,
-                   message=outcome.message, next_command=outcome.next_command, ended_at=runs.now(),
-                   health=trainer.health_summary(), unloadable_samples=dict(trainer.unloadable))
+        record.end(
+            run_dir,
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+            final_step=outcome.step,
+            message=outcome.message,
+            next_command=outcome.next_command,
+            ended_at=runs.now(),
+            health=trainer.health_summary(),
+            unloadable_samples=dict(trainer.unloadable),
+        )
     return outcome
 
 
-def _start_record(record: RunRecord, recipe: ModelRecipe, request: TrainRequest, run_dir: Path, precision: str,
-                  skipped: list[str], exclusion: dict[str, Any] | None = None) -> None:
+def _start_record(
+    record: RunRecord,
+    recipe: ModelRecipe,
+    request: TrainRequest,
+    run_dir: Path,
+    precision: str,
+    skipped: list[str],
+    exclusion: dict[str, Any] | None = None,
+) -> None:
     from ruslan_glowtts.training.config import Layer
 
     job, lineage, config = request.job, request.lineage, request.job.config
@@ -579,8 +673,11 @@ def _announce_escalation(trainer: Any, request: TrainRequest, run_dir: Path) -> 
 
     step, lineage = trainer.total_steps_done, request.lineage
     trainer.dashboard_logger.add_scalar(HEALTH_ESCALATION, float(lineage.index), step)
-    trainer.dashboard_logger.add_text(HEALTH_ESCALATION, f"Escalated from {lineage.parent_run} to preset "
-                                      f"{request.job.preset.name}: {lineage.reason}", step)
+    trainer.dashboard_logger.add_text(
+        HEALTH_ESCALATION,
+        f"Escalated from {lineage.parent_run} to preset {request.job.preset.name}: {lineage.reason}",
+        step,
+    )
     assert lineage.parent_run is not None
     parent = RunRecord.read(lineage.parent_run)
     parent.escalated_to, parent.status = str(run_dir), "escalated"

@@ -76,8 +76,7 @@ class StepValueQueue:
         out = []
         while self._pending:
             pending = self._pending[0]
-            if (pending.event is not None and not wait and len(self._pending) <= self.lag
-                    and not pending.event.query()):
+            if pending.event is not None and not wait and len(self._pending) <= self.lag and not pending.event.query():
                 break
             if pending.event is not None and not pending.event.query():
                 self.waits += 1

@@ -70,8 +70,9 @@ def load_data(config: RuslanGlowTTSConfig, request: TrainRequest) -> RunData:
     train_samples, eval_samples = load_samples(config)
     exclusion_record = None  # run.json's record of --exclude-utterances
     if request.job.exclusion is not None:
-        train_samples, eval_samples, exclusion_record = exclude_utterances(request.job.exclusion, train_samples,
-                                                                           eval_samples)
+        train_samples, eval_samples, exclusion_record = exclude_utterances(
+            request.job.exclusion, train_samples, eval_samples
+        )
     lengths, rates = read_audio_lengths(train_samples + eval_samples, config)
     check_sample_rate(train_samples + eval_samples, config, rates)
     check_vocabulary(train_samples + eval_samples, config, allow_unknown=request.job.allow_unknown_chars)
@@ -116,46 +117,79 @@ def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
         outcome.message += f". Stopped after {health.max_escalations} escalations (health.max_escalations)"
         return None
     preset = load_preset(job.preset.fallback)
-    config, overrides = build_config(preset=preset, dataset_path=job.dataset_path,
-                                     cli_layers=_cli_layers_for(preset, request))
+    config, overrides = build_config(
+        preset=preset, dataset_path=job.dataset_path, cli_layers=_cli_layers_for(preset, request)
+    )
     config.training_seed = job.config.training_seed + 1  # a different batch order from here on
     # An exploded outcome comes from _fit, which always sets its run folder.
     restore, start_step = runs.known_good(cast(Path, outcome.run_dir))
     alarm = outcome.alarm
     reason = f"{alarm.kind} at step {alarm.step}: {alarm.message}" if alarm else outcome.message
-    logger.warning("\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s", "=" * 78, job.preset.name,
-                   preset.name, reason, f"known-good step {start_step}" if restore else "the start (no known-good yet)",
-                   "=" * 78)
+    logger.warning(
+        "\n%s\n ! Escalating %s -> %s: %s\n ! Rolling back to %s\n%s",
+        "=" * 78,
+        job.preset.name,
+        preset.name,
+        reason,
+        f"known-good step {start_step}" if restore else "the start (no known-good yet)",
+        "=" * 78,
+    )
     # Each rank saw its own batches; leaving different samples out per rank would give the ranks
     # datasets of different sizes. Under DDP the new seed alone changes which batches come next.
     exclude = () if request.launch.use_ddp else tuple(outcome.recent_samples)
     return replace(
         request,
-        job=replace(job, config=config, preset=preset, overrides=tuple(overrides), continue_path=None,
-                    resume_from=None, resume_step=0, restore_path=restore),
-        lineage=Lineage(parent_run=outcome.run_dir, reason=reason, index=request.lineage.index + 1,
-                        start_step=start_step, exclude_samples=exclude),
+        job=replace(
+            job,
+            config=config,
+            preset=preset,
+            overrides=tuple(overrides),
+            continue_path=None,
+            resume_from=None,
+            resume_step=0,
+            restore_path=restore,
+        ),
+        lineage=Lineage(
+            parent_run=outcome.run_dir,
+            reason=reason,
+            index=request.lineage.index + 1,
+            start_step=start_step,
+            exclude_samples=exclude,
+        ),
     )
 
 
-def exclude_utterances(exclusion: Any, train_samples: list[dict[str, Any]], eval_samples: list[dict[str, Any]],
-                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def exclude_utterances(
+    exclusion: Any,
+    train_samples: list[dict[str, Any]],
+    eval_samples: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Leave out the listed ids after the eval split, so the eval set of a retrained run is the
     original one minus the excluded ids (losses stay comparable). Returns the kept samples and
     the record for run.json."""
+
     def uid(sample: dict[str, Any]) -> str:
         return Path(sample["audio_file"]).stem
 
-    unknown = exclusion.warn_unknown([uid(s) for s in train_samples + eval_samples], "--exclude-utterances",
-                                     "the dataset")
+    unknown = exclusion.warn_unknown(
+        [uid(s) for s in train_samples + eval_samples], "--exclude-utterances", "the dataset"
+    )
     listed = set(exclusion.ids)
     kept_train = [s for s in train_samples if uid(s) not in listed]
     kept_eval = [s for s in eval_samples if uid(s) not in listed]
     if not kept_train or not kept_eval:
-        raise UserError(f"--exclude-utterances {exclusion.path} leaves {len(kept_train)} training and "
-                        f"{len(kept_eval)} eval utterances (at least 1 of each is needed)")
-    counts = {"excluded_train": len(train_samples) - len(kept_train),
-              "excluded_eval": len(eval_samples) - len(kept_eval)}
-    logger.info("Excluding: %d training and %d eval utterances left out (%d listed)",
-                counts["excluded_train"], counts["excluded_eval"], len(listed))
+        raise UserError(
+            f"--exclude-utterances {exclusion.path} leaves {len(kept_train)} training and "
+            f"{len(kept_eval)} eval utterances (at least 1 of each is needed)"
+        )
+    counts = {
+        "excluded_train": len(train_samples) - len(kept_train),
+        "excluded_eval": len(eval_samples) - len(kept_eval),
+    }
+    logger.info(
+        "Excluding: %d training and %d eval utterances left out (%d listed)",
+        counts["excluded_train"],
+        counts["excluded_eval"],
+        len(listed),
+    )
     return kept_train, kept_eval, exclusion.to_json(**counts, excluded=sum(counts.values()), unknown=unknown)

@@ -111,8 +111,15 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 
 class KitTrainer(KitTrainerBase):
-    def __init__(self, *args: Any, max_steps: int = 0, next_command: Callable[[], str] = lambda: "",
-                 resume_from: Path | None = None, num_samples: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_steps: int = 0,
+        next_command: Callable[[], str] = lambda: "",
+        resume_from: Path | None = None,
+        num_samples: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, resume_from=resume_from, **kwargs)
         self.max_steps = max_steps
         self._signal: int = 0  # the first SIGTERM/SIGINT received, 0 if none
@@ -120,8 +127,9 @@ class KitTrainer(KitTrainerBase):
         self._max_unloadable = max_unloadable(num_samples)
         self._window_finite: torch.Tensor | None = None  # device flag: every loss of the window finite so far
         self._window_poisoned = False  # the loss raised on NaN within the current accumulation window
-        self.guard = HealthGuard(self.config.health, Path(self.output_path), rank=self.args.rank,
-                                 next_command=next_command)
+        self.guard = HealthGuard(
+            self.config.health, Path(self.output_path), rank=self.args.rank, next_command=next_command
+        )
         # Issue 19: which utterances each update saw, their loss terms, and the updates the guard flagged.
         self.ledger = UtteranceLedger(Path(self.output_path), rank=self.args.rank)
         self.guard.on_flag.append(self.ledger.mark)
@@ -149,12 +157,15 @@ class KitTrainer(KitTrainerBase):
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal:
             # A second signal: the user does not want to wait for the step to end.
-            print(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr,
-                  flush=True)
+            print(
+                f"{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True
+            )
             os._exit(128 + signum)
         self._signal = signum
-        logger.warning(" ! %s received: stopping after this step (a checkpoint will be saved; send it again to "
-                       "exit at once)", signal.Signals(signum).name)
+        logger.warning(
+            " ! %s received: stopping after this step (a checkpoint will be saved; send it again to exit at once)",
+            signal.Signals(signum).name,
+        )
 
     def _stop_on_signal(self) -> None:
         signum = self._signal
@@ -181,8 +192,9 @@ class KitTrainer(KitTrainerBase):
             if new:
                 self.unloadable.update(new)
                 if self.args.rank == 0:
-                    self.dashboard_logger.add_scalar(HEALTH_SKIPPED_SAMPLES, float(len(self.unloadable)),
-                                                     self.total_steps_done)
+                    self.dashboard_logger.add_scalar(
+                        HEALTH_SKIPPED_SAMPLES, float(len(self.unloadable)), self.total_steps_done
+                    )
                 if len(self.unloadable) > self._max_unloadable:
                     raise TooManyUnloadable
         if isinstance(batch, dict) and EMPTY_KEY in batch:
@@ -223,8 +235,9 @@ class KitTrainer(KitTrainerBase):
         try:
             state = torch.load(restored, map_location="cpu", mmap=True, weights_only=False)
         except (OSError, RuntimeError, ValueError) as exc:
-            logger.warning(" ! Cannot read the batch position from %s (%s): the epoch restarts from its first batch",
-                           restored, exc)
+            logger.warning(
+                " ! Cannot read the batch position from %s (%s): the epoch restarts from its first batch", restored, exc
+            )
             return None
         position = state.get(SAMPLER_STATE)
         return (int(position["epoch"]), int(position["batches_done"])) if position else None
@@ -254,12 +267,30 @@ class KitTrainer(KitTrainerBase):
             raise StopTraining
 
     # -- the guarded step ------------------------------------------------------------------------
-    def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,
-                 step_optimizer=True, num_optimizers=1):
+    def optimize(
+        self,
+        batch,
+        optimizer,
+        scaler,
+        criterion,
+        scheduler,
+        *,
+        optimizer_idx=None,
+        step_optimizer=True,
+        num_optimizers=1,
+    ):
         if optimizer_idx is not None or self.use_accelerate or not self.config.health.enabled:
             # GlowTTS has one optimizer; the guard covers that case (and can be switched off)
-            return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
-                                    step_optimizer=step_optimizer, num_optimizers=num_optimizers)
+            return super().optimize(
+                batch,
+                optimizer,
+                scaler,
+                criterion,
+                scheduler,
+                optimizer_idx=optimizer_idx,
+                step_optimizer=step_optimizer,
+                num_optimizers=num_optimizers,
+            )
         start = time.time()
         step = self.total_steps_done
         model = model_of(self)
@@ -298,8 +329,15 @@ class KitTrainer(KitTrainerBase):
             self._window_finite = finite if self._window_finite is None else self._window_finite & finite
         if not step_optimizer:  # accumulating micro-batches
             return outputs, values, time.time() - start
-        update = guarded_update(self, optimizer, scaler, scheduler, loss=loss, window_finite=self._window_finite,
-                                poisoned=self._window_poisoned)
+        update = guarded_update(
+            self,
+            optimizer,
+            scaler,
+            scheduler,
+            loss=loss,
+            window_finite=self._window_finite,
+            poisoned=self._window_poisoned,
+        )
         self._window_finite, self._window_poisoned = None, False
         values.update(update.values, **{JUDGED: float(update.judged)})
         if scaler is not None:
@@ -320,8 +358,9 @@ class KitTrainer(KitTrainerBase):
         if applied is None:  # data-dependent init, or a micro-batch of an accumulation window
             return values
         if not judged:
-            self.guard.observe_update(self, read.step, values["grad_norm"], values.get("loss", math.nan),
-                                      applied=bool(applied))
+            self.guard.observe_update(
+                self, read.step, values["grad_norm"], values.get("loss", math.nan), applied=bool(applied)
+            )
             if not applied:
                 rewind_scheduler(self.optimizer[0], self.scheduler[0])
         return values if applied else {}
@@ -367,8 +406,12 @@ class KitTrainer(KitTrainerBase):
         step = self.total_steps_done
         try:
             if self.max_steps and step >= self.max_steps:
-                return Outcome("max_steps", EXIT_OK, step,
-                               f"already at step {step} (--max-steps {self.max_steps}): nothing to train")
+                return Outcome(
+                    "max_steps",
+                    EXIT_OK,
+                    step,
+                    f"already at step {step} (--max-steps {self.max_steps}): nothing to train",
+                )
             return self._train()
         except OSError as exc:
             if not is_disk_error(exc):
@@ -376,9 +419,13 @@ class KitTrainer(KitTrainerBase):
             # The disk's fault, not the code's: one line, no traceback. The failed write's temp file is
             # gone (atomic_files) and the older checkpoints are untouched.
             what = Path(exc.filename).name if exc.filename else "a file"
-            return Outcome("crashed", EXIT_CRASH, self.total_steps_done,
-                           f"could not write {what} at step {self.total_steps_done}: {exc.strerror}; the checkpoints "
-                           "written before are intact")
+            return Outcome(
+                "crashed",
+                EXIT_CRASH,
+                self.total_steps_done,
+                f"could not write {what} at step {self.total_steps_done}: {exc.strerror}; the checkpoints "
+                "written before are intact",
+            )
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -394,9 +441,14 @@ class KitTrainer(KitTrainerBase):
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
         except HealthStop as stop:
             self._read_back_steps()
-            outcome = Outcome("exploded", EXIT_EXPLODED, self.total_steps_done,
-                              f"step {stop.alarm.step}: {stop.alarm.message}", alarm=stop.alarm,
-                              recent_samples=self.guard.recent_samples())
+            outcome = Outcome(
+                "exploded",
+                EXIT_EXPLODED,
+                self.total_steps_done,
+                f"step {stop.alarm.step}: {stop.alarm.message}",
+                alarm=stop.alarm,
+                recent_samples=self.guard.recent_samples(),
+            )
         except StopTraining:
             self._read_back_steps()
             self._save_if_finite("--max-steps reached")
@@ -407,24 +459,38 @@ class KitTrainer(KitTrainerBase):
             self._read_back_steps()
             saved = self.config.save_on_interrupt and self._save_if_finite(why)
             self.callbacks.on_keyboard_interrupt(self)
-            status, code = ("interrupted", EXIT_INTERRUPTED) if signum == signal.SIGINT else ("terminated",
-                                                                                            EXIT_TERMINATED)
+            status, code = (
+                ("interrupted", EXIT_INTERRUPTED) if signum == signal.SIGINT else ("terminated", EXIT_TERMINATED)
+            )
             step = self.total_steps_done
-            outcome = Outcome(status, code, step, f"{status} by {why} at step {step}"
-                              + (f"; {checkpoint_name(step)} saved" if saved else "; no checkpoint saved"))
+            outcome = Outcome(
+                status,
+                code,
+                step,
+                f"{status} by {why} at step {step}"
+                + (f"; {checkpoint_name(step)} saved" if saved else "; no checkpoint saved"),
+            )
         except TooManyUnloadable:
             listed = "; ".join(f"{Path(name).name} ({why})" for name, why in sorted(self.unloadable.items()))
-            outcome = Outcome("bad_data", EXIT_USAGE, self.total_steps_done,
-                              f"{len(self.unloadable)} samples failed to load, more than the {self._max_unloadable} "
-                              f"tolerated (1 %): {listed}. Check them with python -m ruslan_glowtts.prepare")
+            outcome = Outcome(
+                "bad_data",
+                EXIT_USAGE,
+                self.total_steps_done,
+                f"{len(self.unloadable)} samples failed to load, more than the {self._max_unloadable} "
+                f"tolerated (1 %): {listed}. Check them with python -m ruslan_glowtts.prepare",
+            )
         except Exception as exc:
             if is_disk_error(exc):
                 raise
             logger.error("%s", traceback.format_exc())
             self._read_back_steps()
             saved = self._save_if_finite("crash")
-            outcome = Outcome("crashed", EXIT_CRASH, self.total_steps_done,
-                              f"{type(exc).__name__}: {exc}" + ("; checkpoint saved" if saved else ""))
+            outcome = Outcome(
+                "crashed",
+                EXIT_CRASH,
+                self.total_steps_done,
+                f"{type(exc).__name__}: {exc}" + ("; checkpoint saved" if saved else ""),
+            )
         return outcome
 
     def _read_back_steps(self) -> None:

@@ -124,14 +124,19 @@ def glowtts_audio(tts_run: Path | None, dataset_path: Path | None) -> tuple[dict
     return config.audio.to_dict(), source
 
 
-def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: Path | None = None,
-                         cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
-                         ) -> tuple[RuslanHifiganConfig, list[Override], str]:
+def build_vocoder_config(
+    *,
+    preset: Preset,
+    dataset_path: Path | None,
+    tts_run: Path | None = None,
+    cli_layers: list[tuple[dict[str, Any], str]] = (),  # type: ignore[assignment]
+) -> tuple[RuslanHifiganConfig, list[Override], str]:
     """Resolve the vocoder config: base < GlowTTS audio < preset < CLI; refuse changed audio."""
     root = RuslanHifiganConfig
     tree = root().to_dict()
-    overrides = apply_layer(tree, read_toml(VOCODER_BASE_CONFIG, "base config"),
-                            Source.base(VOCODER_BASE_CONFIG), quiet=True, root=root)
+    overrides = apply_layer(
+        tree, read_toml(VOCODER_BASE_CONFIG, "base config"), Source.base(VOCODER_BASE_CONFIG), quiet=True, root=root
+    )
     audio, source = glowtts_audio(tts_run, dataset_path)
     # Taken whole, not checked key by key: Coqui's own audio config (None in int fields included).
     tree["audio"] = dict(audio)
@@ -140,8 +145,13 @@ def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: 
     for layer, flag in cli_layers:
         overrides += apply_layer(tree, layer, Source.command_line(flag), root=root)
     # A preset or --set may not change the features: the vocoder would no longer fit the TTS model.
-    check_compatible(audio, tree["audio"], tts_name=source, vocoder_name="config",
-                     advice="the audio settings come from the GlowTTS run; leave audio.* alone")
+    check_compatible(
+        audio,
+        tree["audio"],
+        tts_name=source,
+        vocoder_name="config",
+        advice="the audio settings come from the GlowTTS run; leave audio.* alone",
+    )
     if dataset_path is not None:
         tree["data_path"] = str(dataset_path.resolve())
     config = root()
@@ -154,8 +164,15 @@ def build_vocoder_config(*, preset: Preset, dataset_path: Path | None, tts_run: 
 def _sync_mel_loss(config: RuslanHifiganConfig) -> None:
     """HiFi-GAN's mel L1 loss has its own copy of the STFT/mel settings: keep it on the run's."""
     a = config.audio
-    wanted = {"sample_rate": a.sample_rate, "n_fft": a.fft_size, "hop_length": a.hop_length,
-              "win_length": a.win_length, "n_mels": a.num_mels, "mel_fmin": a.mel_fmin, "mel_fmax": a.mel_fmax}
+    wanted = {
+        "sample_rate": a.sample_rate,
+        "n_fft": a.fft_size,
+        "hop_length": a.hop_length,
+        "win_length": a.win_length,
+        "n_mels": a.num_mels,
+        "mel_fmin": a.mel_fmin,
+        "mel_fmax": a.mel_fmax,
+    }
     for key, value in wanted.items():
         if config.l1_spec_loss_params.get(key) != value:
             logger.info("Overriding: l1_spec_loss_params.%s = %r  (the run's audio settings)", key, value)
@@ -167,15 +184,19 @@ def validate_vocoder(config: RuslanHifiganConfig) -> None:
     hop = config.audio.hop_length
     factors = config.generator_model_params.get("upsample_factors", [])
     if math.prod(factors) != hop:
-        problems.append(f"generator_model_params.upsample_factors {factors} multiply to {math.prod(factors)}, "
-                        f"not to audio.hop_length {hop}")
+        problems.append(
+            f"generator_model_params.upsample_factors {factors} multiply to {math.prod(factors)}, "
+            f"not to audio.hop_length {hop}"
+        )
     if len(config.generator_model_params.get("upsample_kernel_sizes", [])) != len(factors):
         problems.append("generator_model_params.upsample_kernel_sizes needs one entry per upsample factor")
     if config.seq_len <= 0 or config.seq_len % hop:
         problems.append(f"seq_len {config.seq_len} must be a positive multiple of audio.hop_length {hop}")
     elif config.use_l1_spec_loss and config.seq_len <= config.audio.fft_size // 2:
         # The mel-L1 loss reflect-pads each segment by fft_size / 2: torch refuses shorter segments.
-        problems.append(f"seq_len {config.seq_len} must be longer than audio.fft_size / 2 ({config.audio.fft_size // 2})")
+        problems.append(
+            f"seq_len {config.seq_len} must be longer than audio.fft_size / 2 ({config.audio.fft_size // 2})"
+        )
     if config.batch_size < 1:
         problems.append("batch_size must be >= 1")
     if config.grad_accum_steps != 1:
@@ -201,13 +222,20 @@ def format_vocoder_presets() -> str:
 
     lines = []
     chain = [p.name for p in tier_chain(load_vocoder_preset(DEFAULT_VOCODER_PRESET), VOCODER_PRESETS_DIR)]
-    for name in sorted(available_presets(VOCODER_PRESETS_DIR), key=lambda n: (n not in chain, chain.index(n) if n in chain else 0, n)):
+    for name in sorted(
+        available_presets(VOCODER_PRESETS_DIR), key=lambda n: (n not in chain, chain.index(n) if n in chain else 0, n)
+    ):
         p = load_vocoder_preset(name)
         cfg = p.overrides
-        values = ", ".join(f"{k} {cfg[k]}" for k in ("lr_gen", "lr_disc", "grad_clip", "batch_size", "seq_len")
-                           if k in cfg)
-        lines += [f"{p.name}{' (default)' if name == DEFAULT_VOCODER_PRESET else ''}", f"    {p.description}",
-                  f"    values:   {values}", f"    fallback: {p.fallback or '(none: end of the chain)'}"]
+        values = ", ".join(
+            f"{k} {cfg[k]}" for k in ("lr_gen", "lr_disc", "grad_clip", "batch_size", "seq_len") if k in cfg
+        )
+        lines += [
+            f"{p.name}{' (default)' if name == DEFAULT_VOCODER_PRESET else ''}",
+            f"    {p.description}",
+            f"    values:   {values}",
+            f"    fallback: {p.fallback or '(none: end of the chain)'}",
+        ]
     lines.append("Use: python train_ruslan_hifigan.py --preset NAME|PATH --dataset-path DIR [--tts-run RUN]")
     return "\n".join(lines)
 
@@ -222,18 +250,24 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
     root = Path(config.data_path)
     meta = metadata_path(root)
     if not meta.is_file():
-        raise UserError(f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
-                        f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}")
+        raise UserError(
+            f"--dataset-path {root}: no {METADATA_FILE}; prepare it with "
+            f"python -m ruslan_glowtts.prepare --src RUSLAN_DIR --dst {root}"
+        )
     wavs = [wav_path(root, entry.id) for entry in check_metadata(root, METADATA_FILE).entries]
     missing = [w for w in wavs if not w.is_file()]
     if missing:
         raise UserError(f"{len(missing)} audio files of {meta} are missing, e.g. {missing[0]}")
     if len(wavs) <= config.eval_split_size:
-        raise UserError(f"{len(wavs)} utterances in {meta}: fewer than eval_split_size + 1 "
-                        f"({config.eval_split_size} + 1); lower it with --set eval_split_size=N")
+        raise UserError(
+            f"{len(wavs)} utterances in {meta}: fewer than eval_split_size + 1 "
+            f"({config.eval_split_size} + 1); lower it with --set eval_split_size=N"
+        )
     # Coqui reads the files at whatever rate they are (resample = false): check as the GlowTTS script does.
-    check_sample_rate([{"audio_file": str(w)} for w in wavs],
-                      SimpleNamespace(audio=config.audio, datasets=[SimpleNamespace(path=str(root))]))
+    check_sample_rate(
+        [{"audio_file": str(w)} for w in wavs],
+        SimpleNamespace(audio=config.audio, datasets=[SimpleNamespace(path=str(root))]),
+    )
     cache = FeatureCache.for_config(root, config.audio)
     items: list[Any] = [str(w) for w in wavs]
     if cache is not None:
@@ -243,7 +277,7 @@ def load_vocoder_samples(config: RuslanHifiganConfig) -> tuple[list[Any], list[A
         else:
             logger.info("Feature cache incomplete: mels computed on the fly")
     random.Random(config.training_seed).shuffle(items)
-    return items[: config.eval_split_size], items[config.eval_split_size:]
+    return items[: config.eval_split_size], items[config.eval_split_size :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,23 +289,36 @@ class RuslanHifigan(GAN):
     loader: files that fail to load are skipped and counted (KitGANDataset), and the workers leave
     signals to the main process (init_loader_worker). Checkpoints are plain Coqui GAN ones."""
 
-    def get_data_loader(self, config: Any, *, is_eval: bool = True, samples: list[Any] | None = None,
-                        verbose: bool = True) -> DataLoader:
+    def get_data_loader(
+        self, config: Any, *, is_eval: bool = True, samples: list[Any] | None = None, verbose: bool = True
+    ) -> DataLoader:
         # Coqui's GAN.get_data_loader, with the kit's dataset class, collate and worker setup.
         dataset = KitGANDataset(
-            ap=self.ap, items=samples, seq_len=config.seq_len, hop_len=self.ap.hop_length,
-            pad_short=config.pad_short, conv_pad=config.conv_pad,
+            ap=self.ap,
+            items=samples,
+            seq_len=config.seq_len,
+            hop_len=self.ap.hop_length,
+            pad_short=config.pad_short,
+            conv_pad=config.conv_pad,
             return_pairs=config.diff_samples_for_G_and_D if "diff_samples_for_G_and_D" in config else False,
-            is_training=not is_eval, return_segments=not is_eval, use_noise_augment=config.use_noise_augment,
+            is_training=not is_eval,
+            return_segments=not is_eval,
+            use_noise_augment=config.use_noise_augment,
             use_cache=config.use_cache,
         )
         dataset.shuffle_mapping()
         distributed = is_dist_avail_and_initialized()
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
         return DataLoader(
-            dataset, batch_size=1 if is_eval else config.batch_size, shuffle=not distributed, drop_last=False,
-            sampler=DistributedSampler(dataset, shuffle=True) if distributed else None, num_workers=workers,
-            pin_memory=False, collate_fn=collate_gan_items, worker_init_fn=init_loader_worker if workers else None,
+            dataset,
+            batch_size=1 if is_eval else config.batch_size,
+            shuffle=not distributed,
+            drop_last=False,
+            sampler=DistributedSampler(dataset, shuffle=True) if distributed else None,
+            num_workers=workers,
+            pin_memory=False,
+            collate_fn=collate_gan_items,
+            worker_init_fn=init_loader_worker if workers else None,
         )
 
     def format_batch(self, batch: Any) -> dict[str, Any]:
@@ -301,12 +348,29 @@ def hifigan_trainer_class() -> type:
         def health_summary(self) -> dict[str, Any]:
             return {**super().health_summary(), "skipped_discriminator_updates": self.disc_skipped}
 
-        def optimize(self, batch, optimizer, scaler, criterion, scheduler, *, optimizer_idx=None,
-                     step_optimizer=True, num_optimizers=1):
-            if (optimizer_idx is None or scaler is not None or self.use_accelerate
-                    or not self.config.health.enabled):
-                return super().optimize(batch, optimizer, scaler, criterion, scheduler, optimizer_idx=optimizer_idx,
-                                        step_optimizer=step_optimizer, num_optimizers=num_optimizers)
+        def optimize(
+            self,
+            batch,
+            optimizer,
+            scaler,
+            criterion,
+            scheduler,
+            *,
+            optimizer_idx=None,
+            step_optimizer=True,
+            num_optimizers=1,
+        ):
+            if optimizer_idx is None or scaler is not None or self.use_accelerate or not self.config.health.enabled:
+                return super().optimize(
+                    batch,
+                    optimizer,
+                    scaler,
+                    criterion,
+                    scheduler,
+                    optimizer_idx=optimizer_idx,
+                    step_optimizer=step_optimizer,
+                    num_optimizers=num_optimizers,
+                )
             start = time.time()
             outputs, loss_dict = self.compute_loss(batch, criterion, optimizer_idx)
             if not loss_dict:  # the discriminator before steps_to_start_discriminator
@@ -314,8 +378,15 @@ def hifigan_trainer_class() -> type:
             loss = loss_dict["loss"]
             loss.backward()
             # The generator is judged by the health guard; the discriminator by its own finite check.
-            update = guarded_update(self, optimizer, None, scheduler, loss=loss, optimizer_idx=optimizer_idx,
-                                    decide=None if optimizer_idx == GENERATOR else self._decide_discriminator)
+            update = guarded_update(
+                self,
+                optimizer,
+                None,
+                scheduler,
+                loss=loss,
+                optimizer_idx=optimizer_idx,
+                decide=None if optimizer_idx == GENERATOR else self._decide_discriminator,
+            )
             if not update.values[UPDATE_APPLIED]:
                 return outputs, {}, time.time() - start
             detached = self.losses_to_log(loss_dict, grad_norm=update.values["grad_norm"], optimizer_idx=optimizer_idx)
@@ -338,8 +409,13 @@ def hifigan_trainer_class() -> type:
                 self.disc_skipped += 1
                 if self.args.rank == 0:
                     self.dashboard_logger.add_scalar("Health/skipped_disc_steps", float(self.disc_skipped), step)
-                logger.warning(" ! Step %d: non-finite discriminator update skipped (loss %.4g, pre-clip grad_norm "
-                               "%.4g); its weights and optimizer state untouched.", step, loss, grad_norm)
+                logger.warning(
+                    " ! Step %d: non-finite discriminator update skipped (loss %.4g, pre-clip grad_norm "
+                    "%.4g); its weights and optimizer state untouched.",
+                    step,
+                    loss,
+                    grad_norm,
+                )
             return not nonfinite
 
     return HifiganTrainer

@@ -27,18 +27,27 @@ class HifiganRecipe(ModelRecipe):
     presets_dir = KIT_ROOT / "presets" / "hifigan"
     default_preset = "default"
     description = "Train Coqui's HiFi-GAN vocoder on a prepared RUSLAN folder, matching a GlowTTS run's features."
-    epilog = ("Layers: configs/ruslan_hifigan.toml < GlowTTS audio settings < preset < --set. Exit codes: 0 ok, "
-              "1 crash (run kept), 2 bad input, 3 stopped by the guard (non-finite updates), 130 Ctrl-C, "
-              "143 SIGTERM.")
+    epilog = (
+        "Layers: configs/ruslan_hifigan.toml < GlowTTS audio settings < preset < --set. Exit codes: 0 ok, "
+        "1 crash (run kept), 2 bad input, 3 stopped by the guard (non-finite updates), 130 Ctrl-C, "
+        "143 SIGTERM."
+    )
     dataset_required = "--dataset-path DIR is required: the folder `python -m ruslan_glowtts.prepare` wrote"
     continue_refuses = (("--tts-run", "tts_run"),)
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tts-run", type=Path, metavar="RUN",
-                       help="GlowTTS run folder (or its config.json) whose audio settings the vocoder must match "
-                       "(default: the kit's GlowTTS base config)")
-        p.add_argument("--on-explosion", choices=("warn", "stop"),
-                       help="what a burst of non-finite updates does: warn (default) or stop (exit 3)")
+        p.add_argument(
+            "--tts-run",
+            type=Path,
+            metavar="RUN",
+            help="GlowTTS run folder (or its config.json) whose audio settings the vocoder must match "
+            "(default: the kit's GlowTTS base config)",
+        )
+        p.add_argument(
+            "--on-explosion",
+            choices=("warn", "stop"),
+            help="what a burst of non-finite updates does: warn (default) or stop (exit 3)",
+        )
 
     def flag_layers(self, args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         return [("--on-explosion", "health.policy", args.on_explosion)]
@@ -54,14 +63,16 @@ class HifiganRecipe(ModelRecipe):
 
         return RuslanHifiganConfig
 
-    def build_config(self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
-                     ) -> tuple[Any, list[Override], dict[str, Any]]:
+    def build_config(
+        self, args: argparse.Namespace, preset: Preset, cli_layers: list[tuple[dict[str, Any], str]]
+    ) -> tuple[Any, list[Override], dict[str, Any]]:
         from ruslan_glowtts.training.vocoder import build_vocoder_config
 
         if args.tts_run is not None and args.tts_run.suffix != ".json":
             input_folder(args.tts_run, "--tts-run", "run folder")
-        config, overrides, source = build_vocoder_config(preset=preset, dataset_path=args.dataset_path,
-                                                         tts_run=args.tts_run, cli_layers=cli_layers)
+        config, overrides, source = build_vocoder_config(
+            preset=preset, dataset_path=args.dataset_path, tts_run=args.tts_run, cli_layers=cli_layers
+        )
         return config, overrides, {"audio_source": source}
 
     def dataset_of(self, config: Any) -> str | None:
@@ -85,7 +96,6 @@ class HifiganRecipe(ModelRecipe):
         from ruslan_glowtts.training.vocoder import hifigan_trainer_class
 
         return hifigan_trainer_class()
-
 
 
 HIFIGAN = HifiganRecipe()

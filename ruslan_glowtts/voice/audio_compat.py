@@ -19,8 +19,19 @@ from typing import Any
 from ruslan_glowtts.common.errors import UserError
 
 # Settings Coqui's Synthesizer does not convert between a TTS model and a vocoder.
-UNCONVERTED = ("sample_rate", "num_mels", "fft_size", "win_length", "hop_length", "mel_fmin", "mel_fmax",
-               "log_func", "spec_gain", "do_amp_to_db_mel", "preemphasis")
+UNCONVERTED = (
+    "sample_rate",
+    "num_mels",
+    "fft_size",
+    "win_length",
+    "hop_length",
+    "mel_fmin",
+    "mel_fmax",
+    "log_func",
+    "spec_gain",
+    "do_amp_to_db_mel",
+    "preemphasis",
+)
 
 
 def _as_dict(audio: Any) -> dict[str, Any]:
@@ -67,15 +78,19 @@ def differences(tts_audio: Any, vocoder_audio: Any) -> list[str]:
     """'setting GlowTTS-value vs vocoder-value' for every unconverted setting that differs."""
     tts_raw, voc_raw = _as_dict(tts_audio), _as_dict(vocoder_audio)
     tts, voc = feature_settings(tts_raw), feature_settings(voc_raw)
-    return [f"{key} {_show(key, tts[key], tts_raw)} vs {_show(key, voc[key], voc_raw)}"
-            for key in UNCONVERTED if tts[key] != voc[key]]
+    return [
+        f"{key} {_show(key, tts[key], tts_raw)} vs {_show(key, voc[key], voc_raw)}"
+        for key in UNCONVERTED
+        if tts[key] != voc[key]
+    ]
 
 
 TRAIN_MATCHING = "train a matching vocoder: python train_ruslan_hifigan.py --dataset-path DIR --tts-run RUN"
 
 
-def check_compatible(tts_audio: Any, vocoder_audio: Any, *, tts_name: str, vocoder_name: str,
-                     advice: str = TRAIN_MATCHING) -> None:
+def check_compatible(
+    tts_audio: Any, vocoder_audio: Any, *, tts_name: str, vocoder_name: str, advice: str = TRAIN_MATCHING
+) -> None:
     """Raise a one-line UserError naming every setting in which the vocoder's features differ."""
     diffs = differences(tts_audio, vocoder_audio)
     if diffs:

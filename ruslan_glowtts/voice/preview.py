@@ -54,8 +54,9 @@ def attach_vocoder(model: Any, vocoder: Model) -> None:
         audios, figures = {}, {}
         for idx, sentence in enumerate(model.config.test_sentences):
             aux = model.get_aux_input_from_test_sentences(sentence)
-            outputs = model.synthesize(aux["text"], speaker=aux.get("speaker"), language=aux.get("language"),
-                                       use_griffin_lim=False)
+            outputs = model.synthesize(
+                aux["text"], speaker=aux.get("speaker"), language=aux.get("language"), use_griffin_lim=False
+            )
             mel = outputs["outputs"]["model_outputs"]
             audios[f"{idx}-audio"] = preview.vocode(model.ap, mel[0])
             figures[f"{idx}-prediction"] = plot_spectrogram(mel, model.ap, output_fig=False)

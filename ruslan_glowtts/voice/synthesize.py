@@ -43,8 +43,17 @@ from ruslan_glowtts.voice.audio_compat import check_compatible
 
 logger = logging.getLogger(__name__)
 
-VOCODER_MODELS = ("hifigan", "gan", "melgan", "multiband_melgan", "fullband_melgan", "parallel_wavegan",
-                  "wavegrad", "wavernn", "univnet")
+VOCODER_MODELS = (
+    "hifigan",
+    "gan",
+    "melgan",
+    "multiband_melgan",
+    "fullband_melgan",
+    "parallel_wavegan",
+    "wavegrad",
+    "wavernn",
+    "univnet",
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,11 @@ class Model:
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint_N.pth, newest step first."""
-    found = [(int(m.group(2)), path) for path in run_dir.glob("*.pth")
-             if (m := CHECKPOINT_RE.fullmatch(path.name)) and m.group(1) == "checkpoint"]
+    found = [
+        (int(m.group(2)), path)
+        for path in run_dir.glob("*.pth")
+        if (m := CHECKPOINT_RE.fullmatch(path.name)) and m.group(1) == "checkpoint"
+    ]
     return [path for _, path in sorted(found, reverse=True)]
 
 
@@ -92,8 +104,9 @@ def resolve_model(given: Path, flag: str, *, vocoder: bool | None = None) -> Mod
     if given.is_dir():
         candidates = [c for c in [*_checkpoints(given), given / BEST_MODEL, given / KNOWN_GOOD] if c.is_file()]
         if not candidates:
-            raise UserError(f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, {BEST_MODEL} or "
-                            f"{KNOWN_GOOD}) yet")
+            raise UserError(
+                f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, {BEST_MODEL} or {KNOWN_GOOD}) yet"
+            )
         config_path = given / CONFIG_FILE
     else:
         candidates, config_path = [input_file(given, flag, "checkpoint file")], given.parent / CONFIG_FILE
@@ -159,11 +172,15 @@ def _check_vocabulary(sentences: list[str], config: dict[str, Any]) -> None:
         cleaned = cleaner(sentence) if cleaner is not None else sentence
         if not any(c in letters for c in cleaned):
             latin = any("a" <= c.lower() <= "z" for c in cleaned)
-            raise UserError(f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it (Russian "
-                            "text expected" + ("; Latin letters are not in the vocabulary)" if latin else ")"))
+            raise UserError(
+                f"sentence {number} {sentence!r}: no letter of the model's vocabulary in it (Russian "
+                "text expected" + ("; Latin letters are not in the vocabulary)" if latin else ")")
+            )
         unknown = out_of_vocabulary(sentence, vocabulary, cleaner)
         if unknown:
-            logger.warning(" ! %r: characters outside the model's vocabulary are dropped: %s", sentence, " ".join(unknown))
+            logger.warning(
+                " ! %r: characters outside the model's vocabulary are dropped: %s", sentence, " ".join(unknown)
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,10 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speak Russian text with a GlowTTS run and (optionally) a matching HiFi-GAN vocoder run.",
         epilog="Exit codes: 0 WAVs written, 2 bad input.",
     )
-    p.add_argument("--tts", type=Path, required=True, metavar="RUN_OR_CKPT",
-                   help="GlowTTS run folder (newest checkpoint) or checkpoint file")
-    p.add_argument("--vocoder", type=Path, metavar="RUN_OR_CKPT",
-                   help="HiFi-GAN run folder or checkpoint (train_ruslan_hifigan.py); without it: Griffin-Lim")
+    p.add_argument(
+        "--tts",
+        type=Path,
+        required=True,
+        metavar="RUN_OR_CKPT",
+        help="GlowTTS run folder (newest checkpoint) or checkpoint file",
+    )
+    p.add_argument(
+        "--vocoder",
+        type=Path,
+        metavar="RUN_OR_CKPT",
+        help="HiFi-GAN run folder or checkpoint (train_ruslan_hifigan.py); without it: Griffin-Lim",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="one sentence: one WAV")
     source.add_argument("--file", type=Path, help="UTF-8 text file: one WAV per non-empty line")
@@ -202,15 +228,19 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
     from TTS.utils.synthesizer import Synthesizer
 
     if vocoder is None:
-        logger.warning(" ! No --vocoder: using Griffin-Lim (metallic sound; judge intelligibility and prosody). "
-                       "Train a vocoder with train_ruslan_hifigan.py for a real voice.")
+        logger.warning(
+            " ! No --vocoder: using Griffin-Lim (metallic sound; judge intelligibility and prosody). "
+            "Train a vocoder with train_ruslan_hifigan.py for a real voice."
+        )
     else:
         logger.info("Vocoder: %s", vocoder.name)
     use_cuda = torch.cuda.is_available() and not args.cpu
     synthesizer = Synthesizer(
-        tts_checkpoint=tts.checkpoint, tts_config_path=tts.config_path,
+        tts_checkpoint=tts.checkpoint,
+        tts_config_path=tts.config_path,
         vocoder_checkpoint=vocoder.checkpoint if vocoder else None,
-        vocoder_config=vocoder.config_path if vocoder else None, use_cuda=use_cuda,
+        vocoder_config=vocoder.config_path if vocoder else None,
+        use_cuda=use_cuda,
     )
     written = []
     width = max(3, len(str(len(normalized))))
@@ -231,8 +261,10 @@ def synthesize(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-@tool(interrupted="interrupted (Ctrl-C): the WAVs written so far are kept",
-      terminated="terminated (SIGTERM): the WAVs written so far are kept")
+@tool(
+    interrupted="interrupted (Ctrl-C): the WAVs written so far are kept",
+    terminated="terminated (SIGTERM): the WAVs written so far are kept",
+)
 def main(argv: list[str] | None = None) -> int:
     """`python -m ruslan_glowtts.synthesize` (ruslan_glowtts/synthesize.py runs it under common.cli.run_as_script)."""
     args = build_parser().parse_args(argv)

@@ -26,20 +26,37 @@ One module per concern:
 from ruslan_glowtts.monitor.diagnose.cli import build_parser, main
 from ruslan_glowtts.monitor.diagnose.diagnosis import EXIT_CODES, Diagnosis, diagnose
 from ruslan_glowtts.monitor.diagnose.findings import (
-           EVAL_TAG,
-           GRAD_TAGS,
-           LOSS_TAG,
-           LR_TAG,
+    EVAL_TAG,
+    GRAD_TAGS,
+    LOSS_TAG,
+    LR_TAG,
 )
 from ruslan_glowtts.monitor.diagnose.plotting import plot
 from ruslan_glowtts.monitor.diagnose.report import format_report, one_line
 from ruslan_glowtts.monitor.diagnose.run_context import (
-           CHECKPOINT_RE,
-           infer_tier,
-           run_ending,
+    CHECKPOINT_RE,
+    infer_tier,
+    run_ending,
 )
 from ruslan_glowtts.monitor.diagnose.verdict import Judgement, Verdict, judge
 
-__all__ = ["CHECKPOINT_RE", "EVAL_TAG", "EXIT_CODES", "GRAD_TAGS", "LOSS_TAG", "LR_TAG", "Diagnosis", "Judgement",
-           "Verdict", "build_parser", "diagnose", "format_report", "infer_tier", "judge", "main", "one_line", "plot",
-           "run_ending"]
+__all__ = [
+    "CHECKPOINT_RE",
+    "EVAL_TAG",
+    "EXIT_CODES",
+    "GRAD_TAGS",
+    "LOSS_TAG",
+    "LR_TAG",
+    "Diagnosis",
+    "Judgement",
+    "Verdict",
+    "build_parser",
+    "diagnose",
+    "format_report",
+    "infer_tier",
+    "judge",
+    "main",
+    "one_line",
+    "plot",
+    "run_ending",
+]

@@ -25,18 +25,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ruslan_glowtts.diagnose",
         description="Read a run's TensorBoard logs and say whether it is healthy, with the command to run next.",
         epilog="Exit codes: 0 healthy or too early to tell, 1 warning, 2 bad input or an unreadable event file, "
-               "3 exploding or diverged.",
+        "3 exploding or diverged.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                        help="a run folder (the one holding events.out.tfevents.*)")
-    parser.add_argument("more_runs", type=Path, nargs="*", metavar="MORE_RUNS",
-                        help="other runs on the same data whose ledgers count for the suspect utterances "
-                        "(the run's escalation chain always does); the verdict is RUN_DIR's")
-    parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON (verdict, reasons, "
-                        "recommended_preset, command, stats) instead of text")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png",
-                        help="also draw grad_norm, loss and learning rate into this PNG, and the suspects' "
-                        "data map into FILE.datamap.png")
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run folder (the one holding events.out.tfevents.*)"
+    )
+    parser.add_argument(
+        "more_runs",
+        type=Path,
+        nargs="*",
+        metavar="MORE_RUNS",
+        help="other runs on the same data whose ledgers count for the suspect utterances "
+        "(the run's escalation chain always does); the verdict is RUN_DIR's",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the diagnosis as JSON (verdict, reasons, recommended_preset, command, stats) instead of text",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw grad_norm, loss and learning rate into this PNG, and the suspects' "
+        "data map into FILE.datamap.png",
+    )
     return parser
 
 
@@ -47,8 +60,10 @@ def check_glowtts_run(run_dir: Path) -> None:
     config = read_json(run_dir / CONFIG_FILE)
     if config_model(config) and (found := kind_of(config)) is not GLOWTTS:
         what = found.name if found else f"Coqui {config_model(config)!r}"
-        raise UserError(f"{run_dir} is a {what} run, not a GlowTTS run: diagnose judges GlowTTS runs (watch a "
-                        "vocoder's loss_0 and loss_1 in TensorBoard and listen to its EvalAudios)")
+        raise UserError(
+            f"{run_dir} is a {what} run, not a GlowTTS run: diagnose judges GlowTTS runs (watch a "
+            "vocoder's loss_0 and loss_1 in TensorBoard and listen to its EvalAudios)"
+        )
 
 
 @tool(log_level=logging.WARNING)

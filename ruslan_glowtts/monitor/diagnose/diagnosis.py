@@ -22,8 +22,14 @@ from ruslan_glowtts.monitor.events import RunEvents, read_run
 from ruslan_glowtts.monitor.explosion_rules import RuleSettings
 from ruslan_glowtts.training.coqui_compat import AMP_SCALER_TAG
 
-EXIT_CODES = {Verdict.HEALTHY: 0, Verdict.TOO_EARLY: 0, Verdict.WARNING: 1, Verdict.EXPLODING: EXIT_EXPLODED,
-              Verdict.DIVERGED: EXIT_EXPLODED, Verdict.CANNOT_JUDGE: EXIT_USAGE}
+EXIT_CODES = {
+    Verdict.HEALTHY: 0,
+    Verdict.TOO_EARLY: 0,
+    Verdict.WARNING: 1,
+    Verdict.EXPLODING: EXIT_EXPLODED,
+    Verdict.DIVERGED: EXIT_EXPLODED,
+    Verdict.CANNOT_JUDGE: EXIT_USAGE,
+}
 
 
 @dataclass
@@ -65,20 +71,31 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
         # What could be read shows no trouble, but the unread file may hold it: say so, do not guess.
         verdict = Verdict.CANNOT_JUDGE
         reasons = [f"cannot read the event file {path.name}: {why}" for path, why in events.unreadable] + [
-            "the verdict would rest on part of the run's curves only"]
+            "the verdict would rest on part of the run's curves only"
+        ]
     elif events.unreadable:
-        reasons += [f"the event file {path.name} could not be read ({why}); the verdict rests on the others"
-                    for path, why in events.unreadable]
+        reasons += [
+            f"the event file {path.name} could not be read ({why}); the verdict rests on the others"
+            for path, why in events.unreadable
+        ]
 
     next_preset = ctx["next_preset"]
     checkpoint, why_checkpoint = pick_checkpoint(run_dir, onset, diverged=verdict == Verdict.DIVERGED)
     next_cmd = next_command(ctx, next_preset, checkpoint) if next_preset else None
-    ctx.update(checkpoint=str(checkpoint) if checkpoint else None, checkpoint_note=why_checkpoint, onset_step=onset,
-               event_files=[str(path) for path in events.files], ending=ending, thresholds=asdict(rules),
-               unreadable_event_files=[str(path) for path, _ in events.unreadable])
+    ctx.update(
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_note=why_checkpoint,
+        onset_step=onset,
+        event_files=[str(path) for path in events.files],
+        ending=ending,
+        thresholds=asdict(rules),
+        unreadable_event_files=[str(path) for path, _ in events.unreadable],
+    )
     if not ctx["dataset_path"]:
-        reasons.append("the dataset path is unknown (no run.json, no datasets[0].path in config.json): "
-                       "replace DATASET_DIR in the command")
+        reasons.append(
+            "the dataset path is unknown (no run.json, no datasets[0].path in config.json): "
+            "replace DATASET_DIR in the command"
+        )
     for item in ctx["lineage"][:-1]:
         reasons.append(f"continues from {item['run']} (preset {item['preset']})")
     if ctx["lineage"] and ctx["lineage"][-1].get("reason"):
@@ -93,22 +110,29 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
         else:
             dataset = ctx["dataset_path"] or "DATASET_DIR"
             command = PREPARE_HINT.format(src=shlex.quote(dataset))
-            recommendation = (f"{preset_name} is the end of the tier chain: suspect the data; run prepare and read "
-                              "its report (long or mislabelled utterances)")
+            recommendation = (
+                f"{preset_name} is the end of the tier chain: suspect the data; run prepare and read "
+                "its report (long or mislabelled utterances)"
+            )
     elif ending["kind"] == "crashed":
         # Dead, but nothing in the curves says why: never "keep training".
-        recommendation = ("the run is not training any more: read the error it printed; if it was Coqui's "
-                          "`NaN loss`, start the next tier" + (f" ({next_preset})" if next_preset else ""))
+        recommendation = (
+            "the run is not training any more: read the error it printed; if it was Coqui's "
+            "`NaN loss`, start the next tier" + (f" ({next_preset})" if next_preset else "")
+        )
     elif verdict == Verdict.WARNING:
         recommendation = "keep training and diagnose again in a few hundred steps" + (
-            f"; if it turns exploding, switch to {next_preset}" if next_preset else "")
+            f"; if it turns exploding, switch to {next_preset}" if next_preset else ""
+        )
     elif verdict == Verdict.TOO_EARLY:
         recommendation = "keep training and diagnose again later"
     elif verdict == Verdict.CANNOT_JUDGE:
-        recommendation = ("no verdict: copy the run's event files again (or move the corrupt one aside) and "
-                          "diagnose again")
+        recommendation = (
+            "no verdict: copy the run's event files again (or move the corrupt one aside) and diagnose again"
+        )
     else:
         recommendation = "keep training"
     run_info = {key: value for key, value in ctx.items() if not key.startswith("_")}
-    return Diagnosis(run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info,
-                     markers)
+    return Diagnosis(
+        run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info, markers
+    )

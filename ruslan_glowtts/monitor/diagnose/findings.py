@@ -111,9 +111,15 @@ def grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> 
     finite = post_values[good]
 
     stats: dict[str, Any] = {
-        "tag": tag, "measured": measured, "points": len(steps), "first_step": int(steps[0]),
-        "last_step": int(steps[-1]), "steps_per_point": every, "grace_steps": rules.grace_steps,
-        "judged_points": len(post_steps), "nonfinite": int(nonfinite.sum()) if measured else 0,
+        "tag": tag,
+        "measured": measured,
+        "points": len(steps),
+        "first_step": int(steps[0]),
+        "last_step": int(steps[-1]),
+        "steps_per_point": every,
+        "grace_steps": rules.grace_steps,
+        "judged_points": len(post_steps),
+        "nonfinite": int(nonfinite.sum()) if measured else 0,
         "logged_zeros": int(zeros.sum()) if measured else 0,
         "nonfinite_steps": [int(s) for s in steps[nonfinite][:20]] if measured else [],
     }
@@ -122,10 +128,14 @@ def grad_findings(tag: str, series: Series, rules: RuleSettings, fp16: bool) -> 
         above_band, above_limit = finite > rules.healthy_max, finite > rules.grad_norm_limit
         index_of_max = int(np.argmax(np.where(good, post_values, -np.inf)))
         stats.update(
-            median=float(np.median(finite)), p95=float(np.percentile(finite, 95)), max=float(finite.max()),
-            max_step=int(post_steps[index_of_max]), share_above_healthy_max=float(above_band.mean()),
-            share_above_limit=float(above_limit.mean()), points_above_limit=int(above_limit.sum()),
-            recent_median=float(np.median(finite[-rules.for_points(every).level_window:])),
+            median=float(np.median(finite)),
+            p95=float(np.percentile(finite, 95)),
+            max=float(finite.max()),
+            max_step=int(post_steps[index_of_max]),
+            share_above_healthy_max=float(above_band.mean()),
+            share_above_limit=float(above_limit.mean()),
+            points_above_limit=int(above_limit.sum()),
+            recent_median=float(np.median(finite[-rules.for_points(every).level_window :])),
             first_above_limit_step=int(post_steps[good][above_limit][0]) if above_limit.any() else None,
         )
     all_values = np.where(nonfinite | calibration, np.nan, values) if measured else values
@@ -137,8 +147,9 @@ def replay_rules(grad: GradFindings, loss: Series | None, rules: RuleSettings) -
     losses = dict(zip(loss.steps.tolist(), loss.values.tolist(), strict=True)) if loss is not None else {}
     detector = Detector(rules.for_points(grad.every), realarm_after=1, unit="points")
     alarms: list[Alarm] = []
-    for step, value, skip in zip(grad.all_steps.tolist(), grad.all_values.tolist(), grad.calibration.tolist(),
-                                 strict=True):
+    for step, value, skip in zip(
+        grad.all_steps.tolist(), grad.all_values.tolist(), grad.calibration.tolist(), strict=True
+    ):
         if not skip:
             alarms += detector.observe(step, value, losses.get(step))
     return alarms
@@ -147,22 +158,33 @@ def replay_rules(grad: GradFindings, loss: Series | None, rules: RuleSettings) -
 def add_grad_shape(grad: GradFindings, alarms: list[Alarm], rules: RuleSettings) -> None:
     """Trend, jumps and spikes of grad_norm, as the rules saw them (into grad.stats)."""
     stats = grad.stats
-    stats.update(trend_growth=None, trend_rising=False, trend_points=0, trend_steps=0, jumps=[], spikes=0,
-                 spike_steps=[])
+    stats.update(
+        trend_growth=None, trend_rising=False, trend_points=0, trend_steps=0, jumps=[], spikes=0, spike_steps=[]
+    )
     ok = ~np.isnan(grad.log)
     steps, logs = grad.steps[ok], grad.log[ok]
     if len(logs) >= 8:
         # Growth of the last quarter's median over the first's, over the trend window (the trend rule's measure).
         window = min(rules.for_points(grad.every).trend_window, len(logs))
         first, last, rising = quarter_growth(logs[-window:] * math.log(10))
-        stats.update(trend_growth=last / first, trend_rising=rising, trend_points=window,
-                     trend_steps=int(steps[-1] - steps[-window]))
+        stats.update(
+            trend_growth=last / first,
+            trend_rising=rising,
+            trend_points=window,
+            trend_steps=int(steps[-1] - steps[-window]),
+        )
     previous = None
     apart = rules.for_points(grad.every).jump_window * grad.every  # firings closer than this are one jump
     for alarm in alarms:
         if alarm.kind == "jump" and (previous is None or alarm.step - previous > apart):
-            stats["jumps"].append({"step": alarm.step, "from": alarm.data["from"], "to": alarm.data["to"],
-                                   "factor": alarm.data["to"] / alarm.data["from"]})
+            stats["jumps"].append(
+                {
+                    "step": alarm.step,
+                    "from": alarm.data["from"],
+                    "to": alarm.data["to"],
+                    "factor": alarm.data["to"] / alarm.data["from"],
+                }
+            )
         previous = alarm.step if alarm.kind == "jump" else previous
     spikes = [alarm.step for alarm in alarms if alarm.kind == "spike"]
     stats.update(spikes=len(spikes), spike_steps=spikes[:20])
@@ -180,13 +202,18 @@ def loss_findings(series: Series, rules: RuleSettings, every: int) -> dict[str, 
     if keep.sum() < 6:
         keep = ~nonfinite
     x, y = steps[keep], values[keep]
-    stats: dict[str, Any] = {"tag": LOSS_TAG, "points": len(steps), "nonfinite": int(nonfinite.sum()),
-                             "last_finite": not bool(nonfinite[-1]), "trend_change": None, "spikes": 0}
+    stats: dict[str, Any] = {
+        "tag": LOSS_TAG,
+        "points": len(steps),
+        "nonfinite": int(nonfinite.sum()),
+        "last_finite": not bool(nonfinite[-1]),
+        "trend_change": None,
+        "spikes": 0,
+    }
     if len(y) == 0:
         return stats
     edge = max(1, min(rules.for_points(every).level_window, len(y) // 3))
-    stats.update(start=float(np.median(y[:edge])), end=float(np.median(y[-edge:])), last=float(y[-1]),
-                 edge_points=edge)
+    stats.update(start=float(np.median(y[:edge])), end=float(np.median(y[-edge:])), last=float(y[-1]), edge_points=edge)
     if len(y) < 6:
         return stats
     # Loss can be negative (GlowTTS's log-likelihood term), so its trend is linear, not log.
@@ -195,9 +222,13 @@ def loss_findings(series: Series, rules: RuleSettings, every: int) -> dict[str, 
     residuals = y - centered_median(y, 8)
     sigma = robust_sigma(residuals)
     spike = residuals > rules.spike_z * sigma if sigma > 0 else np.zeros_like(residuals, dtype=bool)
-    stats.update(trend_change=resistant_slope(trend_x, trend_y) * float(trend_x[-1] - trend_x[0]),
-                 trend_points=len(trend_x), noise_sigma=sigma, spikes=int(spike.sum()),
-                 spike_steps=[int(s) for s in x[spike][:20]])
+    stats.update(
+        trend_change=resistant_slope(trend_x, trend_y) * float(trend_x[-1] - trend_x[0]),
+        trend_points=len(trend_x),
+        noise_sigma=sigma,
+        spikes=int(spike.sum()),
+        spike_steps=[int(s) for s in x[spike][:20]],
+    )
     return stats
 
 
@@ -212,8 +243,14 @@ def eval_findings(series: Series) -> dict[str, Any]:
             if current <= previous:
                 break
             rising += 1
-        stats.update(first=float(values[0]), best=float(values[best]), best_step=int(steps[best]),
-                     last=float(values[-1]), last_step=int(steps[-1]), rising_evals=rising)
+        stats.update(
+            first=float(values[0]),
+            best=float(values[best]),
+            best_step=int(steps[best]),
+            last=float(values[-1]),
+            last_step=int(steps[-1]),
+            rising_evals=rising,
+        )
     return stats
 
 

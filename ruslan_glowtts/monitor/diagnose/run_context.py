@@ -46,11 +46,19 @@ def run_ending(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     status, message, step = record.status, record.message.strip(), record.final_step
     if status in ("crashed", "bad_data"):  # bad_data: too many samples failed to load
         kind = "nan_loss" if mentions_nan_loss(message) else "crashed"
-        return {"kind": kind, "source": RUN_META, "step": step,
-                "text": f"a crash: {message.splitlines()[0] if message else 'no message'} ({RUN_META})"}
+        return {
+            "kind": kind,
+            "source": RUN_META,
+            "step": step,
+            "text": f"a crash: {message.splitlines()[0] if message else 'no message'} ({RUN_META})",
+        }
     if status == "exploded":
-        return {"kind": "guard_stop", "source": RUN_META, "step": step,
-                "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} ({RUN_META})"}
+        return {
+            "kind": "guard_stop",
+            "source": RUN_META,
+            "step": step,
+            "text": f"the health guard's stop: {message.splitlines()[0] if message else ''} ({RUN_META})",
+        }
     if status in ("finished", "max_steps", "interrupted", "terminated"):
         kind = "interrupted" if status in ("interrupted", "terminated") else "finished"
         return {"kind": kind, "source": RUN_META, "step": step, "text": f"{status} at step {step} ({RUN_META})"}
@@ -68,19 +76,35 @@ def run_ending(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     steps = _STEP_RE.findall(tail)
     step = int(steps[-1]) if steps else None
     if match := NAN_LOSS_LOG_PATTERN.search(tail):
-        return {"kind": "nan_loss", "source": log.name, "step": step,
-                "text": f"Coqui's `NaN loss with {match.group(1)}` error ({log.name})"}
+        return {
+            "kind": "nan_loss",
+            "source": log.name,
+            "step": step,
+            "text": f"Coqui's `NaN loss with {match.group(1)}` error ({log.name})",
+        }
     if "Traceback (most recent call last)" in tail:
         errors = _ERROR_RE.findall(tail)
-        return {"kind": "crashed", "source": log.name, "step": step,
-                "text": f"an exception: {errors[-1] if errors else 'see the traceback'} ({log.name})"}
+        return {
+            "kind": "crashed",
+            "source": log.name,
+            "step": step,
+            "text": f"an exception: {errors[-1] if errors else 'see the traceback'} ({log.name})",
+        }
     if "Keyboard interrupt detected" in tail:
         return {"kind": "interrupted", "source": log.name, "step": step, "text": f"Ctrl-C ({log.name})"}
     if "! Run is kept in" in tail:
-        return {"kind": "crashed", "source": log.name, "step": step,
-                "text": f"an exception (Coqui kept the folder; the error itself went to the console) ({log.name})"}
-    return {"kind": "unknown", "source": log.name, "step": step,
-            "text": f"not recorded: still running, or killed ({log.name} has no ending)"}
+        return {
+            "kind": "crashed",
+            "source": log.name,
+            "step": step,
+            "text": f"an exception (Coqui kept the folder; the error itself went to the console) ({log.name})",
+        }
+    return {
+        "kind": "unknown",
+        "source": log.name,
+        "step": step,
+        "text": f"not recorded: still running, or killed ({log.name} has no ending)",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,16 +139,25 @@ def infer_tier(config: dict[str, Any]) -> tuple[str | None, list[str], str]:
     effective_clip = clip if clip > 0 else math.inf  # 0 disables clipping
     tiers = tier_chain(load_preset("default"))
     for i, preset in enumerate(tiers):
-        if (math.isclose(_override(preset, "lr"), lr, rel_tol=1e-6)
-                and math.isclose(_override(preset, "grad_clip"), clip, rel_tol=1e-6)):
-            return (preset.name, [later.name for later in tiers[i + 1:]],
-                    f"lr {lr:g} and grad_clip {clip:g} match preset {preset.name}")
+        if math.isclose(_override(preset, "lr"), lr, rel_tol=1e-6) and math.isclose(
+            _override(preset, "grad_clip"), clip, rel_tol=1e-6
+        ):
+            return (
+                preset.name,
+                [later.name for later in tiers[i + 1 :]],
+                f"lr {lr:g} and grad_clip {clip:g} match preset {preset.name}",
+            )
     for i, preset in enumerate(tiers):
         preset_lr, preset_clip = _override(preset, "lr"), _override(preset, "grad_clip")
         if preset_lr <= lr and preset_clip <= effective_clip and (preset_lr < lr or preset_clip < effective_clip):
-            return None, [later.name for later in tiers[i:]], (
-                f"lr {lr:g}, grad_clip {clip:g}: the first safer tier of "
-                f"{' -> '.join(tier.name for tier in tiers)} is {preset.name}")
+            return (
+                None,
+                [later.name for later in tiers[i:]],
+                (
+                    f"lr {lr:g}, grad_clip {clip:g}: the first safer tier of "
+                    f"{' -> '.join(tier.name for tier in tiers)} is {preset.name}"
+                ),
+            )
     return None, [], f"lr {lr:g}, grad_clip {clip:g} are already at or below the last tier's values"
 
 
@@ -151,15 +184,23 @@ def pick_checkpoint(run_dir: Path, onset: int | None, diverged: bool = False) ->
             return before[-1][1], f"from the last checkpoint saved before the trouble began (step {onset})"
         if diverged:  # weights saved after a divergence are no starting point
             return None, f"from scratch: every checkpoint was saved after the run diverged (step {onset})"
-        return found[-1][1], (f"from the last checkpoint, saved after the trouble began (step {onset}); if the new "
-                              "run explodes at once, start it without --restore-path")
+        return found[-1][1], (
+            f"from the last checkpoint, saved after the trouble began (step {onset}); if the new "
+            "run explodes at once, start it without --restore-path"
+        )
     return found[-1][1], "from the run's last checkpoint"
 
 
 def lineage(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
     """This run and the runs it continues from (run.json parent_run links), oldest first."""
-    chain = [{"run": str(run_dir), "preset": record.preset, "escalation_index": record.escalation_index,
-              "reason": record.reason}]
+    chain = [
+        {
+            "run": str(run_dir),
+            "preset": record.preset,
+            "escalation_index": record.escalation_index,
+            "reason": record.reason,
+        }
+    ]
     seen = {run_dir.resolve()}
     while parent := record.parent_run:
         path = Path(parent)
@@ -167,8 +208,15 @@ def lineage(run_dir: Path, record: RunRecord) -> list[dict[str, Any]]:
             break
         seen.add(path.resolve())
         record = RunRecord.read(path)
-        chain.append({"run": str(path), "preset": record.preset, "escalation_index": record.escalation_index,
-                      "reason": record.reason, "exists": path.is_dir()})
+        chain.append(
+            {
+                "run": str(path),
+                "preset": record.preset,
+                "escalation_index": record.escalation_index,
+                "reason": record.reason,
+                "exists": path.is_dir(),
+            }
+        )
     return chain[::-1]
 
 
@@ -177,10 +225,16 @@ def run_context(run_dir: Path) -> dict[str, Any]:
     with `_` (run.json, config.json as read) stay out of the report."""
     record = RunRecord.read(run_dir)
     config = read_json(run_dir / CONFIG_FILE)
-    ctx: dict[str, Any] = {"dir": str(run_dir), "has_run_json": record.exists, "preset": record.preset,
-                           "status": record.status or None, "final_step": record.final_step,
-                           "lr": config.get("lr"), "grad_clip": config.get("grad_clip"),
-                           "fp16": bool(config.get("mixed_precision")) and config.get("precision", "fp16") == "fp16"}
+    ctx: dict[str, Any] = {
+        "dir": str(run_dir),
+        "has_run_json": record.exists,
+        "preset": record.preset,
+        "status": record.status or None,
+        "final_step": record.final_step,
+        "lr": config.get("lr"),
+        "grad_clip": config.get("grad_clip"),
+        "fp16": bool(config.get("mixed_precision")) and config.get("precision", "fp16") == "fp16",
+    }
     chain: list[str] | None = record.tier_chain
     if record.preset and not chain:
         try:
@@ -191,8 +245,12 @@ def run_context(run_dir: Path) -> dict[str, Any]:
         ctx.update(tier_chain=chain, next_preset=chain[1] if len(chain) > 1 else None, tier_source=RUN_META)
     else:
         current, after, why = infer_tier(config)
-        ctx.update(preset=current, tier_chain=([current] if current else []) + after,
-                   next_preset=after[0] if after else None, tier_source=f"config.json: {why}")
+        ctx.update(
+            preset=current,
+            tier_chain=([current] if current else []) + after,
+            next_preset=after[0] if after else None,
+            tier_source=f"config.json: {why}",
+        )
     datasets = config.get("datasets") if isinstance(config.get("datasets"), list) else []
     from_config = datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None
     ctx["dataset_path"] = record.dataset_path or from_config or None

@@ -155,8 +155,9 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     log_p, log_q = math.log(p), math.log1p(-p)
     total = 0.0
     for i in range(k, n + 1):
-        total += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
-                          + (n - i) * log_q)
+        total += math.exp(
+            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        )
     return min(total, 1.0)
 
 
@@ -192,17 +193,30 @@ def _spike_suspects(ledger: Ledger, s: SuspectSettings) -> tuple[list[dict[str, 
         lift = f / (n * share)
         p_value = min(1.0, binomial_tail(f, n, share) * tested)
         if lift >= s.min_lift and p_value <= s.p_list:
-            kinds = Counter(kind for b in np.unique(pairs[1][(pairs[0] == u) & flagged_batches[pairs[1]]])
-                            for kind, *_ in ledger.flags[int(b)])
-            rows.append({"id": ledger.ids[u], "in_flagged": f, "seen": n, "expected": n * share, "lift": lift,
-                         "p_corrected": p_value, "kinds": dict(kinds)})
+            kinds = Counter(
+                kind
+                for b in np.unique(pairs[1][(pairs[0] == u) & flagged_batches[pairs[1]]])
+                for kind, *_ in ledger.flags[int(b)]
+            )
+            rows.append(
+                {
+                    "id": ledger.ids[u],
+                    "in_flagged": f,
+                    "seen": n,
+                    "expected": n * share,
+                    "lift": lift,
+                    "p_corrected": p_value,
+                    "kinds": dict(kinds),
+                }
+            )
     rows.sort(key=lambda row: (row["p_corrected"], -row["lift"]))
     # Utterances that were always batched together (a tiny corpus bucketed by length keeps its
     # batches) cannot be told apart by the ledger: say so instead of guessing.
     batches_of = {row["id"]: frozenset(pairs[1][pairs[0] == ledger.ids.index(row["id"])].tolist()) for row in rows}
     for row in rows:
-        row["same_batches_as"] = [other["id"] for other in rows
-                                  if other is not row and batches_of[other["id"]] == batches_of[row["id"]]]
+        row["same_batches_as"] = [
+            other["id"] for other in rows if other is not row and batches_of[other["id"]] == batches_of[row["id"]]
+        ]
     return rows, float(share)
 
 
@@ -234,9 +248,11 @@ def _loss_scores(ledger: Ledger, s: SuspectSettings) -> dict[str, Any]:
     for term in ("nll", "dur"):
         stats[f"z_{term}"] = np.bincount(utt, weights=z[term], minlength=n_ids) / np.maximum(seen, 1)
         late_seen = np.bincount(utt[late], minlength=n_ids)
-        stats[f"late_{term}"] = np.where(late_seen > 0, np.bincount(utt[late], weights=z[term][late],
-                                                                     minlength=n_ids) / np.maximum(late_seen, 1),
-                                         np.nan)
+        stats[f"late_{term}"] = np.where(
+            late_seen > 0,
+            np.bincount(utt[late], weights=z[term][late], minlength=n_ids) / np.maximum(late_seen, 1),
+            np.nan,
+        )
         # Spread across windows (cartography's variability): std of the utterance's per-window mean z.
         sums = np.zeros((n_ids, max(windows, 1)))
         count = np.zeros((n_ids, max(windows, 1)))
@@ -250,20 +266,33 @@ def _loss_scores(ledger: Ledger, s: SuspectSettings) -> dict[str, Any]:
     return {"warmup": warmup, "windows": windows, "corpus": corpus, "stats": stats}
 
 
-def _loss_outliers(ledger: Ledger, scores: dict[str, Any], s: SuspectSettings,
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+def _loss_outliers(
+    ledger: Ledger,
+    scores: dict[str, Any],
+    s: SuspectSettings,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     st = scores["stats"]
     judged = np.flatnonzero(st["seen"] >= s.min_seen) if scores["windows"] >= s.min_windows else np.zeros(0, int)
     rows: list[dict[str, Any]] = []
     for u in judged:
         term = "nll" if abs(st["z_nll"][u]) >= abs(st["z_dur"][u]) else "dur"
         z, late = float(st[f"z_{term}"][u]), float(st[f"late_{term}"][u])
-        rows.append({"id": ledger.ids[u], "score": abs(z), "term": term, "direction": "above" if z > 0 else "below",
-                     "z_nll": float(st["z_nll"][u]), "z_dur": float(st["z_dur"][u]),
-                     "late_nll": float(st["late_nll"][u]), "late_dur": float(st["late_dur"][u]),
-                     "spread_nll": float(st["spread_nll"][u]), "spread_dur": float(st["spread_dur"][u]),
-                     "seen": int(st["seen"][u]),
-                     "stays": bool(math.isfinite(late) and late * z > 0)})
+        rows.append(
+            {
+                "id": ledger.ids[u],
+                "score": abs(z),
+                "term": term,
+                "direction": "above" if z > 0 else "below",
+                "z_nll": float(st["z_nll"][u]),
+                "z_dur": float(st["z_dur"][u]),
+                "late_nll": float(st["late_nll"][u]),
+                "late_dur": float(st["late_dur"][u]),
+                "spread_nll": float(st["spread_nll"][u]),
+                "spread_dur": float(st["spread_dur"][u]),
+                "seen": int(st["seen"][u]),
+                "stays": bool(math.isfinite(late) and late * z > 0),
+            }
+        )
     rows.sort(key=lambda row: -row["score"])
     listed = [row for row in rows if row["score"] >= s.z_list and row["stays"]]
     return listed, rows[:RANKED], len(judged)
@@ -308,12 +337,21 @@ def _join_facts(rows: list[dict[str, Any]], ledger: Ledger, facts: tuple, audio:
         mine = ledger.utt == u
         seconds = float(np.median(ledger.mel_len[mine])) * hop / rate if mine.any() else math.nan
         text = texts.get(row["id"])
-        row.update(duration_s=seconds, problems=problems.get(row["id"], []), text=text,
-                   chars_per_s=len(text) / seconds if text and seconds > 0 else None)
+        row.update(
+            duration_s=seconds,
+            problems=problems.get(row["id"], []),
+            text=text,
+            chars_per_s=len(text) / seconds if text and seconds > 0 else None,
+        )
 
 
-def find_suspects(run_dirs: list[Path], *, dataset: str | None = None, audio: dict[str, Any] | None = None,
-                  settings: SuspectSettings = SuspectSettings()) -> Suspects | None:
+def find_suspects(
+    run_dirs: list[Path],
+    *,
+    dataset: str | None = None,
+    audio: dict[str, Any] | None = None,
+    settings: SuspectSettings = SuspectSettings(),
+) -> Suspects | None:
     """The suspects of these runs (and of their escalation chains); None when none has a ledger."""
     runs: dict[Path, None] = {}
     for run_dir in run_dirs:
@@ -328,8 +366,25 @@ def find_suspects(run_dirs: list[Path], *, dataset: str | None = None, audio: di
     if ledger.flagged_without_batch:
         notes.append(f"{ledger.flagged_without_batch} flag(s) for updates whose batch is not in the ledger")
     if not ledger.observations:
-        return Suspects([str(r) for r in runs], [str(f) for f in files], 0, 0, 0, (0, 0), 0, 0, 0, {}, {}, [], [], [],
-                        "too little data", "the ledger holds no batch yet", notes)
+        return Suspects(
+            [str(r) for r in runs],
+            [str(f) for f in files],
+            0,
+            0,
+            0,
+            (0, 0),
+            0,
+            0,
+            0,
+            {},
+            {},
+            [],
+            [],
+            [],
+            "too little data",
+            "the ledger holds no batch yet",
+            notes,
+        )
     spikes, share = _spike_suspects(ledger, s)
     scores = _loss_scores(ledger, s)
     outliers, ranking, judged = _loss_outliers(ledger, scores, s)
@@ -342,35 +397,60 @@ def find_suspects(run_dirs: list[Path], *, dataset: str | None = None, audio: di
     most_seen = int(scores["stats"]["seen"].max()) if len(scores["stats"]["seen"]) else 0
     if outliers or spikes:
         evidence = "strong" if strong_loss or strong_spike else "weak"
-        why = [f"a loss |z| of {s.z_strong:g} or more"] * strong_loss + \
-            [f"a spike suspect's corrected p below {s.p_strong:.1%}"] * strong_spike
-        text = (f"strong evidence: {' and '.join(why)}" if why else
-                f"weak evidence: listed, but no loss |z| reaches {s.z_strong:g} and no spike suspect's corrected p "
-                f"is below {s.p_strong:.1%}: listen before excluding")
+        why = [f"a loss |z| of {s.z_strong:g} or more"] * strong_loss + [
+            f"a spike suspect's corrected p below {s.p_strong:.1%}"
+        ] * strong_spike
+        text = (
+            f"strong evidence: {' and '.join(why)}"
+            if why
+            else f"weak evidence: listed, but no loss |z| reaches {s.z_strong:g} and no spike suspect's corrected p "
+            f"is below {s.p_strong:.1%}: listen before excluding"
+        )
     elif judged == 0:
         evidence = "too little data"
-        text = (f"too little data: {scores['windows']} pass(es) over the corpus after the warm-up (step "
-                f"{scores['warmup']}), each utterance seen at most {most_seen} time(s) there; the loss lists need "
-                f"{s.min_windows} passes and {s.min_seen} sightings")
+        text = (
+            f"too little data: {scores['windows']} pass(es) over the corpus after the warm-up (step "
+            f"{scores['warmup']}), each utterance seen at most {most_seen} time(s) there; the loss lists need "
+            f"{s.min_windows} passes and {s.min_seen} sightings"
+        )
     else:
         evidence = "none"
-        text = (f"none: no utterance's loss stays {s.z_list:g} robust z from the corpus ({judged} judged), "
-                + ("and no utterance is in the flagged updates more often than chance"
-                   if flagged else "and no update was flagged"))
+        text = f"none: no utterance's loss stays {s.z_list:g} robust z from the corpus ({judged} judged), " + (
+            "and no utterance is in the flagged updates more often than chance"
+            if flagged
+            else "and no update was flagged"
+        )
     result = Suspects(
-        runs=[str(r) for r in runs], files=[str(f) for f in files], observations=ledger.observations,
-        batches=ledger.batches, utterances=len(ledger.ids), steps=(int(ledger.step.min()), int(ledger.step.max())),
-        warmup_step=scores["warmup"], windows=scores["windows"], flagged=flagged, flag_kinds=dict(kinds),
-        corpus=scores["corpus"], loss_outliers=outliers, spike_suspects=spikes, ranking=ranking, evidence=evidence,
-        evidence_text=text, notes=notes)
+        runs=[str(r) for r in runs],
+        files=[str(f) for f in files],
+        observations=ledger.observations,
+        batches=ledger.batches,
+        utterances=len(ledger.ids),
+        steps=(int(ledger.step.min()), int(ledger.step.max())),
+        warmup_step=scores["warmup"],
+        windows=scores["windows"],
+        flagged=flagged,
+        flag_kinds=dict(kinds),
+        corpus=scores["corpus"],
+        loss_outliers=outliers,
+        spike_suspects=spikes,
+        ranking=ranking,
+        evidence=evidence,
+        evidence_text=text,
+        notes=notes,
+    )
     result.datamap = {"ids": ledger.ids, **{k: v for k, v in scores["stats"].items()}}
     if share and not spikes:
-        result.notes.append(f"{flagged} of {ledger.batches} updates flagged ({share:.1%}); no utterance is in "
-                            "them more often than chance")
+        result.notes.append(
+            f"{flagged} of {ledger.batches} updates flagged ({share:.1%}); no utterance is in "
+            "them more often than chance"
+        )
     groups = {tuple(sorted([row["id"], *row["same_batches_as"]])) for row in spikes if row["same_batches_as"]}
-    result.notes += [f"{', '.join(group)} were always in the same batches: the ledger cannot tell which of them "
-                     "it is (listen to them, or train with --set bucket_by_length=false to mix the batches)"
-                     for group in sorted(groups)]
+    result.notes += [
+        f"{', '.join(group)} were always in the same batches: the ledger cannot tell which of them "
+        "it is (listen to them, or train with --set bucket_by_length=false to mix the batches)"
+        for group in sorted(groups)
+    ]
     return result
 
 
@@ -379,8 +459,10 @@ def _reason(row: dict[str, Any]) -> str:
         what = "per-frame NLL" if row["term"] == "nll" else "duration loss"
         text = f"loss outlier: {what} {row['direction']} the corpus, z {row['score']:.1f}, seen {row['seen']}x"
     else:
-        text = (f"spike suspect: in {row['in_flagged']} of {row['seen']} flagged updates' batches, lift "
-                f"{row['lift']:.1f}, corrected p {row['p_corrected']:.2g}")
+        text = (
+            f"spike suspect: in {row['in_flagged']} of {row['seen']} flagged updates' batches, lift "
+            f"{row['lift']:.1f}, corrected p {row['p_corrected']:.2g}"
+        )
     if row.get("problems"):
         text += f"; prepare: {', '.join(row['problems'])}"
     return text
@@ -390,9 +472,13 @@ def write_suspects_file(suspects: Suspects, path: Path) -> bool:
     """suspects.txt: one id per line, the reason after #; the ids the run already left out
     (--exclude-utterances) follow, so one file keeps both. False (and a warning) when the
     folder cannot be written (a read-only copy of a run)."""
-    lines = [f"# Suspect utterances, written by python -m ruslan_glowtts.diagnose (evidence: {suspects.evidence}).",
-             ("# One id per line; delete a line to keep that utterance. Use with: train_ruslan_glowtts.py "
-             "--exclude-utterances FILE, or prepare --exclude FILE.")]
+    lines = [
+        f"# Suspect utterances, written by python -m ruslan_glowtts.diagnose (evidence: {suspects.evidence}).",
+        (
+            "# One id per line; delete a line to keep that utterance. Use with: train_ruslan_glowtts.py "
+            "--exclude-utterances FILE, or prepare --exclude FILE."
+        ),
+    ]
     rows: dict[str, str] = {}
     for row in suspects.loss_outliers + suspects.spike_suspects:
         rows[row["id"]] = rows[row["id"]] + "; " + _reason(row) if row["id"] in rows else _reason(row)
@@ -400,12 +486,13 @@ def write_suspects_file(suspects: Suspects, path: Path) -> bool:
     earlier = suspects.previously_excluded or {}
     for id_ in earlier.get("ids", []):
         if id_ not in rows:
-            lines.append(f"{id_}  # excluded already by {earlier.get('file')} (sha256 {str(earlier.get('sha256'))[:12]})")
+            lines.append(
+                f"{id_}  # excluded already by {earlier.get('file')} (sha256 {str(earlier.get('sha256'))[:12]})"
+            )
     try:
         write_text(path, "\n".join(lines) + "\n")
     except OSError as exc:
-        logger.warning("warning: cannot write %s (%s): the suspects are in this output only", path,
-                       exc.strerror or exc)
+        logger.warning("warning: cannot write %s (%s): the suspects are in this output only", path, exc.strerror or exc)
         return False
     return True
 
@@ -415,7 +502,7 @@ def with_exclusion(command: str, path: str) -> str:
     parts = shlex.split(command)
     if "--exclude-utterances" in parts:
         i = parts.index("--exclude-utterances")
-        del parts[i: i + 2]
+        del parts[i : i + 2]
     return shlex.join(parts + ["--exclude-utterances", path])
 
 
@@ -430,28 +517,49 @@ def check_run_dir(path: Path) -> Path:
 
 
 def no_ledger(run_dirs: list[Path]) -> Suspects:
-    return Suspects([str(r) for r in run_dirs], [], 0, 0, 0, (0, 0), 0, 0, 0, {}, {}, [], [], [], "no ledger",
-                    "no ledger: these runs hold no ledger_rank*.tsv (stock Coqui runs and runs of kit versions "
-                    "before the ledger have none), so no utterance can be blamed")
+    return Suspects(
+        [str(r) for r in run_dirs],
+        [],
+        0,
+        0,
+        0,
+        (0, 0),
+        0,
+        0,
+        0,
+        {},
+        {},
+        [],
+        [],
+        [],
+        "no ledger",
+        "no ledger: these runs hold no ledger_rank*.tsv (stock Coqui runs and runs of kit versions "
+        "before the ledger have none), so no utterance can be blamed",
+    )
 
 
-def attach(diagnosis: Any, extra_runs: list[Path], *, write: bool = True,
-           settings: SuspectSettings = SuspectSettings()) -> Suspects:
+def attach(
+    diagnosis: Any, extra_runs: list[Path], *, write: bool = True, settings: SuspectSettings = SuspectSettings()
+) -> Suspects:
     """Find the suspects of the diagnosed run (its chain, and `extra_runs`), write suspects.txt into
     its folder, and put the exclusion into the next command when the evidence is strong."""
     from ruslan_glowtts.common.next_steps import carried_flags
 
     run = diagnosis.run
     config = _read_json(diagnosis.run_dir / "config.json")
-    suspects = find_suspects([diagnosis.run_dir, *extra_runs], dataset=run.get("dataset_path"),
-                             audio=config.get("audio") if isinstance(config.get("audio"), dict) else {},
-                             settings=settings)
+    suspects = find_suspects(
+        [diagnosis.run_dir, *extra_runs],
+        dataset=run.get("dataset_path"),
+        audio=config.get("audio") if isinstance(config.get("audio"), dict) else {},
+        settings=settings,
+    )
     if suspects is None:
         diagnosis.suspects = no_ledger([diagnosis.run_dir, *extra_runs])
         return diagnosis.suspects
     meta = _read_meta(diagnosis.run_dir)
-    suspects.previously_excluded = meta.get("exclude_utterances") if isinstance(meta.get("exclude_utterances"),
-                                                                                dict) else None
+    suspects.previously_excluded = (
+        meta.get("exclude_utterances") if isinstance(meta.get("exclude_utterances"), dict) else None
+    )
     if write and suspects.listed:
         path = diagnosis.run_dir / SUSPECTS_FILE
         if write_suspects_file(suspects, path):
@@ -468,17 +576,34 @@ def attach(diagnosis: Any, extra_runs: list[Path], *, write: bool = True,
             from ruslan_glowtts.monitor.diagnose.run_context import checkpoints
 
             found = checkpoints(diagnosis.run_dir)
-            parts = ["python", "train_ruslan_glowtts.py", "--preset", preset, "--dataset-path",
-                     run.get("dataset_path") or "DATASET_DIR"]
+            parts = [
+                "python",
+                "train_ruslan_glowtts.py",
+                "--preset",
+                preset,
+                "--dataset-path",
+                run.get("dataset_path") or "DATASET_DIR",
+            ]
             parts += ["--restore-path", str(found[-1][1])] if found else []
             overrides = [o for o in meta.get("overrides") or [] if isinstance(o, dict)]
-            suspects.command = with_exclusion(shlex.join(parts + carried_flags(overrides, None)),
-                                              suspects.suspects_file)
+            suspects.command = with_exclusion(
+                shlex.join(parts + carried_flags(overrides, None)), suspects.suspects_file
+            )
         report = _dataset_facts(run.get("dataset_path"))[2]
         if report.get("source") and report.get("destination"):
-            suspects.prepare_command = shlex.join(["python", "-m", "ruslan_glowtts.prepare", "--src", report["source"],
-                                                   "--dst", report["destination"], "--exclude",
-                                                   suspects.suspects_file])
+            suspects.prepare_command = shlex.join(
+                [
+                    "python",
+                    "-m",
+                    "ruslan_glowtts.prepare",
+                    "--src",
+                    report["source"],
+                    "--dst",
+                    report["destination"],
+                    "--exclude",
+                    suspects.suspects_file,
+                ]
+            )
     diagnosis.suspects = suspects
     return suspects
 
@@ -508,31 +633,42 @@ def format_section(s: Suspects) -> list[str]:
     if not s.files:
         return [f"Suspects: {s.evidence_text}"]
     runs = f"{len(s.runs)} run{'s' if len(s.runs) > 1 else ''}"
-    lines = [f"Suspects: {s.evidence_text}",
-             f"          ledger of {runs}: {s.observations} sightings of {s.utterances} utterances in {s.batches} "
-             f"updates, steps {s.steps[0]}-{s.steps[1]}; {s.flagged} update(s) flagged"
-             + (f" ({', '.join(f'{k} {n}' for k, n in sorted(s.flag_kinds.items()))})" if s.flag_kinds else "")]
+    lines = [
+        f"Suspects: {s.evidence_text}",
+        f"          ledger of {runs}: {s.observations} sightings of {s.utterances} utterances in {s.batches} "
+        f"updates, steps {s.steps[0]}-{s.steps[1]}; {s.flagged} update(s) flagged"
+        + (f" ({', '.join(f'{k} {n}' for k, n in sorted(s.flag_kinds.items()))})" if s.flag_kinds else ""),
+    ]
     if s.corpus.get("nll"):
-        lines.append(f"          after step {s.warmup_step} ({s.windows} passes): corpus median NLL "
-                     f"{s.corpus['nll'][0]:.3g} -> {s.corpus['nll'][1]:.3g}, duration loss {s.corpus['dur'][0]:.3g}"
-                     f" -> {s.corpus['dur'][1]:.3g}")
+        lines.append(
+            f"          after step {s.warmup_step} ({s.windows} passes): corpus median NLL "
+            f"{s.corpus['nll'][0]:.3g} -> {s.corpus['nll'][1]:.3g}, duration loss {s.corpus['dur'][0]:.3g}"
+            f" -> {s.corpus['dur'][1]:.3g}"
+        )
     if s.loss_outliers:
         lines.append("  loss outliers (robust z against the corpus, mean after the warm-up; late = last third):")
-        lines.append(f"    {'id':16s} {'z NLL':>6s} {'z dur':>6s} {'late':>6s} {'seen':>4s} {'sec':>5s} "
-                     f"{'chars/s':>7s}  prepare / text")
+        lines.append(
+            f"    {'id':16s} {'z NLL':>6s} {'z dur':>6s} {'late':>6s} {'seen':>4s} {'sec':>5s} "
+            f"{'chars/s':>7s}  prepare / text"
+        )
         for row in s.loss_outliers:
             late = row[f"late_{row['term']}"]
-            lines.append(f"    {row['id']:16s} {row['z_nll']:6.1f} {row['z_dur']:6.1f} {late:6.1f} {row['seen']:4d} "
-                         f"{_num(row.get('duration_s')):>5s} {_num(row.get('chars_per_s')):>7s}  "
-                         f"{', '.join(row.get('problems') or []) or '-'} | {_text(row)}")
+            lines.append(
+                f"    {row['id']:16s} {row['z_nll']:6.1f} {row['z_dur']:6.1f} {late:6.1f} {row['seen']:4d} "
+                f"{_num(row.get('duration_s')):>5s} {_num(row.get('chars_per_s')):>7s}  "
+                f"{', '.join(row.get('problems') or []) or '-'} | {_text(row)}"
+            )
     if s.spike_suspects:
         lines.append("  spike suspects (in flagged updates more often than chance):")
-        lines.append(f"    {'id':16s} {'flagged':>7s} {'seen':>5s} {'lift':>5s} {'p corr':>7s} {'sec':>5s}  "
-                     "prepare / text")
+        lines.append(
+            f"    {'id':16s} {'flagged':>7s} {'seen':>5s} {'lift':>5s} {'p corr':>7s} {'sec':>5s}  prepare / text"
+        )
         for row in s.spike_suspects:
-            lines.append(f"    {row['id']:16s} {row['in_flagged']:7d} {row['seen']:5d} {row['lift']:5.1f} "
-                         f"{row['p_corrected']:7.1g} {_num(row.get('duration_s')):>5s}  "
-                         f"{', '.join(row.get('problems') or []) or '-'} | {_text(row)}")
+            lines.append(
+                f"    {row['id']:16s} {row['in_flagged']:7d} {row['seen']:5d} {row['lift']:5.1f} "
+                f"{row['p_corrected']:7.1g} {_num(row.get('duration_s')):>5s}  "
+                f"{', '.join(row.get('problems') or []) or '-'} | {_text(row)}"
+            )
     lines += [f"          note: {note}" for note in s.notes]
     if s.suspects_file:
         lines.append(f"          written: {s.suspects_file} ({len(s.listed)} id(s), reasons after #)")
@@ -562,8 +698,11 @@ def plot_datamap(s: Suspects, path: Path) -> None:
     judged = data["seen"] > 0
     listed = {row["id"] for row in s.loss_outliers} | {row["id"] for row in s.spike_suspects}
     fig = Figure(figsize=(11, 5), layout="constrained")
-    fig.suptitle(f"Data map: {s.utterances} utterances, steps {s.warmup_step}-{s.steps[1]} ({s.windows} passes); "
-                 f"evidence {s.evidence}", fontsize=10)
+    fig.suptitle(
+        f"Data map: {s.utterances} utterances, steps {s.warmup_step}-{s.steps[1]} ({s.windows} passes); "
+        f"evidence {s.evidence}",
+        fontsize=10,
+    )
     for ax, term, title in zip(fig.subplots(1, 2), ("nll", "dur"), ("NLL per frame", "duration loss"), strict=True):
         x, y = data[f"spread_{term}"][judged], data[f"z_{term}"][judged]
         ids = [id_ for id_, ok in zip(data["ids"], judged, strict=True) if ok]
@@ -574,8 +713,11 @@ def plot_datamap(s: Suspects, path: Path) -> None:
             ax.annotate(id_, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for level in (SuspectSettings.z_list, -SuspectSettings.z_list):
             ax.axhline(level, color="tab:orange", ls="--", lw=0.8)
-        ax.set(title=title, xlabel="spread across passes (std of the pass means of z)",
-               ylabel="mean robust z after the warm-up")
+        ax.set(
+            title=title,
+            xlabel="spread across passes (std of the pass means of z)",
+            ylabel="mean robust z after the warm-up",
+        )
         ax.legend(loc="upper right", fontsize=7)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -122,8 +122,11 @@ class Evidence:
     @property
     def nonfinite_source(self) -> str:
         """Where the non-finite norms went, for the reasons."""
-        return "the guard skipped them" if self.guarded else (
-            "Coqui logs a NaN/Inf grad_norm as 0 and, in fp32, still applies that update")
+        return (
+            "the guard skipped them"
+            if self.guarded
+            else ("Coqui logs a NaN/Inf grad_norm as 0 and, in fp32, still applies that update")
+        )
 
     @cached_property
     def explosions(self) -> list[Alarm]:
@@ -138,8 +141,9 @@ class Evidence:
         return f"the last {self.grad_stats['trend_points']} points ({self.grad_stats['trend_steps']} steps)"
 
 
-def gather_evidence(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: bool,
-                    ending: dict[str, Any]) -> Evidence:
+def gather_evidence(
+    run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: bool, ending: dict[str, Any]
+) -> Evidence:
     """The findings of every logged curve, and the explosion rules replayed over grad_norm."""
     stats: dict[str, Any] = {}
     grad_found = run.get(*GRAD_TAGS)
@@ -171,8 +175,13 @@ def gather_evidence(run: RunEvents, rules: RuleSettings, health: dict[str, Any],
     return Evidence(rules, health, ending, fp16, grad, loss, alarms, guarded, stats)
 
 
-def judge(run: RunEvents, rules: RuleSettings, health: dict[str, Any], fp16: bool = False,
-          ending: dict[str, Any] | None = None) -> Judgement:
+def judge(
+    run: RunEvents,
+    rules: RuleSettings,
+    health: dict[str, Any],
+    fp16: bool = False,
+    ending: dict[str, Any] | None = None,
+) -> Judgement:
     """The verdict of a run's curves; `health` from findings.health_findings, `ending` from
     run_context.run_ending(). The first verdict that applies wins, in the module docstring's order."""
     evidence = gather_evidence(run, rules, health, fp16, ending or {"kind": "unknown"})
@@ -195,10 +204,12 @@ def diverged(ev: Evidence) -> Judgement | None:
     # with it, that step was skipped and only a burst counts.
     grad_ends_nonfinite = bool(len(bad_grad) and bad_grad[-1] and not ev.guarded)
     loss_ends_nonfinite = bool(len(bad_loss) and bad_loss[-1])
-    last_norm = float(grad.all_values[np.isfinite(grad.all_values)][-1]) if grad is not None and np.isfinite(
-        grad.all_values).any() else None
-    ends_huge = catastrophic is not None and last_norm is not None and (
-        last_norm >= rules.catastrophic_factor * limit)
+    last_norm = (
+        float(grad.all_values[np.isfinite(grad.all_values)][-1])
+        if grad is not None and np.isfinite(grad.all_values).any()
+        else None
+    )
+    ends_huge = catastrophic is not None and last_norm is not None and (last_norm >= rules.catastrophic_factor * limit)
     # Coqui prints a crash's error to the console only: a run that crashed while its last norm was
     # above the limit (or after a catastrophic or non-finite stretch) died of its blow-up.
     blown = catastrophic or burst or grad_ends_nonfinite or (last_norm is not None and last_norm > limit)
@@ -208,22 +219,32 @@ def diverged(ev: Evidence) -> Judgement | None:
     reasons: list[str] = []
     first = None
     if died:
-        reasons.append(f"the run ended on {ending['text']}" + (
-            "" if ending["kind"] == "nan_loss" else f", right after grad_norm reached {format_number(last_norm)}"))
+        reasons.append(
+            f"the run ended on {ending['text']}"
+            + ("" if ending["kind"] == "nan_loss" else f", right after grad_norm reached {format_number(last_norm)}")
+        )
         first = ending.get("step")
     if catastrophic is not None:
         reasons.append(f"step {catastrophic.step}: {catastrophic.message}")
         first = catastrophic.step if first is None else min(first, catastrophic.step)
     if ends_huge and last_norm is not None:
-        reasons.append(f"the last logged grad_norm is {format_number(last_norm)}, {last_norm / limit:.0f}x the "
-                       f"limit {limit:g}: the weights have diverged")
+        reasons.append(
+            f"the last logged grad_norm is {format_number(last_norm)}, {last_norm / limit:.0f}x the "
+            f"limit {limit:g}: the weights have diverged"
+        )
     if grad is not None and bad_grad.any() and (burst or grad_ends_nonfinite):
         first_bad = int(grad.all_steps[bad_grad][0])
-        reasons.append(f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step "
-                       f"{first_bad}" + (f" ({grad_stats['logged_zeros']} logged as 0: {ev.nonfinite_source})"
-                                          if grad_stats.get("logged_zeros") else "")
-                       + (f", {rules.nonfinite_burst}+ within {rules.nonfinite_window} points" if burst else "")
-                       + (", including the last one" if grad_ends_nonfinite else ""))
+        reasons.append(
+            f"grad_norm is non-finite at {int(bad_grad.sum())} logged step(s), first at step "
+            f"{first_bad}"
+            + (
+                f" ({grad_stats['logged_zeros']} logged as 0: {ev.nonfinite_source})"
+                if grad_stats.get("logged_zeros")
+                else ""
+            )
+            + (f", {rules.nonfinite_burst}+ within {rules.nonfinite_window} points" if burst else "")
+            + (", including the last one" if grad_ends_nonfinite else "")
+        )
         first = first_bad if first is None else min(first, first_bad)
     if ev.loss is not None and bad_loss.any() and (burst or loss_ends_nonfinite):
         loss_first = int(ev.loss.steps[bad_loss][0])
@@ -238,16 +259,22 @@ def exploding(ev: Evidence) -> Judgement | None:
     recent = grad_stats.get("recent_median")
     if not ev.explosions or (recent is not None and recent <= rules.healthy_max):
         return None
-    firsts = sorted((alarm for alarm in (first_alarm(ev.explosions, kind) for kind in EXPLOSION_KINDS) if alarm),
-                    key=lambda alarm: alarm.step)
+    firsts = sorted(
+        (alarm for alarm in (first_alarm(ev.explosions, kind) for kind in EXPLOSION_KINDS) if alarm),
+        key=lambda alarm: alarm.step,
+    )
     reasons = [f"step {alarm.step}: {alarm.kind} rule: {alarm.message}" for alarm in firsts]
     if recent is not None:
-        reasons.append(f"grad_norm's median over the last {rules.for_points(ev.every).level_window} points is "
-                       f"{format_number(recent)}, outside the healthy band 1-{rules.healthy_max:g}")
+        reasons.append(
+            f"grad_norm's median over the last {rules.for_points(ev.every).level_window} points is "
+            f"{format_number(recent)}, outside the healthy band 1-{rules.healthy_max:g}"
+        )
     if grad_stats.get("first_above_limit_step") is not None:
-        reasons.append(f"{grad_stats['share_above_limit']:.0%} of points are above {rules.grad_norm_limit:g}, first at "
-                       f"step {grad_stats['first_above_limit_step']}; max {format_number(grad_stats['max'])} at step "
-                       f"{grad_stats['max_step']}")
+        reasons.append(
+            f"{grad_stats['share_above_limit']:.0%} of points are above {rules.grad_norm_limit:g}, first at "
+            f"step {grad_stats['first_above_limit_step']}; max {format_number(grad_stats['max'])} at step "
+            f"{grad_stats['max_step']}"
+        )
     start = min(alarm.step for alarm in ev.explosions)
     return Judgement(Verdict.EXPLODING, reasons, ev.onset if ev.onset is not None else start, ev.stats)
 
@@ -256,30 +283,43 @@ def too_early(ev: Evidence) -> Judgement | None:
     """No grad_norm measured yet, or no rule fired and too few points after the grace steps."""
     rules, grad_stats = ev.rules, ev.grad_stats
     if ev.grad is None:
-        return Judgement(Verdict.TOO_EARLY, ["no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")"], None,
-                         ev.stats)
+        return Judgement(
+            Verdict.TOO_EARLY, ["no grad_norm logged yet (" + " or ".join(GRAD_TAGS) + ")"], None, ev.stats
+        )
     if not ev.measured:
-        return Judgement(Verdict.TOO_EARLY, [("grad_norm is 0 at every logged step: Coqui computes it only when "
-                                              "grad_clip > 0")], None, ev.stats)
+        return Judgement(
+            Verdict.TOO_EARLY,
+            [("grad_norm is 0 at every logged step: Coqui computes it only when grad_clip > 0")],
+            None,
+            ev.stats,
+        )
     if ev.explosions or (grad_stats["judged_points"] >= rules.min_points and "median" in grad_stats):
         return None
     reasons = []
     ready = int(grad_stats["first_step"] + rules.grace_steps + rules.min_points * ev.every)
     if ev.ending["kind"] == "crashed":
-        reasons.append(f"the run stopped at step {grad_stats['last_step']} after {grad_stats['points']} grad_norm "
-                       "point(s); neither the catastrophic nor the non-finite rule fired, so its curves do not "
-                       "say why")
+        reasons.append(
+            f"the run stopped at step {grad_stats['last_step']} after {grad_stats['points']} grad_norm "
+            "point(s); neither the catastrophic nor the non-finite rule fired, so its curves do not "
+            "say why"
+        )
     elif grad_stats["last_step"] >= grad_stats["first_step"] + rules.grace_steps:
-        reasons.append(f"only {grad_stats['judged_points']} grad_norm point(s) after the first "
-                       f"{rules.grace_steps} steps (up to step {grad_stats['last_step']}); {rules.min_points} "
-                       f"are needed to judge a trend: look again after step {ready}")
+        reasons.append(
+            f"only {grad_stats['judged_points']} grad_norm point(s) after the first "
+            f"{rules.grace_steps} steps (up to step {grad_stats['last_step']}); {rules.min_points} "
+            f"are needed to judge a trend: look again after step {ready}"
+        )
     else:
-        reasons.append(f"the run is at step {grad_stats['last_step']}, within its first {rules.grace_steps} "
-                       f"steps, where only the catastrophic and non-finite rules judge (GlowTTS's early swings); "
-                       f"{rules.min_points} points after them are needed: look again after step {ready}")
+        reasons.append(
+            f"the run is at step {grad_stats['last_step']}, within its first {rules.grace_steps} "
+            f"steps, where only the catastrophic and non-finite rules judge (GlowTTS's early swings); "
+            f"{rules.min_points} points after them are needed: look again after step {ready}"
+        )
     if grad_stats.get("max", 0) > rules.grad_norm_limit:
-        reasons.append(f"already above {rules.grad_norm_limit:g} at step {grad_stats['max_step']} "
-                       f"(max {format_number(grad_stats['max'])}): look again soon")
+        reasons.append(
+            f"already above {rules.grad_norm_limit:g} at step {grad_stats['max_step']} "
+            f"(max {format_number(grad_stats['max'])}): look again soon"
+        )
     return Judgement(Verdict.TOO_EARLY, reasons, None, ev.stats)
 
 
@@ -290,39 +330,59 @@ def warning(ev: Evidence) -> Judgement | None:
     warn = []
     if ev.explosions:
         first = ev.explosions[0]
-        warn.append(f"step {first.step}: {first.kind} rule: {first.message}; grad_norm came back into the band "
-                    f"(recent median {format_number(recent)})")
+        warn.append(
+            f"step {first.step}: {first.kind} rule: {first.message}; grad_norm came back into the band "
+            f"(recent median {format_number(recent)})"
+        )
     if grad_stats.get("max", 0) > limit:
-        warn.append(f"grad_norm went above {limit:g} at {grad_stats['points_above_limit']} point(s) "
-                    f"(max {format_number(grad_stats['max'])} at step {grad_stats['max_step']}), but its recent "
-                    f"median is back at {format_number(recent)}")
+        warn.append(
+            f"grad_norm went above {limit:g} at {grad_stats['points_above_limit']} point(s) "
+            f"(max {format_number(grad_stats['max'])} at step {grad_stats['max_step']}), but its recent "
+            f"median is back at {format_number(recent)}"
+        )
     elif grad_stats["p95"] > rules.healthy_max:
-        warn.append(f"grad_norm's p95 is {format_number(grad_stats['p95'])}: "
-                    f"{grad_stats['share_above_healthy_max']:.0%} of points are above the healthy band "
-                    f"1-{rules.healthy_max:g}")
+        warn.append(
+            f"grad_norm's p95 is {format_number(grad_stats['p95'])}: "
+            f"{grad_stats['share_above_healthy_max']:.0%} of points are above the healthy band "
+            f"1-{rules.healthy_max:g}"
+        )
     if recent > rules.healthy_max:
-        warn.append(f"grad_norm's recent median {format_number(recent)} is above the healthy band "
-                    f"1-{rules.healthy_max:g}")
+        warn.append(
+            f"grad_norm's recent median {format_number(recent)} is above the healthy band 1-{rules.healthy_max:g}"
+        )
     growth = grad_stats["trend_growth"]
     if grad_stats["trend_rising"] and growth >= rules.trend_factor and recent * growth > rules.healthy_max:
         # The trend rule's rise, still inside the band: one more window at this rate leaves it.
-        warn.append(f"grad_norm grew x{growth:.2g} over {ev.trend_window_text}; at this rate it leaves the band "
-                    f"(now {format_number(recent)}) within the next {grad_stats['trend_steps']} steps")
+        warn.append(
+            f"grad_norm grew x{growth:.2g} over {ev.trend_window_text}; at this rate it leaves the band "
+            f"(now {format_number(recent)}) within the next {grad_stats['trend_steps']} steps"
+        )
     if grad_stats["nonfinite"] and not ev.fp16:
-        warn.append(f"{grad_stats['nonfinite']} isolated non-finite grad_norm step(s) at "
-                    f"{grad_stats['nonfinite_steps'][:5]} ({ev.nonfinite_source})")
+        warn.append(
+            f"{grad_stats['nonfinite']} isolated non-finite grad_norm step(s) at "
+            f"{grad_stats['nonfinite_steps'][:5]} ({ev.nonfinite_source})"
+        )
     loss_stats = ev.stats.get("loss", {})
-    if loss_stats.get("trend_change") is not None and loss_stats["trend_change"] > max(3 * loss_stats["noise_sigma"],
-                                                                                       1e-6):
-        warn.append(f"loss rose by {loss_stats['trend_change']:.3g} over the last {loss_stats['trend_points']} points "
-                    f"(3x its noise is {3 * loss_stats['noise_sigma']:.2g})")
+    if loss_stats.get("trend_change") is not None and loss_stats["trend_change"] > max(
+        3 * loss_stats["noise_sigma"], 1e-6
+    ):
+        warn.append(
+            f"loss rose by {loss_stats['trend_change']:.3g} over the last {loss_stats['trend_points']} points "
+            f"(3x its noise is {3 * loss_stats['noise_sigma']:.2g})"
+        )
     eval_stats = ev.stats.get("eval_loss", {})
     if eval_stats.get("rising_evals", 0) >= 3:
-        warn.append(f"eval loss rose at each of the last {eval_stats['rising_evals']} evaluations "
-                    f"(best {eval_stats['best']:.3g} at step {eval_stats['best_step']}, now {eval_stats['last']:.3g})")
+        warn.append(
+            f"eval loss rose at each of the last {eval_stats['rising_evals']} evaluations "
+            f"(best {eval_stats['best']:.3g} at step {eval_stats['best_step']}, now {eval_stats['last']:.3g})"
+        )
     last_alarm = ev.health.get("last_alarm_step")
-    if ev.grad is not None and last_alarm is not None and grad_stats["trend_points"] and (
-            last_alarm >= int(ev.grad.steps[~np.isnan(ev.grad.log)][-grad_stats["trend_points"]])):
+    if (
+        ev.grad is not None
+        and last_alarm is not None
+        and grad_stats["trend_points"]
+        and (last_alarm >= int(ev.grad.steps[~np.isnan(ev.grad.log)][-grad_stats["trend_points"]]))
+    ):
         warn.append(f"the health guard raised {ev.health['alarms']} alarm(s), the last at step {last_alarm}")
     return Judgement(Verdict.WARNING, warn, ev.onset, ev.stats) if warn else None
 
@@ -330,16 +390,24 @@ def warning(ev: Evidence) -> Judgement | None:
 def healthy(ev: Evidence) -> Judgement:
     """grad_norm in the band, never above the limit, no rising trend or loss: what is left."""
     rules, grad_stats = ev.rules, ev.grad_stats
-    reasons = [(f"grad_norm stays in the healthy band: median {format_number(grad_stats['median'])}, p95 "
-                f"{format_number(grad_stats['p95'])}, max {format_number(grad_stats['max'])} "
-                f"(band 1-{rules.healthy_max:g}, never above {rules.grad_norm_limit:g})")]
+    reasons = [
+        (
+            f"grad_norm stays in the healthy band: median {format_number(grad_stats['median'])}, p95 "
+            f"{format_number(grad_stats['p95'])}, max {format_number(grad_stats['max'])} "
+            f"(band 1-{rules.healthy_max:g}, never above {rules.grad_norm_limit:g})"
+        )
+    ]
     growth = grad_stats["trend_growth"]
     if growth is not None:
-        reasons.append(f"grad_norm trend over {ev.trend_window_text}: x{growth:.2g}" + (
-            " (rising, still far from the band's top)" if growth >= rules.trend_factor else ""))
+        reasons.append(
+            f"grad_norm trend over {ev.trend_window_text}: x{growth:.2g}"
+            + (" (rising, still far from the band's top)" if growth >= rules.trend_factor else "")
+        )
     loss_stats = ev.stats.get("loss", {})
     if "start" in loss_stats:
         word = "fell" if loss_stats["end"] < loss_stats["start"] else "did not fall"
-        reasons.append(f"loss {word}: {loss_stats['start']:.3g} -> {loss_stats['end']:.3g} (medians of the first "
-                       f"and last {loss_stats['edge_points']} points)")
+        reasons.append(
+            f"loss {word}: {loss_stats['start']:.3g} -> {loss_stats['end']:.3g} (medians of the first "
+            f"and last {loss_stats['edge_points']} points)"
+        )
     return Judgement(Verdict.HEALTHY, reasons, None, ev.stats)
