@@ -38,14 +38,15 @@ def _loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tens
     return losses["loss"]
 
 
-def test_flat_radam_follows_coquis_radam_over_100_steps_of_the_tiny_model():
+@pytest.mark.parametrize("host_control", [True, False], ids=["cpu-path", "gpu-path"])
+def test_flat_radam_follows_coquis_radam_over_100_steps_of_the_tiny_model(host_control):
     # The reference model trains with Coqui's RAdam; FlatRAdam gets the very same gradients each
     # step (copied), so any difference is the optimizer's own arithmetic.
     torch.manual_seed(0)
     reference = tiny_model()
     flat_model = copy.deepcopy(reference)
     coqui = CoquiRAdam(reference.parameters(), **KWARGS)
-    flat = FlatRAdam(flat_model.parameters(), **KWARGS)
+    flat = FlatRAdam(flat_model.parameters(), **KWARGS, host_control=host_control)
     generator = torch.Generator().manual_seed(1)
     moved = 0.0
     start = [p.detach().clone() for p in reference.parameters()]
@@ -67,11 +68,12 @@ def test_flat_radam_follows_coquis_radam_over_100_steps_of_the_tiny_model():
         assert relative_difference([b["exp_avg_sq"]], [a["exp_avg_sq"]]) < 1e-5
 
 
+@pytest.mark.parametrize("host_control", [True, False], ids=["cpu-path", "gpu-path"])
 @pytest.mark.parametrize("poison", [math.nan, math.inf])
-def test_a_skipped_update_changes_nothing_bit_for_bit(poison):
+def test_a_skipped_update_changes_nothing_bit_for_bit(poison, host_control):
     torch.manual_seed(0)
     model = tiny_model()
-    flat = FlatRAdam(model.parameters(), **KWARGS)
+    flat = FlatRAdam(model.parameters(), **KWARGS, host_control=host_control)
     generator = torch.Generator().manual_seed(1)
     for _ in range(7):  # past the switch to the rectified update
         flat.zero_grad()
