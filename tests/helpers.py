@@ -143,6 +143,22 @@ def tiny_model(*extra: str):
     return model
 
 
+def glowtts_losses(model, x, x_lengths, y, y_lengths) -> dict:
+    """The model's forward pass and its own criterion, as GlowTTS's train_step calls them: the loss
+    dict ("loss", "log_mle", "loss_dur"). x: [B, T] token ids, y: [B, frames, 80] mels."""
+    out = model(x, x_lengths, y, y_lengths)
+    return model.get_criterion()(
+        out["z"],
+        out["y_mean"],
+        out["y_log_scale"],
+        out["logdet"],
+        y_lengths,
+        out["durations_log"],
+        out["total_durations_log"],
+        x_lengths,
+    )
+
+
 # -- the real entry points as subprocesses (signals, exit codes and tracebacks are only honest that way)
 
 

@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 from ruslan_glowtts.training import compilation
 from ruslan_glowtts.training.cli import parse_args, request_from_args
 from ruslan_glowtts.training.train import train
-from tests.helpers import read_scalars, run_dirs, tiny_args, tiny_model
+from tests.helpers import glowtts_losses, read_scalars, run_dirs, tiny_args, tiny_model
 
 
 def _batch(batch: int, chars: int, frames: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -35,17 +35,7 @@ def _loss_and_grads(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> 
     x, x_lengths, y, y_lengths = batch
     model.zero_grad()
     torch.manual_seed(7)  # the same dropout masks for every model
-    out = model(x, x_lengths, y, y_lengths)
-    losses = model.get_criterion()(
-        out["z"],
-        out["y_mean"],
-        out["y_log_scale"],
-        out["logdet"],
-        y_lengths,
-        out["durations_log"],
-        out["total_durations_log"],
-        x_lengths,
-    )
+    losses = glowtts_losses(model, x, x_lengths, y, y_lengths)
     losses["loss"].backward()
     return float(losses["loss"]), [p.grad.clone() for p in model.parameters()]
 

@@ -10,7 +10,7 @@ import torch
 from TTS.utils.radam import RAdam as CoquiRAdam
 
 from ruslan_glowtts.training.optimizer import FlatRAdam, make_radam, relative_difference
-from tests.helpers import tiny_model
+from tests.helpers import glowtts_losses, tiny_model
 
 KWARGS = {"lr": 2e-4, "betas": (0.9, 0.998), "eps": 1e-8, "weight_decay": 1e-6}  # GlowTTS's own (stable lr)
 
@@ -23,19 +23,7 @@ def _random_batch(generator: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 
 def _loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    x, x_lengths, y, y_lengths = batch
-    out = model.forward(x, x_lengths, y, y_lengths)
-    losses = model.get_criterion()(
-        out["z"],
-        out["y_mean"],
-        out["y_log_scale"],
-        out["logdet"],
-        y_lengths,
-        out["durations_log"],
-        out["total_durations_log"],
-        x_lengths,
-    )
-    return losses["loss"]
+    return glowtts_losses(model, *batch)["loss"]
 
 
 @pytest.mark.parametrize("host_control", [True, False], ids=["cpu-path", "gpu-path"])
