@@ -121,6 +121,40 @@ def test_continue_path_keeps_the_runs_own_config(run_main, tmp_path):
     assert code == 2 and f"--restore-path {run / 'known_good.pth'}" in err
 
 
+@pytest.mark.slow
+def test_continue_path_trains_with_the_config_the_kit_adjusted(run_main, tiny_glowtts_run, sample_22k, tmp_path):
+    """Coqui's Trainer reloads config.json on --continue-path; what the kit set for this machine
+    and this command (bf16 off on a CPU, --dataset-path) must still be what trains, and what is saved."""
+    import shutil
+
+    from tests.helpers import SMOKE_STEPS
+
+    run = Path(shutil.copytree(tiny_glowtts_run, tmp_path / tiny_glowtts_run.name))
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    saved.update(mixed_precision=True, precision="bf16")  # as a run started on a GPU saves it
+    (run / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    seen: list[tuple[bool, str]] = []
+    from ruslan_glowtts.training.trainer import KitTrainer
+
+    original = KitTrainer.format_batch
+
+    def recording(self, batch):
+        seen.append((self.config.mixed_precision, self.config.datasets[0].path))
+        return original(self, batch)
+
+    try:
+        KitTrainer.format_batch = recording
+        code, _, err = run_main(
+            "--continue-path", str(run), "--dataset-path", str(sample_22k), "--max-steps", str(SMOKE_STEPS + 1)
+        )
+    finally:
+        KitTrainer.format_batch = original
+    assert code == 0, err
+    assert seen and set(seen) == {(False, str(sample_22k.resolve()))}
+    resaved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert (resaved["mixed_precision"], resaved["datasets"][0]["path"]) == (False, str(sample_22k.resolve()))
+
+
 def test_continue_and_restore_are_exclusive(run_main, tmp_path):
     code, _, err = run_main("--continue-path", str(tmp_path), "--restore-path", str(tmp_path / "x.pth"))
     assert code == 2 and "not both" in err

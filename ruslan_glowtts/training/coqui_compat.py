@@ -16,6 +16,7 @@ Trainer base class, KitTrainerBase, is built on first access (module __getattr__
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import logging
@@ -57,7 +58,7 @@ CHECKPOINT_KEYS = frozenset({"config", "model", "optimizer", "scheduler", "scale
 PINNED_SOURCES = {
     "Trainer.optimize": "0f8b99cdb10d55e8",  # re-implemented by KitTrainer.optimize / apply_update
     "Trainer.save_checkpoint": "ce094576727c155e",  # copied by KitTrainerBase.write_checkpoint
-    "Trainer.init_training": "73e677cb0c7ab0ba",  # wrapped: picks restore_path on --continue-path
+    "Trainer.init_training": "73e677cb0c7ab0ba",  # wrapped: picks restore_path, keeps the kit's config on --continue-path
     "Trainer.fit": "10647cc130861c29",  # replaced by KitTrainer.fit around run_training_loop()
     "Trainer.restore_model": "0849fbefe48c4fcf",  # reads the checkpoint keys above; wrapped: its step + 1
     "Trainer._pick_target_avg_loss": "c1102c4f0ff25a47",  # wrapped by pick_target_avg_loss
@@ -568,7 +569,13 @@ def _build_trainer_base() -> type:
             coqpit_overrides: list[str],
             config: Any = None,
         ) -> tuple[Any, dict]:
-            config, new_fields = super().init_training(args, coqpit_overrides, config)
+            if args.continue_path and config is not None:
+                # Coqui reloads the run's config.json into the config it is given. The kit has already
+                # loaded that file and set this machine's values on it (precision, cudnn, dataset path):
+                # Coqui reloads into a copy, which only it sees (the kit passes no command-line overrides).
+                _, new_fields = super().init_training(args, coqpit_overrides, copy.deepcopy(config))
+            else:
+                config, new_fields = super().init_training(args, coqpit_overrides, config)
             if args.continue_path and self.resume_checkpoint is not None:
                 # Coqui picks the newest checkpoint by name; the kit checked which one actually loads.
                 args.restore_path = str(self.resume_checkpoint)
