@@ -132,6 +132,25 @@ def test_continue_path_of_the_other_models_run_is_refused_before_anything_is_wri
     assert _snapshot(other) == before
 
 
+WIDER = {"glowtts": "hidden_channels_enc=48", "hifigan": "generator_model_params.upsample_initial_channel=24"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_restore_path_of_a_model_of_another_size_is_refused_then_allowed(model, base_runs, prepared_sample, tmp_path):
+    # --allow-partial-restore is a shared flag: the refusal names it, and both trainers accept it.
+    checkpoint = _checkpoint(base_runs[model])
+    argv = _new_run(
+        model, prepared_sample, tmp_path / "runs", "--restore-path", str(checkpoint), "--set", WIDER[model]
+    ) + ["--max-steps", "1"]
+    one_line_error(run_cli(argv), 2, "layers of the config's model match", "--allow-partial-restore")
+    assert not (tmp_path / "runs").exists()
+    result = run_cli([*argv, "--allow-partial-restore"])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    no_traceback(text)
+    assert text.count("--allow-partial-restore: restoring only") == 1
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_restore_path_of_the_other_models_checkpoint_is_refused(model, base_runs, prepared_sample, tmp_path):
     checkpoint = _checkpoint(base_runs[OTHER[model]])

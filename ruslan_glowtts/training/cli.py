@@ -55,12 +55,6 @@ class GlowTTSRecipe(ModelRecipe):
             help="accumulate N micro-batches per optimizer step (effective batch = batch_size x N)",
         )
         p.add_argument(
-            "--allow-partial-restore",
-            action="store_true",
-            help="with --restore-path: accept a checkpoint whose layers do not all match the config "
-            "(the matching ones are restored, the rest start fresh)",
-        )
-        p.add_argument(
             "--vocoder",
             type=Path,
             metavar="RUN_OR_CKPT",
@@ -259,10 +253,6 @@ def speedups(model: Any, config: Any) -> None:
     ):
         log.info("Overriding: cudnn_benchmark = True  (padded batch shapes repeat: each is tuned once)")
         config.cudnn_benchmark = True
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return run.build_parser(GLOWTTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -297,6 +297,12 @@ def build_parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     )
     p.add_argument("--continue-path", type=Path, metavar="RUN_DIR", help="resume a run from its last checkpoint")
     p.add_argument("--restore-path", type=Path, metavar="CKPT", help="start a new run from these weights (fine-tune)")
+    p.add_argument(
+        "--allow-partial-restore",
+        action="store_true",
+        help="with --restore-path: accept a checkpoint whose layers do not all match the config "
+        "(the matching ones are restored, the rest start fresh)",
+    )
     p.add_argument("--seed", type=int, help="training seed (default: the config's training_seed)")
     recipe.add_flags(p)
     return p
@@ -414,7 +420,7 @@ def _new_job(recipe: ModelRecipe, args: argparse.Namespace) -> TrainJob:
         dataset_path=args.dataset_path,
         max_steps=args.max_steps,
         restore_path=args.restore_path,
-        allow_partial_restore=getattr(args, "allow_partial_restore", False),
+        allow_partial_restore=args.allow_partial_restore,
         **recipe.job_options(args, config),
         **added,
     )

@@ -15,7 +15,6 @@ from ruslan_glowtts import KIT_ROOT
 from ruslan_glowtts.common.paths import input_folder
 from ruslan_glowtts.common.presets import Preset
 from ruslan_glowtts.common.run_layout import HIFIGAN as HIFIGAN_KIND
-from ruslan_glowtts.training import run
 from ruslan_glowtts.training.run import ModelRecipe, RunData, TrainJob, TrainRequest
 
 if TYPE_CHECKING:
@@ -101,5 +100,3 @@ class HifiganRecipe(ModelRecipe):
 HIFIGAN = HifiganRecipe()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return run.build_parser(HIFIGAN)
