@@ -210,6 +210,32 @@ def test_warn_policy_keeps_training_and_says_what_to_do(sample_22k, tmp_path, ca
     assert "grad_norm EXPLOSION" in caplog.text and "--preset safer" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("preset", "extra", "runs", "said", "next_tier"),
+    [
+        ("safest", [], 1, ". No tier left: check the data", ""),
+        ("stable", ["--max-escalations", "1"], 2, ". Stopped after 1 escalations", "--preset safest"),
+    ],
+)
+def test_an_escalation_chain_that_ends_says_why_once_with_its_next_command(
+    sample_22k, tmp_path, preset, extra, runs, said, next_tier
+):
+    request = _request(
+        sample_22k, tmp_path / "runs", "--preset", preset, "--max-steps", "60", "--auto-escalate", *extra, *FAST_HEALTH
+    )
+    outcome = train(request.with_callbacks({"on_train_step_start": _blow_up_from(20)}))  # every tier blows up
+    assert outcome.status == "exploded" and outcome.exit_code == EXIT_EXPLODED
+    assert len(run_dirs(tmp_path / "runs")) == runs
+    assert (
+        outcome.message.count(said) == 1
+        and outcome.message.count(". No tier") + outcome.message.count(". Stopped after") == 1
+    ), outcome.message
+    assert next_tier in outcome.next_command and bool(outcome.next_command) == bool(next_tier)
+    last = max(run_dirs(tmp_path / "runs"), key=lambda r: json.loads((r / "run.json").read_text())["escalation_index"])
+    meta = json.loads((last / "run.json").read_text())
+    assert (meta["message"], meta["next_command"]) == (outcome.message, outcome.next_command)
+
+
 def test_auto_escalate_recovers_from_an_absurd_learning_rate(sample_22k, tmp_path):
     # lr 5 with no clipping and a 3-step warmup blows GlowTTS up within a few dozen steps; the
     # next tier's preset replaces all three, so the chain must recover by itself.

@@ -623,10 +623,13 @@ def _fit(
     logger.info("Run folder: %s", run_dir)
     outcome = trainer.fit()
     outcome.run_dir = run_dir
-    escalates = config.health.policy == "escalate" and bool(job.preset.fallback)
-    if outcome.status == "exploded" and not escalates:
+    if outcome.status == "exploded" and not escalates(request):
+        # The run's last word (run.json too): the command to go on with, or why there is none.
         outcome.next_command = recipe.next_command(request, run_dir)
-        if not outcome.next_command:
+        health = config.health
+        if health.policy == "escalate" and job.preset.fallback:
+            outcome.message += f". Stopped after {health.max_escalations} escalations (health.max_escalations)"
+        elif not outcome.next_command:
             outcome.message += ". No tier left: check the data with prepare's report"
     if launch.rank == 0:
         record.end(
@@ -641,6 +644,14 @@ def _fit(
             unloadable_samples=dict(trainer.unloadable),
         )
     return outcome
+
+
+def escalates(request: TrainRequest) -> bool:
+    """Whether an explosion of this run goes on to the next tier by itself (train.py's chain):
+    the escalate policy, a fallback tier, and escalations left."""
+    job = request.job
+    health = job.config.health
+    return health.policy == "escalate" and bool(job.preset.fallback) and request.lineage.index < health.max_escalations
 
 
 def _start_record(

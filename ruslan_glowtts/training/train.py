@@ -39,7 +39,7 @@ from ruslan_glowtts.training.dataset import (
     load_samples,
     read_audio_lengths,
 )
-from ruslan_glowtts.training.run import Lineage, Outcome, RunData, TrainRequest, train_run
+from ruslan_glowtts.training.run import Lineage, Outcome, RunData, TrainRequest, escalates, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,8 @@ def train(request: TrainRequest) -> Outcome:
     chain = [(request, outcome)]
     # Under DDP every rank runs this loop: the guard's stop is all-reduced, so all ranks see the
     # same outcome at the same step and start the next tier together.
-    while outcome.status == "exploded" and request.job.config.health.policy == "escalate":
-        nxt = _escalation(request, outcome)
-        if nxt is None:
-            break
-        request = nxt
+    while outcome.status == "exploded" and escalates(request):
+        request = _escalation(request, outcome)
         outcome = train_run(GLOWTTS, request)
         chain.append((request, outcome))
     if len(chain) > 1:
@@ -106,16 +103,9 @@ def _cli_layers_for(preset: Preset, request: TrainRequest) -> list[tuple[dict[st
     return layers
 
 
-def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest | None:
-    """The request for the next run of the chain, or None (with the reason in the outcome)."""
+def _escalation(request: TrainRequest, outcome: Outcome) -> TrainRequest:
+    """The request for the next run of the chain (run.escalates(request) said there is one)."""
     job = request.job
-    health = job.config.health
-    if not job.preset.fallback:
-        outcome.message += f". No tier after '{job.preset.name}': suspect the data (prepare's report)"
-        return None
-    if request.lineage.index >= health.max_escalations:
-        outcome.message += f". Stopped after {health.max_escalations} escalations (health.max_escalations)"
-        return None
     preset = load_preset(job.preset.fallback)
     config, overrides = build_config(
         preset=preset, dataset_path=job.dataset_path, cli_layers=_cli_layers_for(preset, request)

@@ -98,5 +98,3 @@ class HifiganRecipe(ModelRecipe):
 
 
 HIFIGAN = HifiganRecipe()
-
-
