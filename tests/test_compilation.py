@@ -168,3 +168,41 @@ def test_a_compiled_training_run_logs_the_eager_runs_losses(sample_22k, tmp_path
         curves[setting] = read_scalars(run, "TrainIterStats/loss")
     assert len(curves["on"]) == 5  # 7 steps, 2 of data-dependent init
     assert curves["on"] == curves["off"]
+
+
+@pytest.mark.slow
+def test_a_backward_that_fails_to_compile_drops_that_update_and_training_goes_on_eagerly(
+    sample_22k, tmp_path, monkeypatch, caplog
+):
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.exc import InductorError
+
+    def no_backward(graph, example_inputs):
+        raise InductorError(RuntimeError("no backward compiler here"), None)
+
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_backward)
+    attach = compilation.attach
+    monkeypatch.setattr(compilation, "attach", lambda model, setting, **kwargs: attach(model, setting, backend=backend))
+    output = tmp_path / "runs"
+    request = request_from_args(
+        parse_args(
+            [
+                "--dataset-path",
+                str(sample_22k),
+                "--output-path",
+                str(output),
+                "--max-steps",
+                "7",
+                *tiny_args("--set", "compile_model=on"),
+            ]
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="ruslan_glowtts"):
+        outcome = train(request)
+    assert outcome.status == "max_steps", outcome.message
+    warnings = [r.getMessage() for r in caplog.records if "Compiling the decoder failed" in r.getMessage()]
+    assert len(warnings) == 1 and "no backward compiler here" in warnings[0]
+    (run,) = run_dirs(output)
+    # step 2 (the first after data-dependent init) compiled its forward, failed its backward: skipped
+    assert read_scalars(run, "Health/skipped_steps") == {2: 1.0}
+    assert sorted(read_scalars(run, "TrainIterStats/grad_norm")) == [3, 4, 5, 6]

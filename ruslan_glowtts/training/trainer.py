@@ -71,7 +71,7 @@ from ruslan_glowtts.monitor.guard import HealthGuard, HealthStop
 from ruslan_glowtts.monitor.ledger import UtteranceLedger
 from ruslan_glowtts.training import coqui_compat
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler
-from ruslan_glowtts.training.compilation import step_begin
+from ruslan_glowtts.training.compilation import recover, step_begin
 from ruslan_glowtts.training.coqui_compat import (
     KitTrainerBase,
     add_callback,
@@ -322,7 +322,14 @@ class KitTrainer(KitTrainerBase):
             self.ledger.record(step, batch, outputs, accumulating=not step_optimizer)  # no host sync
             self.callbacks.before_backward_pass(self, loss_dict)
             loss = loss_dict["loss"] / float(self.grad_accum_steps)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            try:
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            except Exception as exc:
+                if not recover(model, exc):
+                    raise
+                # Inductor compiles the backward at its first use: it failed, so this update is
+                # dropped and the decoder runs eagerly from the next step.
+                self._window_poisoned = True
             # Kept on the device: read back with the step's other values (StepValueQueue).
             values = {key: value.detach() for key, value in loss_dict.items() if torch.is_tensor(value)}
             finite = torch.isfinite(values["loss"])
