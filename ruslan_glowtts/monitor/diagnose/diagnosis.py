@@ -10,6 +10,7 @@ from typing import Any
 
 from ruslan_glowtts.common.errors import EXIT_EXPLODED, EXIT_USAGE
 from ruslan_glowtts.common.next_steps import PREPARE_HINT
+from ruslan_glowtts.common.run_record import RunRecord
 from ruslan_glowtts.monitor.diagnose.findings import health_findings
 from ruslan_glowtts.monitor.diagnose.run_context import (
     next_command,
@@ -45,6 +46,8 @@ class Diagnosis:
     run: dict[str, Any]
     markers: dict[str, list[float]] = field(default_factory=dict)  # steps of skips, alarms, escalations
     suspects: Any = None  # suspects.Suspects: the ledger's suspect utterances (set by the CLI, issue 19)
+    record: RunRecord = field(default_factory=RunRecord)  # run.json as read (not in the report)
+    config: dict[str, Any] = field(default_factory=dict)  # config.json as read (not in the report)
 
     @property
     def exit_code(self) -> int:
@@ -134,5 +137,16 @@ def diagnose(run_dir: Path, events: RunEvents | None = None) -> Diagnosis:
         recommendation = "keep training"
     run_info = {key: value for key, value in ctx.items() if not key.startswith("_")}
     return Diagnosis(
-        run_dir, verdict, reasons, recommendation, recommended, command, next_cmd, stats, run_info, markers
+        run_dir,
+        verdict,
+        reasons,
+        recommendation,
+        recommended,
+        command,
+        next_cmd,
+        stats,
+        run_info,
+        markers,
+        record=ctx["_record"],
+        config=ctx["_config"],
     )

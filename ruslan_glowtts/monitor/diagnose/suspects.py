@@ -90,6 +90,30 @@ class Suspects:
     command: str | None = None  # training again without the suspects
     prepare_command: str | None = None
     datamap: dict[str, Any] = field(default_factory=dict)  # per utterance, for --plot (not in JSON)
+    prepared: dict[str, str] = field(default_factory=dict)  # report.json's source and destination (not in JSON)
+
+    @classmethod
+    def empty(cls, runs: list, files: list, evidence: str, text: str, notes: list[str] | None = None) -> Suspects:
+        """Nothing to judge (no ledger, or a ledger with no batch yet)."""
+        return cls(
+            [str(r) for r in runs],
+            [str(f) for f in files],
+            0,
+            0,
+            0,
+            (0, 0),
+            0,
+            0,
+            0,
+            {},
+            {},
+            [],
+            [],
+            [],
+            evidence,
+            text,
+            list(notes or []),
+        )
 
     @property
     def listed(self) -> list[str]:
@@ -99,7 +123,7 @@ class Suspects:
     def to_json(self) -> dict[str, Any]:
         from ruslan_glowtts.monitor.diagnose.report import json_safe
 
-        data = {key: value for key, value in self.__dict__.items() if key != "datamap"}
+        data = {key: value for key, value in self.__dict__.items() if key not in ("datamap", "prepared")}
         return json_safe(data)
 
 
@@ -366,25 +390,7 @@ def find_suspects(
     if ledger.flagged_without_batch:
         notes.append(f"{ledger.flagged_without_batch} flag(s) for updates whose batch is not in the ledger")
     if not ledger.observations:
-        return Suspects(
-            [str(r) for r in runs],
-            [str(f) for f in files],
-            0,
-            0,
-            0,
-            (0, 0),
-            0,
-            0,
-            0,
-            {},
-            {},
-            [],
-            [],
-            [],
-            "too little data",
-            "the ledger holds no batch yet",
-            notes,
-        )
+        return Suspects.empty(list(runs), files, "too little data", "the ledger holds no batch yet", notes)
     spikes, share = _spike_suspects(ledger, s)
     scores = _loss_scores(ledger, s)
     outliers, ranking, judged = _loss_outliers(ledger, scores, s)
@@ -438,6 +444,7 @@ def find_suspects(
         evidence=evidence,
         evidence_text=text,
         notes=notes,
+        prepared={key: str(facts[2][key]) for key in ("source", "destination") if facts[2].get(key)},
     )
     result.datamap = {"ids": ledger.ids, **{k: v for k, v in scores["stats"].items()}}
     if share and not spikes:
@@ -517,20 +524,8 @@ def check_run_dir(path: Path) -> Path:
 
 
 def no_ledger(run_dirs: list[Path]) -> Suspects:
-    return Suspects(
-        [str(r) for r in run_dirs],
-        [],
-        0,
-        0,
-        0,
-        (0, 0),
-        0,
-        0,
-        0,
-        {},
-        {},
-        [],
-        [],
+    return Suspects.empty(
+        run_dirs,
         [],
         "no ledger",
         "no ledger: these runs hold no ledger_rank*.tsv (stock Coqui runs and runs of kit versions "
@@ -538,15 +533,12 @@ def no_ledger(run_dirs: list[Path]) -> Suspects:
     )
 
 
-def attach(
-    diagnosis: Any, extra_runs: list[Path], *, write: bool = True, settings: SuspectSettings = SuspectSettings()
-) -> Suspects:
+def attach(diagnosis: Any, extra_runs: list[Path], *, settings: SuspectSettings = SuspectSettings()) -> Suspects:
     """Find the suspects of the diagnosed run (its chain, and `extra_runs`), write suspects.txt into
     its folder, and put the exclusion into the next command when the evidence is strong."""
     from ruslan_glowtts.common.next_steps import carried_flags
 
-    run = diagnosis.run
-    config = _read_json(diagnosis.run_dir / "config.json")
+    run, record, config = diagnosis.run, diagnosis.record, diagnosis.config  # as diagnose read them
     suspects = find_suspects(
         [diagnosis.run_dir, *extra_runs],
         dataset=run.get("dataset_path"),
@@ -556,11 +548,8 @@ def attach(
     if suspects is None:
         diagnosis.suspects = no_ledger([diagnosis.run_dir, *extra_runs])
         return diagnosis.suspects
-    meta = _read_meta(diagnosis.run_dir)
-    suspects.previously_excluded = (
-        meta.get("exclude_utterances") if isinstance(meta.get("exclude_utterances"), dict) else None
-    )
-    if write and suspects.listed:
+    suspects.previously_excluded = record.exclude_utterances if isinstance(record.exclude_utterances, dict) else None
+    if suspects.listed:
         path = diagnosis.run_dir / SUSPECTS_FILE
         if write_suspects_file(suspects, path):
             suspects.suspects_file = str(path)
@@ -585,35 +574,26 @@ def attach(
                 run.get("dataset_path") or "DATASET_DIR",
             ]
             parts += ["--restore-path", str(found[-1][1])] if found else []
-            overrides = [o for o in meta.get("overrides") or [] if isinstance(o, dict)]
+            overrides = [o for o in record.overrides if isinstance(o, dict)]
             suspects.command = with_exclusion(
                 shlex.join(parts + carried_flags(overrides, None)), suspects.suspects_file
             )
-        report = _dataset_facts(run.get("dataset_path"))[2]
-        if report.get("source") and report.get("destination"):
+        if len(suspects.prepared) == 2:
             suspects.prepare_command = shlex.join(
                 [
                     "python",
                     "-m",
                     "ruslan_glowtts.prepare",
                     "--src",
-                    report["source"],
+                    suspects.prepared["source"],
                     "--dst",
-                    report["destination"],
+                    suspects.prepared["destination"],
                     "--exclude",
                     suspects.suspects_file,
                 ]
             )
     diagnosis.suspects = suspects
     return suspects
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------
