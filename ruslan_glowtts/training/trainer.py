@@ -443,11 +443,12 @@ class KitTrainer(KitTrainerBase):
         """The training loop, and how each way out of it ends the run. A write that fails for the
         disk's sake, here or while saving on the way out, leaves to fit()."""
         try:
-            self.run_training_loop()
-            self._read_back_steps()
+            try:
+                self.run_training_loop()
+            finally:
+                self._read_back_steps()  # however the loop ended, before the run saves and ends
             outcome = Outcome("finished", EXIT_OK, self.total_steps_done, "all epochs done")
         except HealthStop as stop:
-            self._read_back_steps()
             outcome = Outcome(
                 "exploded",
                 EXIT_EXPLODED,
@@ -457,13 +458,11 @@ class KitTrainer(KitTrainerBase):
                 recent_samples=self.guard.recent_samples(),
             )
         except StopTraining:
-            self._read_back_steps()
             self._save_if_finite("--max-steps reached")
             outcome = Outcome("max_steps", EXIT_OK, self.total_steps_done, f"stopped at step {self.total_steps_done}")
         except (StopSignal, KeyboardInterrupt) as stop:
             signum = stop.signum if isinstance(stop, StopSignal) else signal.SIGINT
             why = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self._read_back_steps()
             saved = self.config.save_on_interrupt and self._save_if_finite(why)
             self.callbacks.on_keyboard_interrupt(self)
             status, code = (
@@ -490,7 +489,6 @@ class KitTrainer(KitTrainerBase):
             if is_disk_error(exc):
                 raise
             logger.error("%s", traceback.format_exc())
-            self._read_back_steps()
             saved = self._save_if_finite("crash")
             outcome = Outcome(
                 "crashed",
