@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ruslan_glowtts.training.batch_sampler import LengthBucketBatchSampler, padded_share  # noqa: E402
+from tests.helpers import TINY_ARCH  # noqa: E402
 
 SAMPLE = REPO / "data" / "sample"
 META = "metadata_RUSLAN_22200.csv"
@@ -82,7 +83,7 @@ def make_length_corpus(root: Path, files: int, seed: int) -> np.ndarray:
     return seconds
 
 
-def prepare(src: Path, dst: Path) -> None:
+def prepare(src: Path, dst: Path, jobs: int = 2) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -93,7 +94,7 @@ def prepare(src: Path, dst: Path) -> None:
             "--dst",
             str(dst),
             "--jobs",
-            "2",
+            str(jobs),
             "--max-duration",
             "16",
         ],
@@ -305,13 +306,7 @@ def step_costs(
 
 
 TINY = [
-    "hidden_channels_enc=32",
-    "hidden_channels_dec=32",
-    "hidden_channels_dp=32",
-    "num_flow_blocks_dec=2",
-    "num_block_layers=2",
-    "encoder_params.num_layers=1",
-    "encoder_params.hidden_channels_ffn=64",
+    *TINY_ARCH,
     "data_dep_init_steps=2",
     "num_loader_workers=0",
     "num_eval_loader_workers=0",
@@ -384,7 +379,7 @@ def run(work: Path, quick: bool) -> dict[str, Any]:
     # 12 stratified steps per variant in 3 interleaved blocks.
     # --quick times the tiny model instead (it checks the harness; its step numbers mean nothing).
     files, per_block, repeats = (300, 1, 2) if quick else (1200, 4, 3)
-    model_sets = tuple(TINY[:7]) if quick else ()
+    model_sets = tuple(TINY_ARCH) if quick else ()
     eq_files, seeds, epochs = (80, [1, 2], 2) if quick else (120, [1, 2, 3], 3)
     batch, max_frames = 8, 8 * 500  # the budget: batch 8 of ~5.8 s (about the 75th percentile)
     result: dict[str, Any] = {

@@ -47,14 +47,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import batching  # noqa: E402
 from run import PY, train_run  # noqa: E402
 
-# --tiny: the tests' tiny GlowTTS (hidden 32, 2 flows), for a quick self-check of this script on a CPU.
-TINY = {
-    "hidden_channels_enc": 32,
-    "hidden_channels_dec": 32,
-    "hidden_channels_dp": 32,
-    "num_flow_blocks_dec": 2,
-    "num_block_layers": 2,
-}
+from tests.helpers import TINY_ARCH  # noqa: E402  (--tiny: a quick self-check of this script on a CPU)
+
 KIT_FLAGS = [
     "--set",
     "plot_step=1",
@@ -128,7 +122,7 @@ def compile_line(log: Path) -> str:
 
 def curves(prepared: Path, work: Path, steps: int, tiny: bool = False) -> dict[str, Any]:
     common = ["--dataset-path", str(prepared), "--max-steps", str(steps)]
-    kit_tiny = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")] if tiny else []
+    kit_tiny = [arg for setting in TINY_ARCH for arg in ("--set", setting)] if tiny else []
     variants = {
         "stock (matched)": [PY, "bench/stock_recipe.py", *common, "--batch-size", "8", "--matched", "--output-path"],
         "kit seed 1": [
@@ -241,8 +235,13 @@ def _stock_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> An
     )
     config.audio.sample_rate = batching.RATE
     if tiny:
-        for key, value in TINY.items():
-            setattr(config, key, value)
+        for setting in TINY_ARCH:  # e.g. hidden_channels_enc=32, encoder_params.num_layers=1
+            key, value = setting.split("=")
+            owner, _, leaf = key.rpartition(".")
+            if owner:
+                getattr(config, owner)[leaf] = int(value)
+            else:
+                setattr(config, leaf, int(value))
     samples, _ = load_tts_samples(config, eval_split=False)
     model = GlowTTS(config)
     trainer = Trainer(
@@ -276,7 +275,7 @@ def _kit_trainer(prepared: Path, work: Path, precision: str, tiny: bool) -> Any:
         "health.checkpoint_every=0",
         f"output_path={json.dumps(str(work / f'kit_{precision}'))}",
         f"mixed_precision={'true' if precision == 'bf16' else 'false'}",
-        *([f"{key}={value}" for key, value in TINY.items()] if tiny else []),
+        *(TINY_ARCH if tiny else []),
     ]
     config, _ = build_config(
         preset=load_preset("stable"),
@@ -574,7 +573,7 @@ def report(results: dict[str, Any]) -> str:
         ]
         for i, step in enumerate(c["at"]):
             lines.append(f"| {step} | " + " | ".join(str(v[i]) for v in c["smoothed"].values()) + " |")
-    for part in ("corpus_error", "curves_error", "matrix_error"):
+    for part in ("curves_error", "matrix_error"):
         if part in results:
             lines += ["", f"{part}: {results[part]}"]
     return "\n".join(lines) + "\n"
@@ -672,25 +671,7 @@ def main() -> None:
     }
     started = time.perf_counter()
     batching.make_length_corpus(work / "src", args.files, seed=0)
-    subprocess.run(
-        [
-            PY,
-            "-m",
-            "ruslan_glowtts.prepare",
-            "--src",
-            str(work / "src"),
-            "--dst",
-            str(work / "prepared"),
-            "--jobs",
-            str(args.jobs),
-            "--max-duration",
-            "16",
-        ],
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    batching.prepare(work / "src", work / "prepared", jobs=args.jobs)
     prepared = work / "prepared"
     results["corpus_s"] = round(time.perf_counter() - started, 1)
     print(f"corpus: {args.files} utterances prepared in {results['corpus_s']} s", flush=True)

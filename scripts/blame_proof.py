@@ -39,6 +39,9 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the kit's ledger reader, when run as a script
+
+from tests.helpers import TINY_ARCH  # noqa: E402
+
 SAMPLE = REPO / "data" / "sample"
 META = "metadata_RUSLAN_22200.csv"
 RATE = 44_100  # RUSLAN's rate, like data/sample: prepare resamples
@@ -46,17 +49,11 @@ PAUSE_S = 0.25
 CLEAN = 40
 UNFITTABLE = ("partial", "overlong", "reversed", "noise")
 
-# The tests' tiny GlowTTS (tests/helpers.py TINY_MODEL) at a learning rate that makes the loss
+# The tests' tiny GlowTTS (tests/helpers.py TINY_ARCH) at a learning rate that makes the loss
 # fall within a few hundred steps; figures and audio only every 1000 steps (they cost more
 # than the step itself).
 TINY = [
-    "hidden_channels_enc=32",
-    "hidden_channels_dec=32",
-    "hidden_channels_dp=32",
-    "num_flow_blocks_dec=2",
-    "num_block_layers=2",
-    "encoder_params.num_layers=1",
-    "encoder_params.hidden_channels_ffn=64",
+    *TINY_ARCH,
     "data_dep_init_steps=2",
     "batch_size=4",
     "eval_batch_size=4",

@@ -20,8 +20,9 @@ HIFIGAN_SCRIPT = str(REPO / "train_ruslan_hifigan.py")
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # A GlowTTS small enough for CPU tests (~0.1 M parameters instead of 28.6 M): every code path of
-# the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic.
-TINY_MODEL = [
+# the real model (encoder, flows, duration predictor, MAS), a fraction of the arithmetic. Its
+# architecture (`--set` values) is also the tiny model of bench/ and scripts/.
+TINY_ARCH = [
     "hidden_channels_enc=32",
     "hidden_channels_dec=32",
     "hidden_channels_dp=32",
@@ -29,6 +30,9 @@ TINY_MODEL = [
     "num_block_layers=2",
     "encoder_params.num_layers=1",
     "encoder_params.hidden_channels_ffn=64",
+]
+TINY_MODEL = [
+    *TINY_ARCH,
     "data_dep_init_steps=2",
     "batch_size=4",
     "eval_batch_size=4",

@@ -249,7 +249,7 @@ def _run_jobs(
         return time.monotonic() - started, _cpu_seconds() - cpu_started
     # fork: workers start in milliseconds with everything imported. The pool is created before
     # the progress bar, so no thread (tqdm's monitor) exists when the workers are forked. On
-    # Ctrl-C the pool's __exit__ terminates the workers; their temp files are removed next run.
+    # Ctrl-C every worker is sent SIGTERM (below); their temp files are removed next run.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     chunksize = max(1, min(16, len(jobs) // (workers * 16)))
     # Forked with SIGINT/SIGTERM blocked: a worker unblocks them once its own handlers are set
