@@ -582,18 +582,3 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(doc: Path, text: str) -> None:
-    """Replace section 6 of docs/BENCHMARKS.md (or insert it before ## GPU), keeping the rest."""
-    text = text.rstrip("\n") + "\n\n"
-    current = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
-    start = current.find("## 6. Length-bucketed batches")
-    if start >= 0:
-        end = current.find("\n## ", start + 1)
-        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
-    elif (gpu := current.find("## GPU")) >= 0:
-        current = current[:gpu] + text + current[gpu:]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    doc.write_text(current, encoding="utf-8")

@@ -23,32 +23,12 @@ from pathlib import Path
 from typing import Any
 
 
-def measure(config: Any, batch: int, steps: int) -> dict[str, Any]:
-    """config: the stable preset's config for the prepared corpus (bench/run.py builds it)."""
+def measure(trainer: Any, data: dict[str, Any], steps: int) -> dict[str, Any]:
+    """trainer, data: bench/run.py's one_batch_trainer for the stable preset on the prepared corpus."""
     import torch
-    from trainer import TrainerArgs
-    from TTS.tts.datasets import load_tts_samples
 
     from ruslan_glowtts.monitor.ledger import ledger_files, per_sample_terms
-    from ruslan_glowtts.training import coqui_compat
-    from ruslan_glowtts.training.model import RuslanGlowTTS
-    from ruslan_glowtts.training.run import resolve_precision
-    from ruslan_glowtts.training.trainer import KitTrainer
 
-    resolve_precision(config)  # as train() does: no bf16 autocast on a CPU
-    samples, _ = load_tts_samples(config, eval_split=False)
-    torch.manual_seed(0)
-    trainer = KitTrainer(
-        TrainerArgs(),
-        config,
-        config.output_path,
-        model=RuslanGlowTTS(config),
-        train_samples=samples,
-        eval_samples=samples[:1],
-        parse_command_line_args=False,
-    )
-    data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
-    trainer.total_steps_done = 1  # optimize() does not advance it; stay off the checkpoint boundary
     spent = [0.0]
     record = trainer.ledger.record
 
@@ -79,9 +59,6 @@ def measure(config: Any, batch: int, steps: int) -> dict[str, Any]:
     trainer.ledger.close()
     (path,) = ledger_files([Path(trainer.output_path)])
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("u\t")]
-    # What KitTrainer.fit() does on its way out, for a trainer whose fit() never ran.
-    trainer.dashboard_logger.finish()
-    coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
     shares = sorted(b / a for a, b in zip(step_s, ledger_s, strict=True))
     return {
         "step_s": statistics.median(step_s),
@@ -91,7 +68,7 @@ def measure(config: Any, batch: int, steps: int) -> dict[str, Any]:
         "share": statistics.median(shares),
         "share_max": shares[-1],
         "steps": len(step_s),
-        "batch": batch,
+        "batch": int(data["mel_lengths"].shape[0]),
         "bytes_per_sighting": path.stat().st_size / max(len(lines), 1),
         "threads": torch.get_num_threads(),
         "frames": int(data["mel_lengths"].max()),
@@ -136,18 +113,3 @@ def section(r: dict[str, Any], machine: str, quick: bool) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(doc: Path, text: str) -> None:
-    """Replace section 7 of docs/BENCHMARKS.md (or insert it before ## GPU), keeping the rest."""
-    text = text.rstrip("\n") + "\n\n"
-    current = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
-    start = current.find("## 7. Utterance ledger")
-    if start >= 0:
-        end = current.find("\n## ", start + 1)
-        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
-    elif (gpu := current.find("## GPU")) >= 0:
-        current = current[:gpu] + text + current[gpu:]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    doc.write_text(current, encoding="utf-8")

@@ -201,29 +201,18 @@ def detector_cost(updates: int = 20_000) -> float:
     return (time.perf_counter() - started) / updates * 1e6
 
 
-def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[str, float]:
-    """The guard's cost per step, measured so that machine drift cancels: one KitTrainer, one
-    batch, optimize() alternating guard on / off step by step (paired differences), plus the
-    guard's own code timed directly, plus a known-good checkpoint save amortised over its interval."""
+def one_batch_trainer(config: Any) -> tuple[Any, dict[str, Any]]:
+    """A KitTrainer (full-size GlowTTS, the kit's step) and one formatted batch, for timing
+    optimize() step after step without fit(); at step 1, off the checkpoint boundary."""
     import torch
     from trainer import TrainerArgs
     from TTS.tts.datasets import load_tts_samples
 
-    from ruslan_glowtts.monitor.guard import _save_weights
     from ruslan_glowtts.training import coqui_compat
     from ruslan_glowtts.training.model import RuslanGlowTTS
     from ruslan_glowtts.training.run import resolve_precision
-    from ruslan_glowtts.training.step_values import ReadValues
     from ruslan_glowtts.training.trainer import KitTrainer
 
-    config = _config(
-        prepared,
-        f"batch_size={batch}",
-        "num_loader_workers=0",
-        "run_eval=false",
-        "data_dep_init_steps=0",
-        f"output_path={json.dumps(str(work / 'guard'))}",
-    )
     resolve_precision(config)  # as train() does: no bf16 autocast on a CPU
     samples, _ = load_tts_samples(config, eval_split=False)
     torch.manual_seed(0)
@@ -237,7 +226,50 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
         parse_command_line_args=False,
     )
     data = trainer.format_batch(next(iter(trainer.get_train_dataloader(samples, verbose=False))))
-    coqui_compat.set_global_step(trainer, 1)  # optimize() does not advance it; stay off the checkpoint boundary
+    coqui_compat.set_global_step(trainer, 1)  # optimize() does not advance it
+    return trainer, data
+
+
+def close_trainer(trainer: Any) -> None:
+    """What KitTrainer.fit() does on its way out, for a trainer whose fit() never ran."""
+    from ruslan_glowtts.training import coqui_compat
+
+    trainer.dashboard_logger.finish()
+    coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
+
+
+def replace_section(doc: Path, heading: str, text: str) -> None:
+    """Replace the section of docs/BENCHMARKS.md that starts with `heading` (or insert it before
+    ## GPU), keeping the rest."""
+    text = text.rstrip("\n") + "\n\n"
+    current = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
+    start = current.find(heading)
+    if start >= 0:
+        end = current.find("\n## ", start + 1)
+        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
+    elif (gpu := current.find("## GPU")) >= 0:
+        current = current[:gpu] + text + current[gpu:]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    doc.write_text(current, encoding="utf-8")
+
+
+def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[str, float]:
+    """The guard's cost per step, measured so that machine drift cancels: one KitTrainer, one
+    batch, optimize() alternating guard on / off step by step (paired differences), plus the
+    guard's own code timed directly, plus a known-good checkpoint save amortised over its interval."""
+    from ruslan_glowtts.monitor.guard import _save_weights
+    from ruslan_glowtts.training.step_values import ReadValues
+
+    config = _config(
+        prepared,
+        f"batch_size={batch}",
+        "num_loader_workers=0",
+        "run_eval=false",
+        "data_dep_init_steps=0",
+        f"output_path={json.dumps(str(work / 'guard'))}",
+    )
+    trainer, data = one_batch_trainer(config)
     guard_s = [0.0]
     for name in ("observe_update", "record_batch"):
         method = getattr(trainer.guard, name)
@@ -268,9 +300,7 @@ def guard_overhead(prepared: Path, work: Path, batch: int, pairs: int) -> dict[s
     _save_weights(trainer, work / "known_good_probe.pth", 0)
     save_s = time.perf_counter() - started
     step = statistics.median(on)
-    # What KitTrainer.fit() does on its way out, for a trainer whose fit() never ran.
-    trainer.dashboard_logger.finish()
-    coqui_compat.remove_run_log_handlers(Path(trainer.output_path), "ruslan_glowtts")
+    close_trainer(trainer)
     ratios = sorted((a - b) / b for a, b in zip(on, off, strict=True))
     return {
         "paired": statistics.median(ratios),
@@ -700,7 +730,7 @@ def batching_only(args: argparse.Namespace, work: Path) -> None:
 
     results = batching.run(work, args.quick)
     text = batching.section(results, _machine(), args.quick)
-    batching.write_section(args.out, text)
+    replace_section(args.out, "## 6. Length-bucketed batches", text)
     (work / "batching.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + text)
     print(f"section 6 written to {args.out}; raw results in {work / 'batching.json'}")
@@ -725,11 +755,13 @@ def ledger_only(args: argparse.Namespace, work: Path) -> None:
         "data_dep_init_steps=0",
         f"output_path={json.dumps(str(work / 'ledger'))}",
     )
-    results = ledger_cost.measure(config, args.batch, 10 if args.quick else 40)
+    trainer, data = one_batch_trainer(config)
+    results = ledger_cost.measure(trainer, data, 10 if args.quick else 40)
+    close_trainer(trainer)
     load.append(os.getloadavg()[0])
     machine = f"{_machine()}; load average at start/end {load[0]:.2f}/{load[1]:.2f}"
     text = ledger_cost.section(results, machine, args.quick)
-    ledger_cost.write_section(args.out, text)
+    replace_section(args.out, "## 7. Utterance ledger", text)
     (work / "ledger.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + text)
     print(f"section 7 written to {args.out}; raw results in {work / 'ledger.json'}")
