@@ -96,3 +96,29 @@ def test_continue_path_reads_command_line_overrides_of_an_old_run_json(tmp_path,
         ("hidden_channels_enc", "--set", Layer.COMMAND_LINE),
         ("training_seed", "--seed", Layer.COMMAND_LINE),
     ]
+
+
+def test_a_restore_checkpoint_is_loaded_once_for_its_checks(tmp_path, monkeypatch):
+    # --restore-path is checked (it loads, it is a GlowTTS) and its layers compared with the model's
+    # before training: one torch.load for both, not one each (Coqui's restore is the other load).
+    import os
+
+    import torch
+
+    from ruslan_glowtts.training.run import check_restore_matches
+    from tests.helpers import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    path = tmp_path / "weights.pth"
+    torch.save({"model": model.state_dict(), "step": 3, "config": {}}, path)
+    loads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or load(*a, **k))
+    assert runs.check_checkpoint(path, "--restore-path").step == 3
+    check_restore_matches(model, path, allow_partial=False)
+    assert loads == [path]
+    mtime = path.stat().st_mtime_ns
+    os.utime(path, ns=(mtime, mtime + 10**9))  # changed since (as a rewrite would): read again
+    runs.check_checkpoint(path, "--restore-path")
+    assert len(loads) == 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import json
 import logging
 import os
@@ -217,6 +218,7 @@ class Checkpoint:
     path: Path
     step: int
     config: dict[str, Any]  # the config saved in it ({} when none was)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # its weights' names and shapes
 
 
 class CheckpointProblem(Exception):
@@ -224,7 +226,14 @@ class CheckpointProblem(Exception):
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """Load `path` as a Coqui checkpoint (CheckpointProblem when it is not one)."""
+    """Load `path` as a Coqui checkpoint (CheckpointProblem when it is not one). A file read before,
+    unchanged since, is not loaded again (start-up checks it, then compares its layers)."""
+    stat = path.stat() if path.is_file() else None
+    return _read_checkpoint(path, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(path: Path, mtime_ns: int, size: int) -> Checkpoint:
     import pickle
     import zipfile
 
@@ -252,7 +261,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointProblem("is not a Coqui checkpoint (no 'model' weights in it)")
     config = state.get("config")
     step = state.get("step")
-    return Checkpoint(path, int(step) if isinstance(step, int) else 0, config if isinstance(config, dict) else {})
+    shapes = {name: tuple(value.shape) for name, value in state["model"].items() if hasattr(value, "shape")}
+    return Checkpoint(
+        path, int(step) if isinstance(step, int) else 0, config if isinstance(config, dict) else {}, shapes
+    )
 
 
 def checkpoint_problem(path: Path) -> str | None:

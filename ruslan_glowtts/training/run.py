@@ -506,12 +506,10 @@ def _new_run_folder(request: TrainRequest, config: Any) -> Path:
 def check_restore_matches(model: Any, path: Path, *, allow_partial: bool) -> None:
     """Refuse (exit 2, before any run folder exists) weights whose layers do not fit the config:
     Coqui would restore the matching ones, log the rest among a hundred lines, and exit 0."""
-    import torch
-
-    restored = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    restored = runs.read_checkpoint(path).shapes  # loaded once: --restore-path was checked with it
     own = model.state_dict()
     missing = [k for k in own if k not in restored]
-    reshaped = [k for k in own if k in restored and tuple(restored[k].shape) != tuple(own[k].shape)]
+    reshaped = [k for k in own if k in restored and restored[k] != tuple(own[k].shape)]
     unused = [k for k in restored if k not in own]
     if not (missing or reshaped or unused):
         return
