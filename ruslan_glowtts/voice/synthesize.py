@@ -35,8 +35,8 @@ from ruslan_glowtts.common.atomic_files import atomic_output, write_text
 from ruslan_glowtts.common.cli import OneLineErrorParser, signals_held, tool
 from ruslan_glowtts.common.errors import UserError
 from ruslan_glowtts.common.paths import input_file, output_folder
-from ruslan_glowtts.common.run_layout import BEST_MODEL, CHECKPOINT_RE, CONFIG_FILE, KNOWN_GOOD
-from ruslan_glowtts.common.runs import CheckpointProblem, read_checkpoint
+from ruslan_glowtts.common.run_layout import BEST_MODEL, CONFIG_FILE, KNOWN_GOOD
+from ruslan_glowtts.common.runs import CheckpointProblem, check_checkpoint, read_checkpoint, resume_candidates
 from ruslan_glowtts.common.vocabulary import out_of_vocabulary
 from ruslan_glowtts.prep.text_normalization import normalize_text
 from ruslan_glowtts.voice.audio_compat import check_compatible
@@ -67,19 +67,16 @@ class Model:
         return str(self.checkpoint)
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoint_N.pth, newest step first."""
-    found = [
-        (int(m.group(2)), path)
-        for path in run_dir.glob("*.pth")
-        if (m := CHECKPOINT_RE.fullmatch(path.name)) and m.group(1) == "checkpoint"
-    ]
-    return [path for _, path in sorted(found, reverse=True)]
+def _candidates(run_dir: Path) -> list[Path]:
+    """A run's checkpoints to speak with, best first: its checkpoint_N.pth, newest step first, then
+    best_model.pth and known_good.pth."""
+    newest = [path for path in resume_candidates(run_dir) if path.name.startswith("checkpoint_")]
+    return [path for path in [*newest, run_dir / BEST_MODEL, run_dir / KNOWN_GOOD] if path.is_file()]
 
 
 def _loadable(candidates: list[Path], flag: str, given: Path) -> Path:
-    """The first of `candidates` that loads as a checkpoint (a damaged newest one is passed over,
-    with a warning), or one line naming the first problem."""
+    """The first of a run's `candidates` that loads as a checkpoint (a damaged newest one is passed
+    over, with a warning), or one line naming the first problem."""
     problems = []
     for path in candidates:
         try:
@@ -90,8 +87,6 @@ def _loadable(candidates: list[Path], flag: str, given: Path) -> Path:
         if problems:
             logger.warning(" ! %s %s: %s; using %s", flag, given, problems[0], path.name)
         return path
-    if len(candidates) == 1 and candidates[0] == given:
-        raise UserError(f"{flag} {given} {problems[0].split(' ', 1)[1]}")
     raise UserError(f"{flag} {given}: none of its checkpoints loads ({problems[0]})")
 
 
@@ -102,14 +97,14 @@ def resolve_model(given: Path, flag: str, *, vocoder: bool | None = None) -> Mod
     if not given.exists() and not given.is_symlink():
         raise UserError(f"{flag} {given}: no such run folder or checkpoint")
     if given.is_dir():
-        candidates = [c for c in [*_checkpoints(given), given / BEST_MODEL, given / KNOWN_GOOD] if c.is_file()]
+        candidates = _candidates(given)
         if not candidates:
             raise UserError(
                 f"{flag} {given}: the run has no checkpoint (checkpoint_N.pth, {BEST_MODEL} or {KNOWN_GOOD}) yet"
             )
         config_path = given / CONFIG_FILE
     else:
-        candidates, config_path = [input_file(given, flag, "checkpoint file")], given.parent / CONFIG_FILE
+        candidates, config_path = [], input_file(given, flag, "checkpoint file").parent / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(f"{flag} {given}: no config.json beside the checkpoint ({config_path})")
     try:
@@ -122,7 +117,8 @@ def resolve_model(given: Path, flag: str, *, vocoder: bool | None = None) -> Mod
         raise UserError(f"{flag} {given}: this is a {config.get('model')} model, not a vocoder")
     if vocoder is False and _is_vocoder(config):
         raise UserError(f"{flag} {given}: this is a vocoder ({config.get('model')}), not a GlowTTS model")
-    return Model(_loadable(candidates, flag, given), config_path, config)
+    checkpoint = _loadable(candidates, flag, given) if candidates else check_checkpoint(given, flag).path
+    return Model(checkpoint, config_path, config)
 
 
 def _is_vocoder(config: dict[str, Any]) -> bool:
