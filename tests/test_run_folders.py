@@ -93,3 +93,33 @@ def test_the_kind_of_a_run_folder(tmp_path):
     (tmp_path / "config.json").write_text('{"model": "glow', encoding="utf-8")
     with pytest.raises(UserError, match="config.json cannot be read"):
         runs.check_run_kind(tmp_path, GLOWTTS, "--continue-path")
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_signal_before_training_starts_still_ends_the_run_record(
+    resumed, run_main, tiny_glowtts_run, sample_22k, tmp_path, monkeypatch
+):
+    # SIGTERM (or Ctrl-C) after run.json says "running" but before fit() has taken the signals over.
+    import shutil
+
+    from ruslan_glowtts.common.cli import Terminated
+    from ruslan_glowtts.training.trainer import KitTrainer
+    from tests.helpers import SMOKE_STEPS, run_dirs, tiny_args
+
+    def fit(self):
+        raise Terminated
+
+    monkeypatch.setattr(KitTrainer, "fit", fit)
+    if resumed:
+        run = Path(shutil.copytree(tiny_glowtts_run, tmp_path / tiny_glowtts_run.name))
+        code, _, err = run_main("--continue-path", str(run), "--max-steps", str(SMOKE_STEPS + 2))
+    else:
+        output = tmp_path / "runs"
+        code, _, err = run_main("--dataset-path", str(sample_22k), "--output-path", str(output), *tiny_args())
+        (run,) = run_dirs(output)
+    assert code == 143 and "Traceback" not in err
+    record = RunRecord.read(run)
+    assert (record.status, record.exit_code) == ("terminated", 143), record.message
+    assert "before training started" in record.message and not (run / LOCK_FILE).exists()
+    if resumed:
+        assert record.resumes[-1]["previous_status"] == "max_steps"

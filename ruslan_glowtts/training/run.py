@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from ruslan_glowtts.common import runs
 from ruslan_glowtts.common.atomic_files import remove_stale_temp_files
-from ruslan_glowtts.common.cli import OneLineErrorParser
-from ruslan_glowtts.common.errors import EXIT_OK, UserError, hold_logs, release_logs
+from ruslan_glowtts.common.cli import OneLineErrorParser, Terminated
+from ruslan_glowtts.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, UserError, hold_logs, release_logs
 from ruslan_glowtts.common.paths import input_folder, output_folder
 from ruslan_glowtts.common.presets import Preset, load_preset, load_recorded_preset, tier_chain
 from ruslan_glowtts.common.run_layout import CONFIG_FILE, SKIPPED_SAMPLES, ModelKind
-from ruslan_glowtts.common.run_record import RunRecord
+from ruslan_glowtts.common.run_record import RUNNING, RunRecord
 
 if TYPE_CHECKING:
     from ruslan_glowtts.monitor.explosion_rules import Alarm
@@ -608,18 +608,39 @@ def _fit(
     )
     if lineage.start_step:
         set_global_step(trainer, lineage.start_step)  # the same step axis as the parent run
-    record = RunRecord.read(run_dir)
-    if launch.rank == 0:
-        if job.continue_path is not None:
-            record.resume(
-                run_dir, at=runs.now(), from_step=job.resume_step, environment=runs.environment(), precision=precision
+    record = RunRecord.read(run_dir) if job.continue_path is not None else RunRecord()  # a new folder has none
+    try:
+        if launch.rank == 0:
+            if job.continue_path is not None:
+                record.resume(
+                    run_dir,
+                    at=runs.now(),
+                    from_step=job.resume_step,
+                    environment=runs.environment(),
+                    precision=precision,
+                )
+            else:
+                _start_record(record, recipe, request, run_dir, precision, data.skipped, data.exclusion)
+            if lineage.parent_run is not None:
+                _announce_escalation(trainer, request, run_dir)
+        logger.info("Run folder: %s", run_dir)
+        outcome = trainer.fit()
+    except (Terminated, KeyboardInterrupt) as stop:
+        # A signal before fit() took the signals over: the run ends here, honestly recorded.
+        if launch.rank == 0 and record.status == RUNNING:
+            status, code = (
+                ("terminated", EXIT_TERMINATED) if isinstance(stop, Terminated) else ("interrupted", EXIT_INTERRUPTED)
             )
-        else:
-            _start_record(record, recipe, request, run_dir, precision, data.skipped, data.exclusion)
-        if lineage.parent_run is not None:
-            _announce_escalation(trainer, request, run_dir)
-    logger.info("Run folder: %s", run_dir)
-    outcome = trainer.fit()
+            record.end(
+                run_dir,
+                status=status,
+                exit_code=code,
+                final_step=trainer.total_steps_done,
+                message=f"{status} before training started; no checkpoint saved",
+                next_command="",
+                ended_at=runs.now(),
+            )
+        raise
     outcome.run_dir = run_dir
     if outcome.status == "exploded" and not escalates(request):
         # The run's last word (run.json too): the command to go on with, or why there is none.
